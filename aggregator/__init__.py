@@ -1,0 +1,3 @@
+"""The consortium's aggregation server."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Signed, hash-chained audit logs and their independent verification."""
+
+__all__: list[str] = []

