@@ -6,15 +6,12 @@ from ._models import ConsortiumConfig, Method, OrganizationPolicy
 from .errors import IncompatiblePolicyError
 
 
-def compatibility_violations(
-    policy: OrganizationPolicy, consortium: ConsortiumConfig
-) -> list[str]:
+def compatibility_violations(policy: OrganizationPolicy, consortium: ConsortiumConfig) -> list[str]:
     """Every reason ``policy`` forbids joining ``consortium``; empty when compatible."""
     violations: list[str] = []
     if policy.consortium != consortium.consortium:
         violations.append(
-            f"consortium: policy is for {policy.consortium!r}, config is "
-            f"{consortium.consortium!r}"
+            f"consortium: policy is for {policy.consortium!r}, config is {consortium.consortium!r}"
         )
     if policy.organization not in consortium.enrolled():
         violations.append(

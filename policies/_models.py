@@ -126,8 +126,9 @@ class SecureAggregationRequirements(_Frozen):
         default_factory=lambda: [SecureAggregationMode.MASKING], min_length=1
     )
     min_cohort: int = Field(
-        default=3, ge=3, description="Smallest cohort it will join (never 2: a peer could "
-        "subtract its own update)."
+        default=3,
+        ge=3,
+        description="Smallest cohort it will join (never 2: a peer could subtract its own update).",
     )
 
 
