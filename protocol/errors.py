@@ -67,7 +67,7 @@ class RemoteError(ProtocolError, RuntimeError):
     """The peer refused a call; ``code`` is the gRPC status name (e.g. ``"UNAVAILABLE"``).
 
     ``retryable`` is true for the statuses a client should retry with backoff
-    (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED is not among them).
+    (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED); every other status is final.
     """
 
     def __init__(self, code: str, details: str, *, retryable: bool) -> None:
