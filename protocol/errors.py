@@ -75,3 +75,70 @@ class RemoteError(ProtocolError, RuntimeError):
         self.details = details
         self.retryable = retryable
         super().__init__(f"{code}: {details}")
+
+
+# --------------------------------------------------------------------------- secure aggregation
+
+
+class SessionParamsError(ProtocolError, ValueError):
+    """Secure-aggregation session parameters are inconsistent (threshold, roster, supports)."""
+
+
+class MalformedMessageError(ProtocolError, ValueError):
+    """A protocol message does not decode, or its sizes, ids or fields break the stage's rules."""
+
+
+class InvalidInputError(ProtocolError, ValueError):
+    """A client's own input does not match the session (missing block, wrong length, NaN)."""
+
+
+class StageError(ProtocolError, RuntimeError):
+    """A state machine was driven out of order: a stage ran twice, early or after an abort."""
+
+
+class ForgedMessageError(ProtocolError, ValueError):
+    """A signature does not verify, or a message claims a sender outside the roster."""
+
+
+class ReplayError(ProtocolError, ValueError):
+    """A message belongs to another session, round or cluster, or was already received."""
+
+
+class DuplicateMessageError(ReplayError):
+    """A party sent a second message in one stage, or copied another party's public key."""
+
+
+class EquivocationError(ProtocolError, ValueError):
+    """The server told different clients different things (survivor or dropout sets)."""
+
+
+class ThresholdError(ProtocolError, RuntimeError):
+    """Fewer than t parties remain, so the session aborts and nothing is unmasked."""
+
+
+class CohortTooSmallError(ProtocolError, ValueError):
+    """A block, cluster or round has fewer contributors than the minimum cohort.
+
+    ``blocks`` names the blocks concerned (empty when the whole session is too small), so
+    a caller can rebuild the session without them.
+    """
+
+    def __init__(self, message: str, *, blocks: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.blocks = blocks
+
+
+class UnmaskRuleError(ProtocolError, PermissionError):
+    """An unmask request asks for both secrets of one peer, or for one it may not have."""
+
+
+class DecryptionError(ProtocolError, ValueError):
+    """An encrypted share failed to decrypt; deliberately says nothing about why."""
+
+
+class ReconstructionError(ProtocolError, ValueError):
+    """Revealed shares are inconsistent: a reconstructed secret does not match its key."""
+
+
+class QuantizationOverflowError(ProtocolError, OverflowError):
+    """A value or a sum does not fit the fixed-point range; it is never wrapped silently."""
