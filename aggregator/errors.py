@@ -1,0 +1,15 @@
+"""Errors raised by the aggregation server."""
+
+from fedhft.errors import FedHFTError
+
+
+class AggregatorError(FedHFTError):
+    """Base class of the aggregation server's errors."""
+
+
+class StateError(AggregatorError, RuntimeError):
+    """The state folder cannot be used (another consortium's state, a newer schema)."""
+
+
+class RoundError(AggregatorError, RuntimeError):
+    """A round cannot proceed (too few participants, a stage that did not complete)."""
