@@ -142,3 +142,10 @@ class ReconstructionError(ProtocolError, ValueError):
 
 class QuantizationOverflowError(ProtocolError, OverflowError):
     """A value or a sum does not fit the fixed-point range; it is never wrapped silently."""
+
+
+# --------------------------------------------------------------------------- homomorphic mode
+
+
+class CKKSParametersError(ProtocolError, ValueError):
+    """No 128-bit secure CKKS parameter set meets the request, or a given set is unsafe."""
