@@ -52,11 +52,22 @@ class InvalidEnvelopeError(ProtocolError, ValueError):
 
 
 class WrongRoundError(ProtocolError, ValueError):
-    """A message names another round, cluster or session than expected (FAILED_PRECONDITION)."""
+    """A message names another run, round, cluster, session or stage than the current one.
+
+    Mapped to FAILED_PRECONDITION: the message may be valid, just not now.
+    """
 
 
 class UnsupportedProtocolError(ProtocolError, ValueError):
     """The peer speaks another protocol version (FAILED_PRECONDITION)."""
+
+
+class ConsortiumMismatchError(ProtocolError, ValueError):
+    """The peer holds another consortium configuration (hash) (FAILED_PRECONDITION)."""
+
+
+class TransportError(ProtocolError, OSError):
+    """A server cannot listen on its address, or a channel cannot be set up."""
 
 
 class ForgedReceiptError(ProtocolError, ValueError):
