@@ -1,3 +1,109 @@
 """Protocol code shared by client and server: secure aggregation and wire formats."""
 
-__all__: list[str] = []
+from ._chunks import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
+from ._chunks import iter_chunks as iter_chunks
+from ._chunks import iter_model as iter_model
+from ._chunks import iter_upload as iter_upload
+from ._chunks import join_chunks as join_chunks
+from ._chunks import receive_model as receive_model
+from ._chunks import receive_upload as receive_upload
+from ._generated.v1 import fedhft_pb2 as fedhft_pb2
+from ._generated.v1 import fedhft_pb2_grpc as fedhft_pb2_grpc
+from ._pki import CertificateAuthority as CertificateAuthority
+from ._pki import Credentials as Credentials
+from ._pki import Role as Role
+from ._pki import certificate_fingerprint as certificate_fingerprint
+from ._pki import init_ca as init_ca
+from ._pki import issue_organization as issue_organization
+from ._pki import issue_server as issue_server
+from ._pki import load_ca as load_ca
+from ._pki import load_credentials as load_credentials
+from ._pki import organization_in_certificate as organization_in_certificate
+from ._pki import verify_identity_certificate as verify_identity_certificate
+from ._pki import verify_sealing_certificate as verify_sealing_certificate
+from ._pki import verify_server_identity_certificate as verify_server_identity_certificate
+from ._pki import verify_tls_client_certificate as verify_tls_client_certificate
+from ._pki import verify_tls_server_certificate as verify_tls_server_certificate
+from ._transport import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
+from ._transport import BoundServer as BoundServer
+from ._transport import EnrollmentInterceptor as EnrollmentInterceptor
+from ._transport import abort_with as abort_with
+from ._transport import create_channel as create_channel
+from ._transport import create_server as create_server
+from ._transport import peer_certificate as peer_certificate
+from ._transport import peer_organization as peer_organization
+from ._transport import remote_error as remote_error
+from ._transport import status_code_for as status_code_for
+from ._transport import translate_errors as translate_errors
+from ._wire import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._wire import parse_certificate as parse_certificate
+from ._wire import sign_receipt as sign_receipt
+from ._wire import validate_hello_request as validate_hello_request
+from ._wire import validate_join_request as validate_join_request
+from ._wire import validate_model_request as validate_model_request
+from ._wire import validate_round as validate_round
+from ._wire import validate_round_announcement as validate_round_announcement
+from ._wire import validate_session_announcement as validate_session_announcement
+from ._wire import validate_session_ref as validate_session_ref
+from ._wire import validate_session_request as validate_session_request
+from ._wire import validate_stage as validate_stage
+from ._wire import validate_stage_broadcast as validate_stage_broadcast
+from ._wire import validate_stage_header as validate_stage_header
+from ._wire import validate_stage_request as validate_stage_request
+from ._wire import validate_stage_submission as validate_stage_submission
+from ._wire import verify_receipt as verify_receipt
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "BoundServer",
+    "CertificateAuthority",
+    "Credentials",
+    "EnrollmentInterceptor",
+    "Role",
+    "abort_with",
+    "certificate_fingerprint",
+    "create_channel",
+    "create_server",
+    "fedhft_pb2",
+    "fedhft_pb2_grpc",
+    "init_ca",
+    "issue_organization",
+    "issue_server",
+    "iter_chunks",
+    "iter_model",
+    "iter_upload",
+    "join_chunks",
+    "load_ca",
+    "load_credentials",
+    "organization_in_certificate",
+    "parse_certificate",
+    "peer_certificate",
+    "peer_organization",
+    "receive_model",
+    "receive_upload",
+    "remote_error",
+    "sign_receipt",
+    "status_code_for",
+    "translate_errors",
+    "validate_hello_request",
+    "validate_join_request",
+    "validate_model_request",
+    "validate_round",
+    "validate_round_announcement",
+    "validate_session_announcement",
+    "validate_session_ref",
+    "validate_session_request",
+    "validate_stage",
+    "validate_stage_broadcast",
+    "validate_stage_header",
+    "validate_stage_request",
+    "validate_stage_submission",
+    "verify_identity_certificate",
+    "verify_receipt",
+    "verify_sealing_certificate",
+    "verify_server_identity_certificate",
+    "verify_tls_client_certificate",
+    "verify_tls_server_certificate",
+]

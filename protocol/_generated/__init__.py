@@ -1,0 +1,1 @@
+"""Code generated from `protocol/proto` by `generate.py`; do not edit."""

@@ -1,0 +1,842 @@
+"""Consortium PKI: the CA, the certificates it issues, and loading and verifying them.
+
+The consortium operator runs a small offline certificate authority (DESIGN §1). It
+issues, with `cryptography`'s X.509 builder:
+
+- to each organization: a TLS client certificate (ECDSA P-256, `clientAuth`), an
+  Ed25519 *identity* certificate (the key that signs secure-aggregation key
+  advertisements and audit records), and an X25519 *sealing* certificate (the key the
+  CKKS key ceremony seals the shared secret key to);
+- to the aggregation server: a TLS server certificate (`serverAuth`, DNS and IP SANs) and
+  an Ed25519 identity certificate (the key that signs upload receipts).
+
+Every certificate names its holder by a URI SAN, ``fedhft://org/<id>`` or
+``fedhft://server/<hostname>``, and says what it is for by its extended key usage, so
+one kind of certificate can never stand in for another.
+
+Notes:
+    The CA and TLS keys are ECDSA P-256 because that is what gRPC's TLS stack (BoringSSL)
+    accepts everywhere; Ed25519 and X25519 are only used by fedhft's own protocol, which
+    verifies their certificates itself (`verify_identity_certificate`, ...).
+
+    Private keys are written once, created with mode 0600 (never widened and narrowed
+    afterwards, so no other user can open them in between), never overwritten, never
+    printed, and refused on load when group or others can read them. They are stored
+    unencrypted; protect the folders with the operating system (or a secrets manager
+    that mounts them with mode 0600).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import CertificateVerificationError, CredentialsError
+
+ORGANIZATION_URI_PREFIX: Final = "fedhft://org/"
+SERVER_URI_PREFIX: Final = "fedhft://server/"
+
+# Private extended key usages (UUID-based OIDs, ITU-T X.667) marking the Ed25519 identity
+# and X25519 sealing certificates, so that neither is accepted for TLS nor for the other.
+IDENTITY_KEY_USAGE: Final = x509.ObjectIdentifier("2.25.257698673283577611293341150070326186102")
+SEALING_KEY_USAGE: Final = x509.ObjectIdentifier("2.25.48356485428442118622092600907503256649")
+
+CA_CERTIFICATE_FILE: Final = "ca.crt"
+CA_KEY_FILE: Final = "ca.key"
+TLS_CERTIFICATE_FILE: Final = "tls.crt"
+TLS_KEY_FILE: Final = "tls.key"
+IDENTITY_CERTIFICATE_FILE: Final = "identity.crt"
+IDENTITY_KEY_FILE: Final = "identity.key"
+SEALING_CERTIFICATE_FILE: Final = "sealing.crt"
+SEALING_KEY_FILE: Final = "sealing.key"
+
+DEFAULT_CA_DAYS: Final = 3650
+DEFAULT_LEAF_DAYS: Final = 825
+# Certificates start a few minutes in the past so a peer whose clock runs slightly behind
+# does not reject a certificate issued just now.
+_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+_IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+class Role(StrEnum):
+    """Who holds a credentials folder."""
+
+    ORGANIZATION = "organization"
+    SERVER = "server"
+
+
+# --------------------------------------------------------------------------- key objects
+
+
+class CertificateAuthority:
+    """The consortium CA: its certificate and (hidden) signing key."""
+
+    __slots__ = ("_key", "certificate", "consortium", "directory")
+
+    def __init__(
+        self,
+        *,
+        consortium: str,
+        certificate: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        directory: Path,
+    ) -> None:
+        self.consortium = consortium
+        self.certificate = certificate
+        self.directory = directory
+        self._key = key
+
+    def __repr__(self) -> str:
+        return (
+            f"CertificateAuthority(consortium={self.consortium!r}, "
+            f"fingerprint={certificate_fingerprint(self.certificate)!r})"
+        )
+
+
+class Credentials:
+    """A party's certificates and private keys, loaded from its credentials folder.
+
+    The private keys are reachable only through explicit accessors and never appear in
+    ``repr``; pass the object, not the keys, to the transport and protocol layers.
+    """
+
+    __slots__ = (
+        "_identity_key",
+        "_sealing_key",
+        "_tls_key",
+        "ca_certificate",
+        "consortium",
+        "directory",
+        "identity_certificate",
+        "name",
+        "role",
+        "sealing_certificate",
+        "tls_certificate",
+    )
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        name: str,
+        consortium: str,
+        directory: Path,
+        ca_certificate: x509.Certificate,
+        tls_certificate: x509.Certificate,
+        tls_key: ec.EllipticCurvePrivateKey,
+        identity_certificate: x509.Certificate,
+        identity_key: Ed25519PrivateKey,
+        sealing_certificate: x509.Certificate | None,
+        sealing_key: X25519PrivateKey | None,
+    ) -> None:
+        self.role = role
+        self.name = name
+        self.consortium = consortium
+        self.directory = directory
+        self.ca_certificate = ca_certificate
+        self.tls_certificate = tls_certificate
+        self.identity_certificate = identity_certificate
+        self.sealing_certificate = sealing_certificate
+        self._tls_key = tls_key
+        self._identity_key = identity_key
+        self._sealing_key = sealing_key
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(role={self.role.value!r}, name={self.name!r}, "
+            f"consortium={self.consortium!r}, "
+            f"tls={certificate_fingerprint(self.tls_certificate)[:16]!r})"
+        )
+
+    @property
+    def identity_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key that signs key advertisements, audit records or receipts."""
+        return self._identity_key
+
+    @property
+    def identity_public_key(self) -> Ed25519PublicKey:
+        """The public half of `identity_key`, as certified by the CA."""
+        return self._identity_key.public_key()
+
+    @property
+    def sealing_key(self) -> X25519PrivateKey:
+        """The X25519 key the CKKS secret key is sealed to (organizations only)."""
+        if self._sealing_key is None:
+            raise CredentialsError(
+                f"credentials of {self.role.value} {self.name!r} have no sealing key; "
+                "only organizations hold one"
+            )
+        return self._sealing_key
+
+    def tls_private_key_pem(self) -> bytes:
+        """The TLS private key as PKCS#8 PEM, for gRPC's credential constructors only."""
+        return self._tls_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def tls_certificate_pem(self) -> bytes:
+        """The TLS certificate as PEM."""
+        return self.tls_certificate.public_bytes(serialization.Encoding.PEM)
+
+    def ca_certificate_pem(self) -> bytes:
+        """The consortium CA certificate as PEM (the only trusted root)."""
+        return self.ca_certificate.public_bytes(serialization.Encoding.PEM)
+
+
+# --------------------------------------------------------------------------- issuing
+
+
+def init_ca(
+    consortium: str, out_dir: str | os.PathLike[str], *, valid_days: int = DEFAULT_CA_DAYS
+) -> CertificateAuthority:
+    """Create the consortium CA in `out_dir`: ``ca.crt`` and ``ca.key`` (mode 0600).
+
+    Raises `CredentialsError` when `consortium` is not an identifier or when either file
+    already exists (a CA is never overwritten).
+    """
+    _check_identifier(consortium, "consortium")
+    _check_days(valid_days)
+    directory = Path(out_dir)
+    _refuse_existing(directory, [CA_CERTIFICATE_FILE, CA_KEY_FILE])
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, consortium),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{consortium} fedhft CA"),
+        ]
+    )
+    now = _now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    _make_private_dir(directory)
+    _write_private_key(directory / CA_KEY_FILE, key)
+    _write_certificate(directory / CA_CERTIFICATE_FILE, certificate)
+    return CertificateAuthority(
+        consortium=consortium, certificate=certificate, key=key, directory=directory
+    )
+
+
+def load_ca(ca_dir: str | os.PathLike[str]) -> CertificateAuthority:
+    """Load the CA written by `init_ca`; refuse an unsafe or inconsistent folder."""
+    directory = Path(ca_dir)
+    certificate = _read_certificate(directory / CA_CERTIFICATE_FILE)
+    key = _read_private_key(directory / CA_KEY_FILE)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CredentialsError(f"{directory / CA_KEY_FILE} is not an ECDSA key")
+    _check_key_matches(key.public_key(), certificate, directory / CA_KEY_FILE)
+    _check_ca_certificate(certificate)
+    return CertificateAuthority(
+        consortium=_consortium_of(certificate),
+        certificate=certificate,
+        key=key,
+        directory=directory,
+    )
+
+
+def issue_organization(
+    ca: CertificateAuthority,
+    organization: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    valid_days: int = DEFAULT_LEAF_DAYS,
+) -> Credentials:
+    """Issue an organization's TLS, identity and sealing credentials into `out_dir`.
+
+    Writes ``ca.crt``, ``tls.crt``/``tls.key``, ``identity.crt``/``identity.key`` and
+    ``sealing.crt``/``sealing.key`` (keys with mode 0600) and returns them loaded.
+    """
+    _check_identifier(organization, "organization")
+    _check_days(valid_days)
+    directory = Path(out_dir)
+    files = [
+        CA_CERTIFICATE_FILE,
+        TLS_CERTIFICATE_FILE,
+        TLS_KEY_FILE,
+        IDENTITY_CERTIFICATE_FILE,
+        IDENTITY_KEY_FILE,
+        SEALING_CERTIFICATE_FILE,
+        SEALING_KEY_FILE,
+    ]
+    _refuse_existing(directory, files)
+    uri = x509.UniformResourceIdentifier(ORGANIZATION_URI_PREFIX + organization)
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    identity_key = Ed25519PrivateKey.generate()
+    sealing_key = X25519PrivateKey.generate()
+    tls_certificate = _leaf(
+        ca,
+        organization,
+        "tls",
+        tls_key.public_key(),
+        names=[uri],
+        key_usage=_usage(digital_signature=True),
+        extended_usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        valid_days=valid_days,
+    )
+    identity_certificate = _leaf(
+        ca,
+        organization,
+        "identity",
+        identity_key.public_key(),
+        names=[uri],
+        key_usage=_usage(digital_signature=True, content_commitment=True),
+        extended_usage=IDENTITY_KEY_USAGE,
+        valid_days=valid_days,
+    )
+    sealing_certificate = _leaf(
+        ca,
+        organization,
+        "sealing",
+        sealing_key.public_key(),
+        names=[uri],
+        key_usage=_usage(key_agreement=True),
+        extended_usage=SEALING_KEY_USAGE,
+        valid_days=valid_days,
+    )
+    _make_private_dir(directory)
+    _write_certificate(directory / CA_CERTIFICATE_FILE, ca.certificate)
+    _write_private_key(directory / TLS_KEY_FILE, tls_key)
+    _write_certificate(directory / TLS_CERTIFICATE_FILE, tls_certificate)
+    _write_private_key(directory / IDENTITY_KEY_FILE, identity_key)
+    _write_certificate(directory / IDENTITY_CERTIFICATE_FILE, identity_certificate)
+    _write_private_key(directory / SEALING_KEY_FILE, sealing_key)
+    _write_certificate(directory / SEALING_CERTIFICATE_FILE, sealing_certificate)
+    return load_credentials(directory)
+
+
+def issue_server(
+    ca: CertificateAuthority,
+    hostname: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    ip_addresses: Sequence[str] = (),
+    valid_days: int = DEFAULT_LEAF_DAYS,
+) -> Credentials:
+    """Issue the aggregation server's TLS and identity credentials into `out_dir`.
+
+    The TLS certificate names `hostname` as a DNS SAN, every address of `ip_addresses`
+    as an IP SAN, and also 127.0.0.1 and ::1 when `hostname` is ``localhost``.
+    """
+    hostname = hostname.lower()
+    if not _HOSTNAME.fullmatch(hostname):
+        raise CredentialsError(
+            f"`--server` must be a DNS host name (letters, digits, '-' and '.'), got {hostname!r}"
+        )
+    _check_days(valid_days)
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for text in ip_addresses:
+        try:
+            addresses.append(ipaddress.ip_address(text))
+        except ValueError:
+            raise CredentialsError(f"`--ip` must be an IP address, got {text!r}") from None
+    if hostname == "localhost":
+        addresses += [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    directory = Path(out_dir)
+    files = [
+        CA_CERTIFICATE_FILE,
+        TLS_CERTIFICATE_FILE,
+        TLS_KEY_FILE,
+        IDENTITY_CERTIFICATE_FILE,
+        IDENTITY_KEY_FILE,
+    ]
+    _refuse_existing(directory, files)
+    uri = x509.UniformResourceIdentifier(SERVER_URI_PREFIX + hostname)
+    names: list[x509.GeneralName] = [x509.DNSName(hostname), uri]
+    names += [x509.IPAddress(address) for address in dict.fromkeys(addresses)]
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    identity_key = Ed25519PrivateKey.generate()
+    tls_certificate = _leaf(
+        ca,
+        hostname,
+        "tls",
+        tls_key.public_key(),
+        names=names,
+        key_usage=_usage(digital_signature=True),
+        extended_usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        valid_days=valid_days,
+    )
+    identity_certificate = _leaf(
+        ca,
+        hostname,
+        "identity",
+        identity_key.public_key(),
+        names=[uri],
+        key_usage=_usage(digital_signature=True, content_commitment=True),
+        extended_usage=IDENTITY_KEY_USAGE,
+        valid_days=valid_days,
+    )
+    _make_private_dir(directory)
+    _write_certificate(directory / CA_CERTIFICATE_FILE, ca.certificate)
+    _write_private_key(directory / TLS_KEY_FILE, tls_key)
+    _write_certificate(directory / TLS_CERTIFICATE_FILE, tls_certificate)
+    _write_private_key(directory / IDENTITY_KEY_FILE, identity_key)
+    _write_certificate(directory / IDENTITY_CERTIFICATE_FILE, identity_certificate)
+    return load_credentials(directory)
+
+
+def _leaf(
+    ca: CertificateAuthority,
+    holder: str,
+    purpose: str,
+    public_key: ec.EllipticCurvePublicKey | Ed25519PublicKey | X25519PublicKey,
+    *,
+    names: list[x509.GeneralName],
+    key_usage: x509.KeyUsage,
+    extended_usage: x509.ObjectIdentifier,
+    valid_days: int,
+) -> x509.Certificate:
+    now = _now()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.consortium),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, purpose),
+            x509.NameAttribute(NameOID.COMMON_NAME, holder),
+        ]
+    )
+    not_after = min(now + dt.timedelta(days=valid_days), ca.certificate.not_valid_after_utc)
+    ca_public_key = ca._key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([extended_usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public_key), critical=False
+        )
+        .sign(ca._key, hashes.SHA256())
+    )
+
+
+def _usage(
+    *,
+    digital_signature: bool = False,
+    content_commitment: bool = False,
+    key_agreement: bool = False,
+) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=content_commitment,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=key_agreement,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
+    """Load and check a credentials folder written by `issue_organization`/`issue_server`.
+
+    Every certificate must be issued by the folder's ``ca.crt`` for the same holder, and
+    every key must match its certificate; key files must not be readable by group or
+    others. Raises `CredentialsError` (or `CertificateVerificationError`) otherwise.
+    """
+    folder = Path(directory)
+    ca_certificate = _read_certificate(folder / CA_CERTIFICATE_FILE)
+    _check_ca_certificate(ca_certificate)
+    identity_certificate = _read_certificate(folder / IDENTITY_CERTIFICATE_FILE)
+    role, name = _holder_of(identity_certificate, folder / IDENTITY_CERTIFICATE_FILE)
+    if role is Role.ORGANIZATION:
+        verify_identity_certificate(identity_certificate, ca_certificate, name)
+    else:
+        verify_server_identity_certificate(identity_certificate, ca_certificate, name)
+    identity_key = _read_private_key(folder / IDENTITY_KEY_FILE)
+    if not isinstance(identity_key, Ed25519PrivateKey):
+        raise CredentialsError(f"{folder / IDENTITY_KEY_FILE} is not an Ed25519 key")
+    _check_key_matches(identity_key.public_key(), identity_certificate, folder / IDENTITY_KEY_FILE)
+
+    tls_certificate = _read_certificate(folder / TLS_CERTIFICATE_FILE)
+    if role is Role.ORGANIZATION:
+        tls_name = verify_tls_client_certificate(tls_certificate, ca_certificate)
+    else:
+        tls_name = verify_tls_server_certificate(tls_certificate, ca_certificate)
+    if tls_name != name:
+        raise CredentialsError(
+            f"{folder / TLS_CERTIFICATE_FILE} names {tls_name!r} but "
+            f"{folder / IDENTITY_CERTIFICATE_FILE} names {name!r}"
+        )
+    tls_key = _read_private_key(folder / TLS_KEY_FILE)
+    if not isinstance(tls_key, ec.EllipticCurvePrivateKey):
+        raise CredentialsError(f"{folder / TLS_KEY_FILE} is not an ECDSA key")
+    _check_key_matches(tls_key.public_key(), tls_certificate, folder / TLS_KEY_FILE)
+
+    sealing_certificate: x509.Certificate | None = None
+    sealing_key: X25519PrivateKey | None = None
+    if role is Role.ORGANIZATION:
+        sealing_certificate = _read_certificate(folder / SEALING_CERTIFICATE_FILE)
+        verify_sealing_certificate(sealing_certificate, ca_certificate, name)
+        loaded = _read_private_key(folder / SEALING_KEY_FILE)
+        if not isinstance(loaded, X25519PrivateKey):
+            raise CredentialsError(f"{folder / SEALING_KEY_FILE} is not an X25519 key")
+        _check_key_matches(loaded.public_key(), sealing_certificate, folder / SEALING_KEY_FILE)
+        sealing_key = loaded
+    return Credentials(
+        role=role,
+        name=name,
+        consortium=_consortium_of(ca_certificate),
+        directory=folder,
+        ca_certificate=ca_certificate,
+        tls_certificate=tls_certificate,
+        tls_key=tls_key,
+        identity_certificate=identity_certificate,
+        identity_key=identity_key,
+        sealing_certificate=sealing_certificate,
+        sealing_key=sealing_key,
+    )
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+def verify_identity_certificate(
+    certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    organization: str,
+    *,
+    now: dt.datetime | None = None,
+) -> Ed25519PublicKey:
+    """Check that `certificate` certifies `organization`'s Ed25519 identity key.
+
+    Returns the certified public key (what secure aggregation and audit verify
+    signatures with); raises `CertificateVerificationError` when the certificate is not
+    issued by `ca_certificate`, is outside its validity period, names another holder, is
+    not an identity certificate, or holds another kind of key.
+    """
+    _verify_leaf(certificate, ca_certificate, IDENTITY_KEY_USAGE, "identity", now)
+    _require_uri(certificate, ORGANIZATION_URI_PREFIX + organization, "identity")
+    key = certificate.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise CertificateVerificationError("identity certificate does not hold an Ed25519 key")
+    return key
+
+
+def verify_server_identity_certificate(
+    certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    server: str,
+    *,
+    now: dt.datetime | None = None,
+) -> Ed25519PublicKey:
+    """Like `verify_identity_certificate`, for the server `server` (it signs receipts)."""
+    _verify_leaf(certificate, ca_certificate, IDENTITY_KEY_USAGE, "identity", now)
+    _require_uri(certificate, SERVER_URI_PREFIX + server.lower(), "identity")
+    key = certificate.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise CertificateVerificationError("identity certificate does not hold an Ed25519 key")
+    return key
+
+
+def verify_sealing_certificate(
+    certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    organization: str,
+    *,
+    now: dt.datetime | None = None,
+) -> X25519PublicKey:
+    """Check that `certificate` certifies `organization`'s X25519 sealing key; return it."""
+    _verify_leaf(certificate, ca_certificate, SEALING_KEY_USAGE, "sealing", now)
+    _require_uri(certificate, ORGANIZATION_URI_PREFIX + organization, "sealing")
+    key = certificate.public_key()
+    if not isinstance(key, X25519PublicKey):
+        raise CertificateVerificationError("sealing certificate does not hold an X25519 key")
+    return key
+
+
+def verify_tls_client_certificate(
+    certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    *,
+    now: dt.datetime | None = None,
+) -> str:
+    """Check an organization's TLS client certificate; return the organization id."""
+    _verify_leaf(certificate, ca_certificate, ExtendedKeyUsageOID.CLIENT_AUTH, "TLS client", now)
+    if not isinstance(certificate.public_key(), ec.EllipticCurvePublicKey):
+        raise CertificateVerificationError("TLS client certificate does not hold an ECDSA key")
+    return organization_in_certificate(certificate)
+
+
+def verify_tls_server_certificate(
+    certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    *,
+    now: dt.datetime | None = None,
+) -> str:
+    """Check the server's TLS certificate; return the host name it is issued to."""
+    _verify_leaf(certificate, ca_certificate, ExtendedKeyUsageOID.SERVER_AUTH, "TLS server", now)
+    uris = _uris(certificate)
+    servers = [uri[len(SERVER_URI_PREFIX) :] for uri in uris if uri.startswith(SERVER_URI_PREFIX)]
+    if len(servers) != 1:
+        raise CertificateVerificationError("TLS server certificate names no single fedhft server")
+    return servers[0]
+
+
+def organization_in_certificate(certificate: x509.Certificate) -> str:
+    """The organization id in a certificate's ``fedhft://org/<id>`` URI SAN.
+
+    This only reads the name; it does not verify the certificate. Use it on a peer
+    certificate the TLS layer has already verified against the consortium CA.
+    """
+    uris = _uris(certificate)
+    organizations = [
+        uri[len(ORGANIZATION_URI_PREFIX) :]
+        for uri in uris
+        if uri.startswith(ORGANIZATION_URI_PREFIX)
+    ]
+    if len(organizations) != 1 or not _IDENTIFIER.fullmatch(organizations[0]):
+        raise CertificateVerificationError(
+            "certificate names no single organization (expected one URI SAN "
+            f"{ORGANIZATION_URI_PREFIX}<id>)"
+        )
+    return organizations[0]
+
+
+def certificate_fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER encoding, in hex (what operators compare)."""
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _verify_leaf(
+    certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    usage: x509.ObjectIdentifier,
+    kind: str,
+    now: dt.datetime | None,
+) -> None:
+    try:
+        certificate.verify_directly_issued_by(ca_certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertificateVerificationError(
+            f"{kind} certificate is not issued by the consortium CA "
+            f"(CA fingerprint {certificate_fingerprint(ca_certificate)[:16]})"
+        ) from None
+    moment = now or _now()
+    for checked, label in ((ca_certificate, "CA"), (certificate, kind)):
+        if not checked.not_valid_before_utc <= moment <= checked.not_valid_after_utc:
+            raise CertificateVerificationError(
+                f"{label} certificate is valid from {checked.not_valid_before_utc:%Y-%m-%d} "
+                f"to {checked.not_valid_after_utc:%Y-%m-%d}, not at {moment:%Y-%m-%d %H:%M}Z"
+            )
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        raise CertificateVerificationError(
+            f"{kind} certificate lacks basic constraints or extended key usage"
+        ) from None
+    if constraints.value.ca:
+        raise CertificateVerificationError(f"{kind} certificate must not be a CA certificate")
+    if list(usages.value) != [usage]:
+        raise CertificateVerificationError(
+            f"certificate is not a {kind} certificate (wrong extended key usage)"
+        )
+
+
+def _require_uri(certificate: x509.Certificate, expected: str, kind: str) -> None:
+    uris = _uris(certificate)
+    if uris != [expected]:
+        holder = expected.rsplit("/", 1)[-1]
+        raise CertificateVerificationError(f"{kind} certificate is not issued to {holder!r}")
+
+
+def _uris(certificate: x509.Certificate) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(names.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _holder_of(certificate: x509.Certificate, path: Path) -> tuple[Role, str]:
+    uris = _uris(certificate)
+    if len(uris) == 1 and uris[0].startswith(ORGANIZATION_URI_PREFIX):
+        return Role.ORGANIZATION, uris[0][len(ORGANIZATION_URI_PREFIX) :]
+    if len(uris) == 1 and uris[0].startswith(SERVER_URI_PREFIX):
+        return Role.SERVER, uris[0][len(SERVER_URI_PREFIX) :]
+    raise CredentialsError(f"{path} names no fedhft organization or server")
+
+
+def _check_ca_certificate(certificate: x509.Certificate) -> None:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        certificate.verify_directly_issued_by(certificate)
+    except (x509.ExtensionNotFound, ValueError, TypeError, InvalidSignature):
+        raise CredentialsError("ca.crt is not a self-signed CA certificate") from None
+    if not constraints.value.ca:
+        raise CredentialsError("ca.crt is not a CA certificate (basic constraints)")
+    if not isinstance(certificate.public_key(), ec.EllipticCurvePublicKey):
+        raise CredentialsError("ca.crt does not hold an ECDSA key")
+
+
+def _consortium_of(ca_certificate: x509.Certificate) -> str:
+    values = ca_certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    consortium = str(values[0].value) if len(values) == 1 else ""
+    if not _IDENTIFIER.fullmatch(consortium):
+        raise CredentialsError("ca.crt names no consortium (subject O)")
+    return consortium
+
+
+def _check_key_matches(
+    public_key: ec.EllipticCurvePublicKey | Ed25519PublicKey | X25519PublicKey,
+    certificate: x509.Certificate,
+    key_path: Path,
+) -> None:
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if public_key.public_bytes(*raw) != certificate.public_key().public_bytes(*raw):
+        raise CredentialsError(f"{key_path} does not match its certificate")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _check_identifier(value: str, field: str) -> None:
+    if not _IDENTIFIER.fullmatch(value):
+        raise CredentialsError(
+            f"`{field}` must be lower-case letters, digits, '-' and '_' (at most 63, "
+            f"starting with a letter or digit), got {value!r}"
+        )
+
+
+def _check_days(valid_days: int) -> None:
+    if not 1 <= valid_days <= 36_500:
+        raise CredentialsError(f"validity must be 1 to 36500 days, got {valid_days}")
+
+
+def _refuse_existing(directory: Path, names: list[str]) -> None:
+    existing = [name for name in names if (directory / name).exists()]
+    if existing:
+        raise CredentialsError(
+            f"{directory} already holds {', '.join(existing)}; credentials are never "
+            "overwritten, choose a new folder"
+        )
+
+
+def _make_private_dir(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _write_private_key(
+    path: Path, key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey | X25519PrivateKey
+) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_new(path, pem, mode=0o600)
+
+
+def _write_certificate(path: Path, certificate: x509.Certificate) -> None:
+    _write_new(path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+def _write_new(path: Path, content: bytes, *, mode: int) -> None:
+    # O_EXCL: never follow a planted symlink or truncate an existing file; the mode is
+    # applied at creation, so the file is never readable by others, not even briefly.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(path, flags, mode)
+    except FileExistsError:
+        raise CredentialsError(
+            f"{path} already exists; credentials are never overwritten"
+        ) from None
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_certificate(path: Path) -> x509.Certificate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise CredentialsError(f"{path} is not a PEM certificate") from None
+
+
+def _read_private_key(
+    path: Path,
+) -> ec.EllipticCurvePrivateKey | Ed25519PrivateKey | X25519PrivateKey:
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror}") from None
+    if os.name == "posix" and mode & 0o077:
+        raise CredentialsError(
+            f"{path} is readable by group or others (mode {mode & 0o777:04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        # The loader's own message could quote the file; say only what is wrong.
+        raise CredentialsError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | Ed25519PrivateKey | X25519PrivateKey):
+        raise CredentialsError(f"{path} holds an unsupported key type")
+    return key
