@@ -9,6 +9,20 @@ from ._chunks import receive_model as receive_model
 from ._chunks import receive_upload as receive_upload
 from ._generated.v1 import fedhft_pb2 as fedhft_pb2
 from ._generated.v1 import fedhft_pb2_grpc as fedhft_pb2_grpc
+from ._inprocess import SessionStats as SessionStats
+from ._inprocess import TranscriptEntry as TranscriptEntry
+from ._inprocess import run_secagg_in_process as run_secagg_in_process
+from ._messages import AdvertisedKeys as AdvertisedKeys
+from ._messages import EncryptedShares as EncryptedShares
+from ._messages import KeyAdvertisement as KeyAdvertisement
+from ._messages import MaskedInput as MaskedInput
+from ._messages import RelayedShares as RelayedShares
+from ._messages import Stage as Stage
+from ._messages import SurvivorAnnouncement as SurvivorAnnouncement
+from ._messages import SurvivorSignature as SurvivorSignature
+from ._messages import UnmaskRequest as UnmaskRequest
+from ._messages import UnmaskResponse as UnmaskResponse
+from ._messages import decode_message as decode_message
 from ._pki import CertificateAuthority as CertificateAuthority
 from ._pki import Credentials as Credentials
 from ._pki import Role as Role
@@ -24,6 +38,13 @@ from ._pki import verify_sealing_certificate as verify_sealing_certificate
 from ._pki import verify_server_identity_certificate as verify_server_identity_certificate
 from ._pki import verify_tls_client_certificate as verify_tls_client_certificate
 from ._pki import verify_tls_server_certificate as verify_tls_server_certificate
+from ._quantize import FixedPoint as FixedPoint
+from ._secagg_client import SecAggClient as SecAggClient
+from ._secagg_params import SessionParams as SessionParams
+from ._secagg_params import default_threshold as default_threshold
+from ._secagg_server import AggregateResult as AggregateResult
+from ._secagg_server import BlockSum as BlockSum
+from ._secagg_server import SecAggServer as SecAggServer
 from ._transport import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from ._transport import BoundServer as BoundServer
 from ._transport import EnrollmentInterceptor as EnrollmentInterceptor
@@ -57,15 +78,35 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "AdvertisedKeys",
+    "AggregateResult",
+    "BlockSum",
     "BoundServer",
     "CertificateAuthority",
     "Credentials",
+    "EncryptedShares",
     "EnrollmentInterceptor",
+    "FixedPoint",
+    "KeyAdvertisement",
+    "MaskedInput",
+    "RelayedShares",
     "Role",
+    "SecAggClient",
+    "SecAggServer",
+    "SessionParams",
+    "SessionStats",
+    "Stage",
+    "SurvivorAnnouncement",
+    "SurvivorSignature",
+    "TranscriptEntry",
+    "UnmaskRequest",
+    "UnmaskResponse",
     "abort_with",
     "certificate_fingerprint",
     "create_channel",
     "create_server",
+    "decode_message",
+    "default_threshold",
     "fedhft_pb2",
     "fedhft_pb2_grpc",
     "init_ca",
@@ -84,6 +125,7 @@ __all__ = [
     "receive_model",
     "receive_upload",
     "remote_error",
+    "run_secagg_in_process",
     "sign_receipt",
     "status_code_for",
     "translate_errors",

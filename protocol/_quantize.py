@@ -1,0 +1,135 @@
+"""Signed fixed-point quantization with stochastic rounding into Z_{2^32} or Z_{2^64}.
+
+A value ``x`` with ``|x| ≤ clip`` becomes the integer level ``⌊x·scale⌋`` or that plus
+one, the latter with probability equal to the fractional part, so the level is an
+unbiased estimate of ``x·scale`` and off by less than one step (``1/scale``). Levels are
+stored as two's-complement words modulo ``2^bits``; a sum of ``n`` levels decodes
+correctly as long as ``n·⌈clip·scale⌉ < 2^(bits−1)``, which :meth:`FixedPoint.for_sum`
+checks once for the whole session (Bonawitz et al., CCS 2017, §3; Kairouz et al., ICML
+2021, §4 for the stochastic rounding).
+
+Notes:
+    The rounding coins come from a numpy generator seeded with 256 bits from
+    ``os.urandom`` per call, so a server cannot predict them and learn which way a value
+    was rounded. Values outside ``[−clip, clip]`` are refused rather than clipped or
+    wrapped: clipping is the caller's (privacy-relevant) decision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidInputError, QuantizationOverflowError, SessionParamsError
+
+Words = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
+
+_FLOAT_EXACT = 2**53
+"""Sums of levels stay below this, so they convert to float64 without rounding."""
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """A fixed-point encoding: ``clip`` bounds each coordinate, ``scale`` levels per unit."""
+
+    clip: float
+    scale: float
+    bits: Literal[32, 64]
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise SessionParamsError(f"`clip` must be a finite number > 0, got {self.clip}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise SessionParamsError(f"`scale` must be a finite number > 0, got {self.scale}")
+        if self.bits not in (32, 64):
+            raise SessionParamsError(f"`bits` must be 32 or 64, got {self.bits}")
+
+    @classmethod
+    def for_sum(cls, *, clip: float, scale: float, max_contributors: int) -> FixedPoint:
+        """The narrowest modulus (2^32, else 2^64) in which a sum of that many values fits.
+
+        Raises:
+            QuantizationOverflowError: even 64-bit words (or float64 decoding) cannot hold
+                ``max_contributors · ⌈clip·scale⌉``; lower the scale or the clip bound.
+        """
+        probe = cls(clip=clip, scale=scale, bits=64)
+        bound = max_contributors * probe.max_level
+        if bound < 2**31:
+            return cls(clip=clip, scale=scale, bits=32)
+        if bound < _FLOAT_EXACT:
+            return probe
+        raise QuantizationOverflowError(
+            f"a sum of {max_contributors} values of at most {clip} at scale {scale} needs "
+            f"{bound.bit_length() + 1} bits, more than the 54 a float64 decodes exactly; "
+            "lower `scale` or `clip`"
+        )
+
+    @property
+    def max_level(self) -> int:
+        """The largest absolute level a single value can take, ``⌈clip·scale⌉``."""
+        return math.ceil(self.clip * self.scale)
+
+    @property
+    def step(self) -> float:
+        """One quantization step, ``1/scale``."""
+        return 1.0 / self.scale
+
+    @property
+    def word_dtype(self) -> type[np.uint32] | type[np.uint64]:
+        """The numpy dtype of one word modulo ``2^bits``."""
+        return np.uint32 if self.bits == 32 else np.uint64
+
+    def quantize(self, values: npt.ArrayLike) -> Words:
+        """Stochastically round ``values`` to levels, as words modulo ``2^bits``.
+
+        Raises:
+            InvalidInputError: a value is NaN or infinite.
+            QuantizationOverflowError: a value lies outside ``[−clip, clip]``.
+        """
+        x = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(x)):
+            raise InvalidInputError("an input contains NaN or infinite values")
+        outside = int(np.count_nonzero(np.abs(x) > self.clip))
+        if outside:
+            raise QuantizationOverflowError(
+                f"{outside} input values lie outside the clip bound ±{self.clip}; clip "
+                "the update to the session's bound before secure aggregation"
+            )
+        scaled = x * self.scale
+        low = np.floor(scaled)
+        rng = np.random.Generator(np.random.PCG64DXSM(int.from_bytes(os.urandom(32), "big")))
+        round_up = rng.random(x.shape) < (scaled - low)
+        levels = low.astype(np.int64) + round_up
+        if self.bits == 32:
+            words32: npt.NDArray[np.uint32] = levels.astype(np.int32).view(np.uint32)
+            return words32
+        words64: npt.NDArray[np.uint64] = levels.view(np.uint64)
+        return words64
+
+    def signed_levels(self, words: Words, *, contributors: int) -> npt.NDArray[np.int64]:
+        """Decode a sum of ``contributors`` encoded values to signed integer levels.
+
+        Raises:
+            QuantizationOverflowError: a decoded level lies outside the range that
+                ``contributors`` honest values can reach, which means the masks did not
+                cancel (inconsistent shares or a forged input).
+        """
+        signed_dtype = np.int32 if self.bits == 32 else np.int64
+        levels = np.asarray(words).view(signed_dtype).astype(np.int64)
+        bound = contributors * self.max_level
+        if levels.size and int(np.max(np.abs(levels))) > bound:
+            raise QuantizationOverflowError(
+                f"a decoded sum exceeds ±{bound} levels, the most {contributors} values can "
+                "reach; the masks did not cancel"
+            )
+        return levels
+
+    def dequantize_sum(self, words: Words, *, contributors: int) -> npt.NDArray[np.float64]:
+        """The float64 sum encoded by ``words`` (within ``contributors`` steps of the truth)."""
+        levels = self.signed_levels(words, contributors=contributors)
+        return levels.astype(np.float64) / self.scale
