@@ -7,6 +7,18 @@ from ._chunks import iter_upload as iter_upload
 from ._chunks import join_chunks as join_chunks
 from ._chunks import receive_model as receive_model
 from ._chunks import receive_upload as receive_upload
+from ._ckks import CKKSCeremony as CKKSCeremony
+from ._ckks import CKKSKeyring as CKKSKeyring
+from ._ckks import CKKSParameters as CKKSParameters
+from ._ckks import CKKSServerContext as CKKSServerContext
+from ._ckks_aggregation import CKKSAggregate as CKKSAggregate
+from ._ckks_aggregation import CKKSAggregator as CKKSAggregator
+from ._ckks_aggregation import CKKSClient as CKKSClient
+from ._ckks_aggregation import CKKSEncryptedSum as CKKSEncryptedSum
+from ._ckks_aggregation import CKKSSession as CKKSSession
+from ._ckks_aggregation import CKKSUpload as CKKSUpload
+from ._ckks_aggregation import run_ckks_in_process as run_ckks_in_process
+from ._ckks_packing import PackingLayout as PackingLayout
 from ._generated.v1 import fedhft_pb2 as fedhft_pb2
 from ._generated.v1 import fedhft_pb2_grpc as fedhft_pb2_grpc
 from ._inprocess import SessionStats as SessionStats
@@ -39,6 +51,8 @@ from ._pki import verify_server_identity_certificate as verify_server_identity_c
 from ._pki import verify_tls_client_certificate as verify_tls_client_certificate
 from ._pki import verify_tls_server_certificate as verify_tls_server_certificate
 from ._quantize import FixedPoint as FixedPoint
+from ._sealing import open_sealed as open_sealed
+from ._sealing import seal_to as seal_to
 from ._secagg_client import SecAggClient as SecAggClient
 from ._secagg_params import SessionParams as SessionParams
 from ._secagg_params import default_threshold as default_threshold
@@ -82,6 +96,16 @@ __all__ = [
     "AggregateResult",
     "BlockSum",
     "BoundServer",
+    "CKKSAggregate",
+    "CKKSAggregator",
+    "CKKSCeremony",
+    "CKKSClient",
+    "CKKSEncryptedSum",
+    "CKKSKeyring",
+    "CKKSParameters",
+    "CKKSServerContext",
+    "CKKSSession",
+    "CKKSUpload",
     "CertificateAuthority",
     "Credentials",
     "EncryptedShares",
@@ -89,6 +113,7 @@ __all__ = [
     "FixedPoint",
     "KeyAdvertisement",
     "MaskedInput",
+    "PackingLayout",
     "RelayedShares",
     "Role",
     "SecAggClient",
@@ -118,6 +143,7 @@ __all__ = [
     "join_chunks",
     "load_ca",
     "load_credentials",
+    "open_sealed",
     "organization_in_certificate",
     "parse_certificate",
     "peer_certificate",
@@ -125,7 +151,9 @@ __all__ = [
     "receive_model",
     "receive_upload",
     "remote_error",
+    "run_ckks_in_process",
     "run_secagg_in_process",
+    "seal_to",
     "sign_receipt",
     "status_code_for",
     "translate_errors",
