@@ -75,6 +75,7 @@ from ._wire import parse_certificate as parse_certificate
 from ._wire import sign_receipt as sign_receipt
 from ._wire import validate_hello_request as validate_hello_request
 from ._wire import validate_join_request as validate_join_request
+from ._wire import validate_model_header as validate_model_header
 from ._wire import validate_model_request as validate_model_request
 from ._wire import validate_round as validate_round
 from ._wire import validate_round_announcement as validate_round_announcement
@@ -159,6 +160,7 @@ __all__ = [
     "translate_errors",
     "validate_hello_request",
     "validate_join_request",
+    "validate_model_header",
     "validate_model_request",
     "validate_round",
     "validate_round_announcement",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from ._generated.v1 import fedhft_pb2 as pb
@@ -106,17 +106,23 @@ def iter_upload(
 
 
 def receive_upload(
-    messages: Iterable[pb.UploadChunk], *, max_total: int
+    messages: Iterable[pb.UploadChunk],
+    *,
+    max_total: int,
+    check_header: Callable[[pb.StageHeader], None] | None = None,
 ) -> tuple[pb.StageHeader, bytes]:
     """Read an `UploadStage` request stream: its header and its reassembled payload.
 
-    The header is returned as soon as the whole payload checks out; validate it with
-    `fedhft.protocol.validate_stage_header` before acting on the payload.
+    `check_header` (e.g. a closure over `fedhft.protocol.validate_stage_header`) runs on
+    the header before any chunk is read, so an upload for the wrong round or stage is
+    refused without buffering its payload.
     """
     iterator = iter(messages)
     first = next(iterator, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidEnvelopeError("an upload stream must start with a `header` message")
+    if check_header is not None:
+        check_header(first.header)
     chunks = (_upload_chunk(message) for message in iterator)
     return first.header, join_chunks(chunks, max_total)
 
@@ -131,13 +137,21 @@ def iter_model(
 
 
 def receive_model(
-    messages: Iterable[pb.ModelChunk], *, max_total: int
+    messages: Iterable[pb.ModelChunk],
+    *,
+    max_total: int,
+    check_header: Callable[[pb.ModelHeader], None] | None = None,
 ) -> tuple[pb.ModelHeader, bytes]:
-    """Read a `DownloadModel` response stream: its header and its reassembled payload."""
+    """Read a `DownloadModel` response stream: its header and its reassembled payload.
+
+    `check_header` runs on the header before any chunk is read.
+    """
     iterator = iter(messages)
     first = next(iterator, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidEnvelopeError("a model stream must start with a `header` message")
+    if check_header is not None:
+        check_header(first.header)
     chunks = (_model_chunk(message) for message in iterator)
     return first.header, join_chunks(chunks, max_total)
 

@@ -686,7 +686,7 @@ def _verify_leaf(
         raise CertificateVerificationError(f"{kind} certificate must not be a CA certificate")
     if list(usages.value) != [usage]:
         raise CertificateVerificationError(
-            f"certificate is not a {kind} certificate (wrong extended key usage)"
+            f"certificate is not for {kind} use (wrong extended key usage)"
         )
 
 

@@ -20,8 +20,9 @@ Notes:
     the same port fails loudly instead of silently sharing it.
 
     Status details are the typed errors' messages, which by the project's rule never
-    contain secrets. Any other exception is reported as INTERNAL with a fixed message,
-    because its text could quote data it was processing.
+    contain secrets. Any other exception is reported as INTERNAL with a fixed message and
+    logged by type and traceback only, because its text could quote data it was
+    processing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import traceback
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -365,7 +367,14 @@ def translate_errors(method: Callable[_P, _T]) -> Callable[_P, _T]:
             # The servicer already ended the call with `context.abort`; keep its status.
             raise error
         if not isinstance(error, FedHFTError):
-            _LOG.error("servicer %s failed", method.__qualname__, exc_info=error)
+            # Log where it failed but not the message, which could quote the data.
+            frames = "".join(traceback.format_tb(error.__traceback__))
+            _LOG.error(
+                "servicer %s failed with %s at\n%s",
+                method.__qualname__,
+                type(error).__name__,
+                frames,
+            )
         abort_with(context, error)
 
     if inspect.isgeneratorfunction(method):

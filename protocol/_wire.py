@@ -321,6 +321,20 @@ def validate_round_announcement(announcement: pb.RoundAnnouncement) -> None:
             )
 
 
+def validate_model_header(
+    header: pb.ModelHeader, *, expected_round: int, expected_cluster: int
+) -> None:
+    """Check the header of a `DownloadModel` stream against what the client asked for."""
+    validate_round(header.round, expected=expected_round)
+    if header.cluster != expected_cluster:
+        raise WrongRoundError(
+            f"`cluster` is {header.cluster}, asked for cluster {expected_cluster}"
+        )
+    if not header.format or len(header.format) > 64:
+        raise InvalidEnvelopeError("`format` must name the model's serialization format")
+    _check_length(header.model_hash, HASH_BYTES, "model_hash")
+
+
 def validate_session_announcement(
     announcement: pb.SessionAnnouncement, *, expected_round: int, expected_cluster: int
 ) -> None:
