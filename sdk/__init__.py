@@ -1,3 +1,93 @@
 """The organization-side SDK: masked adapters, DP-SGD training, privacy ledger."""
 
-__all__: list[str] = []
+from ._adapters import AdapterError as AdapterError
+from ._adapters import Block as Block
+from ._adapters import MaskedAdapterModel as MaskedAdapterModel
+from ._adapters import export_peft as export_peft
+from ._adapters import get_block_state as get_block_state
+from ._adapters import set_block_state as set_block_state
+from ._adapters import tier_mask as tier_mask
+from ._data import OrganizationData as OrganizationData
+from ._data import TextDataset as TextDataset
+from ._data import load_csv as load_csv
+from ._data import load_dataset_file as load_dataset_file
+from ._data import load_from_disk as load_from_disk
+from ._data import load_jsonl as load_jsonl
+from ._data import synthetic_federation as synthetic_federation
+from ._dp import GradSampleMode as GradSampleMode
+from ._dp import PrivateStep as PrivateStep
+from ._dp import poisson_batch as poisson_batch
+from ._ledger import PrivacyLedger as PrivacyLedger
+from ._mixture import ClusterAdapters as ClusterAdapters
+from ._mixture import MixtureError as MixtureError
+from ._mixture import PersonalState as PersonalState
+from ._mixture import data_mask as data_mask
+from ._mixture import mixture_start as mixture_start
+from ._mixture import update_membership as update_membership
+from ._models import build_base_model as build_base_model
+from ._models import load_tokenizer as load_tokenizer
+from ._models import minilm_path as minilm_path
+from ._noise import NoiseSampler as NoiseSampler
+from ._noise import SecureGaussian as SecureGaussian
+from ._noise import noise_sampler as noise_sampler
+from ._noise import use_noise_sampler as use_noise_sampler
+from ._privacy import MechanismRecord as MechanismRecord
+from ._privacy import auto_noise_multiplier as auto_noise_multiplier
+from ._privacy import compute_epsilon as compute_epsilon
+from ._privacy import solve_noise_multiplier as solve_noise_multiplier
+from ._trainer import AuditSink as AuditSink
+from ._trainer import LocalTrainer as LocalTrainer
+from ._trainer import RoundStats as RoundStats
+from ._update import MaskedUpdate as MaskedUpdate
+from ._update import UpdateError as UpdateError
+from .errors import BudgetExhaustedError as BudgetExhaustedError
+from .errors import DataError as DataError
+from .errors import LedgerError as LedgerError
+from .errors import SdkError as SdkError
+
+__all__ = [
+    "AdapterError",
+    "AuditSink",
+    "Block",
+    "BudgetExhaustedError",
+    "ClusterAdapters",
+    "DataError",
+    "GradSampleMode",
+    "LedgerError",
+    "LocalTrainer",
+    "MaskedAdapterModel",
+    "MaskedUpdate",
+    "MechanismRecord",
+    "MixtureError",
+    "NoiseSampler",
+    "OrganizationData",
+    "PersonalState",
+    "PrivacyLedger",
+    "PrivateStep",
+    "RoundStats",
+    "SdkError",
+    "SecureGaussian",
+    "TextDataset",
+    "UpdateError",
+    "auto_noise_multiplier",
+    "build_base_model",
+    "compute_epsilon",
+    "data_mask",
+    "export_peft",
+    "get_block_state",
+    "load_csv",
+    "load_dataset_file",
+    "load_from_disk",
+    "load_jsonl",
+    "load_tokenizer",
+    "minilm_path",
+    "mixture_start",
+    "noise_sampler",
+    "poisson_batch",
+    "set_block_state",
+    "solve_noise_multiplier",
+    "synthetic_federation",
+    "tier_mask",
+    "update_membership",
+    "use_noise_sampler",
+]

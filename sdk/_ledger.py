@@ -1,0 +1,342 @@
+"""The organization's persistent privacy ledger: every DP release, durably on disk.
+
+The ledger is a JSON file holding the full mechanism parameters of every release the
+organization made (:class:`MechanismRecord`), so ε can be recomputed at any time, by the
+organization or an auditor, with any Opacus accountant. It implements DESIGN §3:
+the spend of a round is committed *before* the update leaves the organization, with an
+atomic, durable write (temporary file, ``fsync``, ``os.replace``, ``fsync`` of the
+folder), so a crash at any point leaves either the old or the new ledger, never a torn
+one, and never forgets spend that was released.
+
+The file carries a format version and a SHA-256 digest of its content: a truncated,
+corrupted or hand-edited file is refused with :class:`LedgerError`, never silently
+replaced by an empty ledger. Commits from concurrent processes are serialized with an
+advisory lock on a sidecar ``.lock`` file (POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fedhft.errors import SecurityWarning
+from fedhft.policies import Accountant
+
+from ._privacy import MechanismRecord, compute_epsilon
+from .errors import BudgetExhaustedError, LedgerError
+
+FORMAT = "fedhft-privacy-ledger"
+VERSION = 1
+_FIELDS = ("accountant", "delta", "epsilon_budget", "format", "organization", "records")
+
+
+def _canonical(content: dict[str, Any]) -> bytes:
+    return json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def _digest(content: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(content)).hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an advisory exclusive lock on ``path.lock`` (a no-op where flock is missing)."""
+    if sys.platform == "win32":  # pragma: no cover - fedhft targets POSIX hosts
+        yield
+        return
+    import fcntl
+
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    if sys.platform == "win32":  # pragma: no cover - folders cannot be fsynced there
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PrivacyLedger:
+    """Persistent record of an organization's DP releases and the ε they spend.
+
+    Open it with :meth:`open`; ask :meth:`check` before training a round and
+    :meth:`commit` before its update is released.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        organization: str,
+        accountant: Accountant,
+        delta: float,
+        epsilon_budget: float,
+        records: tuple[MechanismRecord, ...],
+    ) -> None:
+        self._path = path
+        self._organization = organization
+        self._accountant = accountant
+        self._delta = delta
+        self._epsilon_budget = epsilon_budget
+        self._records = records
+        self._spent: float | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        organization: str,
+        accountant: Accountant,
+        delta: float,
+        epsilon_budget: float,
+        create: bool = True,
+    ) -> PrivacyLedger:
+        """Open the ledger at ``path``, creating an empty one if missing and ``create``.
+
+        The budget is the caller's (the current policy's); it is written to the file at
+        the next commit. Pass ``create=False`` once a federation has started, so a lost
+        ledger file is an error instead of a fresh zero spend.
+
+        Raises:
+            LedgerError: the file is missing (and ``create`` is false), unreadable,
+                truncated, corrupted or edited, or was written for another
+                organization, accountant or δ.
+            ValueError: ``delta`` or ``epsilon_budget`` is out of range.
+        """
+        accountant = Accountant(accountant)
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"`delta` must be in (0, 1), got {delta!r}")
+        if not (math.isfinite(epsilon_budget) and epsilon_budget > 0):
+            raise ValueError(
+                f"`epsilon_budget` must be a finite number > 0, got {epsilon_budget!r}"
+            )
+        if accountant is Accountant.GDP:
+            warnings.warn(
+                "the GDP accountant relies on a central-limit approximation and can "
+                "underestimate ε, most for few steps or large sample rates; prefer `rdp` "
+                "or `prv` for `privacy.accountant`",
+                SecurityWarning,
+                stacklevel=2,
+            )
+        ledger_path = Path(path)
+        ledger = cls(
+            ledger_path,
+            organization=organization,
+            accountant=accountant,
+            delta=delta,
+            epsilon_budget=epsilon_budget,
+            records=(),
+        )
+        with _exclusive_lock(ledger_path):
+            if ledger_path.exists():
+                ledger._records = ledger._read()
+            elif create:
+                # Written now, so a later loss of the file is noticed (create=False).
+                ledger._write((), 0.0)
+            else:
+                raise LedgerError(
+                    f"privacy ledger {ledger_path} does not exist; restore it from backup — "
+                    "starting from zero would forget privacy already spent"
+                )
+        return ledger
+
+    def _read(self) -> tuple[MechanismRecord, ...]:
+        """The records in the file, after checking format, digest and settings."""
+        path = self._path
+        try:
+            raw = path.read_bytes()
+        except OSError as error:
+            raise LedgerError(f"cannot read privacy ledger {path}: {error.strerror}") from error
+        if not raw.strip():
+            raise LedgerError(f"privacy ledger {path} is empty (truncated?); restore it")
+        try:
+            document = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise LedgerError(
+                f"privacy ledger {path} is not valid JSON (truncated or corrupted): {error}"
+            ) from error
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise LedgerError(f"{path} is not a fedhft privacy ledger (no `format: {FORMAT}`)")
+        if document.get("version") != VERSION:
+            raise LedgerError(
+                f"privacy ledger {path} has format version {document.get('version')!r}; "
+                f"this fedhft reads version {VERSION}"
+            )
+        missing = [name for name in _FIELDS if name not in document]
+        if missing or "sha256" not in document:
+            raise LedgerError(f"privacy ledger {path} lacks {missing or ['sha256']}")
+        content = {name: document[name] for name in (*_FIELDS, "version")}
+        if _digest(content) != document["sha256"]:
+            raise LedgerError(
+                f"privacy ledger {path} fails its SHA-256 check: it was corrupted or edited"
+            )
+        expected = {
+            "organization": self._organization,
+            "accountant": self._accountant.value,
+            "delta": self._delta,
+        }
+        for name, value in expected.items():
+            if document[name] != value:
+                raise LedgerError(
+                    f"privacy ledger {path} belongs to {name}={document[name]!r}, not "
+                    f"{value!r}; use that setting or another ledger_path"
+                )
+        if not isinstance(document["records"], list):
+            raise LedgerError(f"privacy ledger {path}: `records` must be a list")
+        try:
+            return tuple(MechanismRecord.model_validate(item) for item in document["records"])
+        except ValidationError as error:
+            raise LedgerError(f"privacy ledger {path} holds an invalid record: {error}") from error
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def path(self) -> Path:
+        """The ledger file."""
+        return self._path
+
+    @property
+    def organization(self) -> str:
+        """The organization whose spend this is."""
+        return self._organization
+
+    @property
+    def accountant(self) -> Accountant:
+        """The accountant ε is computed with."""
+        return self._accountant
+
+    @property
+    def delta(self) -> float:
+        """δ of the (ε, δ) guarantee."""
+        return self._delta
+
+    @property
+    def epsilon_budget(self) -> float:
+        """The total ε budget."""
+        return self._epsilon_budget
+
+    @property
+    def records(self) -> tuple[MechanismRecord, ...]:
+        """Every committed release, oldest first."""
+        return self._records
+
+    def spent(self) -> float:
+        """ε spent by all committed releases (0.0 when none)."""
+        if self._spent is None:
+            self._spent = self._epsilon_of(self._records)
+        return self._spent
+
+    def remaining(self) -> float:
+        """Budget minus spend (never below 0)."""
+        return max(0.0, self._epsilon_budget - self.spent())
+
+    def epsilon_if(self, record: MechanismRecord) -> float:
+        """ε the ledger would reach if ``record`` were committed."""
+        return self._epsilon_of((*self._records, record))
+
+    def check(self, record: MechanismRecord) -> float:
+        """ε after ``record``, or :class:`BudgetExhaustedError` if that is over budget."""
+        after = self.epsilon_if(record)
+        if not after <= self._epsilon_budget:
+            raise BudgetExhaustedError(
+                spent=self.spent(), requested=after, budget=self._epsilon_budget
+            )
+        return after
+
+    # ------------------------------------------------------------------ writing
+
+    def commit(self, record: MechanismRecord) -> float:
+        """Check ``record`` against the budget, append it and write the ledger durably.
+
+        Returns ε after the record. Commits by another process since this one opened the
+        ledger are read first (under a file lock), so none is lost.
+
+        Raises:
+            BudgetExhaustedError: the record would exceed the budget; nothing is written.
+            LedgerError: the file changed in a way that does not extend this ledger.
+        """
+        with _exclusive_lock(self._path):
+            if self._path.exists():
+                on_disk = self._read()
+                if on_disk[: len(self._records)] != self._records:
+                    raise LedgerError(
+                        f"privacy ledger {self._path} was rewritten by someone else and no "
+                        "longer contains this process's records; reopen it"
+                    )
+                if len(on_disk) != len(self._records):
+                    self._records = on_disk
+                    self._spent = None
+            after = self.check(record)
+            records = (*self._records, record)
+            self._write(records, after)
+            self._records = records
+            self._spent = after
+        return after
+
+    def _write(self, records: tuple[MechanismRecord, ...], spent: float) -> None:
+        content: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "organization": self._organization,
+            "accountant": self._accountant.value,
+            "delta": self._delta,
+            "epsilon_budget": self._epsilon_budget,
+            "records": [record.model_dump(mode="json") for record in records],
+        }
+        document = {
+            **content,
+            # For people reading the file; the ledger always recomputes it from records.
+            "epsilon_spent": spent,
+            "sha256": _digest(content),
+        }
+        folder = self._path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{self._path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(json.dumps(document, indent=2, allow_nan=False).encode() + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self._path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        _fsync_folder(folder)
+
+    def _epsilon_of(self, records: tuple[MechanismRecord, ...]) -> float:
+        return compute_epsilon(records, accountant=self._accountant, delta=self._delta)
+
+    def __repr__(self) -> str:
+        return (
+            f"PrivacyLedger({str(self._path)!r}, organization={self._organization!r}, "
+            f"accountant={self._accountant.value!r}, records={len(self._records)}, "
+            f"spent={self.spent():.4g}, budget={self._epsilon_budget:.4g})"
+        )
