@@ -256,6 +256,17 @@ class SecureAggregationSpec(_Frozen):
         default=None, ge=2, description="SecAgg+ graph degree k; default: complete graph."
     )
     stage_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    clip: float = Field(
+        default=8.0,
+        gt=0,
+        le=1e6,
+        description="Bound on every coordinate of an uploaded update; clients clip to it.",
+    )
+    scale: float = Field(
+        default=2.0**20,
+        gt=0,
+        description="Fixed-point levels per unit; one quantization step is 1/scale.",
+    )
 
     @model_validator(mode="after")
     def _dropouts_fit_threshold(self) -> SecureAggregationSpec:

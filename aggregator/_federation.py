@@ -1,0 +1,305 @@
+"""The server's side of federated rounds, independent of any transport.
+
+One round: the coordinator releases the cluster adapters (K of them, or one during
+warm-up), builds one secure-aggregation session per cluster over the round's
+participants, and moves every cluster adapter by the per-row averages of its members'
+updates, computed from secure sums alone (DESIGN §2.2, §4):
+
+``G_j[b] ← G_j[b] + Σ_i π_ij·m_i⊙Δ_i[b] / Σ_i π_ij·m_i``   (rows with no weight stay).
+
+The same code drives the gRPC aggregation server and the in-process simulation used by
+the learning benchmark.
+
+Notes:
+    Clusters split after the warm-up rounds. The server cannot see individual updates,
+    so it cannot seed clusters the way the FedHFT paper does (k-means on updates).
+    Instead each cluster starts from the warm-up model with a *reference update*: the
+    last warm-up aggregate plus a small public random direction, different per cluster.
+    Organizations compare their own DP update with these references (post-processing),
+    and from then on each reference is the cluster's real last aggregate, so
+    memberships and references refine each other round by round, as in Lloyd's
+    algorithm, with the server seeing only secure sums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
+
+from fedhft.policies import ConsortiumConfig, Method, policy_hash
+from fedhft.protocol import AggregateResult, SessionParams
+from fedhft.protocol._blocks import packed_length, row_average
+from fedhft.protocol.errors import CohortTooSmallError
+from fedhft.sdk import ClusterAdapters
+
+from .errors import RoundError
+
+FloatArray = npt.NDArray[np.float64]
+
+_SPLIT_TAG = b"fedhft/cluster-split/v1"
+
+
+def encode_clusters(clusters: ClusterAdapters) -> bytes:
+    """Serialize cluster adapters (states and last updates) as safetensors bytes."""
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for j, state in enumerate(clusters.states):
+        for block_id, values in state.items():
+            arrays[f"state/{j}/{block_id}"] = np.ascontiguousarray(values, dtype=np.float64)
+    for j, update in enumerate(clusters.last_updates):
+        for block_id, values in (update or {}).items():
+            arrays[f"update/{j}/{block_id}"] = np.ascontiguousarray(values, dtype=np.float64)
+    metadata = {
+        "clusters": str(clusters.k),
+        "updates": json.dumps([u is not None for u in clusters.last_updates]),
+    }
+    return bytes(save_arrays(arrays, metadata=metadata))
+
+
+def decode_clusters(data: bytes) -> ClusterAdapters:
+    """Inverse of :func:`encode_clusters` (safetensors: no code is ever executed)."""
+    arrays = load_arrays(data)
+    # The metadata sits in the safetensors header: an 8-byte length, then JSON.
+    header_len = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+    k = int(metadata["clusters"])
+    has_update = json.loads(metadata["updates"])
+    states: list[dict[str, FloatArray]] = [{} for _ in range(k)]
+    updates: list[dict[str, FloatArray]] = [{} for _ in range(k)]
+    for name, values in arrays.items():
+        kind, j, block_id = name.split("/", 2)
+        target = states if kind == "state" else updates
+        target[int(j)][block_id] = values.astype(np.float64)
+    return ClusterAdapters(
+        states=tuple(states),
+        last_updates=tuple(u if has_update[j] else None for j, u in enumerate(updates)),
+    )
+
+
+def clusters_digest(clusters: ClusterAdapters) -> bytes:
+    """SHA-256 of the released model: bound into every session id of the round."""
+    return hashlib.sha256(encode_clusters(clusters)).digest()
+
+
+@dataclass(frozen=True)
+class ClusterOutcome:
+    """What one cluster's secure sum did in a round."""
+
+    cluster: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    aggregated_blocks: int
+    skipped_blocks: dict[str, int] = field(default_factory=dict)
+    """Blocks left out (held by fewer than the minimum cohort) → holder count."""
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """A completed round, as the server reports it (no individual value in it)."""
+
+    round: int
+    clusters: int
+    participants: tuple[str, ...]
+    outcomes: tuple[ClusterOutcome, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "clusters": self.clusters,
+            "participants": list(self.participants),
+            "outcomes": [
+                {
+                    "cluster": o.cluster,
+                    "survivors": list(o.survivors),
+                    "dropped": list(o.dropped),
+                    "aggregated_blocks": o.aggregated_blocks,
+                    "skipped_blocks": o.skipped_blocks,
+                }
+                for o in self.outcomes
+            ],
+        }
+
+
+class RoundCoordinator:
+    """The learning state of the server: cluster adapters and how a round moves them.
+
+    Args:
+        consortium: the consortium configuration.
+        run_id: the training run (bound into session ids).
+        initial_state: every block's starting value (B blocks zero, the head as
+            initialized from the consortium seed), ``rows × cols`` each.
+        tier_blocks: tier name → the blocks that tier trains and uploads (public).
+        clusters: the model to resume from, when the server restarts.
+    """
+
+    def __init__(
+        self,
+        consortium: ConsortiumConfig,
+        *,
+        run_id: str,
+        initial_state: Mapping[str, FloatArray],
+        tier_blocks: Mapping[str, Sequence[str]],
+        clusters: ClusterAdapters | None = None,
+    ) -> None:
+        self.consortium = consortium
+        self.run_id = run_id
+        self.config_hash = bytes.fromhex(policy_hash(consortium))
+        self.shapes = {b: (int(v.shape[0]), int(v.shape[1])) for b, v in initial_state.items()}
+        self.tier_blocks = {tier: tuple(blocks) for tier, blocks in tier_blocks.items()}
+        self.clusters = (
+            clusters if clusters is not None else ClusterAdapters.initial(initial_state, 1)
+        )
+
+    # ------------------------------------------------------------------ planning
+
+    def clusters_in_round(self, round_number: int) -> int:
+        """K during a round: one during warm-up (and for single-cluster methods)."""
+        spec = self.consortium.clustering
+        if self.consortium.method in (Method.FEDAVG, Method.LOCAL):
+            return 1
+        return 1 if round_number <= spec.warmup_rounds else spec.clusters
+
+    def model_for_round(self, round_number: int) -> ClusterAdapters:
+        """The cluster adapters released at the start of ``round_number``.
+
+        At the first round after warm-up the single adapter is split into K copies whose
+        reference updates differ by a small public random direction (see the module
+        notes); the split is deterministic in the run id, so a restarted server makes
+        the same one.
+        """
+        k = self.clusters_in_round(round_number)
+        if self.clusters.k == k:
+            return self.clusters
+        if self.clusters.k != 1:
+            raise RoundError(f"cannot go from {self.clusters.k} clusters to {k}")
+        self.clusters = self._split(k)
+        return self.clusters
+
+    def _split(self, k: int) -> ClusterAdapters:
+        state = self.clusters.states[0]
+        base = self.clusters.last_updates[0]
+        seed = hashlib.sha256(_SPLIT_TAG + self.run_id.encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(seed, "big"))
+        references: list[dict[str, FloatArray]] = []
+        for _ in range(k):
+            reference: dict[str, FloatArray] = {}
+            for block_id, values in state.items():
+                centre = base[block_id] if base is not None else np.zeros_like(values)
+                scale = float(np.std(centre)) if base is not None else 0.0
+                scale = scale if scale > 0 else 1e-3
+                reference[block_id] = centre + 0.5 * scale * rng.standard_normal(values.shape)
+            references.append(reference)
+        return ClusterAdapters(
+            states=tuple(dict(state) for _ in range(k)), last_updates=tuple(references)
+        )
+
+    def session_params(
+        self,
+        *,
+        round_number: int,
+        attempt: int,
+        cluster: int,
+        participants: Mapping[str, str],
+    ) -> tuple[SessionParams, dict[str, int]]:
+        """The secure-aggregation session of one cluster, and the blocks left out.
+
+        ``participants`` maps each organization of the round to its tier. Blocks held
+        by fewer than the minimum cohort are left out of the session (they stay with
+        their holders this round) and returned with their holder counts.
+
+        Raises:
+            CohortTooSmallError: fewer participants than the minimum cohort.
+        """
+        spec = self.consortium.secure_aggregation
+        roster = sorted(participants)
+        if len(roster) < spec.min_cohort:
+            raise CohortTooSmallError(
+                f"round {round_number} has {len(roster)} participants, fewer than the "
+                f"minimum cohort {spec.min_cohort}"
+            )
+        supports: dict[str, set[str]] = {}
+        for org, tier in participants.items():
+            for block_id in self.tier_blocks[tier]:
+                supports.setdefault(block_id, set()).add(org)
+        kept = {b: orgs for b, orgs in supports.items() if len(orgs) >= spec.min_cohort}
+        skipped = {b: len(orgs) for b, orgs in supports.items() if b not in kept}
+        if not kept:
+            raise CohortTooSmallError(
+                f"no block of round {round_number} is held by {spec.min_cohort} participants"
+            )
+        params = SessionParams(
+            run_id=f"{self.run_id}.a{attempt}",
+            round=round_number,
+            cluster=cluster,
+            roster=roster,
+            config_hash=self.config_hash,
+            model_hash=clusters_digest(self.model_for_round(round_number)),
+            threshold=spec.threshold(len(roster)),
+            min_cohort=spec.min_cohort,
+            block_lengths={b: packed_length(*self.shapes[b]) for b in sorted(kept)},
+            block_supports={b: frozenset(kept[b]) for b in sorted(kept)},
+            clip=spec.clip,
+            scale=spec.scale,
+            neighbours=spec.neighbours,
+        )
+        return params, skipped
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(
+        self,
+        *,
+        round_number: int,
+        participants: Sequence[str],
+        results: Mapping[int, AggregateResult],
+        skipped: Mapping[int, Mapping[str, int]] | None = None,
+    ) -> RoundSummary:
+        """Move every cluster adapter by its per-row averaged secure sum.
+
+        Blocks that were not aggregated keep their value, and their last update is zero.
+        """
+        current = self.model_for_round(round_number)
+        if set(results) != set(range(current.k)):
+            raise RoundError(
+                f"round {round_number} needs the secure sums of clusters 0..{current.k - 1}, "
+                f"got {sorted(results)}"
+            )
+        states: list[dict[str, FloatArray]] = []
+        updates: list[dict[str, FloatArray]] = []
+        outcomes: list[ClusterOutcome] = []
+        for j in range(current.k):
+            result = results[j]
+            state = {b: np.array(v, dtype=np.float64) for b, v in current.states[j].items()}
+            update = {b: np.zeros_like(v) for b, v in state.items()}
+            for block_id, block_sum in result.blocks.items():
+                rows, cols = self.shapes[block_id]
+                average, has_weight = row_average(block_sum.sum, rows, cols)
+                state[block_id][has_weight] += average[has_weight]
+                update[block_id] = average
+            states.append(state)
+            updates.append(update)
+            left_out = dict((skipped or {}).get(j, {}))
+            left_out.update(result.skipped)
+            outcomes.append(
+                ClusterOutcome(
+                    cluster=j,
+                    survivors=tuple(result.survivors),
+                    dropped=tuple(result.dropped),
+                    aggregated_blocks=len(result.blocks),
+                    skipped_blocks=left_out,
+                )
+            )
+        self.clusters = ClusterAdapters(states=tuple(states), last_updates=tuple(updates))
+        return RoundSummary(
+            round=round_number,
+            clusters=current.k,
+            participants=tuple(sorted(participants)),
+            outcomes=tuple(outcomes),
+        )

@@ -1,0 +1,156 @@
+"""A whole federation in one process: the real coordinator, clients and secure sums.
+
+Every organization runs the real `LocalTrainer` (DP-SGD, ledger) through a
+`RoundParticipant`; every cluster of every round is summed by the real masking-mode
+secure aggregation, with each message encoded and decoded as on the wire. Only the
+network is missing: the gRPC server drives the same coordinator and participants.
+Used by the learning benchmark and by tests that need many rounds quickly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedhft.policies import ConsortiumConfig, Method
+from fedhft.protocol import AggregateResult, SessionStats, run_secagg_in_process
+from fedhft.sdk import BudgetExhaustedError, TextDataset
+from fedhft.sdk._participant import RoundParticipant
+
+from ._federation import RoundCoordinator, RoundSummary, encode_clusters
+
+
+@dataclass
+class OrganizationRun:
+    """One organization of an in-process federation."""
+
+    participant: RoundParticipant
+    tier: str
+    test: TextDataset
+    domain: str = ""
+    identity: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    rounds_joined: int = 0
+    refused: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RoundRecord:
+    """What one in-process round did and cost."""
+
+    summary: RoundSummary | None
+    seconds: float
+    refused: tuple[str, ...]
+
+
+@dataclass
+class FederationResult:
+    """The outcome of an in-process federation."""
+
+    rounds: list[RoundRecord]
+    metrics: dict[str, dict[str, Any]]
+    coordinator: RoundCoordinator
+
+
+def run_federation_in_process(
+    consortium: ConsortiumConfig,
+    coordinator: RoundCoordinator,
+    organizations: Mapping[str, OrganizationRun],
+    *,
+    rounds: int | None = None,
+    drop: Callable[[int, int], Mapping[str, Sequence[str]]] | None = None,
+    on_round: Callable[[int, RoundRecord], None] | None = None,
+) -> FederationResult:
+    """Run ``rounds`` rounds (default: the consortium's) and evaluate every organization.
+
+    Args:
+        drop: ``(round, cluster) → {stage: organizations that go silent}``, to simulate
+            dropouts inside secure aggregation.
+        on_round: called after each round (progress reporting).
+    """
+    records: list[RoundRecord] = []
+    total = rounds if rounds is not None else consortium.rounds
+    for round_number in range(1, total + 1):
+        started = time.perf_counter()
+        clusters = coordinator.model_for_round(round_number)
+        download = len(encode_clusters(clusters))
+        updates = {}
+        refused: list[str] = []
+        for org, run in organizations.items():
+            try:
+                updates[org] = run.participant.prepare(round_number, clusters)
+            except BudgetExhaustedError:
+                run.refused.append(round_number)
+                refused.append(org)
+                continue
+            run.bytes_down += download
+            run.rounds_joined += 1
+        summary: RoundSummary | None = None
+        if consortium.method is not Method.LOCAL:
+            participants = {org: organizations[org].tier for org in updates}
+            results: dict[int, AggregateResult] = {}
+            skipped: dict[int, dict[str, int]] = {}
+            for cluster in range(clusters.k):
+                params, skipped[cluster] = coordinator.session_params(
+                    round_number=round_number,
+                    attempt=1,
+                    cluster=cluster,
+                    participants=participants,
+                )
+                inputs = {
+                    org: organizations[org].participant.contributions(
+                        update,
+                        cluster=cluster,
+                        block_lengths=params.block_lengths,
+                        clip=params.clip,
+                    )
+                    for org, update in updates.items()
+                }
+                stats = SessionStats()
+                results[cluster] = run_secagg_in_process(
+                    params,
+                    inputs,
+                    {org: organizations[org].identity for org in updates},
+                    drop=drop(round_number, cluster) if drop is not None else None,
+                    stats=stats,
+                )
+                for org in updates:
+                    organizations[org].bytes_up += stats.bytes_up.get(org, 0)
+                    organizations[org].bytes_down += stats.bytes_down.get(org, 0)
+            summary = coordinator.apply(
+                round_number=round_number,
+                participants=list(updates),
+                results=results,
+                skipped=skipped,
+            )
+        for org in updates:
+            organizations[org].participant.complete(round_number)
+        record = RoundRecord(summary, time.perf_counter() - started, tuple(refused))
+        records.append(record)
+        if on_round is not None:
+            on_round(round_number, record)
+
+    final = coordinator.clusters
+    metrics: dict[str, dict[str, Any]] = {}
+    for org, run in organizations.items():
+        scores = run.participant.evaluate(run.test, final)
+        personal = run.participant.personal
+        ledger = run.participant.trainer.ledger
+        metrics[org] = {
+            **scores,
+            "tier": run.tier,
+            "domain": run.domain,
+            "membership": [] if personal is None else [float(p) for p in personal.membership],
+            "epsilon": ledger.spent() if ledger is not None else None,
+            "epsilon_budget": run.participant.trainer.policy.privacy.epsilon,
+            "bytes_up": run.bytes_up,
+            "bytes_down": run.bytes_down,
+            "rounds_joined": run.rounds_joined,
+            "refused_rounds": list(run.refused),
+        }
+    return FederationResult(records, metrics, coordinator)

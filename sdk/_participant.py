@@ -1,0 +1,235 @@
+"""An organization's side of federated rounds, independent of any transport.
+
+A round, seen from the organization: receive the cluster adapters, train one accounted
+DP-SGD round from the personalized mixture, and contribute ``π_j·m⊙Δ`` and ``π_j·m`` to
+each cluster's secure sum. The gRPC client and the in-process simulation both drive this.
+
+Notes:
+    Training a round spends privacy, and the spend is committed to the ledger before the
+    update exists. The trained update and the new personal state are then written to
+    ``state_dir`` before anything is uploaded. If the round is interrupted (the server
+    restarts it, the network fails, this process dies), the retry re-sends the *same*
+    DP output instead of training again: re-sending an already-released output is
+    post-processing, so the ledger shows each round's spend exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
+
+from fedhft.policies import Method
+
+from ._data import TextDataset
+from ._mixture import ClusterAdapters, PersonalState, mixture_start
+from ._trainer import LocalTrainer, RoundStats
+from ._update import MaskedUpdate
+from .errors import SdkError
+
+FloatArray = npt.NDArray[np.float64]
+
+_STATE_FILE = "personal-state.safetensors"
+_PENDING_FILE = "pending-update.safetensors"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _encode_personal(personal: PersonalState, extra: Mapping[str, str]) -> bytes:
+    arrays: dict[str, np.ndarray[Any, Any]] = {"membership": np.asarray(personal.membership)}
+    for block_id, rows in personal.personal_rows.items():
+        arrays[f"rows/{block_id}"] = np.asarray(rows, dtype=np.uint8)
+        arrays[f"values/{block_id}"] = np.asarray(personal.values[block_id], dtype=np.float64)
+    return bytes(save_arrays(arrays, metadata=dict(extra)))
+
+
+def _decode_personal(data: bytes) -> tuple[PersonalState, dict[str, str]]:
+    arrays = load_arrays(data)
+    rows = {k[5:]: v.astype(np.bool_) for k, v in arrays.items() if k.startswith("rows/")}
+    values = {k[7:]: v for k, v in arrays.items() if k.startswith("values/")}
+    return (
+        PersonalState(membership=arrays["membership"], personal_rows=rows, values=values),
+        _metadata(data),
+    )
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(data[:8], "little")
+    metadata: dict[str, str] = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+    return metadata
+
+
+def _encode_update(update: MaskedUpdate) -> bytes:
+    arrays = {
+        f"{j}/{block_id}": np.asarray(vector)
+        for j in range(update.clusters)
+        for block_id, vector in update.vectors(j).items()
+    }
+    metadata = {
+        "round": str(update.round),
+        "clusters": str(update.clusters),
+        "private": json.dumps(update.private),
+        "blocks": json.dumps([[b, *update.shapes[b]] for b in update.block_ids]),
+    }
+    return bytes(save_arrays(arrays, metadata=metadata))
+
+
+def _decode_update(data: bytes) -> MaskedUpdate:
+    arrays = load_arrays(data)
+    metadata = _metadata(data)
+    blocks = json.loads(metadata["blocks"])
+    vectors = tuple(
+        {b: arrays[f"{j}/{b}"] for b, _, _ in blocks} for j in range(int(metadata["clusters"]))
+    )
+    return MaskedUpdate(
+        round=int(metadata["round"]),
+        block_ids=tuple(b for b, _, _ in blocks),
+        shapes={b: (int(r), int(c)) for b, r, c in blocks},
+        private=bool(json.loads(metadata["private"])),
+        _vectors=vectors,
+    )
+
+
+class RoundParticipant:
+    """Trains and contributes an organization's update, round after round.
+
+    Args:
+        trainer: the organization's local trainer (model, policy, ledger, audit).
+        dataset: its training data.
+        state_dir: where its personal state (π, personal rows, head) and the pending
+            update of an unfinished round are kept between rounds and restarts.
+    """
+
+    def __init__(self, trainer: LocalTrainer, dataset: TextDataset, *, state_dir: str | Path):
+        self.trainer = trainer
+        self.dataset = dataset
+        self.state_dir = Path(state_dir)
+        self.organization = trainer.policy.organization
+        self.personal: PersonalState | None = None
+        self.completed_round = 0
+        self.last_stats: RoundStats | None = None
+        self._local_model: ClusterAdapters | None = None
+        path = self.state_dir / _STATE_FILE
+        if path.exists():
+            self.personal, metadata = _decode_personal(path.read_bytes())
+            self.completed_round = int(metadata.get("completed_round", "0"))
+
+    @property
+    def method(self) -> Method:
+        return self.trainer.consortium.method
+
+    def pending_update(self, round_number: int) -> MaskedUpdate | None:
+        """The update already trained for ``round_number`` and not yet completed."""
+        path = self.state_dir / _PENDING_FILE
+        if not path.exists():
+            return None
+        update = _decode_update(path.read_bytes())
+        return update if update.round == round_number else None
+
+    def prepare(self, round_number: int, clusters: ClusterAdapters) -> MaskedUpdate:
+        """This round's masked update: trained now, or the one trained before a restart.
+
+        Raises:
+            BudgetExhaustedError: the round would exceed the privacy budget.
+        """
+        if round_number <= self.completed_round:
+            raise SdkError(
+                f"{self.organization} already completed round {self.completed_round}; "
+                f"round {round_number} cannot be trained again"
+            )
+        pending = self.pending_update(round_number)
+        if pending is not None:
+            return pending
+        start_from = self._local_model if self.method is Method.LOCAL else clusters
+        update, personal, stats = self.trainer.train_round(
+            self.dataset, start_from, round=round_number, personal=self.personal
+        )
+        self.last_stats = stats
+        if self.method is Method.LOCAL:
+            self._local_model = ClusterAdapters.initial(self.trainer.model.get_block_state())
+        # The new personal state goes with the pending update; both become current only
+        # when the round completes, so an aborted round leaves the old state in force.
+        _atomic_write(self.state_dir / _PENDING_FILE, _encode_update(update))
+        _atomic_write(
+            self.state_dir / f"pending-{_STATE_FILE}",
+            _encode_personal(personal, {"round": str(round_number)}),
+        )
+        return update
+
+    def contributions(
+        self,
+        update: MaskedUpdate,
+        *,
+        cluster: int,
+        block_lengths: Mapping[str, int],
+        clip: float,
+    ) -> dict[str, FloatArray]:
+        """The vectors this organization puts into one cluster's secure sum.
+
+        Only blocks of the session are sent; values are clipped to the session's bound
+        (post-processing of the DP output).
+        """
+        vectors = update.vectors(cluster)
+        return {
+            block_id: np.clip(vectors[block_id], -clip, clip)
+            for block_id in block_lengths
+            if block_id in vectors
+        }
+
+    def complete(self, round_number: int) -> None:
+        """Make the round's personal state current and forget its pending update."""
+        pending_state = self.state_dir / f"pending-{_STATE_FILE}"
+        if pending_state.exists():
+            personal, metadata = _decode_personal(pending_state.read_bytes())
+            if int(metadata.get("round", "-1")) == round_number:
+                self.personal = personal
+        self.completed_round = round_number
+        if self.personal is not None:
+            _atomic_write(
+                self.state_dir / _STATE_FILE,
+                _encode_personal(self.personal, {"completed_round": str(round_number)}),
+            )
+        pending_state.unlink(missing_ok=True)
+        (self.state_dir / _PENDING_FILE).unlink(missing_ok=True)
+
+    def personalized_state(self, clusters: ClusterAdapters) -> dict[str, FloatArray]:
+        """The organization's personalized blocks: its mixture with its personal rows."""
+        if self.method is Method.LOCAL and self._local_model is not None:
+            clusters = self._local_model
+        pi = (
+            self.personal.membership
+            if self.personal is not None and self.personal.membership.size == clusters.k
+            else np.full(clusters.k, 1.0 / clusters.k)
+        )
+        return mixture_start(clusters, pi, self.personal)
+
+    def evaluate(self, dataset: TextDataset, clusters: ClusterAdapters) -> dict[str, float]:
+        """Accuracy and macro-F1 of the personalized model on ``dataset``."""
+        self.trainer.model.set_block_state(self.personalized_state(clusters))
+        return self.trainer.evaluate(dataset)
