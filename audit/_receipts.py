@@ -1,0 +1,203 @@
+"""Upload receipts: the server's signed acknowledgement of one accepted upload.
+
+For every upload it accepts, the aggregation server signs a receipt naming the round,
+the cluster, the organization and the SHA-256 of the masked upload (DESIGN §6). The
+client logs it as an `aggregation_receipt` record and the server logs `upload_accepted`,
+so an auditor holding both logs can match them one to one: an upload the client
+committed to without a receipt, or a receipt for an upload the client never committed
+to, shows up as a finding in `verify_log`.
+
+Notes:
+    The signed message is ``RECEIPT_CONTEXT || canonical(receipt fields without sig)``.
+    The context string keeps a receipt signature from ever verifying as an audit-record
+    signature or a key advertisement made with the same server key. Binding the
+    secure-aggregation session id (`sid`), when given, ties the receipt to one session
+    so it cannot be replayed into another round's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ._canonical import JSONValue, canonical_json
+from ._keys import key_fingerprint
+from .errors import ReceiptError
+
+RECEIPT_CONTEXT: Final = b"fedhft/upload-receipt/v1\x00"
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+_SID = re.compile(r"^[0-9a-f]{2,128}$")
+_IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A server-signed acknowledgement of one accepted upload."""
+
+    round: int
+    cluster: int
+    organization: str
+    upload_sha256: str
+    server: str
+    """Fingerprint (`key_fingerprint`) of the server key that signed."""
+    sig: str
+    """Hex Ed25519 signature over `signing_message()`."""
+    sid: str | None = None
+    """Hex secure-aggregation session id, when the receipt is bound to one."""
+
+    def __post_init__(self) -> None:
+        problems = _field_problems(
+            round=self.round,
+            cluster=self.cluster,
+            organization=self.organization,
+            upload_sha256=self.upload_sha256,
+            server=self.server,
+            sid=self.sid,
+        )
+        if self.sig and _HEX128.fullmatch(self.sig) is None:
+            problems.append("`sig` must be 128 lower-case hex digits")
+        if problems:
+            raise ReceiptError("invalid receipt: " + "; ".join(problems))
+
+    def signed_fields(self) -> dict[str, JSONValue]:
+        """The fields the server signs."""
+        return {
+            "cluster": self.cluster,
+            "organization": self.organization,
+            "round": self.round,
+            "server": self.server,
+            "sid": self.sid,
+            "upload_sha256": self.upload_sha256,
+        }
+
+    def signing_message(self) -> bytes:
+        """The exact bytes the signature covers."""
+        return RECEIPT_CONTEXT + canonical_json(self.signed_fields())
+
+    def to_payload(self) -> dict[str, JSONValue]:
+        """The payload of the client's `aggregation_receipt` audit record."""
+        payload: dict[str, JSONValue] = {
+            "round": self.round,
+            "cluster": self.cluster,
+            "organization": self.organization,
+            "upload_sha256": self.upload_sha256,
+            "server": self.server,
+            "receipt_sig": self.sig,
+        }
+        if self.sid is not None:
+            payload["sid"] = self.sid
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, object]) -> Receipt:
+        """Rebuild a receipt from an `aggregation_receipt` payload; `ReceiptError` if bad."""
+        try:
+            sig = payload["receipt_sig"]
+            fields = {
+                name: payload[name]
+                for name in ("round", "cluster", "organization", "upload_sha256", "server")
+            }
+        except KeyError as exc:
+            raise ReceiptError(f"aggregation_receipt payload lacks `{exc.args[0]}`") from None
+        if not isinstance(sig, str):
+            raise ReceiptError("`receipt_sig` must be a hex string")
+        sid = payload.get("sid")
+        return cls(
+            round=fields["round"],  # type: ignore[arg-type]
+            cluster=fields["cluster"],  # type: ignore[arg-type]
+            organization=fields["organization"],  # type: ignore[arg-type]
+            upload_sha256=fields["upload_sha256"],  # type: ignore[arg-type]
+            server=fields["server"],  # type: ignore[arg-type]
+            sig=sig,
+            sid=sid,  # type: ignore[arg-type]
+        )
+
+
+def _field_problems(
+    *,
+    round: object,
+    cluster: object,
+    organization: object,
+    upload_sha256: object,
+    server: object,
+    sid: object,
+) -> list[str]:
+    problems: list[str] = []
+    if type(round) is not int or round < 0:
+        problems.append(f"`round` must be an integer >= 0, got {round!r}")
+    if type(cluster) is not int or cluster < 0:
+        problems.append(f"`cluster` must be an integer >= 0, got {cluster!r}")
+    if not isinstance(organization, str) or _IDENTIFIER.fullmatch(organization) is None:
+        problems.append(f"`organization` must be an identifier, got {organization!r}")
+    if not isinstance(upload_sha256, str) or _HEX64.fullmatch(upload_sha256) is None:
+        problems.append("`upload_sha256` must be 64 lower-case hex digits")
+    if not isinstance(server, str) or _HEX64.fullmatch(server) is None:
+        problems.append("`server` must be a 64-hex-digit key fingerprint")
+    if sid is not None and (not isinstance(sid, str) or _SID.fullmatch(sid) is None):
+        problems.append("`sid` must be lower-case hex (2 to 128 digits) or absent")
+    return problems
+
+
+def sign_receipt(
+    server_key: Ed25519PrivateKey,
+    *,
+    round: int,
+    cluster: int,
+    organization: str,
+    upload_sha256: str,
+    sid: str | bytes | None = None,
+) -> Receipt:
+    """Sign a receipt for one accepted upload with the server's identity key.
+
+    ``upload_sha256`` is the hex SHA-256 of the masked upload exactly as received;
+    ``sid`` (hex or bytes) binds the receipt to one secure-aggregation session.
+    """
+    sid_hex = sid.hex() if isinstance(sid, bytes | bytearray) else sid
+    unsigned = Receipt(
+        round=round,
+        cluster=cluster,
+        organization=organization,
+        upload_sha256=upload_sha256,
+        server=key_fingerprint(server_key.public_key()),
+        sig="",
+        sid=sid_hex,
+    )
+    signature = server_key.sign(unsigned.signing_message())
+    return Receipt(
+        round=round,
+        cluster=cluster,
+        organization=organization,
+        upload_sha256=upload_sha256,
+        server=unsigned.server,
+        sig=signature.hex(),
+        sid=sid_hex,
+    )
+
+
+def verify_receipt(server_public_key: Ed25519PublicKey, receipt: Receipt) -> None:
+    """Raise `ReceiptError` unless ``server_public_key`` signed ``receipt``.
+
+    Checks that the receipt names this key's fingerprint and that the Ed25519 signature
+    verifies over the receipt's fields; one opaque error either way.
+    """
+    if not isinstance(receipt, Receipt):
+        raise ReceiptError(f"expected a Receipt, got {type(receipt).__name__}")
+    if receipt.server != key_fingerprint(server_public_key) or not receipt.sig:
+        raise ReceiptError(
+            f"receipt for round {receipt.round}, cluster {receipt.cluster} was not signed "
+            "by this server key"
+        )
+    try:
+        server_public_key.verify(bytes.fromhex(receipt.sig), receipt.signing_message())
+    except InvalidSignature:
+        raise ReceiptError(
+            f"receipt for round {receipt.round}, cluster {receipt.cluster} was not signed "
+            "by this server key"
+        ) from None
