@@ -31,7 +31,12 @@ _M = TypeVar("_M", bound=Message)
 
 @dataclass(frozen=True)
 class TranscriptEntry:
-    """One message on the wire: stage, sender, recipient (``"server"`` for the server)."""
+    """One message on the wire: stage, sender, recipient (``"server"`` for the server).
+
+    A client's message belongs to the stage it answers; a server broadcast belongs to
+    the stage it closes (``AdvertisedKeys`` to ``advertise``, ``UnmaskRequest`` to
+    ``consistency``).
+    """
 
     stage: Stage
     sender: str

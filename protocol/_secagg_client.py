@@ -528,14 +528,14 @@ class SecAggClient:
             raise EquivocationError(
                 "the unmask request's survivor set differs from the one this client signed"
             )
+        if self._organization in dropped:
+            raise UnmaskRuleError("the unmask request asks for this client's own masking key")
         both = survivors & dropped
         if both:
             raise UnmaskRuleError(
                 f"the unmask request names {len(both)} peers both survivor and dropped; "
                 "revealing both secrets of a peer would expose its input"
             )
-        if self._organization in dropped:
-            raise UnmaskRuleError("the unmask request asks for this client's own masking key")
         self._verify_survivor_signatures(request, survivors)
         unknown = dropped - set(params.roster)
         if unknown:
