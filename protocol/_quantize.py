@@ -92,23 +92,30 @@ class FixedPoint:
             QuantizationOverflowError: a value lies outside ``[−clip, clip]``.
         """
         x = np.asarray(values, dtype=np.float64)
-        if not np.all(np.isfinite(x)):
-            raise InvalidInputError("an input contains NaN or infinite values")
-        outside = int(np.count_nonzero(np.abs(x) > self.clip))
-        if outside:
-            raise QuantizationOverflowError(
-                f"{outside} input values lie outside the clip bound ±{self.clip}; clip "
-                "the update to the session's bound before secure aggregation"
-            )
-        scaled = x * self.scale
-        low = np.floor(scaled)
+        if x.size:
+            # Two reductions instead of element-wise masks: NaN and ±inf propagate into
+            # the extremes, so they are caught without allocating a boolean array.
+            high, low = float(x.max()), float(x.min())
+            if not (math.isfinite(high) and math.isfinite(low)):
+                raise InvalidInputError("an input contains NaN or infinite values")
+            if high > self.clip or low < -self.clip:
+                outside = int(np.count_nonzero(np.abs(x) > self.clip))
+                raise QuantizationOverflowError(
+                    f"{outside} input values lie outside the clip bound ±{self.clip}; clip "
+                    "the update to the session's bound before secure aggregation"
+                )
         rng = np.random.Generator(np.random.PCG64DXSM(int.from_bytes(os.urandom(32), "big")))
-        round_up = rng.random(x.shape) < (scaled - low)
-        levels = low.astype(np.int64) + round_up
+        # Round up with probability equal to the fractional part. Comparing the coin with
+        # the fraction (rather than flooring x·scale + U) is exact: the sum x·scale + U
+        # can round up to the next integer in floating point and bias the level.
+        scaled = x * self.scale
+        levels = np.floor(scaled)
+        scaled -= levels
+        levels += rng.random(x.shape) < scaled
         if self.bits == 32:
             words32: npt.NDArray[np.uint32] = levels.astype(np.int32).view(np.uint32)
             return words32
-        words64: npt.NDArray[np.uint64] = levels.view(np.uint64)
+        words64: npt.NDArray[np.uint64] = levels.astype(np.int64).view(np.uint64)
         return words64
 
     def signed_levels(self, words: Words, *, contributors: int) -> npt.NDArray[np.int64]:
