@@ -396,3 +396,23 @@ def test_hundred_clients_secagg_plus() -> None:
         result.blocks["a"].integer_sum.astype(np.uint64),
         expected_words(params, levels, "a", survivors),
     )
+
+
+def test_session_stats_count_the_bytes_on_the_wire() -> None:
+    """Bytes up/down per client equal the transcript's, and the given clock is used."""
+    params = make_params(4, threshold=3)
+    ticks = iter(range(10_000))
+    stats = SessionStats(clock=lambda: float(next(ticks)))
+    transcript: list[TranscriptEntry] = []
+    run_secagg_in_process(
+        params,
+        as_inputs(params, grid_levels(params, np.random.default_rng(1))),
+        make_identities(params.roster),
+        transcript=transcript,
+        stats=stats,
+    )
+    for org in params.roster:
+        assert stats.bytes_up[org] == sum(len(e.data) for e in transcript if e.sender == org)
+        assert stats.bytes_down[org] == sum(len(e.data) for e in transcript if e.recipient == org)
+        assert stats.client_seconds[org] >= 5  # at least one tick per stage
+    assert stats.server_seconds >= 5
