@@ -35,8 +35,9 @@ from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 from fedhft.policies import ConsortiumConfig, Method, policy_hash
-from fedhft.protocol import AggregateResult, SessionParams
+from fedhft.protocol import AggregateResult, SessionParams, default_threshold
 from fedhft.protocol._blocks import packed_length, row_average
+from fedhft.protocol._graph import effective_degree
 from fedhft.protocol.errors import CohortTooSmallError
 from fedhft.sdk import ClusterAdapters
 
@@ -241,7 +242,10 @@ class RoundCoordinator:
             roster=roster,
             config_hash=self.config_hash,
             model_hash=clusters_digest(self.model_for_round(round_number)),
-            threshold=spec.threshold(len(roster)),
+            threshold=max(
+                default_threshold(len(roster), spec.neighbours),
+                spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
+            ),
             min_cohort=spec.min_cohort,
             block_lengths={b: packed_length(*self.shapes[b]) for b in sorted(kept)},
             block_supports={b: frozenset(kept[b]) for b in sorted(kept)},
