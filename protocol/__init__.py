@@ -1,5 +1,12 @@
 """Protocol code shared by client and server: secure aggregation and wire formats."""
 
+from ._certificates import certificate_fingerprint as certificate_fingerprint
+from ._certificates import organization_in_certificate as organization_in_certificate
+from ._certificates import verify_identity_certificate as verify_identity_certificate
+from ._certificates import verify_sealing_certificate as verify_sealing_certificate
+from ._certificates import verify_server_identity_certificate as verify_server_identity_certificate
+from ._certificates import verify_tls_client_certificate as verify_tls_client_certificate
+from ._certificates import verify_tls_server_certificate as verify_tls_server_certificate
 from ._chunks import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
 from ._chunks import iter_chunks as iter_chunks
 from ._chunks import iter_model as iter_model
@@ -38,18 +45,11 @@ from ._messages import decode_message as decode_message
 from ._pki import CertificateAuthority as CertificateAuthority
 from ._pki import Credentials as Credentials
 from ._pki import Role as Role
-from ._pki import certificate_fingerprint as certificate_fingerprint
 from ._pki import init_ca as init_ca
 from ._pki import issue_organization as issue_organization
 from ._pki import issue_server as issue_server
 from ._pki import load_ca as load_ca
 from ._pki import load_credentials as load_credentials
-from ._pki import organization_in_certificate as organization_in_certificate
-from ._pki import verify_identity_certificate as verify_identity_certificate
-from ._pki import verify_sealing_certificate as verify_sealing_certificate
-from ._pki import verify_server_identity_certificate as verify_server_identity_certificate
-from ._pki import verify_tls_client_certificate as verify_tls_client_certificate
-from ._pki import verify_tls_server_certificate as verify_tls_server_certificate
 from ._quantize import FixedPoint as FixedPoint
 from ._sealing import open_sealed as open_sealed
 from ._sealing import seal_to as seal_to
@@ -88,6 +88,20 @@ from ._wire import validate_stage_header as validate_stage_header
 from ._wire import validate_stage_request as validate_stage_request
 from ._wire import validate_stage_submission as validate_stage_submission
 from ._wire import verify_receipt as verify_receipt
+from .errors import CertificateVerificationError as CertificateVerificationError
+from .errors import ChunkIntegrityError as ChunkIntegrityError
+from .errors import ConsortiumMismatchError as ConsortiumMismatchError
+from .errors import CredentialsError as CredentialsError
+from .errors import ForgedReceiptError as ForgedReceiptError
+from .errors import InvalidEnvelopeError as InvalidEnvelopeError
+from .errors import MessageTooLargeError as MessageTooLargeError
+from .errors import PeerNotEnrolledError as PeerNotEnrolledError
+from .errors import ProtocolError as ProtocolError
+from .errors import RemoteError as RemoteError
+from .errors import TransportError as TransportError
+from .errors import UnauthenticatedPeerError as UnauthenticatedPeerError
+from .errors import UnsupportedProtocolError as UnsupportedProtocolError
+from .errors import WrongRoundError as WrongRoundError
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -108,14 +122,24 @@ __all__ = [
     "CKKSSession",
     "CKKSUpload",
     "CertificateAuthority",
+    "CertificateVerificationError",
+    "ChunkIntegrityError",
+    "ConsortiumMismatchError",
     "Credentials",
+    "CredentialsError",
     "EncryptedShares",
     "EnrollmentInterceptor",
     "FixedPoint",
+    "ForgedReceiptError",
+    "InvalidEnvelopeError",
     "KeyAdvertisement",
     "MaskedInput",
+    "MessageTooLargeError",
     "PackingLayout",
+    "PeerNotEnrolledError",
+    "ProtocolError",
     "RelayedShares",
+    "RemoteError",
     "Role",
     "SecAggClient",
     "SecAggServer",
@@ -125,8 +149,12 @@ __all__ = [
     "SurvivorAnnouncement",
     "SurvivorSignature",
     "TranscriptEntry",
+    "TransportError",
+    "UnauthenticatedPeerError",
     "UnmaskRequest",
     "UnmaskResponse",
+    "UnsupportedProtocolError",
+    "WrongRoundError",
     "abort_with",
     "certificate_fingerprint",
     "create_channel",

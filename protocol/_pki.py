@@ -1,4 +1,4 @@
-"""Consortium PKI: the CA, the certificates it issues, and loading and verifying them.
+"""Consortium PKI: the CA, the credentials it issues, and loading them back.
 
 The consortium operator runs a small offline certificate authority (DESIGN §1). It
 issues, with `cryptography`'s X.509 builder:
@@ -17,7 +17,7 @@ one kind of certificate can never stand in for another.
 Notes:
     The CA and TLS keys are ECDSA P-256 because that is what gRPC's TLS stack (BoringSSL)
     accepts everywhere; Ed25519 and X25519 are only used by fedhft's own protocol, which
-    verifies their certificates itself (`verify_identity_certificate`, ...).
+    verifies their certificates itself (`fedhft.protocol._certificates`).
 
     Private keys are written once, created with mode 0600 (never widened and narrowed
     afterwards, so no other user can open them in between), never overwritten, never
@@ -29,7 +29,6 @@ Notes:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 import re
@@ -49,15 +48,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import CertificateVerificationError, CredentialsError
-
-ORGANIZATION_URI_PREFIX: Final = "fedhft://org/"
-SERVER_URI_PREFIX: Final = "fedhft://server/"
-
-# Private extended key usages (UUID-based OIDs, ITU-T X.667) marking the Ed25519 identity
-# and X25519 sealing certificates, so that neither is accepted for TLS nor for the other.
-IDENTITY_KEY_USAGE: Final = x509.ObjectIdentifier("2.25.257698673283577611293341150070326186102")
-SEALING_KEY_USAGE: Final = x509.ObjectIdentifier("2.25.48356485428442118622092600907503256649")
+from ._certificates import (
+    IDENTIFIER,
+    IDENTITY_KEY_USAGE,
+    ORGANIZATION_URI_PREFIX,
+    SEALING_KEY_USAGE,
+    SERVER_URI_PREFIX,
+    certificate_fingerprint,
+    now_utc,
+    uris_of,
+    verify_identity_certificate,
+    verify_sealing_certificate,
+    verify_server_identity_certificate,
+    verify_tls_client_certificate,
+    verify_tls_server_certificate,
+)
+from .errors import CredentialsError
 
 CA_CERTIFICATE_FILE: Final = "ca.crt"
 CA_KEY_FILE: Final = "ca.key"
@@ -68,12 +74,30 @@ IDENTITY_KEY_FILE: Final = "identity.key"
 SEALING_CERTIFICATE_FILE: Final = "sealing.crt"
 SEALING_KEY_FILE: Final = "sealing.key"
 
+_SERVER_FILES: Final = [
+    CA_CERTIFICATE_FILE,
+    TLS_CERTIFICATE_FILE,
+    TLS_KEY_FILE,
+    IDENTITY_CERTIFICATE_FILE,
+    IDENTITY_KEY_FILE,
+]
+_ORGANIZATION_FILES: Final = [*_SERVER_FILES, SEALING_CERTIFICATE_FILE, SEALING_KEY_FILE]
+
+_PrivateKey = ec.EllipticCurvePrivateKey | Ed25519PrivateKey | X25519PrivateKey
+
+# What each kind of certificate may be used for: its key usage and extended key usage.
+_PURPOSES: Final[dict[str, tuple[dict[str, bool], x509.ObjectIdentifier]]] = {
+    "tls-client": ({"digital_signature": True}, ExtendedKeyUsageOID.CLIENT_AUTH),
+    "tls-server": ({"digital_signature": True}, ExtendedKeyUsageOID.SERVER_AUTH),
+    "identity": ({"digital_signature": True, "content_commitment": True}, IDENTITY_KEY_USAGE),
+    "sealing": ({"key_agreement": True}, SEALING_KEY_USAGE),
+}
+
 DEFAULT_CA_DAYS: Final = 3650
 DEFAULT_LEAF_DAYS: Final = 825
 # Certificates start a few minutes in the past so a peer whose clock runs slightly behind
 # does not reject a certificate issued just now.
 _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
-_IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
@@ -228,7 +252,7 @@ def init_ca(
             x509.NameAttribute(NameOID.COMMON_NAME, f"{consortium} fedhft CA"),
         ]
     )
-    now = _now()
+    now = now_utc()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -295,58 +319,20 @@ def issue_organization(
     _check_identifier(organization, "organization")
     _check_days(valid_days)
     directory = Path(out_dir)
-    files = [
-        CA_CERTIFICATE_FILE,
-        TLS_CERTIFICATE_FILE,
-        TLS_KEY_FILE,
-        IDENTITY_CERTIFICATE_FILE,
-        IDENTITY_KEY_FILE,
-        SEALING_CERTIFICATE_FILE,
-        SEALING_KEY_FILE,
+    _refuse_existing(directory, _ORGANIZATION_FILES)
+    uri: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(ORGANIZATION_URI_PREFIX + organization)
     ]
-    _refuse_existing(directory, files)
-    uri = x509.UniformResourceIdentifier(ORGANIZATION_URI_PREFIX + organization)
     tls_key = ec.generate_private_key(ec.SECP256R1())
     identity_key = Ed25519PrivateKey.generate()
     sealing_key = X25519PrivateKey.generate()
-    tls_certificate = _leaf(
-        ca,
-        organization,
-        "tls",
-        tls_key.public_key(),
-        names=[uri],
-        key_usage=_usage(digital_signature=True),
-        extended_usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-        valid_days=valid_days,
-    )
-    identity_certificate = _leaf(
-        ca,
-        organization,
-        "identity",
-        identity_key.public_key(),
-        names=[uri],
-        key_usage=_usage(digital_signature=True, content_commitment=True),
-        extended_usage=IDENTITY_KEY_USAGE,
-        valid_days=valid_days,
-    )
-    sealing_certificate = _leaf(
-        ca,
-        organization,
-        "sealing",
-        sealing_key.public_key(),
-        names=[uri],
-        key_usage=_usage(key_agreement=True),
-        extended_usage=SEALING_KEY_USAGE,
-        valid_days=valid_days,
-    )
-    _make_private_dir(directory)
-    _write_certificate(directory / CA_CERTIFICATE_FILE, ca.certificate)
-    _write_private_key(directory / TLS_KEY_FILE, tls_key)
-    _write_certificate(directory / TLS_CERTIFICATE_FILE, tls_certificate)
-    _write_private_key(directory / IDENTITY_KEY_FILE, identity_key)
-    _write_certificate(directory / IDENTITY_CERTIFICATE_FILE, identity_certificate)
-    _write_private_key(directory / SEALING_KEY_FILE, sealing_key)
-    _write_certificate(directory / SEALING_CERTIFICATE_FILE, sealing_certificate)
+    org, days = organization, valid_days
+    issued: list[tuple[str, _PrivateKey, x509.Certificate]] = [
+        (TLS_KEY_FILE, tls_key, _leaf(ca, org, "tls-client", tls_key, uri, days)),
+        (IDENTITY_KEY_FILE, identity_key, _leaf(ca, org, "identity", identity_key, uri, days)),
+        (SEALING_KEY_FILE, sealing_key, _leaf(ca, org, "sealing", sealing_key, uri, days)),
+    ]
+    _write_credentials(directory, ca, issued)
     return load_credentials(directory)
 
 
@@ -378,45 +364,18 @@ def issue_server(
     if hostname == "localhost":
         addresses += [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
     directory = Path(out_dir)
-    files = [
-        CA_CERTIFICATE_FILE,
-        TLS_CERTIFICATE_FILE,
-        TLS_KEY_FILE,
-        IDENTITY_CERTIFICATE_FILE,
-        IDENTITY_KEY_FILE,
-    ]
-    _refuse_existing(directory, files)
-    uri = x509.UniformResourceIdentifier(SERVER_URI_PREFIX + hostname)
-    names: list[x509.GeneralName] = [x509.DNSName(hostname), uri]
+    _refuse_existing(directory, _SERVER_FILES)
+    uri: list[x509.GeneralName] = [x509.UniformResourceIdentifier(SERVER_URI_PREFIX + hostname)]
+    names: list[x509.GeneralName] = [x509.DNSName(hostname), *uri]
     names += [x509.IPAddress(address) for address in dict.fromkeys(addresses)]
     tls_key = ec.generate_private_key(ec.SECP256R1())
     identity_key = Ed25519PrivateKey.generate()
-    tls_certificate = _leaf(
-        ca,
-        hostname,
-        "tls",
-        tls_key.public_key(),
-        names=names,
-        key_usage=_usage(digital_signature=True),
-        extended_usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        valid_days=valid_days,
-    )
-    identity_certificate = _leaf(
-        ca,
-        hostname,
-        "identity",
-        identity_key.public_key(),
-        names=[uri],
-        key_usage=_usage(digital_signature=True, content_commitment=True),
-        extended_usage=IDENTITY_KEY_USAGE,
-        valid_days=valid_days,
-    )
-    _make_private_dir(directory)
-    _write_certificate(directory / CA_CERTIFICATE_FILE, ca.certificate)
-    _write_private_key(directory / TLS_KEY_FILE, tls_key)
-    _write_certificate(directory / TLS_CERTIFICATE_FILE, tls_certificate)
-    _write_private_key(directory / IDENTITY_KEY_FILE, identity_key)
-    _write_certificate(directory / IDENTITY_CERTIFICATE_FILE, identity_certificate)
+    host, days = hostname, valid_days
+    issued: list[tuple[str, _PrivateKey, x509.Certificate]] = [
+        (TLS_KEY_FILE, tls_key, _leaf(ca, host, "tls-server", tls_key, names, days)),
+        (IDENTITY_KEY_FILE, identity_key, _leaf(ca, host, "identity", identity_key, uri, days)),
+    ]
+    _write_credentials(directory, ca, issued)
     return load_credentials(directory)
 
 
@@ -424,14 +383,25 @@ def _leaf(
     ca: CertificateAuthority,
     holder: str,
     purpose: str,
-    public_key: ec.EllipticCurvePublicKey | Ed25519PublicKey | X25519PublicKey,
-    *,
+    key: _PrivateKey,
     names: list[x509.GeneralName],
-    key_usage: x509.KeyUsage,
-    extended_usage: x509.ObjectIdentifier,
     valid_days: int,
 ) -> x509.Certificate:
-    now = _now()
+    """A certificate for `key`'s public half, issued to `holder` for `purpose` only."""
+    usages, extended_usage = _PURPOSES[purpose]
+    key_usage = x509.KeyUsage(
+        digital_signature=usages.get("digital_signature", False),
+        content_commitment=usages.get("content_commitment", False),
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=usages.get("key_agreement", False),
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    public_key = key.public_key()
+    now = now_utc()
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.consortium),
@@ -440,7 +410,6 @@ def _leaf(
         ]
     )
     not_after = min(now + dt.timedelta(days=valid_days), ca.certificate.not_valid_after_utc)
-    ca_public_key = ca._key.public_key()
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -455,29 +424,24 @@ def _leaf(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public_key), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca._key.public_key()),
+            critical=False,
         )
         .sign(ca._key, hashes.SHA256())
     )
 
 
-def _usage(
-    *,
-    digital_signature: bool = False,
-    content_commitment: bool = False,
-    key_agreement: bool = False,
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=content_commitment,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=key_agreement,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+def _write_credentials(
+    directory: Path,
+    ca: CertificateAuthority,
+    issued: list[tuple[str, _PrivateKey, x509.Certificate]],
+) -> None:
+    """Write ``ca.crt`` and each key (0600) with its certificate (``x.key`` → ``x.crt``)."""
+    _make_private_dir(directory)
+    _write_certificate(directory / CA_CERTIFICATE_FILE, ca.certificate)
+    for key_file, key, certificate in issued:
+        _write_private_key(directory / key_file, key)
+        _write_certificate(directory / key_file.replace(".key", ".crt"), certificate)
 
 
 # --------------------------------------------------------------------------- loading
@@ -544,169 +508,8 @@ def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
     )
 
 
-# --------------------------------------------------------------------------- verifying
-
-
-def verify_identity_certificate(
-    certificate: x509.Certificate,
-    ca_certificate: x509.Certificate,
-    organization: str,
-    *,
-    now: dt.datetime | None = None,
-) -> Ed25519PublicKey:
-    """Check that `certificate` certifies `organization`'s Ed25519 identity key.
-
-    Returns the certified public key (what secure aggregation and audit verify
-    signatures with); raises `CertificateVerificationError` when the certificate is not
-    issued by `ca_certificate`, is outside its validity period, names another holder, is
-    not an identity certificate, or holds another kind of key.
-    """
-    _verify_leaf(certificate, ca_certificate, IDENTITY_KEY_USAGE, "identity", now)
-    _require_uri(certificate, ORGANIZATION_URI_PREFIX + organization, "identity")
-    key = certificate.public_key()
-    if not isinstance(key, Ed25519PublicKey):
-        raise CertificateVerificationError("identity certificate does not hold an Ed25519 key")
-    return key
-
-
-def verify_server_identity_certificate(
-    certificate: x509.Certificate,
-    ca_certificate: x509.Certificate,
-    server: str,
-    *,
-    now: dt.datetime | None = None,
-) -> Ed25519PublicKey:
-    """Like `verify_identity_certificate`, for the server `server` (it signs receipts)."""
-    _verify_leaf(certificate, ca_certificate, IDENTITY_KEY_USAGE, "identity", now)
-    _require_uri(certificate, SERVER_URI_PREFIX + server.lower(), "identity")
-    key = certificate.public_key()
-    if not isinstance(key, Ed25519PublicKey):
-        raise CertificateVerificationError("identity certificate does not hold an Ed25519 key")
-    return key
-
-
-def verify_sealing_certificate(
-    certificate: x509.Certificate,
-    ca_certificate: x509.Certificate,
-    organization: str,
-    *,
-    now: dt.datetime | None = None,
-) -> X25519PublicKey:
-    """Check that `certificate` certifies `organization`'s X25519 sealing key; return it."""
-    _verify_leaf(certificate, ca_certificate, SEALING_KEY_USAGE, "sealing", now)
-    _require_uri(certificate, ORGANIZATION_URI_PREFIX + organization, "sealing")
-    key = certificate.public_key()
-    if not isinstance(key, X25519PublicKey):
-        raise CertificateVerificationError("sealing certificate does not hold an X25519 key")
-    return key
-
-
-def verify_tls_client_certificate(
-    certificate: x509.Certificate,
-    ca_certificate: x509.Certificate,
-    *,
-    now: dt.datetime | None = None,
-) -> str:
-    """Check an organization's TLS client certificate; return the organization id."""
-    _verify_leaf(certificate, ca_certificate, ExtendedKeyUsageOID.CLIENT_AUTH, "TLS client", now)
-    if not isinstance(certificate.public_key(), ec.EllipticCurvePublicKey):
-        raise CertificateVerificationError("TLS client certificate does not hold an ECDSA key")
-    return organization_in_certificate(certificate)
-
-
-def verify_tls_server_certificate(
-    certificate: x509.Certificate,
-    ca_certificate: x509.Certificate,
-    *,
-    now: dt.datetime | None = None,
-) -> str:
-    """Check the server's TLS certificate; return the host name it is issued to."""
-    _verify_leaf(certificate, ca_certificate, ExtendedKeyUsageOID.SERVER_AUTH, "TLS server", now)
-    uris = _uris(certificate)
-    servers = [uri[len(SERVER_URI_PREFIX) :] for uri in uris if uri.startswith(SERVER_URI_PREFIX)]
-    if len(servers) != 1:
-        raise CertificateVerificationError("TLS server certificate names no single fedhft server")
-    return servers[0]
-
-
-def organization_in_certificate(certificate: x509.Certificate) -> str:
-    """The organization id in a certificate's ``fedhft://org/<id>`` URI SAN.
-
-    This only reads the name; it does not verify the certificate. Use it on a peer
-    certificate the TLS layer has already verified against the consortium CA.
-    """
-    uris = _uris(certificate)
-    organizations = [
-        uri[len(ORGANIZATION_URI_PREFIX) :]
-        for uri in uris
-        if uri.startswith(ORGANIZATION_URI_PREFIX)
-    ]
-    if len(organizations) != 1 or not _IDENTIFIER.fullmatch(organizations[0]):
-        raise CertificateVerificationError(
-            "certificate names no single organization (expected one URI SAN "
-            f"{ORGANIZATION_URI_PREFIX}<id>)"
-        )
-    return organizations[0]
-
-
-def certificate_fingerprint(certificate: x509.Certificate) -> str:
-    """SHA-256 of the certificate's DER encoding, in hex (what operators compare)."""
-    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def _verify_leaf(
-    certificate: x509.Certificate,
-    ca_certificate: x509.Certificate,
-    usage: x509.ObjectIdentifier,
-    kind: str,
-    now: dt.datetime | None,
-) -> None:
-    try:
-        certificate.verify_directly_issued_by(ca_certificate)
-    except (ValueError, TypeError, InvalidSignature):
-        raise CertificateVerificationError(
-            f"{kind} certificate is not issued by the consortium CA "
-            f"(CA fingerprint {certificate_fingerprint(ca_certificate)[:16]})"
-        ) from None
-    moment = now or _now()
-    for checked, label in ((ca_certificate, "CA"), (certificate, kind)):
-        if not checked.not_valid_before_utc <= moment <= checked.not_valid_after_utc:
-            raise CertificateVerificationError(
-                f"{label} certificate is valid from {checked.not_valid_before_utc:%Y-%m-%d} "
-                f"to {checked.not_valid_after_utc:%Y-%m-%d}, not at {moment:%Y-%m-%d %H:%M}Z"
-            )
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    except x509.ExtensionNotFound:
-        raise CertificateVerificationError(
-            f"{kind} certificate lacks basic constraints or extended key usage"
-        ) from None
-    if constraints.value.ca:
-        raise CertificateVerificationError(f"{kind} certificate must not be a CA certificate")
-    if list(usages.value) != [usage]:
-        raise CertificateVerificationError(
-            f"certificate is not for {kind} use (wrong extended key usage)"
-        )
-
-
-def _require_uri(certificate: x509.Certificate, expected: str, kind: str) -> None:
-    uris = _uris(certificate)
-    if uris != [expected]:
-        holder = expected.rsplit("/", 1)[-1]
-        raise CertificateVerificationError(f"{kind} certificate is not issued to {holder!r}")
-
-
-def _uris(certificate: x509.Certificate) -> list[str]:
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return list(names.value.get_values_for_type(x509.UniformResourceIdentifier))
-
-
 def _holder_of(certificate: x509.Certificate, path: Path) -> tuple[Role, str]:
-    uris = _uris(certificate)
+    uris = uris_of(certificate)
     if len(uris) == 1 and uris[0].startswith(ORGANIZATION_URI_PREFIX):
         return Role.ORGANIZATION, uris[0][len(ORGANIZATION_URI_PREFIX) :]
     if len(uris) == 1 and uris[0].startswith(SERVER_URI_PREFIX):
@@ -729,7 +532,7 @@ def _check_ca_certificate(certificate: x509.Certificate) -> None:
 def _consortium_of(ca_certificate: x509.Certificate) -> str:
     values = ca_certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     consortium = str(values[0].value) if len(values) == 1 else ""
-    if not _IDENTIFIER.fullmatch(consortium):
+    if not IDENTIFIER.fullmatch(consortium):
         raise CredentialsError("ca.crt names no consortium (subject O)")
     return consortium
 
@@ -747,12 +550,8 @@ def _check_key_matches(
 # --------------------------------------------------------------------------- files
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _check_identifier(value: str, field: str) -> None:
-    if not _IDENTIFIER.fullmatch(value):
+    if not IDENTIFIER.fullmatch(value):
         raise CredentialsError(
             f"`{field}` must be lower-case letters, digits, '-' and '_' (at most 63, "
             f"starting with a letter or digit), got {value!r}"
@@ -777,9 +576,7 @@ def _make_private_dir(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-def _write_private_key(
-    path: Path, key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey | X25519PrivateKey
-) -> None:
+def _write_private_key(path: Path, key: _PrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

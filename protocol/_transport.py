@@ -41,12 +41,8 @@ from cryptography import x509
 
 from fedhft.errors import FedHFTError
 
-from ._pki import (
-    Credentials,
-    Role,
-    organization_in_certificate,
-    verify_tls_client_certificate,
-)
+from ._certificates import organization_in_certificate, verify_tls_client_certificate
+from ._pki import Credentials, Role
 from .errors import (
     CertificateVerificationError,
     CredentialsError,

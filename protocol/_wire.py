@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from google.protobuf.message import DecodeError
 
+from ._certificates import verify_identity_certificate, verify_sealing_certificate
 from ._generated.v1 import fedhft_pb2 as pb
-from ._pki import verify_identity_certificate, verify_sealing_certificate
 from .errors import (
     ConsortiumMismatchError,
     ForgedReceiptError,
