@@ -35,15 +35,14 @@ def iter_chunks(data: bytes, chunk_size: int = DEFAULT_CHUNK_BYTES) -> Iterator[
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    view = memoryview(data)
     yield pb.Chunk(
         index=0,
-        data=bytes(view[:chunk_size]),
+        data=data[:chunk_size],
         total_bytes=len(data),
         sha256=hashlib.sha256(data).digest(),
     )
     for index, start in enumerate(range(chunk_size, len(data), chunk_size), start=1):
-        yield pb.Chunk(index=index, data=bytes(view[start : start + chunk_size]))
+        yield pb.Chunk(index=index, data=data[start : start + chunk_size])
 
 
 def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
@@ -69,7 +68,10 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
             f"the payload declares {total} bytes, above the cap of {max_total} bytes"
         )
     digest = hashlib.sha256()
-    buffer = bytearray()
+    # Each access to a bytes field copies it, so every chunk's data is read exactly once;
+    # the parts are joined once at the end.
+    parts: list[bytes] = []
+    received = 0
     for expected_index, chunk in enumerate(_chain_first(first, iterator)):
         if chunk.index != expected_index:
             raise ChunkIntegrityError(
@@ -79,21 +81,23 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
             raise InvalidEnvelopeError(
                 f"chunk {chunk.index} sets `total_bytes` or `sha256`; only chunk 0 may"
             )
-        if not chunk.data and (total > 0 or chunk.index > 0):
+        data = chunk.data
+        if not data and (total > 0 or chunk.index > 0):
             raise ChunkIntegrityError(f"chunk {chunk.index} is empty")
-        if len(buffer) + len(chunk.data) > total:
+        received += len(data)
+        if received > total:
             raise ChunkIntegrityError(
                 f"the stream carries more than the {total} bytes chunk 0 declared"
             )
-        buffer += chunk.data
-        digest.update(chunk.data)
-    if len(buffer) != total:
+        parts.append(data)
+        digest.update(data)
+    if received != total:
         raise ChunkIntegrityError(
-            f"the stream ended after {len(buffer)} of the {total} declared bytes"
+            f"the stream ended after {received} of the {total} declared bytes"
         )
     if not hmac.compare_digest(digest.digest(), first.sha256):
         raise ChunkIntegrityError("the payload does not match the SHA-256 chunk 0 declared")
-    return bytes(buffer)
+    return b"".join(parts)
 
 
 def iter_upload(
