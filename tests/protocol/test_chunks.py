@@ -8,9 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol import (
-    fedhft_pb2 as pb,
-)
+from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import (
     iter_chunks,
     iter_model,

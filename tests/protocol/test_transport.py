@@ -177,6 +177,11 @@ class _TestAggregator(pb_grpc.AggregatorServicer):  # type: ignore[misc]
             yield pb.ModelChunk(chunk=chunk)
 
     @translate_errors
+    def AwaitSession(self, request: pb.SessionRequest, context: Any) -> pb.SessionAnnouncement:
+        self.calls.append("AwaitSession")
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no cluster {request.cluster}")
+
+    @translate_errors
     def AwaitRound(self, request: pb.RoundRequest, context: Any) -> pb.RoundAnnouncement:
         self.calls.append("AwaitRound")
         secret = "-".join(["hunter", "2"])
@@ -565,6 +570,16 @@ def test_unexpected_errors_are_internal_without_their_text(
     assert error.details() == "internal server error"
     assert "hunter-2" not in caplog.text
     assert "RuntimeError" in caplog.text
+
+
+def test_a_servicers_own_abort_keeps_its_status(running: Running, pki: Pki) -> None:
+    """`translate_errors` leaves a status the servicer set with `context.abort` untouched."""
+    with create_channel(pki.st_mary, running.bound.address, "localhost") as channel:
+        error = _refusal(
+            lambda: _stub(channel).AwaitSession(pb.SessionRequest(cluster=7), timeout=TIMEOUT)
+        )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "no cluster 7"
 
 
 def test_remote_error_says_whether_to_retry(running: Running, pki: Pki) -> None:
