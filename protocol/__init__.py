@@ -21,10 +21,10 @@ from ._ckks import CKKSServerContext as CKKSServerContext
 from ._ckks_aggregation import CKKSAggregate as CKKSAggregate
 from ._ckks_aggregation import CKKSAggregator as CKKSAggregator
 from ._ckks_aggregation import CKKSClient as CKKSClient
-from ._ckks_aggregation import CKKSEncryptedSum as CKKSEncryptedSum
 from ._ckks_aggregation import CKKSSession as CKKSSession
-from ._ckks_aggregation import CKKSUpload as CKKSUpload
 from ._ckks_aggregation import run_ckks_in_process as run_ckks_in_process
+from ._ckks_messages import CKKSEncryptedSum as CKKSEncryptedSum
+from ._ckks_messages import CKKSUpload as CKKSUpload
 from ._ckks_packing import PackingLayout as PackingLayout
 from ._generated.v1 import fedhft_pb2 as fedhft_pb2
 from ._generated.v1 import fedhft_pb2_grpc as fedhft_pb2_grpc

@@ -1,4 +1,4 @@
-"""Homomorphic secure aggregation (CKKS mode): client, server, messages, in-process driver.
+"""Homomorphic secure aggregation (CKKS mode): session, client, server, in-process driver.
 
 Implements DESIGN §4.2. Each organization encrypts its blocks, packed densely by the
 public :class:`~fedhft.protocol._ckks_packing.PackingLayout`, under the consortium's
@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import struct
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Self
 
 import numpy as np
 import numpy.typing as npt
 import tenseal as ts
 
 from ._ckks import CKKSKeyring, CKKSParameters, CKKSServerContext
+from ._ckks_messages import (
+    MAX_PARTIES,
+    CKKSEncryptedSum,
+    CKKSUpload,
+    EncryptedSegmentSum,
+    check_id,
+    load_ciphertext,
+    max_ciphertext_bytes,
+)
 from ._ckks_packing import PackedSegment, PackingLayout
 from .errors import (
     CohortTooSmallError,
@@ -50,25 +56,7 @@ from .errors import (
 
 FloatArray = npt.NDArray[np.float64]
 
-SID_BYTES = 32
 _SESSION_DOMAIN = b"fedhft/ckks-session/v1\x00"
-_UPLOAD_MAGIC = b"FHCU\x01"  # fedhft CKKS upload, format version 1
-_SUM_MAGIC = b"FHCA\x01"  # fedhft CKKS encrypted aggregate, format version 1
-_MAX_ID_BYTES = 255
-_MAX_PARTIES = 10_000
-_MAX_SEGMENTS = 100_000
-_MAX_CIPHERTEXTS = 1 << 22
-
-
-def _check_id(value: object, what: str) -> str:
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value.encode("utf-8")) > _MAX_ID_BYTES
-        or not value.isprintable()
-    ):
-        raise SessionParamsError(f"{what} must be a printable string of 1 to 255 bytes")
-    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,16 +80,16 @@ class CKKSSession:
     sid: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_id(self.run_id, "`run_id`")
-        _check_id(self.key_id, "`key_id`")
+        check_id(self.run_id, "`run_id`")
+        check_id(self.key_id, "`key_id`")
         for name in ("round", "cluster"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise SessionParamsError(f"`{name}` must be an integer >= 0, got {value!r}")
         roster = tuple(self.roster)
         for organization in roster:
-            _check_id(organization, "organization id")
-        if len(roster) > _MAX_PARTIES or list(roster) != sorted(set(roster)) or not roster:
+            check_id(organization, "organization id")
+        if len(roster) > MAX_PARTIES or list(roster) != sorted(set(roster)) or not roster:
             raise SessionParamsError("`roster` must be a non-empty, sorted list of unique ids")
         if not isinstance(self.min_cohort, int) or self.min_cohort < 3:
             raise SessionParamsError(
@@ -110,7 +98,7 @@ class CKKSSession:
             )
         supports: dict[str, frozenset[str]] = {}
         for block_id in sorted(self.block_supports):
-            _check_id(block_id, "block id")
+            check_id(block_id, "block id")
             holders = frozenset(self.block_supports[block_id])
             if not holders <= set(roster):
                 raise SessionParamsError(f"holders of block {block_id!r} must be in the roster")
@@ -153,207 +141,6 @@ class CKKSSession:
             block_supports=self.block_supports,
             slots=parameters.slots,
         )
-
-
-# --------------------------------------------------------------------------- wire format
-
-
-class _Writer:
-    def __init__(self, magic: bytes) -> None:
-        self._parts = [magic]
-
-    def u32(self, value: int) -> None:
-        self._parts.append(struct.pack(">I", value))
-
-    def raw(self, data: bytes) -> None:
-        self._parts.append(data)
-
-    def blob(self, data: bytes) -> None:
-        self.u32(len(data))
-        self._parts.append(data)
-
-    def text(self, value: str) -> None:
-        self.blob(value.encode("utf-8"))
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
-
-
-class _Reader:
-    def __init__(self, data: bytes, magic: bytes, what: str) -> None:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise MalformedMessageError(f"{what} must be bytes")
-        self._data = memoryview(bytes(data))
-        self._what = what
-        self._at = 0
-        if bytes(self.raw(len(magic))) != magic:
-            raise MalformedMessageError(f"{what} does not start with its format marker")
-
-    def raw(self, size: int) -> memoryview:
-        if self._at + size > len(self._data):
-            raise MalformedMessageError(f"{self._what} is truncated")
-        chunk = self._data[self._at : self._at + size]
-        self._at += size
-        return chunk
-
-    def u32(self) -> int:
-        value: int = struct.unpack(">I", self.raw(4))[0]
-        return value
-
-    def count(self, limit: int, what: str) -> int:
-        value = self.u32()
-        if value > limit:
-            raise MalformedMessageError(f"{self._what}: {what} {value} exceeds {limit}")
-        return value
-
-    def blob(self, limit: int, what: str) -> bytes:
-        return bytes(self.raw(self.count(limit, what)))
-
-    def text(self, what: str) -> str:
-        try:
-            value = self.blob(_MAX_ID_BYTES, what).decode("utf-8")
-            return _check_id(value, what)
-        except (UnicodeDecodeError, SessionParamsError):
-            raise MalformedMessageError(f"{self._what}: {what} is not a valid id") from None
-
-    def done(self) -> None:
-        if self._at != len(self._data):
-            raise MalformedMessageError(f"{self._what} has trailing bytes")
-
-
-def _indices_ascending(indices: list[int], what: str) -> None:
-    if indices != sorted(set(indices)):
-        raise MalformedMessageError(f"{what} must list segments in ascending order, once each")
-
-
-@dataclass(frozen=True)
-class CKKSUpload:
-    """One organization's encrypted contribution: per held segment, its ciphertexts."""
-
-    sid: bytes
-    organization: str
-    segments: tuple[tuple[int, tuple[bytes, ...]], ...]
-
-    def encode(self) -> bytes:
-        """Canonical bytes: ``"FHCU" ‖ version ‖ sid ‖ organization ‖ segments``."""
-        writer = _Writer(_UPLOAD_MAGIC)
-        writer.raw(self.sid)
-        writer.text(self.organization)
-        writer.u32(len(self.segments))
-        for index, ciphertexts in self.segments:
-            writer.u32(index)
-            writer.u32(len(ciphertexts))
-            for ciphertext in ciphertexts:
-                writer.blob(ciphertext)
-        return writer.getvalue()
-
-    @classmethod
-    def decode(cls, data: bytes, *, max_ciphertext_bytes: int) -> Self:
-        """Strictly parse :meth:`encode`'s output; anything else is `MalformedMessageError`."""
-        reader = _Reader(data, _UPLOAD_MAGIC, "CKKS upload")
-        sid = bytes(reader.raw(SID_BYTES))
-        organization = reader.text("organization id")
-        segments = []
-        for _ in range(reader.count(_MAX_SEGMENTS, "segment count")):
-            index = reader.u32()
-            ciphertexts = tuple(
-                reader.blob(max_ciphertext_bytes, "ciphertext size")
-                for _ in range(reader.count(_MAX_CIPHERTEXTS, "ciphertext count"))
-            )
-            segments.append((index, ciphertexts))
-        reader.done()
-        _indices_ascending([index for index, _ in segments], "CKKS upload")
-        return cls(sid=sid, organization=organization, segments=tuple(segments))
-
-
-@dataclass(frozen=True)
-class EncryptedSegmentSum:
-    """The encrypted sum of one segment and the organizations it adds up."""
-
-    index: int
-    contributors: tuple[str, ...]
-    ciphertexts: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
-class CKKSEncryptedSum:
-    """What the server returns: released segment sums and the segments it withheld."""
-
-    sid: bytes
-    released: tuple[EncryptedSegmentSum, ...]
-    withheld: tuple[int, ...]
-
-    def encode(self) -> bytes:
-        """Canonical bytes: ``"FHCA" ‖ version ‖ sid ‖ released sums ‖ withheld indices``."""
-        writer = _Writer(_SUM_MAGIC)
-        writer.raw(self.sid)
-        writer.u32(len(self.released))
-        for segment in self.released:
-            writer.u32(segment.index)
-            writer.u32(len(segment.contributors))
-            for organization in segment.contributors:
-                writer.text(organization)
-            writer.u32(len(segment.ciphertexts))
-            for ciphertext in segment.ciphertexts:
-                writer.blob(ciphertext)
-        writer.u32(len(self.withheld))
-        for index in self.withheld:
-            writer.u32(index)
-        return writer.getvalue()
-
-    @classmethod
-    def decode(cls, data: bytes, *, max_ciphertext_bytes: int) -> Self:
-        """Strictly parse :meth:`encode`'s output; anything else is `MalformedMessageError`."""
-        reader = _Reader(data, _SUM_MAGIC, "CKKS encrypted sum")
-        sid = bytes(reader.raw(SID_BYTES))
-        released = []
-        for _ in range(reader.count(_MAX_SEGMENTS, "segment count")):
-            index = reader.u32()
-            contributors = tuple(
-                reader.text("contributor id")
-                for _ in range(reader.count(_MAX_PARTIES, "contributor count"))
-            )
-            if list(contributors) != sorted(set(contributors)):
-                raise MalformedMessageError("contributors must be sorted and unique")
-            ciphertexts = tuple(
-                reader.blob(max_ciphertext_bytes, "ciphertext size")
-                for _ in range(reader.count(_MAX_CIPHERTEXTS, "ciphertext count"))
-            )
-            released.append(EncryptedSegmentSum(index, contributors, ciphertexts))
-        withheld = [reader.u32() for _ in range(reader.count(_MAX_SEGMENTS, "withheld count"))]
-        reader.done()
-        _indices_ascending([s.index for s in released], "released sums")
-        _indices_ascending(withheld, "withheld segments")
-        return cls(sid=sid, released=tuple(released), withheld=tuple(withheld))
-
-
-def _max_ciphertext_bytes(parameters: CKKSParameters) -> int:
-    """Upper bound on one serialized fresh ciphertext (two uncompressed polynomials)."""
-    return 2 * parameters.poly_modulus_degree * 8 * 2 + 4096
-
-
-def _load_ciphertext(
-    context: ts.Context, data: bytes, *, length: int, parameters: CKKSParameters
-) -> ts.CKKSVector:
-    """Load one ciphertext and check it is a fresh CKKS vector of the expected shape."""
-    try:
-        vector = ts.ckks_vector_from(context, data)
-        parts = vector.ciphertext()
-        ok = (
-            vector.size() == length
-            and len(parts) == 1
-            and parts[0].size() == 2
-            and parts[0].coeff_modulus_size() == 1
-            and parts[0].scale == parameters.scale
-        )
-    except (ValueError, RuntimeError, TypeError):
-        ok = False
-    if not ok:
-        raise MalformedMessageError(
-            f"a ciphertext is not a fresh CKKS vector of {length} values at scale "
-            f"2^{parameters.scale_bits}"
-        )
-    return vector
 
 
 # --------------------------------------------------------------------------- client
@@ -444,7 +231,7 @@ class CKKSClient:
     def decrypt(self, encrypted_sum: bytes) -> CKKSAggregate:
         """Decrypt the server's sums into one sum per block, refusing undersized cohorts."""
         message = CKKSEncryptedSum.decode(
-            encrypted_sum, max_ciphertext_bytes=_max_ciphertext_bytes(self._parameters)
+            encrypted_sum, max_ciphertext_bytes=max_ciphertext_bytes(self._parameters)
         )
         if message.sid != self.session.sid:
             raise ReplayError("the encrypted sum belongs to another session, round or cluster")
@@ -473,7 +260,7 @@ class CKKSClient:
             values = np.concatenate(
                 [
                     np.asarray(
-                        _load_ciphertext(
+                        load_ciphertext(
                             context, data, length=length, parameters=self._parameters
                         ).decrypt(),
                         dtype=np.float64,
@@ -527,7 +314,7 @@ class CKKSAggregator:
         if self._closed:
             raise StageError("the session's sums were already released")
         message = CKKSUpload.decode(
-            upload, max_ciphertext_bytes=_max_ciphertext_bytes(self._parameters)
+            upload, max_ciphertext_bytes=max_ciphertext_bytes(self._parameters)
         )
         if message.sid != self.session.sid:
             raise ReplayError("the upload belongs to another session, round or cluster")
@@ -546,7 +333,7 @@ class CKKSAggregator:
                 raise MalformedMessageError("a segment has the wrong number of ciphertexts")
             loaded.append(
                 [
-                    _load_ciphertext(
+                    load_ciphertext(
                         self._context.tenseal_context,
                         data,
                         length=length,
@@ -617,8 +404,3 @@ def run_ckks_in_process(
     for org in survivors:
         aggregator.receive(org, clients[org].encrypt(inputs[org]))
     return clients[survivors[0]].decrypt(aggregator.result().encode())
-
-
-def expansion_over_float32(upload_bytes: int, values: int) -> float:
-    """Bytes uploaded per float32 byte of plaintext payload."""
-    return upload_bytes / (4 * values) if values else math.inf

@@ -21,12 +21,10 @@ from fedhft.protocol._ckks import (
 from fedhft.protocol._ckks_aggregation import (
     CKKSAggregator,
     CKKSClient,
-    CKKSEncryptedSum,
     CKKSSession,
-    CKKSUpload,
-    EncryptedSegmentSum,
     run_ckks_in_process,
 )
+from fedhft.protocol._ckks_messages import CKKSEncryptedSum, CKKSUpload, EncryptedSegmentSum
 from fedhft.protocol.errors import (
     CohortTooSmallError,
     DuplicateMessageError,
