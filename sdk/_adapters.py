@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +247,9 @@ class MaskedAdapterModel:
         )
         # PEFT draws its own A from the global generator; fork it so wrapping leaves the
         # caller's random state alone (our A overwrites PEFT's just below).
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # PEFT still calls a transformers method deprecated in v5; not ours to fix.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             self.peft_model: PeftModel = get_peft_model(base, config)
         self._b: dict[str, nn.Parameter] = {}
         self._a: dict[str, nn.Parameter] = {}

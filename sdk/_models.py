@@ -142,9 +142,13 @@ def build_base_model(
         config = base_config(spec)
         location = str(minilm_path()) if spec.source == "minilm" else spec.name
         verbosity = hf_logging.get_verbosity()
+        progress_bar = hf_logging.is_progress_bar_enabled()
         # The load report lists the freshly initialised head as "missing", which is
-        # expected here; keep it out of the user's console.
+        # expected here; keep it (and a progress bar for a sub-second load) out of the
+        # user's console.
         hf_logging.set_verbosity(logging.ERROR)
+        # These two transformers helpers lack annotations.
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -153,5 +157,7 @@ def build_base_model(
                 )
         finally:
             hf_logging.set_verbosity(verbosity)
+            if progress_bar:
+                hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     nn.Module.train(model, False)
     return model
