@@ -147,7 +147,8 @@ class SecureGaussian:
             algorithms.ChaCha20(self._key, self._next_nonce()), mode=None
         ).encryptor()
         stream = np.frombuffer(encryptor.update(bytes(8 * words)), dtype="<u8")
-        mantissas: npt.NDArray[np.int64] = (stream >> np.uint64(11)).astype(np.int64)
+        # Below 2^53, so the same bits read as int64 (which torch supports) are the value.
+        mantissas: npt.NDArray[np.int64] = (stream >> np.uint64(11)).view(np.int64)
         return torch.from_numpy(mantissas)
 
     def _standard_normals(self, count: int) -> torch.Tensor:

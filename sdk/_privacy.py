@@ -9,6 +9,7 @@ of records is their adaptive composition under the organization's accountant
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -99,7 +100,20 @@ def solve_noise_multiplier(
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps!r}")
     _check_delta(delta)
-    prior_history = [record.history_entry() for record in prior]
+    prior_history = tuple(record.history_entry() for record in prior)
+    return _solve(epsilon, delta, sample_rate, steps, Accountant(accountant), prior_history)
+
+
+@functools.lru_cache(maxsize=256)
+def _solve(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: Accountant,
+    prior_history: tuple[_accounting.HistoryEntry, ...],
+) -> float:
+    """Bisection behind :func:`solve_noise_multiplier`, cached: a trainer asks every round."""
     spent = _accounting.epsilon(prior_history, accountant=accountant, delta=delta)
     if spent >= epsilon:
         raise BudgetExhaustedError(spent=spent, requested=spent, budget=epsilon)
