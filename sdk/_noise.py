@@ -48,9 +48,10 @@ _TWO_POW_MINUS_53 = 2.0**-53
 class SecureGaussian:
     """Gaussian sampler fed by a ChaCha20 keystream, keyed from ``os.urandom(32)``.
 
-    Every instance has its own 256-bit key, so two samplers never share noise; a process
-    that forks gets a fresh key in the child on its next draw. The key never appears in
-    ``repr``, and the sampler refuses to be pickled (a copy would replay its noise).
+    Every instance has its own 256-bit key, so two samplers never share noise; after a
+    fork, an (unseeded) sampler rekeys from the OS in the child on its next draw. The key
+    never appears in ``repr``, and the sampler refuses to be pickled (a copy would replay
+    its noise).
 
     Args:
         seed: a 32-byte key, **for tests only**: it makes the noise reproducible, which is
@@ -67,12 +68,14 @@ class SecureGaussian:
         *Floating-point attacks.* A single Box-Muller or polar sample can be inverted:
         the set of floats it can produce is sparse and uneven, so a released
         ``gradient + noise`` leaks which uniforms (and hence which gradient) were
-        possible (Jin et al., arXiv:2107.10138; Mironov 2012 for the Laplace case).
-        Following §5.1 of that paper, as Opacus's ``secure_mode`` does, each output is
-        ``(z₁ + z₂ + z₃ + z₄) / 2`` (still N(0, 1)): inverting it means searching
-        2^(53·3) candidate uniforms instead of 2^53, while summing only two draws
-        (2^53 work) is still within reach. All arithmetic is in float64 and rounded to
-        the requested dtype once, at the end.
+        possible (Jin et al., arXiv:2112.05307; Mironov 2012 for the Laplace case).
+        Following §5.1 of Holohan & Braghin (arXiv:2107.10138), as Opacus's
+        ``secure_mode`` does, each output is ``(z₁ + z₂ + z₃ + z₄) / 2`` — still
+        N(0, 1) — where the four independent normals are the cosine and sine halves of
+        two Box-Muller pairs, i.e. a function of four independent 53-bit uniforms.
+        Inverting it means enumerating three of them, 2^(53·3) candidates, where one
+        sample (or a sum of two, n = 1 in the paper) takes 2^53 work, within reach. All
+        arithmetic is in float64, rounded to the requested dtype once, at the end.
 
         *Keystream.* Each request uses a fresh 96-bit ChaCha20 nonce (a 64-bit request
         counter), starting at block 0, and asks for at most 2^15 blocks, so no
