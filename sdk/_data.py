@@ -55,18 +55,19 @@ def _phrases(text: str) -> tuple[str, ...]:
 _CUES: tuple[tuple[str, ...], ...] = (
     _words(
         "recurring scheduled annual previous weekly brief morning partial linked sequential "
-        "monthly pending"
+        "monthly pending weekday quarterly standard initial interim shared combined seasonal"
     ),
     _words(
-        "intermittent second daily manual extended evening batch recent remote holiday early third"
+        "intermittent second daily manual extended evening batch recent remote holiday early "
+        "third midday periodic prior final mixed automated returned regional"
     ),
     _words(
         "overnight repeated multiple weekend delayed foreign continuous irregular double frequent "
-        "missing late"
+        "missing late afternoon split grouped updated renewed local external internal"
     ),
     _words(
-        "unexpected flagged sudden unscheduled rapid new night first duplicate unusual persistent "
-        "reported"
+        "unexpected flagged sudden unscheduled rapid ongoing night first duplicate unusual "
+        "persistent reported secondary verbal written daytime hourly paired occasional latest"
     ),
 )
 _CUE_SHIFT = 2
@@ -148,7 +149,7 @@ _PHRASE_AGREEMENT = 0.55
 # Probability that an example carries a second cue word.
 _SECOND_CUE = 0.5
 # Zipf exponent of cue frequencies within a label.
-_ZIPF = 1.1
+_ZIPF = 1.0
 # Share of examples whose label is replaced by a uniformly random one.
 _LABEL_NOISE = 0.03
 
