@@ -16,6 +16,7 @@ from ._findings import EpsilonPoint as EpsilonPoint
 from ._findings import Finding as Finding
 from ._findings import Severity as Severity
 from ._findings import VerificationReport as VerificationReport
+from ._keys import PartyKey as PartyKey
 from ._keys import find_party_key as find_party_key
 from ._keys import find_server_key as find_server_key
 from ._keys import key_fingerprint as key_fingerprint
@@ -30,8 +31,11 @@ from ._payloads import update_committed_payload as update_committed_payload
 from ._payloads import upload_accepted_payload as upload_accepted_payload
 from ._payloads import upload_sha256 as upload_sha256
 from ._receipts import Receipt as Receipt
+from ._receipts import aggregation_receipt_from_wire as aggregation_receipt_from_wire
 from ._receipts import sign_receipt as sign_receipt
+from ._receipts import upload_accepted_from_wire as upload_accepted_from_wire
 from ._receipts import verify_receipt as verify_receipt
+from ._receipts import verify_receipt_payload as verify_receipt_payload
 from ._record import GENESIS_PREV as GENESIS_PREV
 from ._record import Record as Record
 from ._report import build_report as build_report
@@ -60,6 +64,7 @@ __all__ = [
     "KeyLoadError",
     "MechanismRecordLike",
     "MechanismUse",
+    "PartyKey",
     "Receipt",
     "ReceiptError",
     "Record",
@@ -67,6 +72,7 @@ __all__ = [
     "Severity",
     "TornTailError",
     "VerificationReport",
+    "aggregation_receipt_from_wire",
     "build_report",
     "canonical_json",
     "find_party_key",
@@ -81,9 +87,11 @@ __all__ = [
     "round_joined_payload",
     "sign_receipt",
     "update_committed_payload",
+    "upload_accepted_from_wire",
     "upload_accepted_payload",
     "upload_sha256",
     "verify_log",
     "verify_receipt",
+    "verify_receipt_payload",
     "write_report",
 ]

@@ -33,9 +33,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import gdp as gdp_analysis
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 ACCOUNTANT_NAMES: Final = ("rdp", "prv", "gdp")
 PRV_EPS_ERROR: Final = 0.01
@@ -69,6 +66,11 @@ def merged_history(uses: Sequence[MechanismUse]) -> list[tuple[float, float, int
 
 def recompute_epsilon(uses: Sequence[MechanismUse], *, accountant: str, delta: float) -> float:
     """ε at ``delta`` after composing ``uses`` with ``accountant`` (`rdp`, `prv`, `gdp`)."""
+    # Opacus imports torch, which takes seconds; only verification needs it, not every
+    # `fedhft` command that imports this package.
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis import gdp as gdp_analysis
+
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     history = merged_history(uses)
@@ -115,6 +117,9 @@ def recompute_epsilon(uses: Sequence[MechanismUse], *, accountant: str, delta: f
 def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> tuple[float, ...]:
     # RDP composes additively, so `steps` steps cost `steps` times one step; caching one
     # step per (q, σ) keeps re-verifying a long log linear in its length.
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     orders = RDPAccountant.DEFAULT_ALPHAS
     unit = rdp_analysis.compute_rdp(
         q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders
@@ -123,6 +128,9 @@ def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> tuple[float, .
 
 
 def _rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     orders = RDPAccountant.DEFAULT_ALPHAS
     rdp = np.zeros(len(orders))
     for sigma, rate, steps in history:

@@ -1,27 +1,40 @@
 """Public keys that verify audit records and receipts: loading, fingerprints, lookup.
 
-Parties sign with Ed25519 identity keys certified by the consortium CA (DESIGN §1). An
-auditor is given either bare public keys (PEM `PUBLIC KEY`) or X.509 certificates whose
-subject key is Ed25519, typically a folder with `<party>.pem` or `<party>.crt` per party
-and optionally the CA certificate as `ca.pem` / `ca.crt`. When the CA is present, a
-party certificate is accepted only if the CA signed it.
+Parties sign with Ed25519 identity keys certified by the consortium CA (DESIGN §1,
+`fedhft.protocol` PKI): an organization's identity certificate names it by the URI
+``fedhft://org/<id>``, the server's by ``fedhft://server/<host>``, and both carry the
+identity extended key usage. An auditor gets a folder (``--certs DIR``) holding:
+
+- ``ca.crt`` (or ``ca.pem``): the consortium CA, obtained from a trusted channel;
+- per party, ``<party>.crt`` / ``<party>.pem``, or the party's credentials folder
+  ``<party>/identity.crt`` as `fedhft ca issue` writes it.
+
+With the CA present, a party's certificate is accepted only if the CA issued it as an
+identity certificate to that very party and it was valid at the times its records were
+signed (`fedhft.protocol.verify_identity_certificate`); the server's key is found by its
+``fedhft://server/`` name, so no organization's certificate can pass for the server's.
+Without a CA, bare PEM public keys or certificates are taken as given (the caller is
+told: `PartyKey.ca_checked` is false).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import KeyLoadError
 
-CA_FILE_NAMES = ("ca.pem", "ca.crt")
+CA_FILE_NAMES = ("ca.crt", "ca.pem")
 SERVER_FILE_STEMS = ("server", "aggregator")
+ORGANIZATION_URI_PREFIX = "fedhft://org/"
+SERVER_URI_PREFIX = "fedhft://server/"
 
 
 def key_fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -32,7 +45,7 @@ def key_fingerprint(public_key: Ed25519PublicKey) -> str:
 
 @dataclass(frozen=True)
 class PartyKey:
-    """A public key and where it came from."""
+    """A public key, where it came from, and whether the consortium CA vouched for it."""
 
     public_key: Ed25519PublicKey
     source: Path
@@ -98,40 +111,53 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return load_party_key(path).public_key
 
 
-def find_party_key(certs_dir: str | Path, party: str) -> PartyKey:
-    """The key of ``party`` in a certificate folder (`<party>.pem` or `<party>.crt`).
+def _candidates(folder: Path, name: str) -> list[Path]:
+    paths = [folder / f"{name}.crt", folder / f"{name}.pem", folder / name / "identity.crt"]
+    return [path for path in paths if path.is_file()]
 
-    When the folder holds the consortium CA (`ca.pem` / `ca.crt`), the party's file must
-    be a certificate the CA signed. Raises `KeyLoadError` otherwise.
-    """
-    folder = Path(certs_dir)
-    if not folder.is_dir():
-        raise KeyLoadError(f"certificate folder {folder} does not exist")
-    candidates = [folder / f"{party}{suffix}" for suffix in (".pem", ".crt")]
-    found = [candidate for candidate in candidates if candidate.is_file()]
-    if not found:
-        raise KeyLoadError(
-            f"no certificate or public key for `{party}` in {folder} "
-            f"(looked for {', '.join(c.name for c in candidates)})"
-        )
-    party_key = load_party_key(found[0])
-    ca_path = next((folder / name for name in CA_FILE_NAMES if (folder / name).is_file()), None)
-    if ca_path is None:
-        return party_key
-    ca_certificate = _certificate_from(ca_path.read_bytes())
-    if ca_certificate is None:
-        raise KeyLoadError(f"{ca_path} is not an X.509 certificate")
+
+def _ca_certificate(folder: Path) -> x509.Certificate | None:
+    for name in CA_FILE_NAMES:
+        path = folder / name
+        if path.is_file():
+            certificate = _certificate_from(path.read_bytes())
+            if certificate is None:
+                raise KeyLoadError(f"{path} is not an X.509 certificate")
+            return certificate
+    return None
+
+
+def _uris(certificate: x509.Certificate) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(names.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _check_with_ca(
+    party_key: PartyKey,
+    ca_certificate: x509.Certificate,
+    *,
+    name: str,
+    server: bool,
+    at: Sequence[datetime],
+) -> PartyKey:
+    from fedhft.protocol import verify_identity_certificate, verify_server_identity_certificate
+    from fedhft.protocol.errors import ProtocolError
+
     if party_key.certificate is None:
         raise KeyLoadError(
-            f"{party_key.source} is a bare public key, but {folder} has a CA certificate; "
-            f"give the certificate the CA issued to `{party}`"
+            f"{party_key.source} is a bare public key, but the folder has the consortium CA; "
+            f"give the identity certificate the CA issued to `{name}`"
         )
-    try:
-        party_key.certificate.verify_directly_issued_by(ca_certificate)
-    except (ValueError, TypeError, InvalidSignature):
-        raise KeyLoadError(
-            f"{party_key.source} was not issued by the consortium CA {ca_path}"
-        ) from None
+    verify = verify_server_identity_certificate if server else verify_identity_certificate
+    for moment in at or (None,):
+        try:
+            verify(party_key.certificate, ca_certificate, name, now=moment)
+        except ProtocolError as exc:
+            when = f" at {moment:%Y-%m-%dT%H:%M:%SZ}" if moment is not None else ""
+            raise KeyLoadError(f"{party_key.source}{when}: {exc}") from None
     return PartyKey(
         public_key=party_key.public_key,
         source=party_key.source,
@@ -140,19 +166,92 @@ def find_party_key(certs_dir: str | Path, party: str) -> PartyKey:
     )
 
 
-def find_server_key(certs_dir: str | Path, server_party: str | None = None) -> PartyKey:
-    """The aggregation server's key in a certificate folder.
+def find_party_key(certs_dir: str | Path, party: str, *, at: Sequence[datetime] = ()) -> PartyKey:
+    """The identity key of organization ``party`` in a certificate folder.
 
-    Looks for ``server_party``'s file when the server's log names it, else for
-    `server.pem|crt` or `aggregator.pem|crt`. Organization certificates are never used
-    for receipts: a receipt counts only when the consortium's server signed it.
+    Looks for `<party>.crt`, `<party>.pem` or `<party>/identity.crt`. When the folder
+    holds the CA, the certificate must be the CA-issued identity certificate of
+    ``party``, valid at each time in ``at`` (the times the records were signed; now
+    when empty). Raises `KeyLoadError` otherwise.
     """
-    stems = (server_party,) if server_party else SERVER_FILE_STEMS
-    problems: list[str] = []
-    for stem in stems:
-        assert stem is not None
-        try:
-            return find_party_key(certs_dir, stem)
-        except KeyLoadError as exc:
-            problems.append(str(exc))
-    raise KeyLoadError("; ".join(problems))
+    folder = Path(certs_dir)
+    if not folder.is_dir():
+        raise KeyLoadError(f"certificate folder {folder} does not exist")
+    found = _candidates(folder, party)
+    if not found:
+        raise KeyLoadError(
+            f"no certificate or public key for `{party}` in {folder} (looked for "
+            f"{party}.crt, {party}.pem and {party}/identity.crt)"
+        )
+    party_key = load_party_key(found[0])
+    ca_certificate = _ca_certificate(folder)
+    if ca_certificate is None:
+        return party_key
+    return _check_with_ca(party_key, ca_certificate, name=party, server=False, at=at)
+
+
+def _certificate_files(folder: Path) -> Iterable[Path]:
+    for pattern in ("*.crt", "*.pem", "*/identity.crt"):
+        for path in sorted(folder.glob(pattern)):
+            if path.name not in CA_FILE_NAMES and path.is_file():
+                yield path
+
+
+def find_server_key(
+    certs_dir: str | Path, server: str | None = None, *, at: Sequence[datetime] = ()
+) -> PartyKey:
+    """The aggregation server's identity key in a certificate folder.
+
+    ``server`` names the server (its host name, as its log's `party`); without it the
+    folder must hold exactly one certificate naming a ``fedhft://server/`` holder, or
+    else a key file called `server` or `aggregator`. With the CA present, the
+    certificate must be the CA-issued server identity certificate. Organization
+    certificates never count: a receipt is only as good as the server's signature.
+    """
+    folder = Path(certs_dir)
+    if not folder.is_dir():
+        raise KeyLoadError(f"certificate folder {folder} does not exist")
+    ca_certificate = _ca_certificate(folder)
+    chosen: PartyKey | None = None
+    name = server
+    if server is not None and _candidates(folder, server):
+        chosen = load_party_key(_candidates(folder, server)[0])
+    else:
+        servers: list[tuple[str, PartyKey]] = []
+        for path in _certificate_files(folder):
+            certificate = _certificate_from(path.read_bytes())
+            if certificate is None:
+                continue
+            for uri in _uris(certificate):
+                if uri.startswith(SERVER_URI_PREFIX):
+                    host = uri[len(SERVER_URI_PREFIX) :]
+                    if server is None or host == server.lower():
+                        servers.append((host, load_party_key(path)))
+        if len(servers) > 1:
+            raise KeyLoadError(
+                f"{folder} holds several server certificates "
+                f"({', '.join(sorted({host for host, _ in servers}))}); name the server"
+            )
+        if servers:
+            name, chosen = servers[0]
+        elif ca_certificate is None:
+            stems = (server,) if server else SERVER_FILE_STEMS
+            for stem in stems:
+                if stem and _candidates(folder, stem):
+                    chosen = load_party_key(_candidates(folder, stem)[0])
+                    break
+    if chosen is None:
+        raise KeyLoadError(
+            f"no certificate of the aggregation server in {folder} (a certificate naming "
+            f"{SERVER_URI_PREFIX}<host>, or server.crt / aggregator.crt)"
+        )
+    if ca_certificate is None:
+        return chosen
+    if name is None:
+        uris = (
+            [u for u in _uris(chosen.certificate) if u.startswith(SERVER_URI_PREFIX)]
+            if (chosen.certificate is not None)
+            else []
+        )
+        name = uris[0][len(SERVER_URI_PREFIX) :] if uris else "server"
+    return _check_with_ca(chosen, ca_certificate, name=name, server=True, at=at)

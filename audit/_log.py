@@ -52,7 +52,7 @@ MAX_RECORD_BYTES: Final = 64 * 1024
 
 Clock = Callable[[], datetime]
 
-_PARTY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_PARTY = re.compile(r"[a-z0-9][a-z0-9._-]{0,252}")
 
 
 def _utc_now() -> datetime:
@@ -267,8 +267,8 @@ class AuditLog:
 def _check_party(party_id: str) -> None:
     if not isinstance(party_id, str) or not _PARTY.fullmatch(party_id):
         raise ValueError(
-            f"party_id must be an identifier ([a-z0-9][a-z0-9_-]*, at most 63 characters), "
-            f"got {party_id!r}"
+            "party_id must be an organization id or the server's host name "
+            f"([a-z0-9][a-z0-9._-]*, at most 253 characters), got {party_id!r}"
         )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -201,3 +201,106 @@ def verify_receipt(server_public_key: Ed25519PublicKey, receipt: Receipt) -> Non
             f"receipt for round {receipt.round}, cluster {receipt.cluster} was not signed "
             "by this server key"
         ) from None
+
+
+# ------------------------------------------------------------------------ wire receipts
+#
+# The gRPC server acknowledges an upload with a `fedhft.v1` protobuf `Receipt` (a
+# serialized `ReceiptStatement` and its signature, `fedhft.protocol.sign_receipt`). A
+# client that holds such a receipt logs it verbatim — statement bytes and signature in
+# hex — next to the fields an auditor matches on, so the record proves exactly what the
+# server signed, not a re-encoding of it.
+
+
+def aggregation_receipt_from_wire(
+    receipt: Any, *, server_public_key: Ed25519PublicKey
+) -> dict[str, JSONValue]:
+    """The `aggregation_receipt` payload for a `fedhft.v1` wire receipt.
+
+    Verifies the receipt with ``server_public_key`` first (`ReceiptError` if forged), so
+    a client never logs a receipt the server did not sign.
+    """
+    statement = _verify_wire(server_public_key, receipt.statement, receipt.signature)
+    return {
+        "round": int(statement.session.round),
+        "cluster": int(statement.session.cluster),
+        "organization": statement.organization,
+        "upload_sha256": bytes(statement.payload_sha256).hex(),
+        "server": key_fingerprint(server_public_key),
+        "receipt_sig": bytes(receipt.signature).hex(),
+        "receipt_statement": bytes(receipt.statement).hex(),
+        "sid": bytes(statement.session.session_id).hex(),
+    }
+
+
+def upload_accepted_from_wire(receipt: Any) -> dict[str, JSONValue]:
+    """The server's `upload_accepted` payload for a wire receipt it has just signed."""
+    from fedhft.protocol import fedhft_pb2
+
+    statement = fedhft_pb2.ReceiptStatement()
+    statement.ParseFromString(receipt.statement)
+    return {
+        "round": int(statement.session.round),
+        "cluster": int(statement.session.cluster),
+        "organization": statement.organization,
+        "upload_sha256": bytes(statement.payload_sha256).hex(),
+        "receipt_sig": bytes(receipt.signature).hex(),
+        "sid": bytes(statement.session.session_id).hex(),
+    }
+
+
+def _verify_wire(server_public_key: Ed25519PublicKey, statement: bytes, signature: bytes) -> Any:
+    from fedhft.protocol import fedhft_pb2
+    from fedhft.protocol import verify_receipt as verify_wire_receipt
+    from fedhft.protocol.errors import ProtocolError
+
+    try:
+        return verify_wire_receipt(
+            fedhft_pb2.Receipt(statement=statement, signature=signature), server_public_key
+        )
+    except ProtocolError:
+        raise ReceiptError("wire receipt was not signed by this server key") from None
+
+
+def verify_receipt_payload(server_public_key: Ed25519PublicKey, payload: Mapping[str, Any]) -> None:
+    """Verify the receipt inside an `aggregation_receipt` payload; raise `ReceiptError`.
+
+    Handles both receipt forms: this module's `Receipt`, and a `fedhft.v1` wire receipt
+    (`receipt_statement` present), whose signed statement must then agree with the
+    payload's round, cluster, organization, upload hash and session id.
+    """
+    if payload.get("server") != key_fingerprint(server_public_key):
+        raise ReceiptError(
+            f"receipt for round {payload.get('round')}, cluster {payload.get('cluster')} names "
+            "another server key"
+        )
+    if "receipt_statement" not in payload:
+        verify_receipt(server_public_key, Receipt.from_payload(payload))
+        return
+    statement_hex, sig_hex = payload["receipt_statement"], payload.get("receipt_sig")
+    if not (isinstance(statement_hex, str) and isinstance(sig_hex, str)):
+        raise ReceiptError("`receipt_statement` and `receipt_sig` must be hex strings")
+    try:
+        statement_bytes, signature = bytes.fromhex(statement_hex), bytes.fromhex(sig_hex)
+    except ValueError:
+        raise ReceiptError("`receipt_statement` and `receipt_sig` must be hex strings") from None
+    statement = _verify_wire(server_public_key, statement_bytes, signature)
+    signed = {
+        "round": int(statement.session.round),
+        "cluster": int(statement.session.cluster),
+        "organization": statement.organization,
+        "upload_sha256": bytes(statement.payload_sha256).hex(),
+        "sid": bytes(statement.session.session_id).hex(),
+    }
+    differing = sorted(
+        name for name, value in signed.items() if name in payload and payload[name] != value
+    )
+    differing += [
+        name
+        for name in ("round", "cluster", "organization", "upload_sha256")
+        if name not in payload
+    ]
+    if differing:
+        raise ReceiptError(
+            f"the logged receipt fields {differing} differ from what the server signed"
+        )

@@ -39,7 +39,7 @@ RECORD_FIELDS: Final = frozenset({"v", "seq", "time", "party", "event", "payload
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
-_PARTY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PARTY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,252}$")
 _EVENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -188,7 +188,7 @@ def parse_record(line: bytes) -> Record:
         raise ValueError(f"`seq` must be an integer >= 1, got {seq!r}")
     checks = (
         ("time", _TIME, "an RFC 3339 UTC time with 6 fractional digits"),
-        ("party", _PARTY, "an identifier"),
+        ("party", _PARTY, "an organization id or host name"),
         ("event", _EVENT, "an event name"),
         ("prev", _HEX64, "64 lower-case hex digits"),
         ("sig", _HEX128, "128 lower-case hex digits"),

@@ -16,6 +16,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,7 +205,8 @@ def _num(value: object, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "∞"
-        return f"{value:.{digits}g}"
+        # Exponents without padding: 1e-5, not 1e-05.
+        return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:.{digits}g}")
     return _e(value)
 
 
@@ -218,9 +220,14 @@ def _nice_step(span: float, target_ticks: int) -> float:
 
 
 def render_plot(
-    series: Sequence[Mapping[str, Any]], budget: float | None, *, width: int = 1040
+    series: Sequence[Mapping[str, Any]],
+    budget: float | None,
+    *,
+    refused_rounds: Sequence[int] = (),
+    width: int = 1040,
 ) -> str:
-    """Inline SVG of cumulative ε per round: recomputed, logged and the budget line."""
+    """Inline SVG of cumulative ε per round: recomputed, logged, the budget line, and a
+    mark on the axis at each refused round."""
     height, left, right, top, bottom = 360, 64, 24, 24, 52
     plot_w, plot_h = width - left - right, height - top - bottom
     per_round: dict[int, Mapping[str, Any]] = {}
@@ -242,7 +249,8 @@ def render_plot(
     y_max = max([*values, budget or 0.0, 1e-9]) * 1.12
     y_step = _nice_step(y_max, 6)
     y_max = math.ceil(y_max / y_step) * y_step
-    x_min, x_max = rounds[0], rounds[-1]
+    refused = sorted(set(refused_rounds))
+    x_min, x_max = min([rounds[0], *refused]), max([rounds[-1], *refused])
     if x_min == x_max:
         x_min, x_max = x_min - 1, x_max + 1
 
@@ -307,14 +315,22 @@ def render_plot(
 
     polyline("recomputed", "recomputed")
     polyline("logged", "logged")
+    for number in refused:
+        cx, cy = x(number), top + plot_h
+        parts.append(
+            f'<path d="M{cx - 5:.1f},{cy - 5:.1f} L{cx + 5:.1f},{cy + 5:.1f} '
+            f'M{cx - 5:.1f},{cy + 5:.1f} L{cx + 5:.1f},{cy - 5:.1f}" class="refused"/>'
+        )
     legend_x = left + 12
     parts.append(
         f'<g class="legend" transform="translate({legend_x},{top + 8})">'
-        '<rect x="-8" y="-14" width="330" height="26" rx="4" class="legend-box"/>'
+        '<rect x="-8" y="-14" width="420" height="26" rx="4" class="legend-box"/>'
         '<line x1="0" x2="22" y1="0" y2="0" class="recomputed"/>'
         '<text x="28" y="4">recomputed by auditor</text>'
         '<line x1="176" x2="198" y1="0" y2="0" class="logged"/>'
-        '<text x="204" y="4">logged by client</text></g>'
+        '<text x="204" y="4">logged by client</text>'
+        '<path d="M320,-5 L330,5 M320,5 L330,-5" class="refused"/>'
+        '<text x="336" y="4">refused round</text></g>'
     )
     parts.append("</svg>")
     return "".join(parts)
@@ -351,13 +367,15 @@ h2 { font-size:17px; margin:0 0 12px; }
 table { width:100%; border-collapse:collapse; font-size:14px; }
 th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line);
   vertical-align:top; }
-th { color:var(--muted); font-weight:600; font-size:13px; background:var(--bg); }
+th { color:var(--muted); font-weight:600; font-size:13px; background:var(--bg);
+  white-space:nowrap; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 .sev { font-weight:600; font-size:12px; padding:2px 8px; border-radius:10px; }
 .sev.error { color:var(--bad); background:var(--bad-bg); }
 .sev.warning { color:var(--warn); background:var(--warn-bg); }
 .sev.notice { color:var(--muted); background:var(--bg); }
 .muted { color:var(--muted); }
+code.check { white-space:nowrap; }
 code { font:13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   word-break:break-all; }
 dl { display:grid; grid-template-columns:220px 1fr; gap:4px 16px; margin:0; }
@@ -374,6 +392,7 @@ svg .recomputed { fill:none; stroke:var(--accent); stroke-width:2.5; }
 svg .recomputed-dot { fill:var(--accent); }
 svg .logged { fill:none; stroke:#e08a00; stroke-width:2; stroke-dasharray:5 4; }
 svg .logged-dot { fill:#fff; stroke:#e08a00; stroke-width:2; }
+svg .refused { stroke:var(--bad); stroke-width:2.5; fill:none; }
 svg .legend text { fill:var(--ink); font-size:13px; }
 svg .legend-box { fill:#fff; stroke:var(--line); }
 footer { color:var(--muted); font-size:13px; text-align:center; padding-bottom:24px; }
@@ -445,8 +464,11 @@ def render_html(document: Mapping[str, Any]) -> str:
         f"<p>{_e(status_text)}</p></div>"
         f'<div class="figures">{figures_html}</div></section>'
     )
+    plot_budget = budget_eps if isinstance(budget_eps, int | float) else None
     plot = render_plot(
-        epsilon["series"], budget_eps if isinstance(budget_eps, int | float) else None
+        epsilon["series"],
+        plot_budget,
+        refused_rounds=[int(r["round"]) for r in document["refusals"]],
     )
     sections.append(
         "<section><h2>Cumulative privacy spend per round</h2>"
@@ -462,7 +484,7 @@ def render_html(document: Mapping[str, Any]) -> str:
                 f'<span class="sev {_e(f["severity"])}">{_e(f["severity"])}</span>',
                 _e(f["line"]),
                 _e(f["seq"]),
-                f"<code>{_e(f['check'])}</code>",
+                f'<code class="check">{_e(f["check"])}</code>',
                 _e(f["message"])
                 + (
                     f'<br><span class="muted">{_e(f["source"])}</span>'
@@ -470,7 +492,7 @@ def render_html(document: Mapping[str, Any]) -> str:
                     else ""
                 ),
             ]
-            for f in findings
+            for f in sorted(findings, key=lambda f: (f["line"] is None, f["line"] or 0))
         ]
         sections.append(
             f"<section><h2>Findings ({len(findings)})</h2>"
@@ -490,7 +512,8 @@ def render_html(document: Mapping[str, Any]) -> str:
     for row in document["rounds"]:
         mechanisms = ", ".join(
             f"{_e(s['mechanism'])} (σ={_num(s.get('noise_multiplier'))}, "
-            f"q={_num(s.get('sample_rate'))}, {_e(s.get('steps'))} steps)"
+            f"q={_num(s.get('sample_rate'))}, {_e(s.get('steps'))} "
+            f"step{'' if s.get('steps') == 1 else 's'})"
             for s in row["spends"]
         )
         round_rows.append(

@@ -39,7 +39,7 @@ from ._chain import ChainResult, LoggedRecord, check_chain
 from ._events import EventType, payload_problems
 from ._findings import Check, EpsilonPoint, Finding, Severity, VerificationReport
 from ._keys import key_fingerprint
-from ._receipts import Receipt, verify_receipt
+from ._receipts import verify_receipt_payload
 from .errors import ReceiptError
 
 UploadKey = tuple[int, int, str]
@@ -339,7 +339,7 @@ def _check_uploads(
         if server_public_key is None:
             continue
         try:
-            verify_receipt(server_public_key, Receipt.from_payload(payload))
+            verify_receipt_payload(server_public_key, payload)
         except ReceiptError as exc:
             detail = (
                 f" (it names server {str(payload['server'])[:16]}..., expected "

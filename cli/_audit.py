@@ -7,7 +7,10 @@ file, no key for the party, invalid policy).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -23,6 +26,7 @@ from fedhft.audit import (
     verify_log,
 )
 from fedhft.audit._chain import check_chain
+from fedhft.audit._record import parse_time
 from fedhft.audit._report import build_report, write_report
 from fedhft.policies import OrganizationPolicy, PolicyError, load_organization_policy
 
@@ -66,12 +70,33 @@ def _fail_input(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def _party_of(path: Path) -> str | None:
+@dataclass(frozen=True)
+class _LogFacts:
+    party: str | None
+    times: list[datetime]
+
+
+def _facts_of(path: Path) -> _LogFacts:
+    """The party a log names and the times of its first and last records (unverified:
+    only used to pick the certificate, which must then verify every record)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         _fail_input(f"cannot read {path}: {exc.strerror}")
-    return check_chain(data, public_key=None, source=str(path)).party
+    chain = check_chain(data, public_key=None, source=str(path))
+    times: list[datetime] = []
+    for entry in (chain.records[:1] + chain.records[-1:]) if chain.records else []:
+        with contextlib.suppress(ValueError):
+            times.append(parse_time(entry.record.time))
+    return _LogFacts(party=chain.party, times=times)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    public_key: Ed25519PublicKey
+    server_public_key: Ed25519PublicKey | None
+    policy: OrganizationPolicy | None
+    notes: list[str]
 
 
 def _resolve_inputs(
@@ -81,7 +106,7 @@ def _resolve_inputs(
     certs: Path | None,
     key: Path | None,
     server_key: Path | None,
-) -> tuple[Ed25519PublicKey, Ed25519PublicKey | None, OrganizationPolicy | None]:
+) -> _Inputs:
     for path in (log, server_log):
         if path is not None and not path.is_file():
             _fail_input(f"{path} does not exist or is not a file")
@@ -91,31 +116,47 @@ def _resolve_inputs(
             policy = load_organization_policy(policy_path)
         except PolicyError as exc:
             _fail_input("invalid policy:\n" + "\n".join(exc.problems))
+    notes: list[str] = []
     try:
         if key is not None:
             public_key = load_public_key(key)
+            notes.append(f"organization key taken as given from {key} (not checked by a CA)")
         elif certs is not None:
-            party = _party_of(log) or (policy.organization if policy else None)
+            facts = _facts_of(log)
+            party = facts.party or (policy.organization if policy else None)
             if party is None:
                 _fail_input(f"{log} has no readable record naming its party; pass --key")
-            public_key = find_party_key(certs, party).public_key
+            party_key = find_party_key(certs, party, at=facts.times)
+            public_key = party_key.public_key
+            if not party_key.ca_checked:
+                notes.append(f"{party_key.source} not checked against a CA (no ca.crt in {certs})")
         else:
             _fail_input("give the organization's key: --certs DIR or --key FILE")
         server_public_key = None
         if server_key is not None:
             server_public_key = load_public_key(server_key)
+            notes.append(f"server key taken as given from {server_key} (not checked by a CA)")
         elif certs is not None:
-            server_party = _party_of(server_log) if server_log is not None else None
+            server_facts = _facts_of(server_log) if server_log is not None else None
             try:
-                server_public_key = find_server_key(certs, server_party).public_key
+                server_party_key = find_server_key(
+                    certs,
+                    server_facts.party if server_facts else None,
+                    at=server_facts.times if server_facts else (),
+                )
             except KeyLoadError:
                 if server_log is not None:
                     raise
                 # Without a server certificate receipts stay unchecked (a warning).
-                server_public_key = None
+            else:
+                server_public_key = server_party_key.public_key
+                if not server_party_key.ca_checked:
+                    notes.append(
+                        f"{server_party_key.source} not checked against a CA (no ca.crt in {certs})"
+                    )
     except KeyLoadError as exc:
         _fail_input(str(exc))
-    return public_key, server_public_key, policy
+    return _Inputs(public_key, server_public_key, policy, notes)
 
 
 def _print_findings(report: VerificationReport) -> None:
@@ -157,20 +198,20 @@ def verify(
     ] = False,
 ) -> None:
     """Verify chain, signatures, ε (recomputed), budget and receipts of an audit log."""
-    public_key, server_public_key, organization_policy = _resolve_inputs(
-        log, server_log, policy, certs, key, server_key
-    )
+    inputs = _resolve_inputs(log, server_log, policy, certs, key, server_key)
     report = verify_log(
         log,
-        public_key=public_key,
+        public_key=inputs.public_key,
         server_log=server_log,
-        server_public_key=server_public_key,
-        policy=organization_policy,
+        server_public_key=inputs.server_public_key,
+        policy=inputs.policy,
         expected_head=expect_head,
     )
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
+        for note in inputs.notes:
+            typer.echo(f"note: {note}", err=True)
         _print_findings(report)
         typer.echo(_summary(report))
     if not report.ok:
@@ -192,16 +233,16 @@ def report(
     The report is written even when verification fails (it then says so); the exit
     status is that of the verification.
     """
-    public_key, server_public_key, organization_policy = _resolve_inputs(
-        log, server_log, policy, certs, key, server_key
-    )
+    inputs = _resolve_inputs(log, server_log, policy, certs, key, server_key)
     document, verification = build_report(
         log,
-        public_key=public_key,
+        public_key=inputs.public_key,
         server_log=server_log,
-        server_public_key=server_public_key,
-        policy=organization_policy,
+        server_public_key=inputs.server_public_key,
+        policy=inputs.policy,
     )
+    for note in inputs.notes:
+        typer.echo(f"note: {note}", err=True)
     html_path, json_path = write_report(document, out)
     typer.echo(f"wrote {html_path} and {json_path}")
     typer.echo(_summary(verification))

@@ -95,17 +95,21 @@ def write_federation(
     plan: SpendPlan = DEFAULT_PLAN,
     *,
     noise_source: str = "secure",
+    start: datetime | None = None,
+    server_party: str = SERVER,
 ) -> Federation:
     """Write an honest client log and server log for ``plan``; ε from Opacus' RDP."""
     client_path, server_path = folder / "client.jsonl", folder / "server.jsonl"
     opacus_accountant = RDPAccountant()
     epsilons: list[float] = []
     uploads: list[str] = []
-    clock = FixedClock()
+    clock = FixedClock(start)
     delta = policy.privacy.delta
     with (
         AuditLog.open(client_path, party_id=ORG, signing_key=client_key, clock=clock) as client,
-        AuditLog.open(server_path, party_id=SERVER, signing_key=server_key, clock=clock) as server,
+        AuditLog.open(
+            server_path, party_id=server_party, signing_key=server_key, clock=clock
+        ) as server,
     ):
         client.append(EventType.POLICY_LOADED, policy_loaded_payload(policy))
         for round_number, (sigma, rate, steps) in enumerate(plan):
