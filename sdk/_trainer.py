@@ -159,6 +159,11 @@ class LocalTrainer:
             if isinstance(model_or_base, MaskedAdapterModel)
             else MaskedAdapterModel(model_or_base, consortium.adapter)
         )
+        if self.model.adapter != consortium.adapter:
+            raise SdkError(
+                "the model's adapter spec differs from the consortium's `adapter` section; "
+                "wrap the base model with the consortium's adapters"
+            )
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = self.model.apply_tier(self.tier)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
@@ -282,7 +287,13 @@ class LocalTrainer:
         # Only now, with the round admitted, does the model change.
         self.model.set_block_state(start)
         if record is not None:
-            mean_loss = self._train_private(encoded, record)
+            try:
+                mean_loss = self._train_private(encoded, record)
+            except BaseException:
+                # Noisy steps may already have run and their output sits in the model:
+                # an interrupted round is charged in full rather than forgotten.
+                self._commit(record)
+                raise
             epsilon = self._commit(record)
         else:
             mean_loss = self._train_non_private(encoded)

@@ -377,6 +377,28 @@ def test_a_budget_that_cannot_fit_one_more_round_refuses_before_any_step(
     assert [k for k, _ in audit.events] == ["privacy_spend", "refusal"]
 
 
+def test_an_interrupted_round_is_still_charged(
+    tmp_path: Path, organization_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after noisy steps ran commits the round's spend before propagating."""
+    audit = RecordingAudit()
+    trainer = _trainer(tmp_path, audit=audit)
+    calls = []
+    original = PrivateStep.step
+
+    def failing_step(self: PrivateStep, *args: torch.Tensor) -> float:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(PrivateStep, "step", failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_round(organization_data.train, None, round=1)
+    assert trainer.ledger is not None and len(trainer.ledger.records) == 1
+    assert [kind for kind, _ in audit.events] == ["privacy_spend"]
+
+
 def test_auto_noise_multiplier_spreads_the_budget_over_planned_rounds(
     tmp_path: Path, organization_data: Any
 ) -> None:
@@ -506,6 +528,16 @@ def test_incompatible_policy_is_rejected(tmp_path: Path) -> None:
             tiny_policy(tmp_path, tier="platinum"),
             consortium,
         )
+
+
+def test_a_model_with_other_adapters_is_rejected(tmp_path: Path) -> None:
+    """A model wrapped with another adapter spec (rank, seed) cannot train for this consortium."""
+    consortium = tiny_consortium()
+    other = tiny_consortium(
+        adapter={"target_modules": ["query", "value"], "rank": 4, "alpha": 8, "a_seed": 12}
+    )
+    with pytest.raises(SdkError, match="adapter"):
+        LocalTrainer(MaskedAdapterModel.from_consortium(other), tiny_policy(tmp_path), consortium)
 
 
 def test_a_foreign_ledger_is_rejected(tmp_path: Path) -> None:
