@@ -1,0 +1,657 @@
+"""The aggregation server: round state machine, durable state and the gRPC endpoint.
+
+`AggregatorServer` runs the consortium's rounds ``completed + 1 .. rounds`` one at a
+time in a background thread (DESIGN §7):
+
+1. open an attempt of the round in SQLite and announce it (join deadline);
+2. collect joins until every enrolled organization answered or the deadline passed;
+   with fewer participants than the minimum cohort the attempt is aborted and retried
+   after a pause, or the run ends when too few organizations can still join (the others
+   refused for budget or policy);
+3. open one secure-aggregation session per cluster (`_sessions.py`) and step them in
+   lockstep: a stage closes when every expected participant answered or its deadline
+   passed (stragglers become dropouts). The first stage also covers local training, so
+   its deadline is the longer ``train_timeout_s``;
+4. move the cluster adapters by the per-row averages (`RoundCoordinator.apply`) and
+   store the new model together with the round's completion in one transaction.
+
+Killing the process at any moment loses nothing: at start the open attempt is aborted
+(`AggregatorStore.abort_open_attempts`), the model of the last completed round is
+restored, and the interrupted round is redone as a new attempt, whose session ids differ
+because the attempt is part of the run id. Clients re-send the update they already
+trained, so no round is trained or counted twice.
+
+Notes:
+    The server stores and keeps in memory only what secure aggregation gives it: masked
+    inputs (uniformly random words), encrypted shares it relays, running and final sums.
+    Receipts are signed with the server's identity key and logged in its own audit log
+    (``<state>/audit.jsonl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography import x509
+
+from fedhft.audit import AuditLog, EventType
+from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, policy_hash
+from fedhft.protocol import (
+    CKKSServerContext,
+    CKKSSession,
+    Credentials,
+    EnrollmentInterceptor,
+    Role,
+    create_server,
+    load_credentials,
+    verify_identity_certificate,
+)
+from fedhft.protocol import fedhft_pb2 as pb
+from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
+from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, released_model_hash
+from fedhft.protocol.errors import CohortTooSmallError, ProtocolError
+from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, tier_mask
+
+from ._federation import RoundCoordinator, RoundSummary, decode_clusters, encode_clusters
+from ._sessions import AggregationSession, CKKSRoundSession, MaskingSession
+from ._store import AggregatorStore
+from .errors import AggregatorError, RoundError
+
+_LOG = logging.getLogger("fedhft.aggregator")
+
+_RECENT_ATTEMPTS: Final = 3
+_PERMANENT_REFUSALS: Final = frozenset(
+    {pb.REFUSAL_REASON_BUDGET_EXHAUSTED, pb.REFUSAL_REASON_POLICY_INCOMPATIBLE}
+)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Timing and limits of the aggregation server (all have production defaults).
+
+    Attributes:
+        join_timeout_s: how long a round waits for every enrolled organization to
+            answer its announcement.
+        train_timeout_s: deadline of the first secure-aggregation stage, which starts
+            when joins close and so includes each organization's local training.
+        stage_timeout_s: deadline of every later stage; default: the consortium's
+            ``secure_aggregation.stage_timeout_s``.
+        retry_pause_s: pause before a failed attempt of a round is retried.
+        poll_interval_ms: how soon clients are told to ask again.
+        max_wait_ms: the longest a long-polling call is held.
+        max_message_bytes: gRPC message limit (larger payloads are chunked).
+        max_workers: gRPC worker threads (each long poll holds one).
+        tiny_config: overrides of the tiny test model (``model.source: tiny`` only).
+    """
+
+    join_timeout_s: float = 120.0
+    train_timeout_s: float = 600.0
+    stage_timeout_s: float | None = None
+    retry_pause_s: float = 5.0
+    poll_interval_ms: int = 250
+    max_wait_ms: int = 20_000
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_workers: int = 64
+    tiny_config: Mapping[str, Any] | None = None
+
+
+@dataclass
+class JoinAnswer:
+    """An organization's answer to a round announcement."""
+
+    participate: bool
+    tier: str
+    refusal: int
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """The cluster adapters released for a round, serialized once per cluster."""
+
+    round: int
+    clusters: ClusterAdapters
+    payloads: tuple[bytes, ...]
+    hashes: tuple[bytes, ...]
+    model_hash: bytes
+
+    @classmethod
+    def of(cls, round_number: int, clusters: ClusterAdapters) -> ReleasedModel:
+        """Serialize each cluster of ``clusters``; ``model_hash`` binds all of them."""
+        payloads = tuple(
+            encode_clusters(
+                ClusterAdapters(
+                    states=(clusters.states[j],), last_updates=(clusters.last_updates[j],)
+                )
+            )
+            for j in range(clusters.k)
+        )
+        hashes = tuple(hashlib.sha256(payload).digest() for payload in payloads)
+        return cls(
+            round=round_number,
+            clusters=clusters,
+            payloads=payloads,
+            hashes=hashes,
+            model_hash=released_model_hash(hashes),
+        )
+
+
+@dataclass
+class Attempt:
+    """One attempt of a round, as the servicer sees it."""
+
+    round: int
+    attempt: int
+    run_id: str
+    model: ReleasedModel
+    join_deadline_unix_ms: int
+    phase: str = "joining"  # joining → aggregating → completed | aborted
+    joins: dict[str, JoinAnswer] = field(default_factory=dict)
+    sessions: dict[int, AggregationSession] = field(default_factory=dict)
+    peers: dict[str, pb.PeerIdentity] = field(default_factory=dict)
+
+
+class _Outcome(enum.Enum):
+    COMPLETED = "completed"
+    RETRY = "retry"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+
+
+class AggregatorServer:
+    """The consortium's aggregation server: gRPC over mutual TLS plus the round thread.
+
+    Args:
+        consortium: the consortium configuration (every party holds the same file).
+        credentials: the server's credentials folder (``fedhft ca issue --server``) or
+            the loaded credentials. In CKKS mode it must also hold the public CKKS
+            context (``ckks-public.context``, see `ckks_ceremony`).
+        state_dir: the SQLite state and the server's audit log; reuse it to resume.
+        host, port: where to listen (port 0 picks a free port, see `port`).
+        options: timeouts and limits.
+
+    Use `start()`, then `wait()` until the run finished, then `stop()`; or use the
+    object as a context manager.
+    """
+
+    def __init__(
+        self,
+        consortium: ConsortiumConfig,
+        *,
+        credentials: Credentials | str | os.PathLike[str],
+        state_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        options: ServerOptions | None = None,
+    ) -> None:
+        if consortium.method is Method.FEDAMOLE:
+            raise AggregatorError(
+                "method fedamole is not available in the aggregation server yet; use "
+                "fedhft, fedavg or local"
+            )
+        self.consortium = consortium
+        self.options = options or ServerOptions()
+        self.credentials = (
+            credentials if isinstance(credentials, Credentials) else load_credentials(credentials)
+        )
+        if self.credentials.role is not Role.SERVER:
+            raise AggregatorError(
+                f"the aggregation server needs server credentials (`fedhft ca issue "
+                f"--server`), got those of organization {self.credentials.name!r}"
+            )
+        self.state_dir = Path(state_dir)
+        self.config_hash = bytes.fromhex(policy_hash(consortium))
+        self.enrolled_organizations = tuple(consortium.enrolled())
+        self.stage_timeout_s = (
+            self.options.stage_timeout_s or consortium.secure_aggregation.stage_timeout_s
+        )
+        self.ckks_context = self._load_ckks_context()
+
+        self.store = AggregatorStore(self.state_dir)
+        self.store_lock = threading.Lock()
+        self.run_id = self.store.bind(
+            consortium=consortium.consortium,
+            config_hash=self.config_hash.hex(),
+            run_id=f"{consortium.consortium}-{secrets.token_hex(4)}",
+        )
+        for round_number, attempt in self.store.abort_open_attempts():
+            _LOG.warning(
+                "round %d attempt %d was interrupted; it is aborted and will be redone",
+                round_number,
+                attempt,
+            )
+        self.coordinator = self._coordinator()
+        self.audit = AuditLog.open(
+            self.state_dir / "audit.jsonl",
+            party_id=self.credentials.name,
+            signing_key=self.credentials.identity_key,
+            repair=True,
+        )
+
+        self.changed = threading.Condition()
+        self.attempt: Attempt | None = None
+        self.recent_attempts: dict[str, Attempt] = {}
+        """The last few attempts by run id (see `AggregatorService._session`)."""
+        self.final: ReleasedModel | None = None
+        self.summaries: list[RoundSummary] = []
+        self._stopping = False
+        self._finished = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fedhft-rounds", daemon=True)
+
+        from ._service import AggregatorService  # The servicer reads this object's state.
+
+        self.bound = create_server(
+            self.credentials,
+            port=port,
+            host=host,
+            max_message_bytes=self.options.max_message_bytes,
+            max_workers=self.options.max_workers,
+            interceptors=[
+                EnrollmentInterceptor(
+                    self.enrolled_organizations,
+                    ca_certificate=self.credentials.ca_certificate,
+                )
+            ],
+        )
+        pb_grpc.add_AggregatorServicer_to_server(AggregatorService(self), self.bound.server)
+        self._started = False
+
+    # ------------------------------------------------------------------ setup
+
+    def _load_ckks_context(self) -> CKKSServerContext | None:
+        if self.consortium.secure_aggregation.mode is not SecureAggregationMode.CKKS:
+            return None
+        path = self.credentials.directory / CKKS_PUBLIC_FILE
+        if not path.is_file():
+            raise AggregatorError(
+                f"CKKS mode needs the consortium's public CKKS context at {path}; run the "
+                "key ceremony (fedhft.aggregator.ckks_ceremony) when provisioning"
+            )
+        context = CKKSServerContext.from_bytes(path.read_bytes())
+        if context.consortium != self.consortium.consortium:
+            raise AggregatorError(
+                f"{path} belongs to consortium {context.consortium!r}, not "
+                f"{self.consortium.consortium!r}"
+            )
+        return context
+
+    def _coordinator(self) -> RoundCoordinator:
+        tiny = self.options.tiny_config
+        initial = MaskedAdapterModel.from_consortium(self.consortium, tiny_config=tiny)
+        tiers = {
+            tier: tier_mask(self.consortium, tier, tiny_config=tiny)
+            for tier in self.consortium.tiers
+        }
+        stored = self.store.latest_model()
+        coordinator = RoundCoordinator(
+            self.consortium,
+            run_id=self.run_id,
+            initial_state=initial.get_block_state(),
+            tier_blocks=tiers,
+            clusters=decode_clusters(stored[1]) if stored is not None else None,
+        )
+        if stored is None:
+            self.store.set_initial_model(encode_clusters(coordinator.clusters))
+        else:
+            _LOG.info("resuming run %s after round %d", self.run_id, stored[0])
+        return coordinator
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server listens on."""
+        return self.bound.address
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        return self.bound.port
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has ended (all rounds, or nobody left who could join)."""
+        return self._finished.is_set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop()` was called."""
+        return self._stopping
+
+    def start(self) -> AggregatorServer:
+        """Start serving and running rounds; returns self."""
+        if self._started:
+            raise AggregatorError("the server was already started")
+        self._started = True
+        self.bound.start()
+        self._thread.start()
+        _LOG.info(
+            "aggregation server for %s listening on %s", self.consortium.consortium, self.address
+        )
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run finished (or `timeout` seconds); returns whether it did.
+
+        Raises `RoundError` when the round thread failed.
+        """
+        done = self._finished.wait(timeout)
+        if self._failure is not None:
+            raise RoundError(f"the round thread failed: {self._failure}") from self._failure
+        return done
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stop the rounds and the gRPC server; an open attempt is aborted (retried later)."""
+        with self.changed:
+            self._stopping = True
+            self.changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._started:
+            self.bound.stop(grace)
+        with self.store_lock:
+            self.store.close()
+        self.audit.close()
+
+    def __enter__(self) -> AggregatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def notify(self) -> None:
+        """Wake the round thread and long-polling calls (state changed)."""
+        with self.changed:
+            self.changed.notify_all()
+
+    # ------------------------------------------------------------------ round thread
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                with self.store_lock:
+                    round_number = self.store.completed_rounds() + 1
+                if round_number > self.consortium.rounds:
+                    break
+                outcome = self._run_attempt(round_number)
+                if outcome in (_Outcome.FINISHED, _Outcome.STOPPED):
+                    break
+                if outcome is _Outcome.RETRY:
+                    self._wait_until(lambda: False, time.time() + self.options.retry_pause_s)
+            if not self._stopping:
+                self._finish()
+        except Exception as error:  # Reported through wait(); the thread must not die silently.
+            _LOG.error("the round thread failed with %s", type(error).__name__, exc_info=True)
+            self._failure = error
+            self._finished.set()
+            self.notify()
+
+    def _wait_until(self, predicate: Callable[[], bool], deadline: float) -> None:
+        with self.changed:
+            while not self._stopping and not predicate():
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    return
+                self.changed.wait(min(remaining, 0.5))
+
+    def _publish(self, attempt: Attempt) -> None:
+        with self.changed:
+            self.attempt = attempt
+            self.recent_attempts[attempt.run_id] = attempt
+            for old in list(self.recent_attempts)[:-_RECENT_ATTEMPTS]:
+                del self.recent_attempts[old]
+            self.changed.notify_all()
+
+    def _run_attempt(self, round_number: int) -> _Outcome:
+        with self.store_lock:
+            attempt_number = self.store.begin_attempt(round_number)
+        model = ReleasedModel.of(round_number, self.coordinator.model_for_round(round_number))
+        join_deadline = time.time() + self.options.join_timeout_s
+        attempt = Attempt(
+            round=round_number,
+            attempt=attempt_number,
+            run_id=f"{self.run_id}.a{attempt_number}",
+            model=model,
+            join_deadline_unix_ms=int(join_deadline * 1000),
+        )
+        self._publish(attempt)
+        _LOG.info(
+            "round %d (attempt %d, %d clusters) is open for joining",
+            round_number,
+            attempt_number,
+            model.clusters.k,
+        )
+        enrolled = set(self.enrolled_organizations)
+        self._wait_until(lambda: enrolled <= set(attempt.joins), join_deadline)
+        if self._stopping:
+            return self._abort(attempt, "the server is stopping", _Outcome.STOPPED)
+        with self.changed:
+            attempt.phase = "aggregating"
+            participants = {o: a.tier for o, a in attempt.joins.items() if a.participate}
+            refused = {o for o, a in attempt.joins.items() if a.refusal in _PERMANENT_REFUSALS}
+            self.changed.notify_all()
+        _LOG.info(
+            "round %d: %d organizations joined, %d refused, %d did not answer",
+            round_number,
+            len(participants),
+            len(attempt.joins) - len(participants),
+            len(enrolled - set(attempt.joins)),
+        )
+        min_cohort = self.consortium.secure_aggregation.min_cohort
+        could_join = len(enrolled - refused)
+        if len(participants) < min_cohort:
+            outcome = _Outcome.FINISHED if could_join < min_cohort else _Outcome.RETRY
+            return self._abort(
+                attempt,
+                f"{len(participants)} participants, fewer than the minimum cohort {min_cohort}",
+                outcome,
+            )
+        if self.consortium.method is Method.LOCAL:
+            # Local-only baseline: every organization trains on its own; nothing is summed.
+            summary = RoundSummary(round_number, 1, tuple(sorted(participants)), ())
+            return self._complete(attempt, summary)
+        try:
+            attempt.peers = self._peers(participants)
+            sessions = {
+                cluster: self._open_session(attempt, cluster, participants)
+                for cluster in range(model.clusters.k)
+            }
+        except CohortTooSmallError as error:
+            outcome = _Outcome.FINISHED if could_join < min_cohort else _Outcome.RETRY
+            return self._abort(attempt, str(error), outcome)
+        with self.changed:
+            attempt.sessions = sessions
+            self.changed.notify_all()
+        return self._aggregate(attempt, sessions, participants)
+
+    def _aggregate(
+        self,
+        attempt: Attempt,
+        sessions: dict[int, AggregationSession],
+        participants: Mapping[str, str],
+    ) -> _Outcome:
+        stages = next(iter(sessions.values())).stages
+        for index, stage in enumerate(stages):
+            timeout = self.options.train_timeout_s if index == 0 else self.stage_timeout_s
+            deadline = time.time() + timeout
+            for session in sessions.values():
+                session.deadline_unix_ms = int(deadline * 1000)
+            self.notify()
+            self._wait_until(lambda: all(not s.pending() for s in sessions.values()), deadline)
+            if self._stopping:
+                return self._abort(attempt, "the server is stopping", _Outcome.STOPPED)
+            late = sorted({org for s in sessions.values() for org in s.pending()})
+            if late:
+                _LOG.warning(
+                    "round %d stage %s closed without %d organizations (dropouts)",
+                    attempt.round,
+                    stage,
+                    len(late),
+                )
+            for session in sessions.values():
+                session.close_stage()
+            self.notify()
+            failed = [s for s in sessions.values() if s.aborted is not None]
+            if failed:
+                reason = f"cluster {failed[0].cluster}: {failed[0].aborted}"
+                return self._abort(attempt, reason, _Outcome.RETRY)
+        results = {cluster: session.result() for cluster, session in sessions.items()}
+        summary = self.coordinator.apply(
+            round_number=attempt.round,
+            participants=list(participants),
+            results=results,
+            skipped={cluster: session.skipped for cluster, session in sessions.items()},
+        )
+        return self._complete(attempt, summary)
+
+    def _complete(self, attempt: Attempt, summary: RoundSummary) -> _Outcome:
+        with self.store_lock:
+            self.store.complete_attempt(
+                attempt.round,
+                attempt.attempt,
+                encode_clusters(self.coordinator.clusters),
+                summary.as_json(),
+            )
+        for cluster in range(summary.clusters if summary.outcomes else 0):
+            self.audit.append(
+                EventType.ROUND_AGGREGATED,
+                {
+                    "round": attempt.round,
+                    "cluster": cluster,
+                    "attempt": attempt.attempt,
+                    "survivors": len(summary.outcomes[cluster].survivors),
+                },
+            )
+        self.summaries.append(summary)
+        with self.changed:
+            attempt.phase = "completed"
+            self.attempt = None
+            self.changed.notify_all()
+        _LOG.info("round %d completed (attempt %d)", attempt.round, attempt.attempt)
+        return _Outcome.COMPLETED
+
+    def _abort(self, attempt: Attempt, reason: str, outcome: _Outcome) -> _Outcome:
+        with self.store_lock:
+            self.store.abort_attempt(attempt.round, attempt.attempt, reason)
+        error = RoundError(f"round {attempt.round} attempt {attempt.attempt} aborted: {reason}")
+        for session in attempt.sessions.values():
+            session.abort(ProtocolError(str(error)))
+        with self.changed:
+            attempt.phase = "aborted"
+            self.attempt = None
+            self.changed.notify_all()
+        _LOG.warning("%s", error)
+        return outcome
+
+    def _finish(self) -> None:
+        with self.store_lock:
+            completed = self.store.completed_rounds()
+        final = ReleasedModel.of(completed, self.coordinator.clusters)
+        with self.changed:
+            self.final = final
+            self.changed.notify_all()
+        self._finished.set()
+        _LOG.info("the run finished after %d of %d rounds", completed, self.consortium.rounds)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _peers(self, participants: Mapping[str, str]) -> dict[str, pb.PeerIdentity]:
+        with self.store_lock:
+            enrolled = self.store.enrolled()
+        missing = sorted(set(participants) - set(enrolled))
+        if missing:
+            raise RoundError(f"participants without enrollment records: {missing}")
+        return {
+            org: pb.PeerIdentity(
+                organization=org,
+                identity_certificate=enrolled[org].identity_certificate,
+                sealing_certificate=enrolled[org].sealing_certificate,
+            )
+            for org in participants
+        }
+
+    def _open_session(
+        self, attempt: Attempt, cluster: int, participants: Mapping[str, str]
+    ) -> AggregationSession:
+        params, skipped = self.coordinator.session_params(
+            round_number=attempt.round,
+            attempt=attempt.attempt,
+            cluster=cluster,
+            participants=participants,
+        )
+        # Bind the session to the model exactly as it was served (see ReleasedModel).
+        params = dataclasses.replace(params, model_hash=attempt.model.model_hash)
+        session: AggregationSession
+        if self.ckks_context is not None:
+            session = CKKSRoundSession(
+                CKKSSession(
+                    run_id=params.run_id,
+                    round=params.round,
+                    cluster=cluster,
+                    roster=tuple(params.roster),
+                    key_id=self.ckks_context.key_id,
+                    min_cohort=params.min_cohort,
+                    block_lengths=dict(params.block_lengths),
+                    block_supports={b: frozenset(h) for b, h in params.block_supports.items()},
+                    config_hash=self.config_hash.hex(),
+                    model_hash=attempt.model.model_hash.hex(),
+                ),
+                server_context=self.ckks_context,
+            )
+        else:
+            identities = {
+                org: verify_identity_certificate(
+                    x509.load_der_x509_certificate(attempt.peers[org].identity_certificate),
+                    self.credentials.ca_certificate,
+                    org,
+                )
+                for org in params.roster
+            }
+            session = MaskingSession(params, peer_identities=identities)
+        session.skipped = dict(skipped)
+        return session
+
+
+def serve(
+    consortium: ConsortiumConfig,
+    *,
+    credentials: Credentials | str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    port_file: str | os.PathLike[str] | None = None,
+    options: ServerOptions | None = None,
+) -> AggregatorServer:
+    """Start an aggregation server and return it (running); see `AggregatorServer`.
+
+    With ``port_file``, the port it listens on is written there (atomically) once it
+    listens, so that a launcher using port 0 can find it.
+    """
+    server = AggregatorServer(
+        consortium,
+        credentials=credentials,
+        state_dir=state_dir,
+        host=host,
+        port=port,
+        options=options,
+    ).start()
+    if port_file is not None:
+        path = Path(port_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{server.port}\n")
+        os.replace(tmp, path)
+    return server

@@ -1,0 +1,409 @@
+"""The gRPC servicer of the aggregation server (`fedhft.v1.Aggregator`).
+
+Every call comes over mutual TLS; `EnrollmentInterceptor` has already refused callers
+whose organization is not enrolled, and each handler reads the organization again from
+the verified certificate (never from a request field). Every request is validated with
+the `fedhft.protocol` validators before it touches any state, and typed errors become
+precise gRPC statuses (`translate_errors`): a message for another round, session or
+stage is FAILED_PRECONDITION, an oversized one RESOURCE_EXHAUSTED, a malformed one
+INVALID_ARGUMENT, a forged one PERMISSION_DENIED.
+
+Long polls (`AwaitRound`, `AwaitSession`, `AwaitStage`) wait on the server's condition
+variable at most ``wait_ms`` (capped by the server), then answer PENDING with a retry
+delay.
+
+Model downloads: ``ModelRequest.round`` names the open round (its released model), or,
+once the run finished, the last completed round (the final model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from fedhft.audit import EventType, key_fingerprint
+from fedhft.audit._receipts import upload_accepted_from_wire
+from fedhft.protocol import (
+    PROTOCOL_VERSION,
+    iter_model,
+    peer_organization,
+    receive_upload,
+    sign_receipt,
+    translate_errors,
+    validate_hello_request,
+    validate_join_request,
+    validate_model_request,
+    validate_session_request,
+    validate_stage_header,
+    validate_stage_request,
+    validate_stage_submission,
+)
+from fedhft.protocol import fedhft_pb2 as pb
+from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
+from fedhft.protocol._session_codec import MODEL_FORMAT
+from fedhft.protocol.errors import (
+    InvalidEnvelopeError,
+    StageError,
+    WrongRoundError,
+)
+
+from ._server import Attempt, JoinAnswer, ReleasedModel
+from ._sessions import INPUT_STAGES, STAGE_NAMES, AggregationSession
+
+if TYPE_CHECKING:
+    from ._server import AggregatorServer
+
+
+class AggregatorService(pb_grpc.AggregatorServicer):
+    """Serves one `AggregatorServer`'s state over gRPC."""
+
+    def __init__(self, server: AggregatorServer) -> None:
+        self._server = server
+        self._ca = server.credentials.ca_certificate
+        self._enrolled = frozenset(server.enrolled_organizations)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _caller(self, context: Any) -> str:
+        return peer_organization(context, ca_certificate=self._ca, enrolled=self._enrolled)
+
+    def _wait(self, wait_ms: int, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()`` holds, ``wait_ms`` passed or the server is stopping."""
+        server = self._server
+        deadline = time.time() + min(wait_ms, server.options.max_wait_ms) / 1000
+        with server.changed:
+            while not ready() and not server.stopping:
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    return
+                server.changed.wait(min(remaining, 1.0))
+
+    def _open_attempt(self) -> Attempt:
+        attempt = self._server.attempt
+        if attempt is None:
+            raise WrongRoundError("no round is open now; wait for the next announcement")
+        return attempt
+
+    def _session(self, ref: pb.SessionRef) -> tuple[Attempt, AggregationSession]:
+        """The session ``ref`` names: of the open attempt, or of one that just ended.
+
+        Recent attempts stay reachable so that a client learns how its session ended
+        (READY or ABORTED) even after the server moved on; the envelope validators
+        then refuse anything but reading their broadcasts.
+        """
+        attempt = self._server.recent_attempts.get(ref.run_id) or self._open_attempt()
+        session = attempt.sessions.get(ref.cluster)
+        if session is None:
+            raise WrongRoundError(
+                f"round {attempt.round} has no open session for cluster {ref.cluster}"
+            )
+        return attempt, session
+
+    def _record_stage(
+        self,
+        attempt: Attempt,
+        session: AggregationSession,
+        stage: int,
+        organization: str,
+        payload: bytes,
+        keep: bool,
+    ) -> str:
+        digest = hashlib.sha256(payload).hexdigest()
+        with self._server.store_lock:
+            self._server.store.record_stage(
+                round_number=attempt.round,
+                attempt=attempt.attempt,
+                cluster=session.cluster,
+                stage=STAGE_NAMES[stage],
+                organization=organization,
+                payload_sha256=digest,
+                payload=payload if keep else None,
+            )
+        return digest
+
+    # ------------------------------------------------------------------ enrollment
+
+    @translate_errors
+    def Hello(self, request: pb.HelloRequest, context: Any) -> pb.HelloResponse:
+        server = self._server
+        organization = self._caller(context)
+        identity, _ = validate_hello_request(
+            request,
+            ca_certificate=self._ca,
+            organization=organization,
+            config_hash=server.config_hash,
+        )
+        with server.store_lock:
+            changed = server.store.enroll(
+                organization, request.identity_certificate, request.sealing_certificate
+            )
+            current = server.store.completed_rounds()
+        if changed:
+            server.audit.append(
+                EventType.KEY_EVENT,
+                {
+                    "kind": "organization_enrolled",
+                    "organization": organization,
+                    "fingerprint": key_fingerprint(identity),
+                },
+            )
+        return pb.HelloResponse(
+            protocol=PROTOCOL_VERSION,
+            consortium=server.consortium.consortium,
+            consortium_config_hash=server.config_hash,
+            server_identity_certificate=_der(server.credentials.identity_certificate),
+            organization=organization,
+            current_round=current,
+        )
+
+    # ------------------------------------------------------------------ rounds
+
+    @translate_errors
+    def AwaitRound(self, request: pb.RoundRequest, context: Any) -> pb.RoundAnnouncement:
+        self._caller(context)
+        server = self._server
+
+        def announced() -> bool:
+            attempt = server.attempt
+            return server.final is not None or (
+                attempt is not None and attempt.round > request.after_round
+            )
+
+        self._wait(request.wait_ms, announced)
+        with server.changed:
+            final, attempt = server.final, server.attempt
+        if final is not None:
+            return self._finished_announcement(final)
+        if attempt is not None and attempt.round > request.after_round:
+            return self._open_announcement(attempt)
+        return pb.RoundAnnouncement(
+            status=pb.ROUND_STATUS_PENDING, retry_after_ms=server.options.poll_interval_ms
+        )
+
+    def _open_announcement(self, attempt: Attempt) -> pb.RoundAnnouncement:
+        coordinator = self._server.coordinator
+        clustering = self._server.consortium.clustering
+        return pb.RoundAnnouncement(
+            status=pb.ROUND_STATUS_OPEN,
+            round=attempt.round,
+            run_id=attempt.run_id,
+            consortium_config_hash=self._server.config_hash,
+            model_hash=attempt.model.model_hash,
+            clusters=attempt.model.clusters.k,
+            warmup=attempt.round <= clustering.warmup_rounds and clustering.clusters > 1,
+            blocks=[
+                pb.BlockLayout(block_id=block, rows=rows, cols=cols)
+                for block, (rows, cols) in sorted(coordinator.shapes.items())
+            ],
+            tier_masks=[
+                pb.TierMask(tier=tier, block_ids=list(blocks))
+                for tier, blocks in sorted(coordinator.tier_blocks.items())
+            ],
+            join_deadline_unix_ms=attempt.join_deadline_unix_ms,
+            retry_after_ms=self._server.options.poll_interval_ms,
+        )
+
+    def _finished_announcement(self, final: ReleasedModel) -> pb.RoundAnnouncement:
+        return pb.RoundAnnouncement(
+            status=pb.ROUND_STATUS_FINISHED,
+            round=final.round,
+            run_id=self._server.run_id,
+            consortium_config_hash=self._server.config_hash,
+            model_hash=final.model_hash,
+            clusters=final.clusters.k,
+        )
+
+    @translate_errors
+    def JoinRound(self, request: pb.JoinRequest, context: Any) -> pb.JoinResponse:
+        organization = self._caller(context)
+        server = self._server
+        attempt = self._open_attempt()
+        validate_join_request(request, expected_round=attempt.round)
+        if request.participate and request.tier not in server.consortium.tiers:
+            raise InvalidEnvelopeError(
+                f"`tier` {request.tier!r:.80} is not a consortium tier; allowed: "
+                f"{', '.join(sorted(server.consortium.tiers))}"
+            )
+        with server.store_lock:
+            enrolled = organization in server.store.enrolled()
+        if not enrolled:
+            raise StageError(f"{organization} must call Hello before joining a round")
+        with server.changed:
+            if attempt.phase != "joining" or server.attempt is not attempt:
+                return pb.JoinResponse(round=request.round, accepted=False)
+            attempt.joins[organization] = JoinAnswer(
+                participate=request.participate, tier=request.tier, refusal=request.refusal
+            )
+            server.changed.notify_all()
+        return pb.JoinResponse(round=request.round, accepted=True)
+
+    # ------------------------------------------------------------------ models
+
+    @translate_errors
+    def DownloadModel(self, request: pb.ModelRequest, context: Any) -> Iterator[pb.ModelChunk]:
+        self._caller(context)
+        server = self._server
+        with server.changed:
+            released = server.final
+            if released is None:
+                released = self._open_attempt().model
+        validate_model_request(request, latest_round=released.round, clusters=released.clusters.k)
+        if request.round != released.round:
+            raise WrongRoundError(
+                f"`round` is {request.round}; only the model of round {released.round} is served"
+            )
+        header = pb.ModelHeader(
+            round=released.round,
+            cluster=request.cluster,
+            format=MODEL_FORMAT,
+            model_hash=released.hashes[request.cluster],
+        )
+        yield from iter_model(header, released.payloads[request.cluster])
+
+    # ------------------------------------------------------------------ secure aggregation
+
+    @translate_errors
+    def AwaitSession(self, request: pb.SessionRequest, context: Any) -> pb.SessionAnnouncement:
+        organization = self._caller(context)
+        server = self._server
+        attempt = self._open_attempt()
+        validate_session_request(
+            request, expected_round=attempt.round, clusters=attempt.model.clusters.k
+        )
+
+        def ended() -> bool:
+            return server.attempt is not attempt or attempt.phase == "aborted"
+
+        self._wait(request.wait_ms, lambda: ended() or request.cluster in attempt.sessions)
+        found = attempt.sessions.get(request.cluster)
+        if attempt.phase == "aborted" or (ended() and found is None):
+            return pb.SessionAnnouncement(status=pb.SESSION_STATUS_ABORTED)
+        if found is None:
+            return pb.SessionAnnouncement(
+                status=pb.SESSION_STATUS_PENDING, retry_after_ms=server.options.poll_interval_ms
+            )
+        if organization not in found.roster:
+            return pb.SessionAnnouncement(status=pb.SESSION_STATUS_NOT_SELECTED)
+        return pb.SessionAnnouncement(
+            status=pb.SESSION_STATUS_READY,
+            session=found.ref,
+            session_params=found.encoded_params,
+            peers=[attempt.peers[org] for org in found.roster],
+            stage_deadline_unix_ms=found.deadline_unix_ms,
+        )
+
+    @translate_errors
+    def SubmitStage(self, request: pb.StageSubmission, context: Any) -> pb.StageAck:
+        organization = self._caller(context)
+        if not request.HasField("session"):
+            raise InvalidEnvelopeError("`session` is missing")
+        attempt, session = self._session(request.session)
+        stage = session.stage
+        expected = {stage} if stage is not None and stage not in session.upload_stages else set()
+        validate_stage_submission(request, expected_session=session.ref, expected_stages=expected)
+        session.accept(organization, request.stage, request.payload)
+        self._record_stage(attempt, session, request.stage, organization, request.payload, False)
+        self._server.notify()
+        return pb.StageAck(session=session.ref, stage=request.stage)
+
+    @translate_errors
+    def UploadStage(self, request_iterator: Iterator[pb.UploadChunk], context: Any) -> pb.StageAck:
+        organization = self._caller(context)
+        iterator = iter(request_iterator)
+        first = next(iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidEnvelopeError("an upload stream must start with a `header` message")
+        header = first.header
+        if not header.HasField("session"):
+            raise InvalidEnvelopeError("`header.session` is missing")
+        attempt, session = self._session(header.session)
+        stage = session.stage
+        expected = {stage} if stage is not None and stage in session.upload_stages else set()
+        validate_stage_header(header, expected_session=session.ref, expected_stages=expected)
+        # The cap depends on the session: check the declared size before buffering.
+        _, payload = receive_upload(
+            itertools.chain([first], iterator), max_total=session.upload_cap(header.stage)
+        )
+        session.accept(organization, header.stage, payload)
+        is_input = header.stage in INPUT_STAGES
+        # Masked inputs are uniformly random words and are kept as received; CKKS
+        # ciphertexts are not kept (anyone holding the consortium key could open them).
+        keep = header.stage == pb.STAGE_MASKED_INPUT
+        digest = self._record_stage(attempt, session, header.stage, organization, payload, keep)
+        self._server.notify()
+        if not is_input:
+            return pb.StageAck(session=session.ref, stage=header.stage)
+        return pb.StageAck(
+            session=session.ref,
+            stage=header.stage,
+            receipt=self._receipt(attempt, session, header.stage, organization, payload, digest),
+        )
+
+    def _receipt(
+        self,
+        attempt: Attempt,
+        session: AggregationSession,
+        stage: int,
+        organization: str,
+        payload: bytes,
+        digest: str,
+    ) -> pb.Receipt:
+        server = self._server
+        statement = pb.ReceiptStatement(
+            consortium=server.consortium.consortium,
+            server=server.credentials.name,
+            organization=organization,
+            session=session.ref,
+            stage=stage,  # type: ignore[arg-type]
+            payload_bytes=len(payload),
+            payload_sha256=bytes.fromhex(digest),
+            accepted_at_unix_ms=int(time.time() * 1000),
+        )
+        receipt = sign_receipt(server.credentials.identity_key, statement)
+        with server.store_lock:
+            server.store.record_receipt(
+                round_number=attempt.round,
+                attempt=attempt.attempt,
+                cluster=session.cluster,
+                organization=organization,
+                upload_sha256=digest,
+                receipt=receipt.SerializeToString(),
+            )
+        server.audit.append(EventType.UPLOAD_ACCEPTED, upload_accepted_from_wire(receipt))
+        return receipt
+
+    @translate_errors
+    def AwaitStage(self, request: pb.StageRequest, context: Any) -> pb.StageBroadcast:
+        organization = self._caller(context)
+        if not request.HasField("session"):
+            raise InvalidEnvelopeError("`session` is missing")
+        _, session = self._session(request.session)
+        validate_stage_request(request, expected_session=session.ref)
+        if request.stage not in session.stages:
+            raise WrongRoundError(
+                f"stage {STAGE_NAMES.get(request.stage, request.stage)} is not part of this session"
+            )
+
+        def relayed() -> bool:
+            status, _ = session.broadcast(organization, request.stage)
+            return status != pb.STAGE_STATUS_PENDING
+
+        self._wait(request.wait_ms, relayed)
+        status, payloads = session.broadcast(organization, request.stage)
+        return pb.StageBroadcast(
+            status=status,  # type: ignore[arg-type]
+            session=session.ref,
+            stage=request.stage,
+            payloads=payloads,
+            retry_after_ms=self._server.options.poll_interval_ms,
+        )
+
+
+def _der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)
