@@ -7,6 +7,10 @@ from ._adapters import export_peft as export_peft
 from ._adapters import get_block_state as get_block_state
 from ._adapters import set_block_state as set_block_state
 from ._adapters import tier_mask as tier_mask
+from ._client import ClientReport as ClientReport
+from ._client import FederatedClient as FederatedClient
+from ._client import RoundOutcome as RoundOutcome
+from ._connection import RetryPolicy as RetryPolicy
 from ._data import OrganizationData as OrganizationData
 from ._data import TextDataset as TextDataset
 from ._data import load_csv as load_csv
@@ -44,14 +48,17 @@ from .errors import BudgetExhaustedError as BudgetExhaustedError
 from .errors import DataError as DataError
 from .errors import LedgerError as LedgerError
 from .errors import SdkError as SdkError
+from .errors import ServerUnreachableError as ServerUnreachableError
 
 __all__ = [
     "AdapterError",
     "AuditSink",
     "Block",
     "BudgetExhaustedError",
+    "ClientReport",
     "ClusterAdapters",
     "DataError",
+    "FederatedClient",
     "GradSampleMode",
     "LedgerError",
     "LocalTrainer",
@@ -64,9 +71,12 @@ __all__ = [
     "PersonalState",
     "PrivacyLedger",
     "PrivateStep",
+    "RetryPolicy",
+    "RoundOutcome",
     "RoundStats",
     "SdkError",
     "SecureGaussian",
+    "ServerUnreachableError",
     "TextDataset",
     "UpdateError",
     "auto_noise_multiplier",

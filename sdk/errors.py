@@ -41,3 +41,7 @@ class LedgerError(SdkError, RuntimeError):
 
 class DataError(SdkError, ValueError):
     """A data set file or its content is invalid (missing column, bad label, empty)."""
+
+
+class ServerUnreachableError(SdkError, ConnectionError):
+    """The aggregation server stayed unreachable through every reconnection attempt."""
