@@ -1,13 +1,17 @@
 """The `fedhft` command-line interface; each role adds its own command group."""
 
+from ._aggregator import aggregator_app
 from ._app import app as app
 from ._audit import audit_app
 from ._ca import ca_app
+from ._client import client_app
 from ._policy import policy_app
 
 app.add_typer(policy_app, name="policy")
 app.add_typer(ca_app, name="ca")
 app.add_typer(audit_app, name="audit")
+app.add_typer(aggregator_app, name="aggregator")
+app.add_typer(client_app, name="client")
 
 
 def main() -> None:

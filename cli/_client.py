@@ -1,0 +1,120 @@
+"""`fedhft client run`: take part in a federation as one organization, from config files.
+
+Trains on ``--data`` (CSV, TSV, JSONL or a folder saved with `datasets`), joins every
+round the policy and the budget allow, evaluates the personalized model on ``--test`` at
+the end and prints (and with ``--report`` writes as JSON) the organization's summary:
+accuracy, macro-F1, ε spent of the budget, bytes up and down, tier, membership, rounds
+joined and refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from fedhft.errors import FedHFTError
+
+if TYPE_CHECKING:
+    from fedhft.sdk import ClientReport
+
+client_app = typer.Typer(
+    help="Take part in a federation as one organization.",
+    no_args_is_help=True,
+)
+
+
+@client_app.command("run")
+def run_command(
+    policy: Annotated[Path, typer.Option("--policy", help="The organization's policy file.")],
+    consortium: Annotated[Path, typer.Option("--consortium", help="The consortium configuration.")],
+    server: Annotated[str, typer.Option("--server", help="The server as HOST:PORT.")],
+    tls: Annotated[
+        Path, typer.Option("--tls", help="The organization's credentials (`fedhft ca issue`).")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="Training data (CSV/TSV/JSONL/folder).")],
+    state: Annotated[
+        Path | None,
+        typer.Option("--state", help="Personal state folder (default ./fedhft-state/ORG)."),
+    ] = None,
+    test: Annotated[
+        Path | None, typer.Option("--test", help="Test data evaluated at the end.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the summary as JSON here.")
+    ] = None,
+    server_name: Annotated[
+        str | None,
+        typer.Option("--server-name", help="Host name in the server's certificate."),
+    ] = None,
+    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    label_column: Annotated[str, typer.Option("--label-column")] = "label",
+) -> None:
+    """Join the federation's rounds until the server announces the end."""
+    from fedhft.policies import load_consortium_config, load_organization_policy
+    from fedhft.sdk import FederatedClient, MaskedAdapterModel, load_dataset_file
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        organization_policy = load_organization_policy(policy)
+        consortium_config = load_consortium_config(consortium)
+        columns = {"text_column": text_column, "label_column": label_column}
+        train = load_dataset_file(data, **columns)
+        evaluation = (
+            load_dataset_file(test, label_names=train.label_names, **columns)
+            if test is not None
+            else None
+        )
+        model = MaskedAdapterModel.from_consortium(consortium_config)
+        folder = state or Path("fedhft-state") / organization_policy.organization
+        with FederatedClient(
+            model,
+            train,
+            organization_policy,
+            consortium_config,
+            credentials=tls,
+            server=server,
+            state_dir=folder,
+            test_dataset=evaluation,
+            server_name=server_name,
+        ) as client:
+            result = client.run()
+    except FedHFTError as error:
+        _fail(error)
+    except ConnectionError as error:
+        _fail(error)
+    _print(result)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result.as_json(), indent=2, sort_keys=True) + "\n")
+
+
+def _print(result: ClientReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"fedhft: {result.organization}", show_header=False)
+    rows = [
+        ("tier", result.tier),
+        ("accuracy", number(result.accuracy)),
+        ("macro-F1", number(result.macro_f1)),
+        ("ε spent / budget", f"{number(result.epsilon_spent)} / {result.epsilon_budget}"),
+        ("bytes up / down", f"{result.bytes_up:,} / {result.bytes_down:,}"),
+        ("membership π", ", ".join(f"{p:.2f}" for p in result.membership)),
+        ("rounds joined", ", ".join(map(str, result.rounds_joined)) or "none"),
+        ("rounds refused", ", ".join(map(str, result.rounds_refused)) or "none"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def _fail(error: Exception) -> NoReturn:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code=1)
