@@ -1,0 +1,237 @@
+"""The running system end to end: a real server and four real clients on loopback mTLS.
+
+Four organizations of two tiers, two clusters, the tiny model; clients run as threads
+of the test process, the server in the same process, and every message crosses gRPC.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_helpers import (
+    ORGS,
+    assert_per_row_averages,
+    fast_consortium,
+    federation_data,
+    make_client,
+    policy,
+    provision,
+    running_server,
+    spying,
+    start_clients,
+    stored_models,
+)
+
+from fedhft.aggregator import ckks_ceremony
+from fedhft.audit import verify_log
+from fedhft.policies import SecureAggregationMode
+from fedhft.protocol import SecAggClient, load_credentials
+from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
+
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
+
+
+def _events(path: Path, event: str) -> list[dict[str, object]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r["payload"] for r in records if r["event"] == event]
+
+
+def test_masking_rounds_move_clusters_by_the_clear_per_row_averages(tmp_path: Path) -> None:
+    """Two masking rounds: each cluster adapter moves by the clear per-row average update."""
+    config = fast_consortium()
+    pki = provision(tmp_path / "pki")
+    data = federation_data()
+    clients = tmp_path / "clients"
+    with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
+        run = start_clients(
+            {
+                org: (
+                    lambda org=org: make_client(
+                        org, data[org], config, pki, server.address, clients
+                    )
+                )
+                for org in ORGS
+            }
+        )
+        run.join()
+        assert server.wait(5)
+    assert run.errors == {}
+    models = stored_models(tmp_path / "server")
+    assert sorted(models) == [0, 1, 2]
+    step = 1.0 / config.secure_aggregation.scale
+    for round_number in (1, 2):
+        checked = assert_per_row_averages(
+            config,
+            spy.released[round_number],
+            models[round_number],
+            spy.updates[round_number],
+            tolerance_per_holder=step,
+        )
+        assert checked > 0
+    moved = sum(
+        float(np.abs(models[2].states[j][b] - spy.released[1].states[j][b]).sum())
+        for j in range(2)
+        for b in models[2].states[j]
+    )
+    assert moved > 0
+    server_key = load_credentials(pki.server).identity_public_key
+    for org, report in run.reports.items():
+        assert report.rounds_joined == (1, 2) and report.rounds_refused == ()
+        assert report.accuracy is not None and 0.0 <= report.accuracy <= 1.0
+        assert report.bytes_up > 0 and report.bytes_down > report.bytes_up
+        audit = clients / org / "audit.jsonl"
+        assert [p["round"] for p in _events(audit, "privacy_spend")] == [1, 2]
+        assert len(_events(audit, "aggregation_receipt")) == 4  # 2 rounds × 2 clusters
+        verified = verify_log(
+            audit,
+            public_key=load_credentials(pki.org(org)).identity_public_key,
+            server_log=tmp_path / "server" / "audit.jsonl",
+            server_public_key=server_key,
+            policy=policy(org, clients),
+        )
+        assert verified.ok, [f.message for f in verified.errors]
+        assert verified.checked_receipts == 4
+
+
+def test_a_client_killed_after_sharing_keys_drops_out(tmp_path: Path) -> None:
+    """A client that dies after sharing keys becomes a dropout; the round completes."""
+    config = fast_consortium(rounds=1)
+    pki = provision(tmp_path / "pki")
+    data = federation_data()
+    victim = "clin-b"
+    original = SecAggClient.mask_input
+
+    def dies(self: SecAggClient, relayed: object, inputs: object) -> object:
+        if self.organization == victim:
+            raise SystemExit(f"{victim} killed")
+        return original(self, relayed, inputs)  # type: ignore[arg-type]
+
+    SecAggClient.mask_input = dies  # type: ignore[method-assign,assignment]
+    try:
+        with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
+            run = start_clients(
+                {
+                    org: (
+                        lambda org=org: make_client(
+                            org, data[org], config, pki, server.address, tmp_path / "clients"
+                        )
+                    )
+                    for org in ORGS
+                }
+            )
+            run.join()
+            assert server.wait(5)
+            summaries = list(server.summaries)
+    finally:
+        SecAggClient.mask_input = original  # type: ignore[method-assign]
+    assert set(run.errors) == {victim} and isinstance(run.errors[victim], SystemExit)
+    assert [s.round for s in summaries] == [1]
+    for outcome in summaries[0].outcomes:
+        assert outcome.dropped == (victim,)
+        assert victim not in outcome.survivors and len(outcome.survivors) == 3
+    survivors = {org: u for org, u in spy.updates[1].items() if org != victim}
+    models = stored_models(tmp_path / "server")
+    step = 1.0 / config.secure_aggregation.scale
+    assert assert_per_row_averages(
+        config, spy.released[1], models[1], survivors, tolerance_per_holder=step
+    )
+
+
+def test_an_organization_out_of_budget_refuses_and_the_round_goes_on(tmp_path: Path) -> None:
+    """An exhausted budget refuses every round (audited); the others complete both rounds."""
+    config = fast_consortium()
+    pki = provision(tmp_path / "pki")
+    data = federation_data()
+    poor = "bank-a"
+    clients = tmp_path / "clients"
+    poor_policy = policy(poor, clients, epsilon=1.0)
+    with running_server(config, pki, tmp_path / "server") as server:
+        run = start_clients(
+            {
+                org: (
+                    lambda org=org: make_client(
+                        org,
+                        data[org],
+                        config,
+                        pki,
+                        server.address,
+                        clients,
+                        poor_policy if org == poor else None,
+                    )
+                )
+                for org in ORGS
+            }
+        )
+        run.join()
+        assert server.wait(5)
+        summaries = list(server.summaries)
+    assert run.errors == {}
+    assert run.reports[poor].rounds_joined == () and run.reports[poor].rounds_refused == (1, 2)
+    assert run.reports[poor].epsilon_spent == 0.0
+    refusals = _events(clients / poor / "audit.jsonl", "refusal")
+    assert [(r["round"], r["reason"]) for r in refusals] == [
+        (1, "privacy budget exhausted"),
+        (2, "privacy budget exhausted"),
+    ]
+    assert _events(clients / poor / "audit.jsonl", "privacy_spend") == []
+    assert [s.round for s in summaries] == [1, 2]
+    for summary in summaries:
+        assert poor not in summary.participants and len(summary.participants) == 3
+    for org in set(ORGS) - {poor}:
+        assert run.reports[org].rounds_joined == (1, 2)
+
+
+def test_ckks_mode_end_to_end(tmp_path: Path) -> None:
+    """CKKS mode: two rounds, clusters move by the per-row averages of decrypted sums."""
+    config = fast_consortium(secure_aggregation={"mode": "ckks"})
+    pki = provision(tmp_path / "pki")
+    ceremony = ckks_ceremony(config, [pki.org(org) for org in ORGS], pki.server)
+    assert (pki.server / CKKS_PUBLIC_FILE).is_file()
+    for org in ORGS:
+        assert (pki.org(org) / CKKS_SEALED_FILE).stat().st_mode & 0o077 == 0
+    data = federation_data()
+    clients = tmp_path / "clients"
+
+    def ckks_policy(org: str) -> object:
+        base = policy(org, clients)
+        accepted = {"accepted_modes": [SecureAggregationMode.MASKING, SecureAggregationMode.CKKS]}
+        return base.model_copy(
+            update={"secure_aggregation": base.secure_aggregation.model_copy(update=accepted)}
+        )
+
+    with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
+        run = start_clients(
+            {
+                org: (
+                    lambda org=org: make_client(
+                        org,
+                        data[org],
+                        config,
+                        pki,
+                        server.address,
+                        clients,
+                        ckks_policy(org),  # type: ignore[arg-type]
+                    )
+                )
+                for org in ORGS
+            }
+        )
+        run.join()
+        assert server.wait(5)
+    assert run.errors == {}
+    models = stored_models(tmp_path / "server")
+    bound = ceremony.parameters.error_bound(len(ORGS))
+    for round_number in (1, 2):
+        assert assert_per_row_averages(
+            config,
+            spy.released[round_number],
+            models[round_number],
+            spy.updates[round_number],
+            tolerance_per_holder=bound,
+        )
+    for org in ORGS:
+        assert run.reports[org].rounds_joined == (1, 2)
+        assert len(_events(clients / org / "audit.jsonl", "aggregation_receipt")) == 4
