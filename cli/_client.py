@@ -50,6 +50,13 @@ def run_command(
         str | None,
         typer.Option("--server-name", help="Host name in the server's certificate."),
     ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels",
+            help="Label names in the consortium's order, comma-separated (default: sorted).",
+        ),
+    ] = None,
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
 ) -> None:
@@ -62,7 +69,8 @@ def run_command(
         organization_policy = load_organization_policy(policy)
         consortium_config = load_consortium_config(consortium)
         columns = {"text_column": text_column, "label_column": label_column}
-        train = load_dataset_file(data, **columns)
+        names = [name.strip() for name in labels.split(",")] if labels else None
+        train = load_dataset_file(data, label_names=names, **columns)
         evaluation = (
             load_dataset_file(test, label_names=train.label_names, **columns)
             if test is not None

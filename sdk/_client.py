@@ -215,7 +215,9 @@ class FederatedClient:
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.policy = (
-            policy if isinstance(policy, OrganizationPolicy) else load_organization_policy(policy)
+            policy
+            if isinstance(policy, OrganizationPolicy)
+            else load_organization_policy(Path(policy))
         )
         self.consortium = (
             consortium
@@ -451,12 +453,17 @@ class FederatedClient:
             self._refuse(round_number, pb.REFUSAL_REASON_POLICY_INCOMPATIBLE, str(error))
             raise error
         trainer = self._trainer()
+        model = trainer.model
+        layout = {block.block_id: (block.rows, block.cols) for block in announcement.blocks}
         masks = {mask.tier: set(mask.block_ids) for mask in announcement.tier_masks}
-        if masks.get(self.policy.training.tier) != set(trainer.trained_blocks):
-            error = ConsortiumMismatchError(
-                f"the server's mask of tier {self.policy.training.tier!r} differs from this "
-                "organization's model; refusing the round"
-            )
+        if layout != {b: model.block(b).shape for b in model.block_ids}:
+            problem = "the server's adapter blocks differ from this organization's model"
+        elif masks.get(self.policy.training.tier) != set(trainer.trained_blocks):
+            problem = f"the server's mask of tier {self.policy.training.tier!r} differs"
+        else:
+            problem = ""
+        if problem:
+            error = ConsortiumMismatchError(f"{problem}; refusing the round")
             self._refuse(round_number, pb.REFUSAL_REASON_POLICY_INCOMPATIBLE, str(error))
             raise error
         ledger = trainer.ledger
@@ -479,7 +486,8 @@ class FederatedClient:
     def _refuse(self, round_number: int, reason: int, text: str, **details: object) -> None:
         if self.audit_log is not None:
             self.audit_log.append(EventType.REFUSAL, refusal_payload(round_number, text, **details))
-        self.rounds_refused.append(round_number)
+        if round_number not in self.rounds_refused:
+            self.rounds_refused.append(round_number)
         _LOG.info("%s refuses round %d: %s", self.organization, round_number, text)
         self._connection().unary(
             "JoinRound",
@@ -506,7 +514,8 @@ class FederatedClient:
             update = participant.prepare(round_number, clusters)
         except BudgetExhaustedError as refusal:
             # The trainer has audited the refusal; the server sees this one drop out.
-            self.rounds_refused.append(round_number)
+            if round_number not in self.rounds_refused:
+                self.rounds_refused.append(round_number)
             return RoundOutcome(round_number, "refused", str(refusal))
         self._pending_round = round_number
         if self.consortium.method is Method.LOCAL:

@@ -1,0 +1,429 @@
+"""`FederatedClient` against a scripted server: refusals, checks and reconnection.
+
+The client's gRPC connection is replaced by a script of answers (`ScriptedServer`), so
+each test pins one decision of the client: which rounds it refuses and how it tells the
+server and its audit log, which announced sessions it refuses to take part in, and what
+it does with forged receipts and models. The full system over real gRPC is tested in
+`tests/aggregator/test_end_to_end.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The tiny consortium and policies are shared with the aggregator tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
+from federation_helpers import ORGS, TINY, consortium, policy
+
+from fedhft.aggregator._federation import RoundCoordinator
+from fedhft.policies import IncompatiblePolicyError, OrganizationPolicy, policy_hash
+from fedhft.protocol import (
+    Credentials,
+    init_ca,
+    issue_organization,
+    issue_server,
+    load_credentials,
+    sign_receipt,
+)
+from fedhft.protocol import fedhft_pb2 as pb
+from fedhft.protocol.errors import (
+    ChunkIntegrityError,
+    ConsortiumMismatchError,
+    ForgedReceiptError,
+)
+from fedhft.sdk import (
+    ClusterAdapters,
+    FederatedClient,
+    MaskedAdapterModel,
+    RetryPolicy,
+    ServerUnreachableError,
+    synthetic_federation,
+    tier_mask,
+)
+from fedhft.sdk._client_sessions import (
+    MaskingRun,
+    SessionContext,
+    _log_receipt,
+    check_masking_session,
+)
+
+ORG = "clin-a"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Credentials]:
+    """The consortium CA's credentials for the server and every organization."""
+    root = tmp_path_factory.mktemp("pki")
+    ca = init_ca("tiny-test", root / "ca")
+    issued = {"server": issue_server(ca, "localhost", root / "server")}
+    for org in ORGS:
+        issued[org] = issue_organization(ca, org, root / org)
+    return issued
+
+
+class ScriptedServer:
+    """Stands in for the client's `Connection`: answers each call from a script."""
+
+    def __init__(self, answers: dict[str, Callable[[Any], Any]]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[str, Any]] = []
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def unary(self, name: str, request: Any, *, timeout: float) -> Any:
+        self.requests.append((name, request))
+        return self.answers[name](request)
+
+    def download(self, request: Any, **_: Any) -> Any:
+        self.requests.append(("DownloadModel", request))
+        return self.answers["DownloadModel"](request)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _client(
+    tmp_path: Path, pki: dict[str, Credentials], org_policy: OrganizationPolicy | None = None
+) -> FederatedClient:
+    config = consortium()
+    data = synthetic_federation(num_organizations=1, samples_per_org=40, alpha=1.0, seed=3)[0]
+    model = MaskedAdapterModel.from_consortium(config, tiny_config=TINY)
+    return FederatedClient(
+        model,
+        data.train,
+        org_policy or policy(ORG, tmp_path),
+        config,
+        credentials=pki[ORG].directory,
+        server="127.0.0.1:1",
+        server_name="localhost",
+        state_dir=tmp_path / "state",
+        seed=0,
+    )
+
+
+def _announcement(client: FederatedClient, **changes: Any) -> pb.RoundAnnouncement:
+    config = client.consortium
+    masks = [
+        pb.TierMask(tier=tier, block_ids=list(tier_mask(config, tier, tiny_config=TINY)))
+        for tier in sorted(config.tiers)
+    ]
+    model = MaskedAdapterModel.from_consortium(config, tiny_config=TINY)
+    blocks = [
+        pb.BlockLayout(block_id=b, rows=model.block(b).rows, cols=model.block(b).cols)
+        for b in model.block_ids
+    ]
+    fields: dict[str, Any] = {
+        "status": pb.ROUND_STATUS_OPEN,
+        "blocks": blocks,
+        "round": 1,
+        "run_id": "run-1.a1",
+        "consortium_config_hash": bytes.fromhex(policy_hash(config)),
+        "model_hash": hashlib.sha256(b"model").digest(),
+        "clusters": 2,
+        "tier_masks": masks,
+        "retry_after_ms": 10,
+    }
+    fields.update(changes)
+    return pb.RoundAnnouncement(**fields)
+
+
+def _scripted(client: FederatedClient, announcement: pb.RoundAnnouncement) -> ScriptedServer:
+    server = ScriptedServer(
+        {
+            "AwaitRound": lambda _: announcement,
+            "JoinRound": lambda r: pb.JoinResponse(round=r.round, accepted=True),
+        }
+    )
+    client.connection = server  # type: ignore[assignment]
+    client.server_identity = Credentials.identity_public_key.fget(  # type: ignore[attr-defined]
+        client.credentials
+    )
+    return server
+
+
+def _audit_events(client: FederatedClient, event: str) -> list[dict[str, Any]]:
+    path = Path(client.policy.audit.log_path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r["payload"] for r in records if r["event"] == event]
+
+
+def _joins(server: ScriptedServer) -> list[pb.JoinRequest]:
+    return [request for name, request in server.requests if name == "JoinRound"]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_round_of_another_configuration_is_refused(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """An announcement with another config hash: refusal sent, audited, typed error."""
+    with _client(tmp_path, pki) as client:
+        server = _scripted(client, _announcement(client, consortium_config_hash=bytes(32)))
+        with pytest.raises(ConsortiumMismatchError, match="another consortium configuration"):
+            client.run_round()
+        (join,) = _joins(server)
+        assert not join.participate and join.refusal == pb.REFUSAL_REASON_POLICY_INCOMPATIBLE
+        assert [e["round"] for e in _audit_events(client, "refusal")] == [1]
+        assert _audit_events(client, "policy_loaded")[0]["organization"] == ORG
+
+
+def test_round_with_another_tier_mask_is_refused(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """A server announcing another block set for this tier is refused."""
+    with _client(tmp_path, pki) as client:
+        masks = [pb.TierMask(tier="full", block_ids=["head.weight"])]
+        server = _scripted(client, _announcement(client, tier_masks=masks))
+        with pytest.raises(ConsortiumMismatchError, match="tier 'full'"):
+            client.run_round()
+        assert not _joins(server)[0].participate
+
+
+def test_incompatible_policy_refuses_with_a_typed_error(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """A policy demanding a larger cohort than the consortium refuses and raises."""
+    strict = policy(ORG, tmp_path)
+    strict = strict.model_copy(
+        update={
+            "secure_aggregation": strict.secure_aggregation.model_copy(update={"min_cohort": 5})
+        }
+    )
+    with _client(tmp_path, pki, strict) as client:
+        assert client.trainer is None
+        server = _scripted(client, _announcement(client))
+        with pytest.raises(IncompatiblePolicyError, match="min_cohort"):
+            client.run_round()
+        (join,) = _joins(server)
+        assert join.refusal == pb.REFUSAL_REASON_POLICY_INCOMPATIBLE
+        assert len(_audit_events(client, "refusal")) == 1
+
+
+def test_exhausted_budget_refuses_the_round_without_spending(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """Out of budget: BUDGET_EXHAUSTED sent, refusal audited with its numbers, nothing spent."""
+    poor = policy(ORG, tmp_path, epsilon=0.5)
+    with _client(tmp_path, pki, poor) as client:
+        server = _scripted(client, _announcement(client))
+        outcome = client.run_round()
+        assert (outcome.round, outcome.status) == (1, "refused")
+        (join,) = _joins(server)
+        assert not join.participate and join.refusal == pb.REFUSAL_REASON_BUDGET_EXHAUSTED
+        (refusal,) = _audit_events(client, "refusal")
+        assert refusal["reason"] == "privacy budget exhausted"
+        assert refusal["requested"] > refusal["budget"] == 0.5
+        assert client.trainer is not None and client.trainer.ledger is not None
+        assert client.trainer.ledger.records == ()
+        assert client.report().rounds_refused == (1,)
+
+
+def test_model_not_matching_the_announcement_is_rejected(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """Downloaded adapters whose hashes do not give the announced model hash: refused."""
+    from fedhft.aggregator._server import ReleasedModel
+
+    with _client(tmp_path, pki) as client:
+        assert client.trainer is not None
+        state = client.trainer.model.get_block_state()
+        released = ReleasedModel.of(1, ClusterAdapters.initial(state, 2))
+        server = _scripted(client, _announcement(client))
+
+        def download(request: pb.ModelRequest) -> tuple[pb.ModelHeader, bytes]:
+            header = pb.ModelHeader(
+                round=1,
+                cluster=request.cluster,
+                format="safetensors/fedhft-cluster-v1",
+                model_hash=released.hashes[request.cluster],
+            )
+            return header, released.payloads[request.cluster]
+
+        server.answers["DownloadModel"] = download
+        with pytest.raises(ChunkIntegrityError, match="not the announced model"):
+            client.run_round()
+        assert _audit_events(client, "privacy_spend") == []
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _context(client: FederatedClient) -> SessionContext:
+    trainer = client.trainer
+    assert trainer is not None
+    model = trainer.model
+    return SessionContext(
+        organization=ORG,
+        policy=client.policy,
+        consortium=client.consortium,
+        config_hash=client.config_hash,
+        ca_certificate=client.credentials.ca_certificate,
+        identity_key=client.credentials.identity_key,
+        server_identity=client.credentials.identity_public_key,
+        block_shapes={b: model.block(b).shape for b in model.block_ids},
+        trained_blocks=frozenset(trainer.trained_blocks),
+        audit=None,
+        connection=None,  # type: ignore[arg-type]
+        wait_ms=10,
+        rpc_timeout_s=1.0,
+        max_broadcast_bytes=1 << 20,
+    )
+
+
+def test_session_checks_refuse_weakened_parameters(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """Lower threshold or cohort, other clip, model or blocks: the client refuses."""
+    with _client(tmp_path, pki) as client:
+        config = client.consortium
+        assert client.trainer is not None
+        coordinator = RoundCoordinator(
+            config,
+            run_id="run-1",
+            initial_state=client.trainer.model.get_block_state(),
+            tier_blocks={t: tier_mask(config, t, tiny_config=TINY) for t in config.tiers},
+        )
+        participants = {org: ("full" if org.endswith("-a") else "edge") for org in ORGS}
+        params, _ = coordinator.session_params(
+            round_number=1, attempt=1, cluster=0, participants=participants
+        )
+        announcement = _announcement(client, run_id="run-1.a1", model_hash=params.model_hash)
+        context = _context(client)
+
+        def check(candidate: Any) -> None:
+            check_masking_session(
+                candidate,
+                context=context,
+                announcement=announcement,
+                cluster=0,
+                session_id=candidate.sid,
+            )
+
+        check(params)  # The genuine session passes.
+        weakened = {
+            "another clip": dataclasses.replace(params, clip=1.0),
+            "another model": dataclasses.replace(params, model_hash=bytes(32)),
+            "another run": dataclasses.replace(params, run_id="run-1.a9"),
+            "another consortium configuration": dataclasses.replace(params, config_hash=bytes(32)),
+        }
+        shared = next(
+            b for b, holders in params.block_supports.items() if len(holders) == len(ORGS)
+        )
+        without_me = {**params.block_supports, shared: params.block_supports[shared] - {ORG}}
+        weakened["other blocks"] = dataclasses.replace(params, block_supports=without_me)
+        longer = {**params.block_lengths, shared: params.block_lengths[shared] + 1}
+        weakened["length"] = dataclasses.replace(params, block_lengths=longer)
+        for reason, candidate in weakened.items():
+            with pytest.raises(ConsortiumMismatchError, match=reason):
+                check(candidate)
+        with pytest.raises(ConsortiumMismatchError, match="session id"):
+            check_masking_session(
+                params, context=context, announcement=announcement, cluster=0, session_id=bytes(32)
+            )
+        # Consortium and policy demand more than the server offers: refused too.
+        unanimous = consortium(
+            secure_aggregation={"threshold_fraction": 1.0, "max_dropout_fraction": 0.0}
+        )
+        context = dataclasses.replace(context, consortium=unanimous)
+        with pytest.raises(ConsortiumMismatchError, match="threshold below 4"):
+            check(params)
+        strict = policy(ORG, tmp_path)
+        strict = strict.model_copy(
+            update={
+                "secure_aggregation": strict.secure_aggregation.model_copy(update={"min_cohort": 4})
+            }
+        )
+        context = dataclasses.replace(_context(client), policy=strict)
+        with pytest.raises(ConsortiumMismatchError, match="minimum cohort below 4"):
+            check(params)
+
+
+def test_forged_receipt_is_rejected(tmp_path: Path, pki: dict[str, Credentials]) -> None:
+    """A receipt not signed by the server's identity key, or for another upload: refused."""
+    with _client(tmp_path, pki) as client:
+        context = dataclasses.replace(
+            _context(client), server_identity=pki["server"].identity_public_key
+        )
+        ref = pb.SessionRef(run_id="run-1.a1", round=1, cluster=0, session_id=bytes(range(32)))
+        run = MaskingRun(context=context, ref=ref, inputs={})
+        digest = hashlib.sha256(b"upload").hexdigest()
+
+        def ack(key: Any, payload_sha256: str, organization: str = ORG) -> pb.StageAck:
+            statement = pb.ReceiptStatement(
+                consortium="tiny-test",
+                server="localhost",
+                organization=organization,
+                session=ref,
+                stage=pb.STAGE_MASKED_INPUT,
+                payload_bytes=6,
+                payload_sha256=bytes.fromhex(payload_sha256),
+            )
+            return pb.StageAck(session=ref, receipt=sign_receipt(key, statement))
+
+        _log_receipt(run, ack(pki["server"].identity_key, digest), digest)  # genuine
+        with pytest.raises(ForgedReceiptError):
+            _log_receipt(run, ack(pki[ORG].identity_key, digest), digest)
+        other = hashlib.sha256(b"other").hexdigest()
+        with pytest.raises(ForgedReceiptError, match="upload_sha256"):
+            _log_receipt(run, ack(pki["server"].identity_key, other), digest)
+        with pytest.raises(ForgedReceiptError, match="organization"):
+            _log_receipt(run, ack(pki["server"].identity_key, digest, "bank-a"), digest)
+        with pytest.raises(ForgedReceiptError, match="without a receipt"):
+            _log_receipt(run, pb.StageAck(session=ref), digest)
+
+
+# --------------------------------------------------------------------------- reconnection
+
+
+def test_retry_delays_grow_and_stay_bounded() -> None:
+    """Backoff doubles from the initial delay, with jitter in [1/2, 1], up to the cap."""
+    retry = RetryPolicy(attempts=8, initial_backoff_s=0.5, max_backoff_s=4.0)
+    for n in range(8):
+        base = min(4.0, 0.5 * 2**n)
+        assert all(base / 2 <= retry.delay(n) <= base for _ in range(20))
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=0)
+
+
+def test_unreachable_server_gives_up_after_bounded_attempts(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """No server listening: UNAVAILABLE is retried a bounded number of times, then typed."""
+    with _client(tmp_path, pki) as client:
+        client.retry = RetryPolicy(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.1)
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError, match="after 3 attempts"):
+            client.connect()
+        assert time.monotonic() - started < 30
+        assert client.connection is None
+
+
+def test_credentials_of_another_organization_are_refused(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """A client refuses credentials that are not its policy's organization's."""
+    from fedhft.protocol.errors import CredentialsError
+
+    config = consortium()
+    data = synthetic_federation(num_organizations=1, samples_per_org=40, alpha=1.0, seed=3)[0]
+    with pytest.raises(CredentialsError, match="not to organization"):
+        FederatedClient(
+            MaskedAdapterModel.from_consortium(config, tiny_config=TINY),
+            data.train,
+            policy(ORG, tmp_path),
+            config,
+            credentials=load_credentials(pki["bank-a"].directory),
+            server="127.0.0.1:1",
+            state_dir=tmp_path / "state",
+            audit=False,
+        )
