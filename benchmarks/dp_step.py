@@ -1,0 +1,362 @@
+"""Seconds per step and peak memory of DP-SGD versus non-private LoRA, per resource tier.
+
+On the pretrained all-MiniLM-L6-v2 weights (batch 32, sequence 64), for each tier of
+`policies/examples/consortium.yaml` (edge, standard, full), this measures one training
+step of the tier's frozen-A LoRA blocks and head:
+
+- non-private: forward, backward, Adam step (the baseline);
+- DP-SGD: the same through `fedhft.sdk.PrivateStep` (Opacus per-sample gradients,
+  clipping, Gaussian noise from the ChaCha20 `SecureGaussian`), i.e. what
+  `LocalTrainer` runs for every Poisson batch (here a fixed batch of 32, the expected
+  size, so that both sides do the same work).
+
+Every (tier, mode) runs in a fresh subprocess so tiers do not pollute each other's
+memory. The child resets its peak-RSS counter after loading the model (Linux
+``/proc/self/clear_refs``) and reports ``ru_maxrss`` at the end: the peak of training,
+model included. The headline DP/non-private time ratio of the full tier comes from a
+separate child that alternates non-private and DP steps on two copies of the model, so
+that load from other processes hits both sides alike.
+
+Usage::
+
+    python benchmarks/dp_step.py                 # all tiers (a few minutes on 2 cores)
+    python benchmarks/dp_step.py --quick         # smoke run: edge and full, small batch
+    python benchmarks/dp_step.py --json out.json --grad-sample-modes
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO = 1.15
+TIERS = ("edge", "standard", "full")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _setup(spec: dict[str, Any]) -> tuple[Any, ...]:
+    import torch
+
+    from fedhft.policies import load_consortium_config
+    from fedhft.sdk import MaskedAdapterModel, load_tokenizer, synthetic_federation
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    consortium = load_consortium_config(
+        Path(str(files("fedhft.policies") / "examples" / "consortium.yaml"))
+    )
+    tiny_config = None
+    if spec["source"] != "minilm":
+        # A tiny random BERT with MiniLM's six layers, so the example tiers apply.
+        consortium = consortium.model_copy(
+            update={"model": consortium.model.model_copy(update={"source": "tiny"})}
+        )
+        tiny_config = {"num_hidden_layers": 6}
+    texts = synthetic_federation(
+        num_organizations=1, alpha=10.0, samples_per_org=spec["batch"] * 2, seed=0
+    )[0].train
+    tokens = load_tokenizer()(
+        list(texts.texts[: spec["batch"]]),
+        padding="max_length",
+        truncation=True,
+        max_length=spec["seq"],
+        return_tensors="pt",
+    )
+    labels = torch.tensor(texts.labels[: spec["batch"]], dtype=torch.long)
+    models = [
+        MaskedAdapterModel.from_consortium(consortium, tiny_config=tiny_config)
+        for _ in range(spec.get("copies", 1))
+    ]
+    for model in models:
+        model.apply_tier(consortium.tiers[spec["tier"]])
+    return consortium, models, tokens["input_ids"], tokens["attention_mask"], labels
+
+
+def _stepper(mode: str, model: Any, consortium: Any, spec: dict[str, Any], batch: tuple) -> Any:
+    import torch
+    from torch import nn
+
+    from fedhft.policies import NoiseSource
+    from fedhft.sdk import PrivateStep, noise_sampler
+
+    ids, mask, labels = batch
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=consortium.training.learning_rate)
+    if mode == "dp-sgd":
+        private = PrivateStep(
+            model,
+            optimizer,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=float(len(labels)),
+            noise_sampler=noise_sampler(NoiseSource.SECURE),
+            grad_sample_mode=spec["grad_sample_mode"],
+        )
+        return lambda: private.step(ids, mask, labels)
+
+    def non_private() -> float:
+        model.peft_model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model.logits(ids, mask), labels)
+        loss.backward()
+        optimizer.step()
+        return float(loss.item())
+
+    return non_private
+
+
+def _timed(step: Any) -> float:
+    started = time.perf_counter()
+    step()
+    return time.perf_counter() - started
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measure one configuration in this (fresh) process."""
+    consortium, models, ids, mask, labels = _setup(spec)
+    batch = (ids, mask, labels)
+    gc.collect()
+    load_peak = _peak_rss_mb()
+    before = _rss_mb()
+    peak_reset = _reset_peak_rss()
+    result: dict[str, Any] = {
+        **spec,
+        "trainable_parameters": models[0].num_trainable(),
+        "load_peak_rss_mb": load_peak,
+        "rss_before_training_mb": before,
+        "peak_reset": peak_reset,
+    }
+    if spec["kind"] == "single":
+        step = _stepper(spec["mode"], models[0], consortium, spec, batch)
+        for _ in range(spec["warmup"]):
+            step()
+        times = [_timed(step) for _ in range(spec["steps"])]
+        result["step_s"] = statistics.median(times)
+        result["step_s_all"] = times
+        result["peak_rss_mb"] = _peak_rss_mb()
+        result["training_extra_mb"] = result["peak_rss_mb"] - before
+    else:
+        plain = _stepper("non-private", models[0], consortium, spec, batch)
+        private = _stepper("dp-sgd", models[1], consortium, spec, batch)
+        for _ in range(spec["warmup"]):
+            plain()
+            private()
+        pairs = [(_timed(plain), _timed(private)) for _ in range(spec["steps"])]
+        result["non_private_s"] = statistics.median(p for p, _ in pairs)
+        result["dp_s"] = statistics.median(d for _, d in pairs)
+        result["paired_ratio"] = statistics.median(d / p for p, d in pairs)
+    return result
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"benchmark child {spec} failed:\n{completed.stderr[-4000:]}")
+    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Spawn every configuration and collect the results."""
+    tiers = ("edge", "full") if args.quick else TIERS
+    common = {
+        "batch": args.batch or (16 if args.quick else 32),
+        "seq": args.seq or (32 if args.quick else 64),
+        "threads": args.threads,
+        "warmup": 1 if args.quick else 2,
+        "steps": args.steps or (2 if args.quick else 8),
+        "grad_sample_mode": "hooks",
+        "source": "minilm",
+    }
+    singles = []
+    for tier in tiers:
+        for mode in ("non-private", "dp-sgd"):
+            _progress(f"measuring {tier} / {mode} ...")
+            singles.append(_spawn({**common, "kind": "single", "tier": tier, "mode": mode}))
+    _progress("measuring full tier, alternating non-private and DP steps ...")
+    paired = [_spawn({**common, "kind": "paired", "tier": "full", "copies": 2})]
+    modes = []
+    if args.grad_sample_modes:
+        for source in ("tiny", "minilm"):
+            for grad_sample_mode in GRAD_SAMPLE_MODES:
+                _progress(f"grad-sample mode {grad_sample_mode} on {source} ...")
+                steps = common["steps"] * (5 if source == "tiny" else 1)
+                modes.append(
+                    _spawn(
+                        {
+                            **common,
+                            "kind": "paired",
+                            "tier": "full",
+                            "copies": 2,
+                            "source": source,
+                            "steps": steps,
+                            "grad_sample_mode": grad_sample_mode,
+                        }
+                    )
+                )
+    return {"config": common, "single": singles, "paired": paired, "grad_sample_modes": modes}
+
+
+def _find(results: list[dict[str, Any]], tier: str, mode: str) -> dict[str, Any]:
+    return next(r for r in results if r["tier"] == tier and r["mode"] == mode)
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Per-tier rows and the two target checks."""
+    singles = results["single"]
+    tiers = [t for t in TIERS if any(r["tier"] == t for r in singles)]
+    rows = []
+    for tier in tiers:
+        plain, private = _find(singles, tier, "non-private"), _find(singles, tier, "dp-sgd")
+        rows.append(
+            {
+                "tier": tier,
+                "trainable_parameters": private["trainable_parameters"],
+                "non_private_s": plain["step_s"],
+                "dp_s": private["step_s"],
+                "ratio": private["step_s"] / plain["step_s"],
+                "non_private_peak_mb": plain["peak_rss_mb"],
+                "dp_peak_mb": private["peak_rss_mb"],
+                "dp_training_extra_mb": private["training_extra_mb"],
+            }
+        )
+    full = next(r for r in rows if r["tier"] == "full")
+    smallest = rows[0]
+    headline = results["paired"][0]["paired_ratio"] if results["paired"] else full["ratio"]
+    return {
+        "rows": rows,
+        "full_tier_dp_ratio": headline,
+        "full_tier_dp_ratio_source": "paired" if results["paired"] else "separate processes",
+        "time_target_met": headline <= TARGET_RATIO,
+        "memory_ratio_peak": smallest["dp_peak_mb"] / full["dp_peak_mb"],
+        "memory_ratio_training_extra": smallest["dp_training_extra_mb"]
+        / full["dp_training_extra_mb"],
+        "smallest_tier": smallest["tier"],
+    }
+
+
+def print_table(results: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Plain-text table of the results."""
+    config = results["config"]
+    print(
+        f"\nDP-SGD step vs non-private LoRA on all-MiniLM-L6-v2 (batch {config['batch']}, "
+        f"seq {config['seq']}, {config['threads']} thread(s), median of {config['steps']} "
+        f"steps, grad-sample mode {config['grad_sample_mode']}, secure noise)\n"
+    )
+    header = (
+        f"{'tier':<9}{'trainable':>10}{'non-priv s':>12}{'DP s':>9}{'DP/np':>7}"
+        f"{'peak np MB':>12}{'peak DP MB':>12}{'DP train +MB':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in summary["rows"]:
+        print(
+            f"{row['tier']:<9}{row['trainable_parameters']:>10}{row['non_private_s']:>12.3f}"
+            f"{row['dp_s']:>9.3f}{row['ratio']:>7.2f}{row['non_private_peak_mb']:>12.0f}"
+            f"{row['dp_peak_mb']:>12.0f}{row['dp_training_extra_mb']:>14.0f}"
+        )
+    for paired in results["paired"]:
+        print(
+            f"\nfull tier, alternating steps: non-private {paired['non_private_s']:.3f} s, "
+            f"DP {paired['dp_s']:.3f} s, median paired ratio {paired['paired_ratio']:.3f}"
+        )
+    verdict = "met" if summary["time_target_met"] else "MISSED"
+    print(
+        f"target DP/non-private <= {TARGET_RATIO} at full tier: "
+        f"{summary['full_tier_dp_ratio']:.3f} ({summary['full_tier_dp_ratio_source']}) -> {verdict}"
+    )
+    print(
+        f"memory {summary['smallest_tier']}/full under DP: peak RSS "
+        f"{summary['memory_ratio_peak']:.2f}, memory added by training "
+        f"{summary['memory_ratio_training_extra']:.2f}"
+    )
+    if results["grad_sample_modes"]:
+        print("\ngrad-sample modes (full tier, alternating with non-private steps):")
+        print(f"{'model':<8}{'mode':<11}{'non-priv s':>12}{'DP s':>9}{'paired ratio':>14}")
+        for entry in results["grad_sample_modes"]:
+            print(
+                f"{entry['source']:<8}{entry['grad_sample_mode']:<11}"
+                f"{entry['non_private_s']:>12.4f}{entry['dp_s']:>9.4f}"
+                f"{entry['paired_ratio']:>14.3f}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse arguments, run, print, optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: edge and full tiers, batch 16, sequence 32, 2 timed steps",
+    )
+    parser.add_argument("--json", type=Path, help="write the results to this JSON file")
+    parser.add_argument("--steps", type=int, help="timed steps per configuration (default 8)")
+    parser.add_argument("--batch", type=int, help="batch size (default 32)")
+    parser.add_argument("--seq", type=int, help="sequence length (default 64)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per child")
+    parser.add_argument(
+        "--grad-sample-modes",
+        action="store_true",
+        help="also compare Opacus hooks, functorch and ghost clipping (tiny and MiniLM)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return 0
+    results = run(args)
+    summary = summarize(results)
+    print_table(results, summary)
+    if args.json:
+        args.json.write_text(json.dumps({**results, "summary": summary}, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
