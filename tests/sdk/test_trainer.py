@@ -32,6 +32,7 @@ from fedhft.sdk import (
     SdkError,
     TextDataset,
     compute_epsilon,
+    mixture_start,
     noise_sampler,
     poisson_batch,
     synthetic_federation,
@@ -64,7 +65,7 @@ def tiny_consortium(**changes: Any) -> ConsortiumConfig:
 
 
 def tiny_policy(
-    tmp_path: Path, *, privacy: Mapping[str, Any] = (), **training: Any
+    tmp_path: Path, *, privacy: Mapping[str, Any] | None = None, **training: Any
 ) -> OrganizationPolicy:
     """A policy of org-a with a fixed σ, small steps and its ledger under tmp_path."""
     return OrganizationPolicy.model_validate(
@@ -78,7 +79,7 @@ def tiny_policy(
                 "noise_multiplier": 1.0,
                 "planned_rounds": 3,
                 "ledger_path": str(tmp_path / "ledger.json"),
-                **dict(privacy),
+                **(privacy or {}),
             },
             "training": {
                 "tier": "full",
@@ -122,7 +123,7 @@ def _trainer(
     consortium: ConsortiumConfig | None = None,
     *,
     audit: RecordingAudit | None = None,
-    privacy: Mapping[str, Any] = (),
+    privacy: Mapping[str, Any] | None = None,
     **training: Any,
 ) -> LocalTrainer:
     consortium = consortium or tiny_consortium()
@@ -454,8 +455,6 @@ def test_personal_rows_are_restored_on_the_next_round_start(
     clusters = ClusterAdapters.initial(
         {b: np.zeros(v.shape) for b, v in trainer.model.get_block_state().items()}
     )
-    from fedhft.sdk import mixture_start
-
     start = mixture_start(clusters, [1.0], personal)
     assert np.array_equal(start[block_id][rows], personal.values[block_id][rows])
     assert not start[block_id][~rows].any()
