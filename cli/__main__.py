@@ -1,0 +1,5 @@
+"""`python -m fedhft.cli`: the same as the `fedhft` console script."""
+
+from . import main
+
+main()
