@@ -9,9 +9,12 @@ code, so a bug or a lie in the client's accountant shows up as a disagreement.
 - `rdp`: Rényi DP of the Poisson-subsampled Gaussian (Mironov et al. 2019,
   opacus `accountants/analysis/rdp.py`), summed over records at Opacus' default orders
   and converted to (ε, δ) with Opacus' `get_privacy_spent`.
-- `prv`: the PRV accountant (Gopi et al. 2021) of Opacus, fed the same history Opacus
-  would build (consecutive records with equal σ and q merged), with its default
-  ε error 0.01; the value is its certified upper bound.
+- `prv`: the PRV accountant (Gopi et al. 2021) of Opacus with its default ε error 0.01;
+  the value is its certified upper bound. Composition does not depend on order, so all
+  records with equal σ and q are merged into one history entry (Opacus merges only
+  consecutive ones): a FedAMoLE log alternating DP-SGD and Gaussian releases then costs
+  two discretizations instead of one per release (seconds instead of minutes), and the
+  value agrees with Opacus' to far below the ε error.
 - `gdp`: μ-GDP by the central limit theorem (Bu et al. 2020, opacus
   `accountants/analysis/gdp.py`), μ of each record from Opacus' Poisson formula and
   composed as √(Σ μᵢ²), which for constant σ and q is exactly Opacus'
@@ -64,6 +67,16 @@ def merged_history(uses: Sequence[MechanismUse]) -> list[tuple[float, float, int
     return history
 
 
+def grouped_history(
+    history: Sequence[tuple[float, float, int]],
+) -> list[tuple[float, float, int]]:
+    """All entries with equal σ and q merged, in order of first appearance."""
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, rate, count in history:
+        steps[(sigma, rate)] = steps.get((sigma, rate), 0) + count
+    return [(sigma, rate, count) for (sigma, rate), count in steps.items()]
+
+
 def recompute_epsilon(uses: Sequence[MechanismUse], *, accountant: str, delta: float) -> float:
     """ε at ``delta`` after composing ``uses`` with ``accountant`` (`rdp`, `prv`, `gdp`)."""
     # Opacus imports torch, which takes seconds; only verification needs it, not every
@@ -85,7 +98,7 @@ def recompute_epsilon(uses: Sequence[MechanismUse], *, accountant: str, delta: f
         if rdp_epsilon > PRV_EPSILON_CUTOFF:
             return rdp_epsilon
         prv = PRVAccountant()
-        prv.history = list(history)
+        prv.history = grouped_history(history)
         # With q = 1 the PRV's density takes log(0) on a branch it then discards; the
         # warning is noise, the result is exact.
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):

@@ -167,7 +167,7 @@ def _check_with_ca(
 
 
 def find_party_key(certs_dir: str | Path, party: str, *, at: Sequence[datetime] = ()) -> PartyKey:
-    """The identity key of organization ``party`` in a certificate folder.
+    """The identity key of ``party`` (an organization, or the server by host name).
 
     Looks for `<party>.crt`, `<party>.pem` or `<party>/identity.crt`. When the folder
     holds the CA, the certificate must be the CA-issued identity certificate of
@@ -187,7 +187,11 @@ def find_party_key(certs_dir: str | Path, party: str, *, at: Sequence[datetime] 
     ca_certificate = _ca_certificate(folder)
     if ca_certificate is None:
         return party_key
-    return _check_with_ca(party_key, ca_certificate, name=party, server=False, at=at)
+    # The server keeps a log too; its certificate names it fedhft://server/<host>.
+    is_server = party_key.certificate is not None and (
+        SERVER_URI_PREFIX + party in _uris(party_key.certificate)
+    )
+    return _check_with_ca(party_key, ca_certificate, name=party, server=is_server, at=at)
 
 
 def _certificate_files(folder: Path) -> Iterable[Path]:

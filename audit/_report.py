@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -44,6 +44,7 @@ def build_report(
     server_public_key: Ed25519PublicKey | None = None,
     policy: OrganizationPolicy | None = None,
     now: datetime | None = None,
+    epsilon_check: Literal["every", "last"] = "every",
 ) -> tuple[dict[str, Any], VerificationReport]:
     """Verify the log and gather the report's content (the `report.json` document)."""
     path = Path(log_path)
@@ -54,6 +55,7 @@ def build_report(
         server_log=server_log,
         server_public_key=server_public_key,
         policy=policy,
+        epsilon_check=epsilon_check,
     )
     chain = check_chain(data, public_key=None, source=str(path))
     entries = [

@@ -11,6 +11,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -29,6 +30,12 @@ from fedhft.audit._chain import check_chain
 from fedhft.audit._record import parse_time
 from fedhft.audit._report import build_report, write_report
 from fedhft.policies import OrganizationPolicy, PolicyError, load_organization_policy
+
+
+class EpsilonCheck(StrEnum):
+    EVERY = "every"
+    LAST = "last"
+
 
 audit_app = typer.Typer(
     help="Verify audit logs and produce compliance reports.", no_args_is_help=True
@@ -196,6 +203,13 @@ def verify(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the verification report as JSON.")
     ] = False,
+    epsilon_check: Annotated[
+        EpsilonCheck,
+        typer.Option(
+            "--epsilon-check",
+            help="Recompute ε after every spend, or only the last (long PRV logs).",
+        ),
+    ] = EpsilonCheck.EVERY,
 ) -> None:
     """Verify chain, signatures, ε (recomputed), budget and receipts of an audit log."""
     inputs = _resolve_inputs(log, server_log, policy, certs, key, server_key)
@@ -206,6 +220,7 @@ def verify(
         server_public_key=inputs.server_public_key,
         policy=inputs.policy,
         expected_head=expect_head,
+        epsilon_check="every" if epsilon_check is EpsilonCheck.EVERY else "last",
     )
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
@@ -227,6 +242,13 @@ def report(
     certs: CertsOption = None,
     key: KeyOption = None,
     server_key: ServerKeyOption = None,
+    epsilon_check: Annotated[
+        EpsilonCheck,
+        typer.Option(
+            "--epsilon-check",
+            help="Recompute ε after every spend, or only the last (long PRV logs).",
+        ),
+    ] = EpsilonCheck.EVERY,
 ) -> None:
     """Write a compliance report (HTML with a plot of ε per round, and JSON).
 
@@ -240,6 +262,7 @@ def report(
         server_log=server_log,
         server_public_key=inputs.server_public_key,
         policy=inputs.policy,
+        epsilon_check="every" if epsilon_check is EpsilonCheck.EVERY else "last",
     )
     for note in inputs.notes:
         typer.echo(f"note: {note}", err=True)

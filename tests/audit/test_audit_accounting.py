@@ -43,6 +43,18 @@ def test_prv_equals_opacus_prv_accountant_stepped_per_step() -> None:
     )
 
 
+def test_prv_groups_releases_across_the_history_without_changing_epsilon() -> None:
+    """PRV merges all releases with equal σ and q (order does not matter to composition);
+    for an alternating DP-SGD / Gaussian history the value equals Opacus' own (which
+    merges only consecutive entries) far below the ε error of 0.01."""
+    alternating = [(1.0, 0.02, 40), (6.0, 1.0, 1)] * 3
+    accountant = PRVAccountant()
+    _stepped(accountant, alternating)
+    uses = [MechanismUse(*entry) for entry in alternating]
+    got = recompute_epsilon(uses, accountant="prv", delta=1e-5)
+    assert got == pytest.approx(accountant.get_epsilon(1e-5), abs=1e-6)
+
+
 def test_gdp_equals_opacus_gaussian_accountant_when_homogeneous() -> None:
     """GDP with constant σ and q equals Opacus' GaussianAccountant."""
     with warnings.catch_warnings():

@@ -156,6 +156,11 @@ def test_verify_with_a_consortium_ca(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "note:" not in result.stderr
+    server_only = runner.invoke(
+        app, ["audit", "verify", str(federation.server_log), "--certs", str(certs)]
+    )
+    assert server_only.exit_code == 0, server_only.output
+    assert "records of `agg.example.org`" in server_only.stdout
 
 
 def test_report_writes_html_and_json(

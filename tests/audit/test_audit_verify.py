@@ -267,6 +267,29 @@ def test_lowered_epsilon_is_caught_even_with_a_valid_chain(
     assert "under-reports" in message
 
 
+def test_last_only_epsilon_check_still_catches_the_final_value_and_decreases(
+    federation: Federation, client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """With `epsilon_check="last"` only the final ε is recomputed: a lowered middle value
+    is then caught by monotonicity alone, a lowered final value by recomputation."""
+    middle = _seq_of(federation.client_log, "privacy_spend", 1)
+    final = _seq_of(federation.client_log, "privacy_spend", 2)
+
+    def lower(documents: list[dict[str, Any]]) -> None:
+        documents[middle - 1]["payload"]["epsilon_after"] = 0.1
+        documents[final - 1]["payload"]["epsilon_after"] = 0.2
+
+    rewrite_log(federation.client_log, client_key, lower)
+    report = verify_log(
+        federation.client_log, public_key=client_key.public_key(), epsilon_check="last"
+    )
+    assert _errors(report) == {
+        (Check.EPSILON_DECREASED, middle),
+        (Check.EPSILON_RECOMPUTED, final),
+    }
+    assert [p.recomputed is None for p in report.epsilon] == [True, True, False]
+
+
 def test_understated_mechanism_is_caught_by_the_budget_not_the_chain(
     tmp_path: Path, client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
 ) -> None:
