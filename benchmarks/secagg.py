@@ -1,0 +1,573 @@
+"""Secure-aggregation cost per round: plaintext vs masking vs CKKS vs Flower's SecAgg+.
+
+For N clients, L parameters (blocks of 4096 values, every client holding every block)
+and a fraction of clients dropping out after sharing keys (masking, Flower) or before
+uploading (plaintext, CKKS), one round of each method runs in process on the same
+inputs (uniform in ±1, seeded per client) and reports:
+
+- client seconds: mean CPU time of one surviving client's stage methods and codecs;
+- server seconds: CPU time of the server's stage methods and codecs;
+- bytes up per client, and their ratio to the plaintext payload (4 bytes per value:
+  int32 for masking, float32 for CKKS and plaintext);
+- the mask floor: CPU time to generate one client's masks alone (one ChaCha20 keystream
+  per neighbour and one for the self mask, over all blocks), the least any masking
+  client can spend.
+
+Times are process CPU seconds (``time.process_time``), so other load on the machine does
+not inflate them. Flower lives in its own environment (`benchmarks/requirements-flower.txt`
+says why and how): ``--flower-python`` or ``$FEDHFT_FLOWER_PYTHON``, else
+``.venv-flower/bin/python``, else this interpreter if it has ``flwr``; its round runs in
+a subprocess (`benchmarks/_flower_secaggplus.py`).
+
+SecAgg+ graph: both masking implementations use the same neighbour degree k, the
+smallest even k for which 30% dropouts (the grid's worst case) are recovered with
+probability ≥ 99% (union bound over clients, hypergeometric neighbourhoods), or the
+complete graph when none is smaller; the threshold t is a strict majority of the k + 1
+share holders. Quantization: clip 1, step 2^-20, modulus 2^32, for both.
+
+Run: ``python benchmarks/secagg.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from rich.console import Console
+from rich.table import Table
+
+from fedhft.protocol import (
+    CKKSAggregator,
+    CKKSCeremony,
+    CKKSClient,
+    CKKSKeyring,
+    CKKSParameters,
+    CKKSServerContext,
+    CKKSSession,
+    SessionParams,
+    SessionStats,
+    _crypto,
+    _inprocess,
+    default_threshold,
+    run_secagg_in_process,
+)
+from fedhft.protocol.errors import ThresholdError
+
+BLOCK_SIZE = 4096
+CLIP = 1.0
+SCALE = 2.0**20
+WORST_DROPOUT = 0.3
+FLOWER_DRIVER = Path(__file__).with_name("_flower_secaggplus.py")
+clock = time.process_time
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One cell of the grid."""
+
+    clients: int
+    length: int
+    dropout: float
+    seed: int
+
+    @property
+    def blocks(self) -> list[int]:
+        full, rest = divmod(self.length, BLOCK_SIZE)
+        return [BLOCK_SIZE] * full + ([rest] if rest else [])
+
+    @property
+    def roster(self) -> list[str]:
+        return [f"org-{i:03d}" for i in range(self.clients)]
+
+    @property
+    def dropped(self) -> list[int]:
+        """Indices of the clients that drop out (the same ones for every method)."""
+        count = round(self.dropout * self.clients)
+        return sorted(
+            random.Random(self.seed * 7919 + self.clients).sample(range(self.clients), count)
+        )
+
+
+@dataclass
+class Row:
+    """One method's cost in one setting."""
+
+    method: str
+    clients: int
+    length: int
+    dropout: float
+    client_seconds: float | None = None
+    server_seconds: float | None = None
+    total_cpu_seconds: float | None = None
+    bytes_up: float | None = None
+    bytes_ratio: float | None = None
+    max_error: float | None = None
+    note: str = ""
+
+    @classmethod
+    def of(cls, method: str, setting: Setting, **measured: float | str | None) -> Row:
+        """A row for ``setting``; ``bytes_ratio`` follows from ``bytes_up``."""
+        bytes_up = measured.get("bytes_up")
+        if isinstance(bytes_up, float | int):
+            measured["bytes_ratio"] = bytes_up / (4 * setting.length)
+        return cls(method, setting.clients, setting.length, setting.dropout, **measured)  # type: ignore[arg-type]
+
+
+def client_inputs(seed: int, client: int, blocks: list[int]) -> list[npt.NDArray[np.float64]]:
+    """Client ``client``'s blocks; `_flower_secaggplus.client_inputs` must match this."""
+    rng = np.random.default_rng([seed, client])
+    return [rng.uniform(-1.0, 1.0, n) for n in blocks]
+
+
+def block_ids(setting: Setting) -> list[str]:
+    return [f"layer.{i:04d}.lora_B" for i in range(len(setting.blocks))]
+
+
+class LazyInputs(Mapping[str, Mapping[str, npt.NDArray[np.float64]]]):
+    """Organization → block → vector, generated on access so N·L floats never coexist."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.setting = setting
+        self.index = {org: i for i, org in enumerate(setting.roster)}
+
+    def __getitem__(self, org: str) -> Mapping[str, npt.NDArray[np.float64]]:
+        arrays = client_inputs(self.setting.seed, self.index[org], self.setting.blocks)
+        return dict(zip(block_ids(self.setting), arrays, strict=True))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.setting.roster)
+
+    def __len__(self) -> int:
+        return self.setting.clients
+
+
+def plain_sums(setting: Setting) -> list[npt.NDArray[np.float64]]:
+    """Exact per-block sums over the surviving clients."""
+    dropped = set(setting.dropped)
+    totals = [np.zeros(n) for n in setting.blocks]
+    for client in range(setting.clients):
+        if client not in dropped:
+            for total, block in zip(
+                totals, client_inputs(setting.seed, client, setting.blocks), strict=True
+            ):
+                total += block
+    return totals
+
+
+def _hypergeometric_at_least(population: int, successes: int, draws: int, at_least: int) -> float:
+    total = math.comb(population, draws)
+    return (
+        sum(
+            math.comb(successes, j) * math.comb(population - successes, draws - j)
+            for j in range(max(at_least, 0), draws + 1)
+        )
+        / total
+    )
+
+
+def neighbour_degree(clients: int) -> int | None:
+    """Smallest even k recovering 30% dropouts w.p. ≥ 99%; None for the complete graph."""
+    dropped = round(WORST_DROPOUT * clients)
+    for k in range(4, clients - 1, 2):
+        t = (k + 1) // 2 + 1
+        # A dropped client's key needs t alive neighbours; a survivor's seed t − 1 more.
+        fail_dropped = 1 - _hypergeometric_at_least(clients - 1, clients - dropped, k, t)
+        fail_alive = 1 - _hypergeometric_at_least(clients - 1, clients - dropped - 1, k, t - 1)
+        if dropped * fail_dropped + (clients - dropped) * fail_alive <= 0.01:
+            return k
+    return None
+
+
+def session_params(setting: Setting) -> SessionParams:
+    k = neighbour_degree(setting.clients)
+    ids = block_ids(setting)
+    return SessionParams(
+        run_id="bench",
+        round=1,
+        cluster=0,
+        roster=setting.roster,
+        config_hash=hashlib.sha256(b"bench-config").digest(),
+        model_hash=hashlib.sha256(b"bench-model").digest(),
+        threshold=default_threshold(setting.clients, k),
+        min_cohort=3,
+        block_lengths=dict(zip(ids, setting.blocks, strict=True)),
+        block_supports={block: frozenset(setting.roster) for block in ids},
+        clip=CLIP,
+        scale=SCALE,
+        neighbours=k,
+    )
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def max_error(sums: list[npt.NDArray[np.float64]], setting: Setting) -> float:
+    """Largest coordinate error of per-block sums against the exact plain sums."""
+    pairs = zip(sums, plain_sums(setting), strict=True)
+    return max(float(np.max(np.abs(a - b))) for a, b in pairs)
+
+
+def bench_plaintext(setting: Setting) -> Row:
+    """Baseline: each client sends float32 values, the server adds them."""
+    dropped = set(setting.dropped)
+    totals = [np.zeros(n) for n in setting.blocks]
+    client_cpu, server_cpu, sent = 0.0, 0.0, 0
+    for client in range(setting.clients):
+        if client in dropped:
+            continue
+        arrays = client_inputs(setting.seed, client, setting.blocks)
+        started = clock()
+        payload = np.concatenate(arrays).astype("<f4").tobytes()
+        client_cpu += clock() - started
+        sent = len(payload)
+        started = clock()
+        values = np.frombuffer(payload, dtype="<f4")
+        offset = 0
+        for total in totals:
+            total += values[offset : offset + total.size]
+            offset += total.size
+        server_cpu += clock() - started
+    survivors = setting.clients - len(dropped)
+    return Row.of(
+        "plaintext",
+        setting,
+        client_seconds=client_cpu / survivors,
+        server_seconds=server_cpu,
+        total_cpu_seconds=client_cpu + server_cpu,
+        bytes_up=sent,
+        max_error=max_error(totals, setting),
+    )
+
+
+def bench_masking(setting: Setting) -> Row:
+    """fedhft masking mode (SecAgg/SecAgg+), through its in-process driver."""
+    params = session_params(setting)
+    identities = {org: Ed25519PrivateKey.generate() for org in setting.roster}
+    dropped = {setting.roster[i] for i in setting.dropped}
+    stats = SessionStats()
+    # The driver times with `time.perf_counter`; give it the CPU clock instead.
+    original = _inprocess.time
+    _inprocess.time = types.SimpleNamespace(perf_counter=clock)
+    try:
+        result = run_secagg_in_process(
+            params,
+            LazyInputs(setting),
+            identities,
+            drop={"masked_input": dropped} if dropped else None,
+            stats=stats,
+        )
+    except ThresholdError as aborted:
+        return Row.of("masking", setting, note=f"aborted: {aborted}")
+    finally:
+        _inprocess.time = original
+    survivors = [org for org in setting.roster if org not in dropped]
+    degree = len(params.graph[setting.roster[0]])
+    return Row.of(
+        "masking",
+        setting,
+        client_seconds=float(np.mean([stats.client_seconds[o] for o in survivors])),
+        server_seconds=stats.server_seconds,
+        total_cpu_seconds=sum(stats.client_seconds.values()) + stats.server_seconds,
+        bytes_up=float(np.mean([stats.bytes_up[o] for o in survivors])),
+        max_error=max_error([result.blocks[b].sum for b in block_ids(setting)], setting),
+        note=f"k={degree}, t={params.threshold}",
+    )
+
+
+def bench_mask_floor(setting: Setting) -> Row:
+    """One client's masks alone: a ChaCha20 keystream per neighbour and self, per block."""
+    params = session_params(setting)
+    degree = len(params.graph[setting.roster[0]])
+    keys = [os.urandom(32) for _ in range(degree + 1)]
+    best = math.inf
+    for _ in range(1 if setting.length >= 10**6 else 3):
+        started = clock()
+        for key in keys:
+            for n in setting.blocks:
+                _crypto.mask_words(key, n, params.fixed_point.bits)
+        best = min(best, clock() - started)
+    return Row.of("mask floor", setting, client_seconds=best, note=f"{degree + 1} keystreams")
+
+
+_CEREMONIES: dict[int, tuple[CKKSCeremony, dict[str, CKKSKeyring]]] = {}
+
+
+def _ceremony(clients: int, roster: list[str]) -> tuple[CKKSCeremony, dict[str, CKKSKeyring]]:
+    if clients not in _CEREMONIES:
+        sealing = {org: X25519PrivateKey.generate() for org in roster}
+        ceremony = CKKSCeremony.create(
+            consortium="bench",
+            sealing_keys={org: key.public_key() for org, key in sealing.items()},
+            parameters=CKKSParameters.choose(max_clients=clients, value_bound=CLIP),
+        )
+        keyrings = {
+            org: CKKSKeyring.open(
+                ceremony.sealed_keys[org], private_key=key, consortium="bench", organization=org
+            )
+            for org, key in sealing.items()
+        }
+        _CEREMONIES[clients] = (ceremony, keyrings)
+    return _CEREMONIES[clients]
+
+
+def bench_ckks(setting: Setting) -> Row:
+    """fedhft CKKS mode: survivors encrypt, the server adds, every survivor decrypts.
+
+    Every survivor's decryption costs the same, so one is timed and counted for all.
+    """
+    ceremony, keyrings = _ceremony(setting.clients, setting.roster)
+    ids = block_ids(setting)
+    session = CKKSSession(
+        run_id="bench",
+        round=1,
+        cluster=0,
+        roster=tuple(setting.roster),
+        key_id=ceremony.key_id,
+        min_cohort=3,
+        block_lengths=dict(zip(ids, setting.blocks, strict=True)),
+        block_supports={block: frozenset(setting.roster) for block in ids},
+    )
+    dropped = set(setting.dropped)
+    inputs = LazyInputs(setting)
+    started = clock()
+    server = CKKSAggregator(session, CKKSServerContext.from_bytes(ceremony.public_context))
+    server_cpu = clock() - started
+    encrypt_cpu, sizes = [], []
+    for index, org in enumerate(setting.roster):
+        if index in dropped:
+            continue
+        blocks = inputs[org]
+        started = clock()
+        upload = CKKSClient(session, keyrings[org]).encrypt(blocks)
+        encrypt_cpu.append(clock() - started)
+        sizes.append(len(upload))
+        started = clock()
+        server.receive(org, upload)
+        server_cpu += clock() - started
+    started = clock()
+    released = server.result().encode()
+    server_cpu += clock() - started
+    survivor = next(org for i, org in enumerate(setting.roster) if i not in dropped)
+    started = clock()
+    aggregate = CKKSClient(session, keyrings[survivor]).decrypt(released)
+    decrypt_cpu = clock() - started
+    parameters = ceremony.parameters
+    return Row.of(
+        "ckks",
+        setting,
+        client_seconds=float(np.mean(encrypt_cpu)) + decrypt_cpu,
+        server_seconds=server_cpu,
+        total_cpu_seconds=sum(encrypt_cpu) + decrypt_cpu * len(encrypt_cpu) + server_cpu,
+        bytes_up=float(np.mean(sizes)),
+        max_error=max_error([aggregate.sums[b] for b in ids], setting),
+        note=f"N={parameters.poly_modulus_degree}, q: {parameters.data_prime_bits} bits, "
+        f"Δ=2^{parameters.scale_bits}",
+    )
+
+
+def flower_python(requested: str | None) -> str | None:
+    """The interpreter that has `flwr`, or None."""
+    local = Path(__file__).resolve().parents[1] / ".venv-flower" / "bin" / "python"
+    candidates = [requested, os.environ.get("FEDHFT_FLOWER_PYTHON"), str(local), sys.executable]
+    for candidate in candidates:
+        if candidate and shutil.which(candidate):
+            probe = subprocess.run(
+                [candidate, "-c", "import flwr"], capture_output=True, check=False
+            )
+            if probe.returncode == 0:
+                return candidate
+    return None
+
+
+def bench_flower(setting: Setting, python: str) -> Row:
+    """Flower's SecAgg+ (workflow + client mod) in a subprocess, same inputs and graph."""
+    params = session_params(setting)
+    degree = len(params.graph[setting.roster[0]])
+    config = {
+        "clients": setting.clients,
+        "seed": setting.seed,
+        "blocks": setting.blocks,
+        "drop": setting.dropped,
+        "num_shares": degree + 1,
+        "threshold": params.threshold,
+        "clip": CLIP,
+        "quantization_range": int(2 * CLIP * SCALE),
+    }
+    command = [python, str(FLOWER_DRIVER), json.dumps(config)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return Row.of("flower secagg+", setting, note=f"failed: {done.stderr.strip()[-200:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if not out["completed"]:
+        return Row.of("flower secagg+", setting, note="aborted (below threshold)")
+    survivors = setting.clients - len(setting.dropped)
+    return Row.of(
+        "flower secagg+",
+        setting,
+        client_seconds=out["client_seconds"],
+        server_seconds=out["server_seconds"],
+        total_cpu_seconds=out["client_total_seconds"] + out["server_seconds"],
+        bytes_up=out["bytes_up"],
+        # Flower releases the average; scale its error to the sum's for comparison.
+        max_error=out["max_error_of_average"] * survivors,
+        note=f"k={degree}, t={params.threshold}",
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render(rows: list[Row], console: Console) -> None:
+    table = Table(title="Secure aggregation, one round (CPU seconds; bytes up per client)")
+    headers = "N;L;drop;method;client s;server s;total CPU s;bytes up;× 4L;max |err| of sum;notes"
+    for header in headers.split(";"):
+        table.add_column(header, justify="left" if header in ("method", "notes") else "right")
+    previous = None
+    for row in rows:
+        key = (row.clients, row.length, row.dropout)
+        if previous is not None and key != previous:
+            table.add_section()
+        previous = key
+        table.add_row(
+            str(row.clients),
+            f"{row.length:.0e}",
+            f"{row.dropout:.0%}",
+            row.method,
+            _fmt(row.client_seconds, ".4f"),
+            _fmt(row.server_seconds, ".3f"),
+            _fmt(row.total_cpu_seconds, ".2f"),
+            _fmt(row.bytes_up, ",.0f"),
+            _fmt(row.bytes_ratio, ".3f"),
+            _fmt(row.max_error, ".1e"),
+            row.note,
+        )
+    console.print(table)
+
+
+def targets(rows: list[Row]) -> list[dict[str, object]]:
+    """Check the issue's targets on every cell they apply to."""
+    by_cell: dict[tuple[int, int, float], dict[str, Row]] = {}
+    for row in rows:
+        by_cell.setdefault((row.clients, row.length, row.dropout), {})[row.method] = row
+    checks: list[dict[str, object]] = []
+
+    def check(target: str, cell: str, value: float, limit: float, at_most: bool) -> None:
+        met = value <= limit if at_most else value >= limit
+        checks.append({"target": target, "cell": cell, "value": round(value, 3), "met": met})
+
+    for (n, length, dropout), methods in sorted(by_cell.items()):
+        cell = f"N={n}, L={length:.0e}, drop={dropout:.0%}"
+        masking, floor = methods.get("masking"), methods.get("mask floor")
+        ckks, flower = methods.get("ckks"), methods.get("flower secagg+")
+        if masking and masking.bytes_ratio is not None:
+            check("masking bytes up ≤ 1.1× int32 payload", cell, masking.bytes_ratio, 1.1, True)
+        if masking and masking.client_seconds and floor and floor.client_seconds:
+            ratio = masking.client_seconds / floor.client_seconds
+            check("masking client time ≤ 3× mask floor", cell, ratio, 3.0, True)
+        if ckks and ckks.bytes_ratio is not None:
+            check("CKKS bytes up ≤ 8.5× float32 payload", cell, ckks.bytes_ratio, 8.5, True)
+        if masking and masking.total_cpu_seconds and flower and flower.total_cpu_seconds:
+            speedup = flower.total_cpu_seconds / masking.total_cpu_seconds
+            target = "masking total CPU ≥ 10× faster than Flower SecAgg+"
+            if (n, length) != (50, 10**6):
+                target = "(info) masking total CPU speed-up over Flower SecAgg+"
+            check(target, cell, speedup, 10.0, False)
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small grid, well under a minute")
+    parser.add_argument("--json", type=Path, help="also write the rows and checks here")
+    parser.add_argument("--flower-python", help="interpreter with flwr (its own environment)")
+    parser.add_argument(
+        "--flower-grid",
+        choices=["default", "full", "none"],
+        default="default",
+        help="default skips Flower at N=100, L=1e6 (several minutes)",
+    )
+    parser.add_argument("--seed", type=int, default=2024)
+    args = parser.parse_args(argv)
+
+    clients: tuple[int, ...]
+    lengths: tuple[int, ...]
+    dropouts: tuple[float, ...]
+    if args.quick:
+        clients, lengths, dropouts = (5, 10), (20_000,), (0.0, 0.3)
+    else:
+        clients, lengths, dropouts = (10, 50, 100), (10**5, 10**6), (0.0, 0.1, 0.3)
+    python = None if args.flower_grid == "none" else flower_python(args.flower_python)
+    console = Console(width=max(170, shutil.get_terminal_size().columns))
+    if python is None and args.flower_grid != "none":
+        console.print(
+            "[yellow]flwr not found (see benchmarks/requirements-flower.txt) or pass "
+            "--flower-python; Flower rows are skipped[/yellow]"
+        )
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for length in lengths:
+        for n in clients:
+            for dropout in dropouts:
+                setting = Setting(n, length, dropout, args.seed)
+                rows.append(bench_plaintext(setting))
+                rows.append(bench_mask_floor(setting))
+                rows.append(bench_masking(setting))
+                rows.append(bench_ckks(setting))
+                skip = args.flower_grid == "default" and (n, length) == (100, 10**6)
+                if python is not None and not skip:
+                    rows.append(bench_flower(setting, python))
+                console.log(
+                    f"N={n} L={length:.0e} drop={dropout:.0%} done "
+                    f"({time.perf_counter() - started:.0f} s)"
+                )
+    render(rows, console)
+    checks = targets(rows)
+    for check in checks:
+        mark = "[green]met[/green]" if check["met"] else "[red]MISSED[/red]"
+        console.print(f"{mark}  {check['target']}  ({check['cell']}): {check['value']}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": " ".join(
+                        ["python", "benchmarks/secagg.py", *(argv or sys.argv[1:])]
+                    ),
+                    "machine": {
+                        "platform": platform.platform(),
+                        "cpus": os.cpu_count(),
+                        "python": platform.python_version(),
+                    },
+                    "clock": "process CPU seconds",
+                    "wall_seconds": time.perf_counter() - started,
+                    "rows": [asdict(row) for row in rows],
+                    "checks": checks,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
