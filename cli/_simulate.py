@@ -379,7 +379,7 @@ def simulate(
             "secure": secure.value,
             "model": model.value,
             "clients": clients,
-            "rounds": rounds,
+            "rounds_planned": rounds,
             "seconds": time.monotonic() - started,
             "workdir": str(root),
         }
