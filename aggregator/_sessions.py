@@ -103,10 +103,15 @@ class AggregationSession(ABC):
     upload_stages: frozenset[int]
     """Stages whose message travels through `UploadStage` (chunked)."""
 
-    def __init__(self, *, cluster: int, ref: pb.SessionRef, encoded: bytes) -> None:
-        self.cluster = cluster
-        self.ref = ref
-        self.encoded_params = encoded
+    def __init__(self, parameters: SessionParams | CKKSSession) -> None:
+        self.cluster = parameters.cluster
+        self.ref = pb.SessionRef(
+            run_id=parameters.run_id,
+            round=parameters.round,
+            cluster=parameters.cluster,
+            session_id=parameters.sid,
+        )
+        self.encoded_params = encode_session(parameters)
         self._lock = threading.RLock()
         self._index = 0
         self._closed: dict[int, dict[str, list[bytes]]] = {}
@@ -203,16 +208,7 @@ class MaskingSession(AggregationSession):
         *,
         peer_identities: Mapping[str, Ed25519PublicKey],
     ) -> None:
-        super().__init__(
-            cluster=params.cluster,
-            ref=pb.SessionRef(
-                run_id=params.run_id,
-                round=params.round,
-                cluster=params.cluster,
-                session_id=params.sid,
-            ),
-            encoded=encode_session(params),
-        )
+        super().__init__(params)
         self.params = params
         self.server = SecAggServer(params, peer_identities=peer_identities)
         self._result: AggregateResult | None = None
@@ -299,16 +295,7 @@ class CKKSRoundSession(AggregationSession):
         *,
         server_context: CKKSServerContext,
     ) -> None:
-        super().__init__(
-            cluster=session.cluster,
-            ref=pb.SessionRef(
-                run_id=session.run_id,
-                round=session.round,
-                cluster=session.cluster,
-                session_id=session.sid,
-            ),
-            encoded=encode_session(session),
-        )
+        super().__init__(session)
         self.session = session
         self._parameters = server_context.parameters
         self._aggregator = CKKSAggregator(session, server_context)

@@ -1,8 +1,8 @@
 """The organization's channel to the aggregation server: mTLS, retries, byte counts.
 
 Every call goes over the mutual-TLS channel of `fedhft.protocol.create_channel`. A call
-that fails with UNAVAILABLE or DEADLINE_EXCEEDED (the server restarts, the network
-drops) is retried with exponential backoff and jitter, a bounded number of times; then
+that fails with UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED (the server restarts, the
+network drops) is retried with exponential backoff and jitter, a bounded number of times; then
 `ServerUnreachableError`. Any other status is final and raised as the protocol's typed
 `RemoteError`, which names the status.
 
@@ -34,7 +34,16 @@ from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from .errors import ServerUnreachableError
 
 _LOG = logging.getLogger("fedhft.sdk.client")
-_RECONNECT_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+# CANCELLED too: this client never cancels its own calls, so a cancelled call means the
+# server went away in the middle of it (a restart or shutdown).
+_RECONNECT_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
+# gRPC's own reconnection backoff grows to two minutes by default; a restarted server
+# should be found within seconds.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
 _T = TypeVar("_T")
 
 
@@ -78,7 +87,11 @@ class Connection:
     ) -> None:
         self.target = target
         self._channel = create_channel(
-            credentials, target, server_hostname, max_message_bytes=max_message_bytes
+            credentials,
+            target,
+            server_hostname,
+            max_message_bytes=max_message_bytes,
+            options=_CHANNEL_OPTIONS,
         )
         self._stub = pb_grpc.AggregatorStub(self._channel)
         self._retry = retry

@@ -188,6 +188,34 @@ def start_clients(
     return run
 
 
+def start_federation(
+    config: ConsortiumConfig,
+    pki: Pki,
+    address: str,
+    clients: Path,
+    *,
+    organizations: tuple[str, ...] = tuple(ORGS),
+    policies: Mapping[str, OrganizationPolicy] | None = None,
+) -> ClientRun:
+    """One client thread per organization on the seeded data, state under ``clients``."""
+    data = federation_data()
+    return start_clients(
+        {
+            org: functools.partial(
+                make_client,
+                org,
+                data[org],
+                config,
+                pki,
+                address,
+                clients,
+                (policies or {}).get(org),
+            )
+            for org in organizations
+        }
+    )
+
+
 def stored_models(state: Path) -> dict[int, ClusterAdapters]:
     """The model after each completed round, read from the server's SQLite state."""
     with sqlite3.connect(state / "state.sqlite") as db:
@@ -244,5 +272,6 @@ __all__ = [
     "running_server",
     "spying",
     "start_clients",
+    "start_federation",
     "stored_models",
 ]

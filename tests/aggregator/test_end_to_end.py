@@ -15,19 +15,17 @@ from runtime_helpers import (
     ORGS,
     assert_per_row_averages,
     fast_consortium,
-    federation_data,
-    make_client,
     policy,
     provision,
     running_server,
     spying,
-    start_clients,
+    start_federation,
     stored_models,
 )
 
 from fedhft.aggregator import ckks_ceremony
 from fedhft.audit import verify_log
-from fedhft.policies import SecureAggregationMode
+from fedhft.policies import OrganizationPolicy, SecureAggregationMode
 from fedhft.protocol import SecAggClient, load_credentials
 from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
 
@@ -43,19 +41,9 @@ def test_masking_rounds_move_clusters_by_the_clear_per_row_averages(tmp_path: Pa
     """Two masking rounds: each cluster adapter moves by the clear per-row average update."""
     config = fast_consortium()
     pki = provision(tmp_path / "pki")
-    data = federation_data()
     clients = tmp_path / "clients"
     with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
-        run = start_clients(
-            {
-                org: (
-                    lambda org=org: make_client(
-                        org, data[org], config, pki, server.address, clients
-                    )
-                )
-                for org in ORGS
-            }
-        )
+        run = start_federation(config, pki, server.address, clients)
         run.join()
         assert server.wait(5)
     assert run.errors == {}
@@ -100,7 +88,6 @@ def test_a_client_killed_after_sharing_keys_drops_out(tmp_path: Path) -> None:
     """A client that dies after sharing keys becomes a dropout; the round completes."""
     config = fast_consortium(rounds=1)
     pki = provision(tmp_path / "pki")
-    data = federation_data()
     victim = "clin-b"
     original = SecAggClient.mask_input
 
@@ -112,16 +99,7 @@ def test_a_client_killed_after_sharing_keys_drops_out(tmp_path: Path) -> None:
     SecAggClient.mask_input = dies  # type: ignore[method-assign,assignment]
     try:
         with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
-            run = start_clients(
-                {
-                    org: (
-                        lambda org=org: make_client(
-                            org, data[org], config, pki, server.address, tmp_path / "clients"
-                        )
-                    )
-                    for org in ORGS
-                }
-            )
+            run = start_federation(config, pki, server.address, tmp_path / "clients")
             run.join()
             assert server.wait(5)
             summaries = list(server.summaries)
@@ -144,27 +122,11 @@ def test_an_organization_out_of_budget_refuses_and_the_round_goes_on(tmp_path: P
     """An exhausted budget refuses every round (audited); the others complete both rounds."""
     config = fast_consortium()
     pki = provision(tmp_path / "pki")
-    data = federation_data()
     poor = "bank-a"
     clients = tmp_path / "clients"
     poor_policy = policy(poor, clients, epsilon=1.0)
     with running_server(config, pki, tmp_path / "server") as server:
-        run = start_clients(
-            {
-                org: (
-                    lambda org=org: make_client(
-                        org,
-                        data[org],
-                        config,
-                        pki,
-                        server.address,
-                        clients,
-                        poor_policy if org == poor else None,
-                    )
-                )
-                for org in ORGS
-            }
-        )
+        run = start_federation(config, pki, server.address, clients, policies={poor: poor_policy})
         run.join()
         assert server.wait(5)
         summaries = list(server.summaries)
@@ -192,10 +154,9 @@ def test_ckks_mode_end_to_end(tmp_path: Path) -> None:
     assert (pki.server / CKKS_PUBLIC_FILE).is_file()
     for org in ORGS:
         assert (pki.org(org) / CKKS_SEALED_FILE).stat().st_mode & 0o077 == 0
-    data = federation_data()
     clients = tmp_path / "clients"
 
-    def ckks_policy(org: str) -> object:
+    def ckks_policy(org: str) -> OrganizationPolicy:
         base = policy(org, clients)
         accepted = {"accepted_modes": [SecureAggregationMode.MASKING, SecureAggregationMode.CKKS]}
         return base.model_copy(
@@ -203,21 +164,8 @@ def test_ckks_mode_end_to_end(tmp_path: Path) -> None:
         )
 
     with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
-        run = start_clients(
-            {
-                org: (
-                    lambda org=org: make_client(
-                        org,
-                        data[org],
-                        config,
-                        pki,
-                        server.address,
-                        clients,
-                        ckks_policy(org),  # type: ignore[arg-type]
-                    )
-                )
-                for org in ORGS
-            }
+        run = start_federation(
+            config, pki, server.address, clients, policies={org: ckks_policy(org) for org in ORGS}
         )
         run.join()
         assert server.wait(5)

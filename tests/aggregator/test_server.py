@@ -31,13 +31,11 @@ from runtime_helpers import (
     Pki,
     assert_per_row_averages,
     fast_consortium,
-    federation_data,
-    make_client,
     policy,
     provision,
     running_server,
     spying,
-    start_clients,
+    start_federation,
     stored_models,
 )
 
@@ -387,18 +385,8 @@ def test_server_never_holds_an_individual_update(tmp_path: Path) -> None:
     """After a round the database holds masked inputs only and memory only the sums."""
     config = fast_consortium(rounds=1)
     pki = provision(tmp_path / "pki")
-    data = federation_data()
     with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
-        run = start_clients(
-            {
-                org: (
-                    lambda org=org: make_client(
-                        org, data[org], config, pki, server.address, tmp_path / "clients"
-                    )
-                )
-                for org in ORGS
-            }
-        )
+        run = start_federation(config, pki, server.address, tmp_path / "clients")
         run.join()
         assert server.wait(5) and run.errors == {}
         sessions = [
@@ -446,21 +434,13 @@ def test_stopped_server_resumes_and_each_round_is_spent_once(tmp_path: Path) -> 
     """A server stopped mid-round and restarted on its state redoes the round once."""
     config = fast_consortium()
     pki = provision(tmp_path / "pki")
-    data = federation_data()
     state = tmp_path / "server"
     clients = tmp_path / "clients"
     with spying() as spy:
         first = AggregatorServer(config, credentials=pki.server, state_dir=state, options=FAST)
         first.start()
         port = first.port
-        run = start_clients(
-            {
-                org: (
-                    lambda org=org: make_client(org, data[org], config, pki, first.address, clients)
-                )
-                for org in ORGS
-            }
-        )
+        run = start_federation(config, pki, first.address, clients)
         deadline = time.time() + 60
         while time.time() < deadline:
             attempt = first.attempt
@@ -523,7 +503,6 @@ def test_killed_server_process_resumes_and_each_round_is_spent_once(tmp_path: Pa
     state = tmp_path / "server"
     port_file = tmp_path / "port"
     clients = tmp_path / "clients"
-    data = federation_data()
 
     def serve(port: int) -> subprocess.Popen[bytes]:
         command = [
@@ -558,12 +537,7 @@ def test_killed_server_process_resumes_and_each_round_is_spent_once(tmp_path: Pa
             time.sleep(0.1)
         port = int(port_file.read_text())
         address = f"127.0.0.1:{port}"
-        run = start_clients(
-            {
-                org: (lambda org=org: make_client(org, data[org], config, pki, address, clients))
-                for org in ORGS
-            }
-        )
+        run = start_federation(config, pki, address, clients)
         # Kill it once round 1 has received masked inputs.
         while time.time() < deadline and not _has_masked_inputs(state):
             time.sleep(0.05)

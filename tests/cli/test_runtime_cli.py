@@ -19,11 +19,10 @@ from runtime_helpers import (
     ORGS,
     fast_consortium,
     federation_data,
-    make_client,
     policy,
     provision,
     running_server,
-    start_clients,
+    start_federation,
 )
 
 runner = CliRunner()
@@ -98,16 +97,12 @@ def test_client_run_takes_part_from_files_and_writes_its_report(tmp_path: Path) 
     _write_csv(tmp_path / "test.csv", own.test.texts, own.test.labels, names)
     report = tmp_path / "report.json"
     with running_server(config, pki, tmp_path / "server") as server:
-        others = start_clients(
-            {
-                org: (
-                    lambda org=org: make_client(
-                        org, data[org], config, pki, server.address, clients
-                    )
-                )
-                for org in ORGS
-                if org != CLI_ORG
-            }
+        others = start_federation(
+            config,
+            pki,
+            server.address,
+            clients,
+            organizations=tuple(org for org in ORGS if org != CLI_ORG),
         )
         command = [
             sys.executable,
