@@ -212,6 +212,16 @@ def _num(value: object, digits: int = 4) -> str:
     return _e(value)
 
 
+def _percent(share: float | None) -> str:
+    if share is None:
+        return "—"
+    # Never round a spend just under the budget up to 100 %.
+    text = f"{share * 100:.0f}%"
+    if share < 1 and text == "100%":
+        text = f"{math.floor(share * 1000) / 10:.1f}%"
+    return text
+
+
 def _nice_step(span: float, target_ticks: int) -> float:
     raw = span / max(target_ticks, 1)
     magnitude = 10.0 ** math.floor(math.log10(raw))
@@ -324,15 +334,20 @@ def render_plot(
             f'M{cx - 5:.1f},{cy + 5:.1f} L{cx + 5:.1f},{cy - 5:.1f}" class="refused"/>'
         )
     legend_x = left + 12
+    refused_legend = (
+        '<path d="M320,-5 L330,5 M320,5 L330,-5" class="refused"/>'
+        '<text x="336" y="4">refused round</text>'
+        if refused
+        else ""
+    )
     parts.append(
         f'<g class="legend" transform="translate({legend_x},{top + 8})">'
-        '<rect x="-8" y="-14" width="420" height="26" rx="4" class="legend-box"/>'
+        f'<rect x="-8" y="-14" width="{420 if refused else 310}" height="26" rx="4" '
+        'class="legend-box"/>'
         '<line x1="0" x2="22" y1="0" y2="0" class="recomputed"/>'
         '<text x="28" y="4">recomputed by auditor</text>'
         '<line x1="176" x2="198" y1="0" y2="0" class="logged"/>'
-        '<text x="204" y="4">logged by client</text>'
-        '<path d="M320,-5 L330,5 M320,5 L330,-5" class="refused"/>'
-        '<text x="336" y="4">refused round</text></g>'
+        f'<text x="204" y="4">logged by client</text>{refused_legend}</g>'
     )
     parts.append("</svg>")
     return "".join(parts)
@@ -450,7 +465,7 @@ def render_html(document: Mapping[str, Any]) -> str:
     figures = [
         (_num(spent), "cumulative ε (recomputed)" + meter),
         (_num(budget_eps), f"budget ε at δ = {_num(budget['delta'], 3)}"),
-        (f"{share * 100:.0f}%" if share is not None else "—", "of the budget spent"),
+        (_percent(share), "of the budget spent"),
         (str(len(document["rounds_joined"])), "rounds joined"),
         (str(len(document["refusals"])), "refusals"),
     ]

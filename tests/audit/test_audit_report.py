@@ -73,6 +73,14 @@ def test_html_is_self_contained(
     assert urls == []
     assert "default-src 'none'" in page
     assert "<svg" in page and "VERIFIED" in page
+    assert 'class="refused"' not in page  # no refusals, no refusal legend
+
+
+def test_a_spend_just_under_the_budget_is_not_shown_as_100_percent() -> None:
+    """99.94 % of the budget reads 99.9 %, not 100 %."""
+    from fedhft.audit._report import _percent
+
+    assert _percent(0.9994) == "99.9%" and _percent(1.0) == "100%" and _percent(0.5) == "50%"
 
 
 def test_hostile_log_text_is_escaped(
