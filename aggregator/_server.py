@@ -218,12 +218,52 @@ class AggregatorServer:
         )
         self.ckks_context = self._load_ckks_context()
 
+        # Bind first: a taken port fails before any state is opened.
+        self.bound = create_server(
+            self.credentials,
+            port=port,
+            host=host,
+            max_message_bytes=self.options.max_message_bytes,
+            max_workers=self.options.max_workers,
+            interceptors=[
+                EnrollmentInterceptor(
+                    self.enrolled_organizations,
+                    ca_certificate=self.credentials.ca_certificate,
+                )
+            ],
+        )
         self.store = AggregatorStore(self.state_dir)
+        try:
+            self._open_state()
+        except BaseException:
+            self.store.close()
+            self.bound.stop(None)
+            raise
         self.store_lock = threading.Lock()
+        self.changed = threading.Condition()
+        self.attempt: Attempt | None = None
+        self.recent_attempts: dict[str, Attempt] = {}
+        """The last few attempts by run id (see `AggregatorService._session`)."""
+        self.final: ReleasedModel | None = None
+        self.summaries: list[RoundSummary] = []
+        self._stopping = False
+        self._started = False
+        self._finished = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fedhft-rounds", daemon=True)
+
+        from ._service import AggregatorService  # The servicer reads this object's state.
+
+        pb_grpc.add_AggregatorServicer_to_server(AggregatorService(self), self.bound.server)
+
+    # ------------------------------------------------------------------ setup
+
+    def _open_state(self) -> None:
+        """Bind the SQLite state to this run, restore the model, open the audit log."""
         self.run_id = self.store.bind(
-            consortium=consortium.consortium,
+            consortium=self.consortium.consortium,
             config_hash=self.config_hash.hex(),
-            run_id=f"{consortium.consortium}-{secrets.token_hex(4)}",
+            run_id=f"{self.consortium.consortium}-{secrets.token_hex(4)}",
         )
         for round_number, attempt in self.store.abort_open_attempts():
             _LOG.warning(
@@ -238,37 +278,6 @@ class AggregatorServer:
             signing_key=self.credentials.identity_key,
             repair=True,
         )
-
-        self.changed = threading.Condition()
-        self.attempt: Attempt | None = None
-        self.recent_attempts: dict[str, Attempt] = {}
-        """The last few attempts by run id (see `AggregatorService._session`)."""
-        self.final: ReleasedModel | None = None
-        self.summaries: list[RoundSummary] = []
-        self._stopping = False
-        self._finished = threading.Event()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="fedhft-rounds", daemon=True)
-
-        from ._service import AggregatorService  # The servicer reads this object's state.
-
-        self.bound = create_server(
-            self.credentials,
-            port=port,
-            host=host,
-            max_message_bytes=self.options.max_message_bytes,
-            max_workers=self.options.max_workers,
-            interceptors=[
-                EnrollmentInterceptor(
-                    self.enrolled_organizations,
-                    ca_certificate=self.credentials.ca_certificate,
-                )
-            ],
-        )
-        pb_grpc.add_AggregatorServicer_to_server(AggregatorService(self), self.bound.server)
-        self._started = False
-
-    # ------------------------------------------------------------------ setup
 
     def _load_ckks_context(self) -> CKKSServerContext | None:
         if self.consortium.secure_aggregation.mode is not SecureAggregationMode.CKKS:
@@ -359,8 +368,7 @@ class AggregatorServer:
             self.changed.notify_all()
         if self._thread.is_alive():
             self._thread.join()
-        if self._started:
-            self.bound.stop(grace)
+        self.bound.stop(grace)
         with self.store_lock:
             self.store.close()
         self.audit.close()

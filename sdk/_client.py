@@ -489,11 +489,16 @@ class FederatedClient:
         if round_number not in self.rounds_refused:
             self.rounds_refused.append(round_number)
         _LOG.info("%s refuses round %d: %s", self.organization, round_number, text)
-        self._connection().unary(
-            "JoinRound",
-            pb.JoinRequest(round=round_number, participate=False, refusal=reason),  # type: ignore[arg-type]
-            timeout=self.rpc_timeout_s,
-        )
+        try:
+            self._connection().unary(
+                "JoinRound",
+                pb.JoinRequest(round=round_number, participate=False, refusal=reason),  # type: ignore[arg-type]
+                timeout=self.rpc_timeout_s,
+            )
+        except RemoteError as error:
+            # The server moved on before the refusal arrived; it is audited all the same.
+            if error.code not in _ATTEMPT_OVER:
+                raise
 
     def _take_part(self, announcement: pb.RoundAnnouncement) -> RoundOutcome:
         round_number = int(announcement.round)

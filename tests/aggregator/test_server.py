@@ -41,6 +41,7 @@ from runtime_helpers import (
 
 from fedhft.aggregator import AggregatorServer, ServerOptions
 from fedhft.aggregator._sessions import MaskingSession
+from fedhft.aggregator.errors import StateError
 from fedhft.policies import dump_yaml
 from fedhft.protocol import (
     PROTOCOL_VERSION,
@@ -59,6 +60,7 @@ from fedhft.protocol import (
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from fedhft.protocol._session_codec import decode_session, released_model_hash
+from fedhft.protocol.errors import TransportError
 from fedhft.sdk import PrivacyLedger
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
@@ -581,3 +583,41 @@ def _has_masked_inputs(state: Path) -> bool:
     except sqlite3.OperationalError:
         return False
     return bool(row and row[0] > 0)
+
+
+def test_taken_port_fails_before_the_state_is_opened(tmp_path: Path) -> None:
+    """A second server on a taken port fails at once and leaves its state untouched."""
+    pki = provision(tmp_path / "pki")
+    config = fast_consortium()
+    first = AggregatorServer(config, credentials=pki.server, state_dir=tmp_path / "a", options=FAST)
+    try:
+        with pytest.raises(TransportError, match="cannot listen"):
+            AggregatorServer(
+                config,
+                credentials=pki.server,
+                state_dir=tmp_path / "b",
+                port=first.port,
+                options=FAST,
+            )
+        assert not (tmp_path / "b" / "state.sqlite").exists()
+    finally:
+        first.stop()
+
+
+def test_state_of_another_configuration_is_refused(tmp_path: Path) -> None:
+    """A state folder keeps its configuration: another consortium file cannot resume it."""
+    pki = provision(tmp_path / "pki")
+    AggregatorServer(
+        fast_consortium(), credentials=pki.server, state_dir=tmp_path / "state", options=FAST
+    ).stop()
+    with pytest.raises(StateError, match="new --state folder"):
+        AggregatorServer(
+            fast_consortium(rounds=3),
+            credentials=pki.server,
+            state_dir=tmp_path / "state",
+            options=FAST,
+        )
+    # The refused attempt released everything: the right configuration still resumes.
+    AggregatorServer(
+        fast_consortium(), credentials=pki.server, state_dir=tmp_path / "state", options=FAST
+    ).stop()
