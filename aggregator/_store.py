@@ -135,7 +135,7 @@ class AggregatorStore:
                 f"{self.path}: this state belongs to consortium {rows.get('consortium')!r} "
                 "with another configuration; use a new --state folder for a new run"
             )
-        return rows["run_id"]
+        return str(rows["run_id"])
 
     # ------------------------------------------------------------------ enrollment
 

@@ -493,8 +493,18 @@ def _render(
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     per_org = Table(title="organizations (personalized model on its own test split)")
-    columns = ("organization", "domain", "tier", "accuracy", "macro-F1", "ε / budget")
-    columns += ("KiB↑/round", "KiB↓/round", "π", "refused")
+    columns = (
+        "organization",
+        "domain",
+        "tier",
+        "accuracy",
+        "macro-F1",
+        "ε / budget",
+        "KiB↑/round",
+        "KiB↓/round",
+        "π",
+        "refused",
+    )
     for column in columns:
         left = column in ("organization", "domain")
         per_org.add_column(column, justify="left" if left else "right")
