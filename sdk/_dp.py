@@ -129,20 +129,25 @@ class PrivateStep:
             loss_reduction="mean",
             **extra,
         )
-        # With Poisson sampling one forward/backward is one step; accumulating would
-        # change the sampling the accountant assumes.
-        self._hooks.forbid_grad_accumulation()
-        optimizer_class = get_optimizer_class(
-            clipping="flat", distributed=False, grad_sample_mode=grad_sample_mode
-        )
-        self.optimizer = optimizer_class(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-        )
-        use_noise_sampler(self.optimizer, noise_sampler)
+        try:
+            # With Poisson sampling one forward/backward is one step; accumulating would
+            # change the sampling the accountant assumes.
+            self._hooks.forbid_grad_accumulation()
+            optimizer_class = get_optimizer_class(
+                clipping="flat", distributed=False, grad_sample_mode=grad_sample_mode
+            )
+            self.optimizer = optimizer_class(
+                optimizer,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                expected_batch_size=expected_batch_size,
+                loss_reduction="mean",
+            )
+            # Never let a DP step draw noise from torch's predictable generator.
+            use_noise_sampler(self.optimizer, noise_sampler)
+        except BaseException:
+            self._hooks.remove_hooks()
+            raise
         if self._row_masks:
             self.optimizer.attach_step_hook(self._drop_noise_on_frozen_rows)
         criterion = nn.CrossEntropyLoss(reduction="mean")

@@ -275,6 +275,11 @@ class LocalTrainer:
             else np.full(k, 1.0 / k)
         )
         if clusters is not None:
+            if set(clusters.block_ids) != set(self.model.block_ids):
+                raise SdkError(
+                    "the cluster adapters do not carry exactly this model's blocks; the "
+                    "server and this organization disagree on the model or adapter spec"
+                )
             start = mixture_start(clusters, previous_pi, personal)
         else:
             start = mixture_start(
@@ -284,8 +289,10 @@ class LocalTrainer:
         record: MechanismRecord | None = None
         if self.private:
             record = self._admit(round, len(dataset))
-        # Only now, with the round admitted, does the model change.
+        # Only now, with the round admitted, does the model change. Δ is taken against
+        # the values the model really holds (float32), so untouched rows have Δ = 0.
         self.model.set_block_state(start)
+        start = self.model.get_block_state()
         if record is not None:
             try:
                 mean_loss = self._train_private(encoded, record)

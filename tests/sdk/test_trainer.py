@@ -539,6 +539,18 @@ def test_a_model_with_other_adapters_is_rejected(tmp_path: Path) -> None:
         LocalTrainer(MaskedAdapterModel.from_consortium(other), tiny_policy(tmp_path), consortium)
 
 
+def test_cluster_adapters_for_another_model_are_rejected(
+    tmp_path: Path, organization_data: Any
+) -> None:
+    """Cluster adapters missing one of the model's blocks are refused before training."""
+    trainer = _trainer(tmp_path)
+    state = trainer.model.get_block_state()
+    del state["head.bias"]
+    with pytest.raises(SdkError, match="blocks"):
+        trainer.train_round(organization_data.train, ClusterAdapters.initial(state), round=0)
+    assert trainer.ledger is not None and trainer.ledger.records == ()
+
+
 def test_a_foreign_ledger_is_rejected(tmp_path: Path) -> None:
     """A ledger opened with another δ or budget is not this policy's ledger."""
     consortium = tiny_consortium()
