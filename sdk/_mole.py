@@ -1,0 +1,486 @@
+"""FedAMoLE's mixture of LoRA experts (MoLE) on frozen-A LoRA, trainable with DP-SGD.
+
+Implements the client model of FedAMoLE (Zhang et al., 2024; DESIGN §2.3): every LoRA
+target ``nn.Linear`` of a Hugging Face model is replaced by a `MoLELinear` whose output is
+
+    base(x) + s·B_s A_s x + s·Σ_{e ∈ top-k(x)} g_e(x) · B_e A_e x
+
+where ``s = alpha / rank``, the shared expert ``(A_s, B_s)`` is held by every client, and
+the domain experts ``e`` are the ones this client holds out of a global pool of ``E``.
+Every ``A`` is drawn from the consortium's public seed and frozen (FFA-LoRA); ``B``
+starts at zero. The router has no per-expert parameters: the token embedding is
+``P x`` (one trainable ``rank × in`` projection ``P``), expert ``e``'s embedding is its
+own frozen ``A_e x``, the score is ``⟨A_e x, P x⟩ / √rank``, softmax runs over the held
+experts only and the top-k gates are renormalized. So a client may hold any number of
+experts with the same ``P``, and ``P`` is averaged over all clients.
+
+A Switch-style load-balancing loss (Fedus et al. 2021), ``E_h · Σ_e f_e · p̄_e`` over the
+``E_h`` held experts, is computed **per example** (``f_e``: fraction of the example's
+tokens whose top-k contains ``e``, divided by k; ``p̄_e``: the example's mean router
+probability), so the training loss stays a sum of per-example terms.
+
+Notes:
+    *DP-SGD.* Opacus computes per-sample gradients layer by layer from the layer's input
+    and the gradient of the loss with respect to its output. The router, the shared
+    expert and the expert pool are therefore separate modules, each with one input
+    tensor and no buffers (the frozen ``A`` are plain tensor attributes, rebuilt from
+    the public seed, never state), so Opacus' functorch path handles them. The router
+    *outputs* the full probability vector, from which both the gates and the balancing
+    loss are computed, so the gradient reaching the router's output carries the
+    balancing loss too and its per-sample gradient of ``P`` is exact. A batch-level
+    balancing loss (product of batch means, as in Switch) would couple examples and
+    break per-sample clipping, which is why it is per example here.
+
+    Padding tokens take part in routing and in the balancing loss: the module does not
+    see the attention mask. That only shapes the auxiliary loss; it leaks nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from opacus.grad_sample.utils import prepare_module
+from opacus.optimizers import get_optimizer_class
+from opacus.validators import ModuleValidator
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedhft.policies import AdapterSpec
+
+from ._adapters import (
+    HEAD_BIAS,
+    HEAD_WEIGHT,
+    AdapterError,
+    Block,
+    _classifier,
+    _seed_for,
+    adapter_layout,
+    frozen_a,
+)
+from ._noise import NoiseSampler, use_noise_sampler
+
+FloatArray = npt.NDArray[np.float64]
+
+SHARED = "shared"
+ROUTER = "router"
+
+
+def expert_block_id(block_id: str, expert: int) -> str:
+    """Id of expert `expert`'s ``B`` on the target module of `block_id`."""
+    return f"{block_id}.expert{expert}"
+
+
+def shared_block_id(block_id: str) -> str:
+    """Id of the shared expert's ``B`` on the target module of `block_id`."""
+    return f"{block_id}.{SHARED}"
+
+
+def router_block_id(block_id: str) -> str:
+    """Id of the router projection ``P`` on the target module of `block_id`."""
+    return f"{block_id}.{ROUTER}"
+
+
+def expert_a(a_seed: int, block_id: str, expert: int, rank: int, in_features: int) -> torch.Tensor:
+    """The frozen ``A`` of pool expert `expert` on `block_id` (public, from the seed)."""
+    return frozen_a(a_seed, expert_block_id(block_id, expert), rank, in_features)
+
+
+class MoLERouter(nn.Module):
+    """Router probabilities over the held experts: softmax of ``⟨A_e x, P x⟩ / √r``."""
+
+    def __init__(self, projection: torch.Tensor, expert_as: torch.Tensor) -> None:
+        super().__init__()
+        self.projection = nn.Parameter(projection.clone())
+        # A plain attribute, not a buffer: Opacus' functorch path refuses buffers, and
+        # the frozen A are rebuilt from the public seed, so they are not state.
+        self.expert_as = expert_as
+        self.rank = projection.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., held)`` probabilities for inputs ``(..., in_features)``."""
+        token = x @ self.projection.t()
+        experts = torch.einsum("...i,eri->...er", x, self.expert_as)
+        scores = torch.einsum("...er,...r->...e", experts, token) / math.sqrt(self.rank)
+        return torch.softmax(scores, dim=-1)
+
+
+class FrozenALoRA(nn.Module):
+    """``s·B A x`` with ``A`` frozen (plain attribute) and ``B`` trainable."""
+
+    def __init__(self, lora_a: torch.Tensor, out_features: int, scaling: float) -> None:
+        super().__init__()
+        self.lora_a = lora_a
+        self.lora_b = nn.Parameter(torch.zeros(out_features, lora_a.shape[0]))
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank update of ``x``."""
+        return ((x @ self.lora_a.t()) @ self.lora_b.t()) * self.scaling
+
+
+class ExpertPool(nn.Module):
+    """``s·Σ_e g_e B_e A_e x`` over the held experts.
+
+    Takes one tensor, ``x`` and the gates concatenated on the last axis, because Opacus
+    hands a layer only its first input when it computes per-sample gradients.
+    """
+
+    def __init__(self, expert_as: torch.Tensor, out_features: int, scaling: float) -> None:
+        super().__init__()
+        self.expert_as = expert_as
+        held, rank, self.in_features = expert_as.shape
+        self.lora_b = nn.Parameter(torch.zeros(held, out_features, rank))
+        self.scaling = scaling
+
+    def forward(self, x_and_gates: torch.Tensor) -> torch.Tensor:
+        """The gated sum of the experts' low-rank updates."""
+        x = x_and_gates[..., : self.in_features]
+        gates = x_and_gates[..., self.in_features :]
+        low = torch.einsum("...i,eri->...er", x, self.expert_as)
+        out = torch.einsum("...er,eor->...eo", low, self.lora_b)
+        return torch.einsum("...eo,...e->...o", out, gates) * self.scaling
+
+
+class MoLELinear(nn.Module):
+    """A frozen `nn.Linear` plus the shared expert and a routed mixture of held experts."""
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        *,
+        block_id: str,
+        adapter: AdapterSpec,
+        expert_ids: Sequence[int],
+        top_k: int,
+    ) -> None:
+        super().__init__()
+        if not expert_ids:
+            raise AdapterError("a MoLE module needs at least one held expert")
+        if top_k < 1:
+            raise AdapterError(f"top_k must be >= 1, got {top_k}")
+        self.base = base
+        for parameter in base.parameters():
+            parameter.requires_grad_(False)
+        rank, in_features = adapter.rank, base.in_features
+        scaling = adapter.alpha / adapter.rank
+        self.block_id = block_id
+        self.expert_ids = tuple(expert_ids)
+        self.top_k = min(top_k, len(self.expert_ids))
+        expert_as = torch.stack(
+            [expert_a(adapter.a_seed, block_id, e, rank, in_features) for e in self.expert_ids]
+        )
+        projection = frozen_a(adapter.a_seed, router_block_id(block_id), rank, in_features)
+        self.router = MoLERouter(projection, expert_as)
+        self.shared = FrozenALoRA(
+            frozen_a(adapter.a_seed, shared_block_id(block_id), rank, in_features),
+            base.out_features,
+            scaling,
+        )
+        self.experts = ExpertPool(expert_as, base.out_features, scaling)
+        self.last_gates: torch.Tensor | None = None
+        self.last_balance: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus the shared expert plus the top-k gated held experts."""
+        probabilities = self.router(x)
+        chosen = torch.topk(probabilities, self.top_k, dim=-1).indices
+        selected = torch.zeros_like(probabilities).scatter_(-1, chosen, 1.0)
+        kept = probabilities * selected
+        gates = kept / kept.sum(dim=-1, keepdim=True)
+        self.last_gates = gates.detach()
+        self.last_balance = _balance_per_example(probabilities, selected, self.top_k)
+        mixture = self.experts(torch.cat([x, gates.to(x.dtype)], dim=-1))
+        output: torch.Tensor = self.base(x) + self.shared(x) + mixture
+        return output
+
+
+def _balance_per_example(
+    probabilities: torch.Tensor, selected: torch.Tensor, top_k: int
+) -> torch.Tensor:
+    """Switch-style balancing loss of each example: ``E_h · Σ_e f_e · p̄_e``."""
+    held = probabilities.shape[-1]
+    if probabilities.dim() == 2:  # (tokens, held): a batch of one example.
+        probabilities, selected = probabilities[None], selected[None]
+    tokens_axes = tuple(range(1, probabilities.dim() - 1))
+    fraction = selected.mean(dim=tokens_axes) / top_k
+    mean_probability = probabilities.mean(dim=tokens_axes)
+    return held * (fraction * mean_probability).sum(dim=-1)
+
+
+def install_mole(
+    model: nn.Module,
+    adapter: AdapterSpec,
+    *,
+    expert_ids: Sequence[int],
+    top_k: int = 2,
+) -> dict[str, MoLELinear]:
+    """Replace each target `nn.Linear` of `model` by a `MoLELinear` holding `expert_ids`.
+
+    Returns the installed modules by block id, in block order. Targets follow the
+    adapter rule of `adapter_layout` (last path component in ``target_modules``).
+    """
+    if len(set(expert_ids)) != len(expert_ids) or any(e < 0 for e in expert_ids):
+        raise AdapterError(f"expert_ids must be distinct non-negative ids, got {expert_ids}")
+    blocks = [b for b in adapter_layout(model, adapter) if b.layer is not None]
+    installed: dict[str, MoLELinear] = {}
+    for block in blocks:
+        parent_path, _, name = block.path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        base = getattr(parent, name)
+        if not isinstance(base, nn.Linear):
+            raise AdapterError(f"{block.path} is not an nn.Linear (is MoLE installed twice?)")
+        module = MoLELinear(
+            base, block_id=block.block_id, adapter=adapter, expert_ids=expert_ids, top_k=top_k
+        )
+        setattr(parent, name, module)
+        installed[block.block_id] = module
+    return installed
+
+
+class MoLEModel:
+    """A sequence-classification model whose LoRA targets are MoLE modules.
+
+    Trainable: every shared ``B``, router ``P`` and held expert ``B``, and the head.
+    State is exchanged per *MoLE block*: ``<block>.shared`` (out × r),
+    ``<block>.router`` (r × in), ``<block>.expert<e>`` (out × r) for each held ``e``,
+    then ``head.weight`` and ``head.bias``.
+    """
+
+    def __init__(
+        self,
+        base: PreTrainedModel,
+        adapter: AdapterSpec,
+        *,
+        expert_ids: Sequence[int],
+        top_k: int = 2,
+    ) -> None:
+        self.adapter = adapter
+        self.expert_ids = tuple(sorted(expert_ids))
+        head = _classifier(base)
+        self.adapter_blocks: tuple[Block, ...] = tuple(
+            b for b in adapter_layout(base, adapter) if b.layer is not None
+        )
+        for parameter in base.parameters():
+            parameter.requires_grad_(False)
+        self.model = base
+        self.modules = install_mole(base, adapter, expert_ids=self.expert_ids, top_k=top_k)
+        self._expert_index = {e: i for i, e in enumerate(self.expert_ids)}
+        head_weight, head_bias = head.weight, head.bias
+        if not isinstance(head_weight, nn.Parameter) or not isinstance(head_bias, nn.Parameter):
+            raise AdapterError("the classification head needs a weight and a bias")
+        self._head_weight: nn.Parameter = head_weight
+        self._head_bias: nn.Parameter = head_bias
+        generator = torch.Generator().manual_seed(_seed_for(adapter.a_seed, "head"))
+        std = float(getattr(base.config, "initializer_range", 0.02))
+        with torch.no_grad():
+            values = torch.randn(head.weight.shape, generator=generator, dtype=torch.float64)
+            head.weight.copy_((values * std).to(head.weight.dtype))
+            head_bias.zero_()
+        head.weight.requires_grad_(True)
+        head_bias.requires_grad_(True)
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def block_ids(self) -> tuple[str, ...]:
+        """Every MoLE block id this client holds, in the fixed order."""
+        ids: list[str] = []
+        for block in self.adapter_blocks:
+            ids.append(shared_block_id(block.block_id))
+            ids.append(router_block_id(block.block_id))
+            ids.extend(expert_block_id(block.block_id, e) for e in self.expert_ids)
+        return (*ids, HEAD_WEIGHT, HEAD_BIAS)
+
+    def block_shapes(self) -> dict[str, tuple[int, int]]:
+        """``rows × cols`` of every held MoLE block."""
+        shapes: dict[str, tuple[int, int]] = {}
+        for block_id in self.block_ids:
+            rows, cols = self._tensor(block_id).shape
+            shapes[block_id] = (int(rows), int(cols))
+        return shapes
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters DP-SGD trains: per module shared B, P, the expert pool; the head."""
+        parameters: list[nn.Parameter] = []
+        for module in self.modules.values():
+            parameters += [module.shared.lora_b, module.router.projection, module.experts.lora_b]
+        return [*parameters, self._head_weight, self._head_bias]
+
+    def _tensor(self, block_id: str) -> torch.Tensor:
+        if block_id == HEAD_WEIGHT:
+            return self._head_weight
+        if block_id == HEAD_BIAS:
+            return self._head_bias.view(-1, 1)
+        block, _, part = block_id.rpartition(".")
+        module = self.modules.get(block)
+        if module is None:
+            raise AdapterError(f"unknown MoLE block {block_id!r}")
+        if part == SHARED:
+            return module.shared.lora_b
+        if part == ROUTER:
+            return module.router.projection
+        if part.startswith("expert") and part[6:].isdigit():
+            index = self._expert_index.get(int(part[6:]))
+            if index is not None:
+                return module.experts.lora_b[index]
+        raise AdapterError(
+            f"unknown MoLE block {block_id!r}; this client holds experts {self.expert_ids}"
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def get_state(self, block_ids: Sequence[str] | None = None) -> dict[str, FloatArray]:
+        """Copies of the named (default: all held) blocks as float64 2-D arrays."""
+        chosen = self.block_ids if block_ids is None else block_ids
+        return {b: self._tensor(b).detach().to(torch.float64).numpy().copy() for b in chosen}
+
+    def set_state(self, state: Mapping[str, npt.ArrayLike]) -> None:
+        """Overwrite the named blocks; shapes must match, nothing is written on error."""
+        checked: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for block_id, values in state.items():
+            target = self._tensor(block_id)
+            array = np.asarray(values, dtype=np.float64)
+            if array.shape != tuple(target.shape):
+                raise AdapterError(
+                    f"block {block_id!r} has shape {tuple(target.shape)}, got {array.shape}"
+                )
+            if not np.all(np.isfinite(array)):
+                raise AdapterError(f"block {block_id!r} contains NaN or infinite values")
+            checked.append((target, torch.from_numpy(array).to(target.dtype)))
+        with torch.no_grad():
+            for target, tensor in checked:
+                target.copy_(tensor)
+
+    # ------------------------------------------------------------------ use
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Classification logits for a tokenized batch."""
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        logits: torch.Tensor = output.logits
+        return logits
+
+    def balance_loss(self) -> torch.Tensor:
+        """Per-example balancing loss of the last forward, averaged over MoLE modules."""
+        losses = [m.last_balance for m in self.modules.values() if m.last_balance is not None]
+        if not losses:
+            raise RuntimeError("balance_loss needs a forward pass first")
+        return torch.stack(losses).mean(dim=0)
+
+
+class MoLEPrivateStep:
+    """DP-SGD steps on a `MoLEModel` with Opacus per-sample gradients.
+
+    Loss per example: cross-entropy plus ``balance_weight`` times its balancing loss.
+    Flat clipping to ``max_grad_norm``, noise ``noise_multiplier · max_grad_norm`` from
+    `noise_sampler`, division by the expected batch size — as `PrivateStep` does for
+    frozen-A LoRA. Use as a context manager; the hooks are removed on exit.
+    """
+
+    def __init__(
+        self,
+        model: MoLEModel,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        noise_sampler: NoiseSampler,
+        balance_weight: float = 0.01,
+    ) -> None:
+        if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
+            raise ValueError(
+                "noise_multiplier must be >= 0, max_grad_norm and expected_batch_size > 0"
+            )
+        if balance_weight < 0:
+            raise ValueError(f"balance_weight must be >= 0, got {balance_weight}")
+        self.model = model
+        self.balance_weight = balance_weight
+        module = model.model
+        module.train()
+        ModuleValidator.validate(module, strict=True)
+        # "hooks" uses Opacus' own samplers for the head and its functorch path for the
+        # MoLE modules, which it has no sampler for.
+        self._hooks = prepare_module(
+            module, "hooks", wrap_model=False, batch_first=True, loss_reduction="mean"
+        )
+        try:
+            self._hooks.forbid_grad_accumulation()
+            optimizer_class = get_optimizer_class(
+                clipping="flat", distributed=False, grad_sample_mode="hooks"
+            )
+            self.optimizer = optimizer_class(
+                optimizer,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                expected_batch_size=expected_batch_size,
+                loss_reduction="mean",
+            )
+            use_noise_sampler(self.optimizer, noise_sampler)
+        except BaseException:
+            self._hooks.remove_hooks()
+            raise
+        self._criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.CrossEntropyLoss(
+            reduction="mean"
+        )
+        self._closed = False
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over examples of cross-entropy plus the weighted balancing loss."""
+        return (
+            self._criterion(logits, labels) + self.balance_weight * self.model.balance_loss().mean()
+        )
+
+    def step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> float:
+        """One DP-SGD step on one Poisson batch (possibly empty); returns its mean loss."""
+        if self._closed:
+            raise RuntimeError("this MoLEPrivateStep is closed")
+        self.model.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if labels.numel() == 0:
+            for parameter in self.model.trainable_parameters():
+                # The sum of no clipped gradients is zero; the step still gets its noise.
+                setattr(  # noqa: B010
+                    parameter, "grad_sample", torch.zeros((0, *parameter.shape))
+                )
+            self.optimizer.step()
+            return float("nan")
+        with warnings.catch_warnings():
+            # Full backward hooks on modules whose inputs need no gradient; per-sample
+            # gradients only need the output gradients the hook still receives.
+            warnings.filterwarnings(
+                "ignore", message="Full backward hook is firing", category=UserWarning
+            )
+            loss = self.loss(self.model.logits(input_ids, attention_mask), labels)
+            torch.autograd.backward(loss)
+        self.optimizer.step()
+        return float(loss.item())
+
+    def close(self) -> None:
+        """Remove the Opacus hooks and per-sample state from the model."""
+        if self._closed:
+            return
+        self._hooks.remove_hooks()
+        for parameter in self.model.model.parameters():
+            for attribute in ("grad_sample", "summed_grad", "_forward_counter"):
+                if hasattr(parameter, attribute):
+                    delattr(parameter, attribute)
+            parameter.grad = None
+        for module in self.model.modules.values():
+            for layer in (module.router, module.shared, module.experts):
+                if hasattr(layer, "ft_compute_sample_grad"):
+                    delattr(layer, "ft_compute_sample_grad")
+        self._closed = True
+
+    def __enter__(self) -> MoLEPrivateStep:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
