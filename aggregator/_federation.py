@@ -85,8 +85,19 @@ def decode_clusters(data: bytes) -> ClusterAdapters:
 
 
 def clusters_digest(clusters: ClusterAdapters) -> bytes:
-    """SHA-256 of the released model: bound into every session id of the round."""
-    return hashlib.sha256(encode_clusters(clusters)).digest()
+    """SHA-256 of the released model's values, independent of how they are serialized.
+
+    Bound into every session id of the round. The safetensors bytes are not used: their
+    header order is not guaranteed, the arrays are.
+    """
+    hasher = hashlib.sha256(b"fedhft/clusters/v1")
+    for kind, maps in (("state", clusters.states), ("update", clusters.last_updates)):
+        for j, arrays in enumerate(maps):
+            for block_id in sorted(arrays or {}):
+                values = np.ascontiguousarray((arrays or {})[block_id], dtype="<f8")
+                name = f"{kind}/{j}/{block_id}/{values.shape}".encode()
+                hasher.update(len(name).to_bytes(4, "big") + name + values.tobytes())
+    return hasher.digest()
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,9 @@ class PersonalState:
     membership: FloatArray
     personal_rows: Mapping[str, BoolArray] = field(default_factory=dict)
     values: Mapping[str, FloatArray] = field(default_factory=dict)
+    last_delta: Mapping[str, FloatArray] = field(default_factory=dict)
+    """Δ of the organization's last round: compared with the clusters' aggregates of
+    that same round to choose π for the next one. It never leaves the organization."""
 
     def __post_init__(self) -> None:
         membership = np.asarray(self.membership, dtype=np.float64)
@@ -218,28 +221,37 @@ def update_membership(
     hard: bool,
     previous: npt.ArrayLike | None = None,
 ) -> FloatArray:
-    """New π from the update alone.
+    """π from an update alone, compared with the clusters' last aggregate updates.
 
-    With a last aggregate update for every cluster: ``softmax(cos(Δ, U_j) / T)`` over
-    the blocks Δ and ``U_j`` share (hard: one-hot at the arg-max, lowest index on ties).
-    Otherwise there is nothing to compare with: π stays ``previous`` (one-hot at its
-    arg-max when hard), or uniform (hard: cluster 0).
+    With a last aggregate update ``U_j`` for every cluster: ``softmax(s_j / T)`` with
+    ``s_j = cos(Δ − Ū, U_j − Ū)`` over the blocks Δ and ``U_j`` share, where ``Ū`` is the
+    mean of the ``U_j`` (hard: one-hot at the arg-max, lowest index on ties). Otherwise
+    there is nothing to compare with: π stays ``previous`` (one-hot at its arg-max when
+    hard), or uniform (hard: cluster 0).
+
+    Notes:
+        Raw cosines ``cos(Δ, U_j)`` are dominated by what every organization's update
+        shares, so they are nearly equal across clusters and a soft π stays at the
+        uniform fixed point: the clusters never separate (measured in the learning
+        benchmark: adjusted Rand index 0.16). Centring on ``Ū`` compares only what
+        distinguishes the clusters; with two clusters ``s_1 = −s_2``, the sign of Δ's
+        projection on ``U_1 − U_2``, and rounds of (membership, aggregate) refine each
+        other as in Lloyd's algorithm.
     """
     if temperature <= 0:
         raise MixtureError(f"temperature must be > 0, got {temperature}")
     k = clusters.k
     updates = [update for update in clusters.last_updates if update is not None]
-    if len(updates) != k:
+    if len(updates) != k or k == 1 or not delta:
         pi = check_membership(previous, k) if previous is not None else np.full(k, 1.0 / k)
         return _one_hot(int(np.argmax(pi)), k) if hard else pi.copy()
-    similarities = np.zeros(k, dtype=np.float64)
-    for j, update in enumerate(updates):
-        shared = [b for b in delta if b in update]
-        if not shared:
-            continue
-        own = np.concatenate([np.ravel(delta[b]) for b in shared])
-        theirs = np.concatenate([np.ravel(update[b]) for b in shared])
-        similarities[j] = _cosine(own, theirs)
+    shared = [b for b in delta if all(b in update for update in updates)]
+    if not shared:
+        return np.full(k, 1.0 / k) if not hard else _one_hot(0, k)
+    own = np.concatenate([np.ravel(delta[b]) for b in shared])
+    theirs = np.stack([np.concatenate([np.ravel(u[b]) for b in shared]) for u in updates])
+    centre = theirs.mean(axis=0)
+    similarities = np.array([_cosine(own - centre, row - centre) for row in theirs])
     if hard:
         return _one_hot(int(np.argmax(similarities)), k)
     logits = similarities / temperature
@@ -261,6 +273,7 @@ def personal_after_round(
     trainable_rows: Mapping[str, BoolArray],
     keep: Mapping[str, BoolArray],
     previous: PersonalState | None,
+    delta: Mapping[str, FloatArray] | None = None,
 ) -> PersonalState:
     """The personal state after a round: trained rows not kept stay personal.
 
@@ -279,7 +292,12 @@ def personal_after_round(
         if personal.any():
             rows[block_id] = personal
             values[block_id] = np.array(end_state[block_id], dtype=np.float64)
-    return PersonalState(membership=membership, personal_rows=rows, values=values)
+    return PersonalState(
+        membership=membership,
+        personal_rows=rows,
+        values=values,
+        last_delta={b: np.array(v, dtype=np.float64) for b, v in (delta or {}).items()},
+    )
 
 
 def block_order(blocks: Sequence[str], chosen: Sequence[str]) -> tuple[str, ...]:

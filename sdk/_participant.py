@@ -66,6 +66,8 @@ def _encode_personal(personal: PersonalState, extra: Mapping[str, str]) -> bytes
     for block_id, rows in personal.personal_rows.items():
         arrays[f"rows/{block_id}"] = np.asarray(rows, dtype=np.uint8)
         arrays[f"values/{block_id}"] = np.asarray(personal.values[block_id], dtype=np.float64)
+    for block_id, delta in personal.last_delta.items():
+        arrays[f"delta/{block_id}"] = np.asarray(delta, dtype=np.float64)
     return bytes(save_arrays(arrays, metadata=dict(extra)))
 
 
@@ -73,10 +75,11 @@ def _decode_personal(data: bytes) -> tuple[PersonalState, dict[str, str]]:
     arrays = load_arrays(data)
     rows = {k[5:]: v.astype(np.bool_) for k, v in arrays.items() if k.startswith("rows/")}
     values = {k[7:]: v for k, v in arrays.items() if k.startswith("values/")}
-    return (
-        PersonalState(membership=arrays["membership"], personal_rows=rows, values=values),
-        _metadata(data),
+    deltas = {k[6:]: v for k, v in arrays.items() if k.startswith("delta/")}
+    personal = PersonalState(
+        membership=arrays["membership"], personal_rows=rows, values=values, last_delta=deltas
     )
+    return personal, _metadata(data)
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -166,6 +169,7 @@ class RoundParticipant:
         pending = self.pending_update(round_number)
         if pending is not None:
             return pending
+        self._promote_finished_pending(round_number)
         start_from = self._local_model if self.method is Method.LOCAL else clusters
         update, personal, stats = self.trainer.train_round(
             self.dataset, start_from, round=round_number, personal=self.personal
@@ -181,6 +185,18 @@ class RoundParticipant:
             _encode_personal(personal, {"round": str(round_number)}),
         )
         return update
+
+    def _promote_finished_pending(self, round_number: int) -> None:
+        """Complete a pending round from before a restart that the server has finished.
+
+        Rounds only advance once completed, so a pending update of an earlier round
+        that this process never saw finish was applied: its personal state is current.
+        """
+        path = self.state_dir / _PENDING_FILE
+        if path.exists():
+            earlier = _decode_update(path.read_bytes()).round
+            if self.completed_round < earlier < round_number:
+                self.complete(earlier)
 
     def contributions(
         self,

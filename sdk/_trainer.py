@@ -274,6 +274,18 @@ class LocalTrainer:
             if personal is not None and personal.membership.size == k
             else np.full(k, 1.0 / k)
         )
+        # π for this round: the organization's last Δ against the clusters' aggregates
+        # of that same round (the `last_updates` released now), so that the drift every
+        # update shares between rounds does not decide membership. Post-processing of
+        # DP outputs only.
+        if clusters is not None and personal is not None and personal.last_delta:
+            previous_pi = update_membership(
+                personal.last_delta,
+                clusters,
+                temperature=self.consortium.clustering.temperature,
+                hard=self.consortium.clustering.membership == "hard",
+                previous=previous_pi,
+            )
         if clusters is not None:
             if set(clusters.block_ids) != set(self.model.block_ids):
                 raise SdkError(
@@ -318,14 +330,10 @@ class LocalTrainer:
             )
             for b in trained
         }
-        reference = clusters if clusters is not None else ClusterAdapters.initial(start)
-        pi = update_membership(
-            delta,
-            reference,
-            temperature=self.consortium.clustering.temperature,
-            hard=self.consortium.clustering.membership == "hard",
-            previous=previous_pi,
-        )
+        pi = previous_pi
+        if self.consortium.clustering.membership == "hard":
+            # Before there is anything to compare with, a hard member joins cluster 0.
+            pi = np.eye(k)[int(np.argmax(pi))]
         update = MaskedUpdate.build(
             round=round,
             delta=delta,
@@ -340,6 +348,7 @@ class LocalTrainer:
             trainable_rows=self.model.row_masks,
             keep=keep,
             previous=personal,
+            delta=delta,
         )
         stats = RoundStats(
             round=round,

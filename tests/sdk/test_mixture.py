@@ -117,17 +117,21 @@ def test_data_mask_size_follows_keep_ratio(rows: int, ratio: float, seed: int) -
     assert data_mask(delta, keep_ratio=ratio).sum() == max(1, math.ceil(ratio * rows - 1e-9))
 
 
-def test_membership_is_softmax_of_cosine_to_last_updates() -> None:
-    """π_j ∝ exp(cos(Δ, U_j)/T); hard membership is one-hot at the arg-max."""
+def test_membership_is_softmax_of_centred_cosine_to_last_updates() -> None:
+    """π_j ∝ exp(cos(Δ − Ū, U_j − Ū)/T) with Ū the mean U_j; hard is one-hot at the arg-max."""
     clusters = _clusters(3, with_updates=True)
     rng = np.random.default_rng(9)
     delta = {b: rng.normal(size=SHAPES[b]) for b in ("layer.0.value", "head.weight")}
     own = np.concatenate([delta[b].ravel() for b in delta])
-    cosines = []
+    theirs = []
     for update in clusters.last_updates:
         assert update is not None
-        theirs = np.concatenate([update[b].ravel() for b in delta])
-        cosines.append(own @ theirs / np.linalg.norm(own) / np.linalg.norm(theirs))
+        theirs.append(np.concatenate([update[b].ravel() for b in delta]))
+    centre = np.mean(theirs, axis=0)
+    cosines = [
+        (own - centre) @ (t - centre) / np.linalg.norm(own - centre) / np.linalg.norm(t - centre)
+        for t in theirs
+    ]
     expected = np.exp(np.array(cosines) / 0.5)
     expected /= expected.sum()
     pi = update_membership(delta, clusters, temperature=0.5, hard=False)
@@ -136,12 +140,38 @@ def test_membership_is_softmax_of_cosine_to_last_updates() -> None:
     assert hard.tolist() == _one_hot(int(np.argmax(cosines)), 3).tolist()
 
 
+def test_membership_separates_updates_that_share_a_large_common_part() -> None:
+    """Two groups whose updates differ only slightly around a large shared drift get
+    opposite memberships (raw cosines would leave both near uniform)."""
+    rng = np.random.default_rng(3)
+    common = {b: 50.0 * rng.normal(size=SHAPES[b]) for b in SHAPES}
+    split = {b: rng.normal(size=SHAPES[b]) for b in SHAPES}
+    states = tuple({b: np.zeros(SHAPES[b]) for b in SHAPES} for _ in range(2))
+    clusters = ClusterAdapters(
+        states=states,
+        last_updates=(
+            {b: common[b] + split[b] for b in SHAPES},
+            {b: common[b] - split[b] for b in SHAPES},
+        ),
+    )
+    noise = {b: 0.1 * rng.normal(size=SHAPES[b]) for b in SHAPES}
+    first = update_membership(
+        {b: common[b] + split[b] + noise[b] for b in SHAPES}, clusters, temperature=0.1, hard=False
+    )
+    second = update_membership(
+        {b: common[b] - split[b] + noise[b] for b in SHAPES}, clusters, temperature=0.1, hard=False
+    )
+    assert first[0] > 0.99
+    assert second[1] > 0.99
+
+
 def test_membership_follows_the_update_direction() -> None:
-    """An update aligned with cluster 1's last update gets most of its weight."""
+    """An update close to cluster 1's last update gets most of its weight."""
     clusters = _clusters(2, with_updates=True)
     updates = clusters.last_updates[1]
     assert updates is not None
-    delta = {b: 0.01 * v for b, v in updates.items()}
+    rng = np.random.default_rng(1)
+    delta = {b: v + 0.05 * rng.normal(size=v.shape) for b, v in updates.items()}
     pi = update_membership(delta, clusters, temperature=0.1, hard=False)
     assert pi[1] > 0.99
 
