@@ -1,8 +1,23 @@
 """The consortium's aggregation server."""
 
+from ._assignment import InfeasibleAssignmentError as InfeasibleAssignmentError
+from ._assignment import assign_experts as assign_experts
+from ._assignment import check_fedamole_feasible as check_fedamole_feasible
+from ._assignment import reverse_selection_scores as reverse_selection_scores
+from ._assignment import solve_assignment as solve_assignment
 from ._ckks_setup import ckks_ceremony as ckks_ceremony
 from ._server import AggregatorServer as AggregatorServer
 from ._server import ServerOptions as ServerOptions
 from ._server import serve as serve
 
-__all__ = ["AggregatorServer", "ServerOptions", "ckks_ceremony", "serve"]
+__all__ = [
+    "AggregatorServer",
+    "InfeasibleAssignmentError",
+    "ServerOptions",
+    "assign_experts",
+    "check_fedamole_feasible",
+    "ckks_ceremony",
+    "reverse_selection_scores",
+    "serve",
+    "solve_assignment",
+]

@@ -321,6 +321,8 @@ class ConsortiumConfig(_Frozen):
             ):
                 problems.append(f"tiers.{name} needs min_experts and max_experts for fedamole")
         orgs = [e.organization for e in self.enrollment]
+        if self.method is Method.FEDAMOLE:
+            problems += self._fedamole_problems(len(orgs))
         if len(set(orgs)) != len(orgs):
             problems.append("enrollment lists an organization twice")
         if self.clustering.warmup_rounds >= self.rounds and self.clustering.clusters > 1:
@@ -330,6 +332,46 @@ class ConsortiumConfig(_Frozen):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _fedamole_problems(self, organizations: int) -> list[str]:
+        """Expert-assignment checks that hold whatever tier each organization is on.
+
+        Each expert needs ``c`` holders, so ``E·c`` slots must fit between the
+        organizations' total min and max experts. The file does not say who is on which
+        tier, so this checks the bounds of the loosest tiers (necessary conditions); the
+        server checks the exact condition with the organizations' tiers
+        (`fedhft.aggregator.check_fedamole_feasible`) before the first round.
+        """
+        spec = self.fedamole
+        e, c = spec.num_experts, spec.holders_per_expert
+        problems: list[str] = []
+        if c > organizations:
+            problems.append(
+                f"fedamole.holders_per_expert {c} exceeds the {organizations} enrolled "
+                "organizations"
+            )
+        if c < self.secure_aggregation.min_cohort:
+            problems.append(
+                f"fedamole.holders_per_expert {c} is below secure_aggregation.min_cohort "
+                f"{self.secure_aggregation.min_cohort}: no expert could ever be aggregated"
+            )
+        bounded = [
+            (t.min_experts, t.max_experts)
+            for t in self.tiers.values()
+            if t.min_experts is not None and t.max_experts is not None
+        ]
+        if bounded:
+            fewest = min(lo for lo, _ in bounded)
+            most = max(min(hi, e) for _, hi in bounded)
+            if fewest > e:
+                problems.append(f"every tier's min_experts exceeds fedamole.num_experts {e}")
+            elif not organizations * fewest <= e * c <= organizations * most:
+                problems.append(
+                    f"fedamole.num_experts × holders_per_expert = {e * c} expert slots cannot "
+                    f"fit {organizations} organizations holding between {fewest} and {most} "
+                    "experts each (tiers' min_experts/max_experts)"
+                )
+        return problems
 
     def enrolled(self) -> list[str]:
         """Ids of the enrolled organizations, in file order."""

@@ -7,6 +7,8 @@ from ._adapters import export_peft as export_peft
 from ._adapters import get_block_state as get_block_state
 from ._adapters import set_block_state as set_block_state
 from ._adapters import tier_mask as tier_mask
+from ._affinity import AffinityRelease as AffinityRelease
+from ._affinity import release_affinity as release_affinity
 from ._client import ClientReport as ClientReport
 from ._client import FederatedClient as FederatedClient
 from ._client import RoundOutcome as RoundOutcome
@@ -31,6 +33,9 @@ from ._mixture import update_membership as update_membership
 from ._models import build_base_model as build_base_model
 from ._models import load_tokenizer as load_tokenizer
 from ._models import minilm_path as minilm_path
+from ._mole import MoLEModel as MoLEModel
+from ._mole import MoLEPrivateStep as MoLEPrivateStep
+from ._mole import install_mole as install_mole
 from ._noise import NoiseSampler as NoiseSampler
 from ._noise import SecureGaussian as SecureGaussian
 from ._noise import noise_sampler as noise_sampler
@@ -52,6 +57,7 @@ from .errors import ServerUnreachableError as ServerUnreachableError
 
 __all__ = [
     "AdapterError",
+    "AffinityRelease",
     "AuditSink",
     "Block",
     "BudgetExhaustedError",
@@ -66,6 +72,8 @@ __all__ = [
     "MaskedUpdate",
     "MechanismRecord",
     "MixtureError",
+    "MoLEModel",
+    "MoLEPrivateStep",
     "NoiseSampler",
     "OrganizationData",
     "PersonalState",
@@ -85,6 +93,7 @@ __all__ = [
     "data_mask",
     "export_peft",
     "get_block_state",
+    "install_mole",
     "load_csv",
     "load_dataset_file",
     "load_from_disk",
@@ -94,6 +103,7 @@ __all__ = [
     "mixture_start",
     "noise_sampler",
     "poisson_batch",
+    "release_affinity",
     "set_block_state",
     "solve_noise_multiplier",
     "synthetic_federation",
