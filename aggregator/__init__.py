@@ -6,14 +6,18 @@ from ._assignment import check_fedamole_feasible as check_fedamole_feasible
 from ._assignment import reverse_selection_scores as reverse_selection_scores
 from ._assignment import solve_assignment as solve_assignment
 from ._ckks_setup import ckks_ceremony as ckks_ceremony
+from ._experts import ExpertAggregate as ExpertAggregate
+from ._experts import aggregate_mole_blocks as aggregate_mole_blocks
 from ._server import AggregatorServer as AggregatorServer
 from ._server import ServerOptions as ServerOptions
 from ._server import serve as serve
 
 __all__ = [
     "AggregatorServer",
+    "ExpertAggregate",
     "InfeasibleAssignmentError",
     "ServerOptions",
+    "aggregate_mole_blocks",
     "assign_experts",
     "check_fedamole_feasible",
     "ckks_ceremony",
