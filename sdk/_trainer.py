@@ -26,6 +26,7 @@ Notes:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -47,7 +48,7 @@ from fedhft.policies import (
     require_compatible,
 )
 
-from ._adapters import MaskedAdapterModel
+from ._adapters import MaskedAdapterModel, tier_blocks
 from ._data import TextDataset
 from ._dp import DEFAULT_GRAD_SAMPLE_MODE, GradSampleMode, PrivateStep, poisson_batch
 from ._ledger import PrivacyLedger
@@ -208,6 +209,16 @@ class LocalTrainer:
 
     # ------------------------------------------------------------------ planning
 
+    @functools.cached_property
+    def membership_blocks(self) -> frozenset[str]:
+        """Blocks every tier trains. Memberships compare only these, so that which blocks
+        an organization's tier trains (public) does not decide its cluster: comparing
+        all blocks split the learning benchmark's organizations by tier."""
+        tiers = self.consortium.tiers.values()
+        return frozenset.intersection(
+            *(frozenset(tier_blocks(self.model.blocks, tier)) for tier in tiers)
+        )
+
     @property
     def keep_ratio(self) -> float:
         """Share of trained rows uploaded: the tier's, or all of them for FedAvg."""
@@ -280,7 +291,7 @@ class LocalTrainer:
         # DP outputs only.
         if clusters is not None and personal is not None and personal.last_delta:
             previous_pi = update_membership(
-                personal.last_delta,
+                {b: v for b, v in personal.last_delta.items() if b in self.membership_blocks},
                 clusters,
                 temperature=self.consortium.clustering.temperature,
                 hard=self.consortium.clustering.membership == "hard",
