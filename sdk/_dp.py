@@ -50,8 +50,9 @@ from ._noise import NoiseSampler, use_noise_sampler
 GradSampleMode = Literal["hooks", "functorch", "ghost"]
 GRAD_SAMPLE_MODES: tuple[GradSampleMode, ...] = ("hooks", "functorch", "ghost")
 # Measured fastest with PEFT LoRA on the tiny model and on MiniLM (`python
-# benchmarks/dp_step.py --grad-sample-modes`; DP/non-private step time, full tier: tiny
-# 1.24 / 1.61 / 1.86, MiniLM 0.99 / 1.17 / 1.56 for hooks / functorch / ghost).
+# benchmarks/dp_step.py --grad-sample-modes`; DP/non-private step time at the full tier,
+# two runs on a shared 2-core machine, hooks / functorch / ghost: tiny 1.24-1.29 / 1.61 /
+# 1.86-1.95, MiniLM 0.99-1.09 / 1.04-1.17 / 1.48-1.56).
 # Per-sample gradients of a rank-r B are small, so hooks pay one ordinary backward pass,
 # while ghost clipping pays two and functorch re-runs each layer under vmap.
 DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
