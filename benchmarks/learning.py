@@ -1,0 +1,501 @@
+"""Learning benchmark: does personalized, private, secure federated fine-tuning pay off?
+
+One command runs every method on the same synthetic federation (two domain groups with
+concept shift, Dirichlet label skew, three resource tiers) through the product's own
+code: `LocalTrainer` (DP-SGD with Opacus, privacy ledger), `RoundParticipant`,
+`RoundCoordinator` and masking-mode secure aggregation, in one process (the gRPC path is
+tested elsewhere). It prints one table per scenario and, with ``--json``, the same
+figures.
+
+    python benchmarks/learning.py --quick            # tiny random model, CI-sized
+    python benchmarks/learning.py                    # MiniLM weights, 3 seeds
+
+Methods: local-only, FedAvg-LoRA (dense: every organization trains every block, no data
+mask, one cluster), FedHFT K=1 (tier and data masks), FedHFT K=2 (masks + clusters);
+each non-private and with DP-SGD at ε = 8 and ε = 2 (δ = 1e-5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import adjusted_rand_score
+
+from fedhft.aggregator._federation import RoundCoordinator
+from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
+from fedhft.errors import SecurityWarning
+from fedhft.policies import ConsortiumConfig, OrganizationPolicy
+from fedhft.sdk import (
+    LocalTrainer,
+    MaskedAdapterModel,
+    build_base_model,
+    load_tokenizer,
+    synthetic_federation,
+    tier_mask,
+)
+from fedhft.sdk._participant import RoundParticipant
+
+TIERS = ("full", "full", "standard", "standard", "edge", "edge", "full", "standard")
+"""Organization i's tier; domains alternate (even: clinical, odd: banking), so each
+domain group has every tier."""
+
+METHODS = {
+    # name: (consortium method, clusters, dense)
+    "local": ("local", 1, False),
+    "fedavg-lora": ("fedavg", 1, True),
+    "fedhft-k1": ("fedhft", 1, False),
+    "fedhft-k2": ("fedhft", 2, False),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that defines one benchmark run besides method, privacy and seed."""
+
+    model: str
+    organizations: int
+    samples_per_org: int
+    rounds: int
+    warmup_rounds: int
+    local_steps: int
+    batch_size: int
+    max_seq_length: int
+    learning_rate: float
+    head_learning_rate: float
+    temperature: float
+    membership: str
+
+
+QUICK = Settings(
+    model="tiny",
+    organizations=8,
+    samples_per_org=120,
+    rounds=5,
+    warmup_rounds=2,
+    local_steps=8,
+    batch_size=16,
+    max_seq_length=32,
+    learning_rate=0.02,
+    head_learning_rate=0.05,
+    temperature=0.05,
+    membership="soft",
+)
+FULL = Settings(
+    model="minilm",
+    organizations=8,
+    samples_per_org=160,
+    rounds=5,
+    warmup_rounds=2,
+    local_steps=6,
+    batch_size=16,
+    max_seq_length=32,
+    learning_rate=0.01,
+    head_learning_rate=0.02,
+    temperature=0.05,
+    membership="soft",
+)
+
+
+def consortium_for(settings: Settings, method: str, clusters: int) -> ConsortiumConfig:
+    """The consortium of one run: three tiers, the method, its clusters."""
+    return ConsortiumConfig.model_validate(
+        {
+            "consortium": "bench",
+            "model": {"source": settings.model, "num_labels": 4},
+            "adapter": {
+                "target_modules": ["query", "value"],
+                "rank": 8,
+                "alpha": 16,
+                "a_seed": 11,
+            },
+            "tiers": {
+                "edge": {"layers": [-1], "modules": ["value"], "keep_ratio": 0.5},
+                "standard": {"layers": [-2, -1], "keep_ratio": 0.5},
+                "full": {"layers": "all", "keep_ratio": 0.5},
+            },
+            "method": method,
+            "rounds": settings.rounds,
+            "clustering": {
+                "clusters": clusters,
+                "warmup_rounds": settings.warmup_rounds if clusters > 1 else 0,
+                "membership": settings.membership,
+                "temperature": settings.temperature,
+            },
+            "training": {
+                "learning_rate": settings.learning_rate,
+                "head_learning_rate": settings.head_learning_rate,
+            },
+            "secure_aggregation": {"threshold_fraction": 0.6, "max_dropout_fraction": 0.4},
+            "enrollment": [{"organization": f"org-{i}"} for i in range(settings.organizations)],
+        }
+    )
+
+
+def policy_for(
+    settings: Settings, org: str, tier: str, epsilon: float | None, state: Path
+) -> OrganizationPolicy:
+    """An organization policy; ``epsilon=None`` is the non-private baseline's (unused)."""
+    return OrganizationPolicy.model_validate(
+        {
+            "organization": org,
+            "consortium": "bench",
+            "privacy": {
+                "epsilon": epsilon if epsilon is not None else 1.0,
+                "delta": 1e-5,
+                "max_grad_norm": 1.0,
+                "noise_multiplier": "auto",
+                "planned_rounds": settings.rounds,
+                "ledger_path": str(state / org / "ledger.json"),
+            },
+            "training": {
+                "tier": tier,
+                "batch_size": settings.batch_size,
+                "local_steps": settings.local_steps,
+                "max_seq_length": settings.max_seq_length,
+            },
+            "audit": {"log_path": str(state / org / "audit.jsonl")},
+        }
+    )
+
+
+def run_once(
+    settings: Settings,
+    *,
+    method_name: str,
+    epsilon: float | None,
+    alpha: float,
+    seed: int,
+    base: torch.nn.Module,
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """One federation: every organization's metrics and the run's cost."""
+    method, clusters, dense = METHODS[method_name]
+    config = consortium_for(settings, method, clusters)
+    data = synthetic_federation(
+        num_organizations=settings.organizations,
+        alpha=alpha,
+        samples_per_org=settings.samples_per_org,
+        seed=seed,
+    )
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        runs: dict[str, OrganizationRun] = {}
+        for i, org_data in enumerate(data):
+            org = f"org-{i}"
+            tier = "full" if dense else TIERS[i % len(TIERS)]
+            model = MaskedAdapterModel(copy.deepcopy(base), config.adapter)  # type: ignore[arg-type]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SecurityWarning)
+                trainer = LocalTrainer(
+                    model,
+                    policy_for(settings, org, tier, epsilon, state),
+                    config,
+                    tokenizer=tokenizer,
+                    non_private_baseline=epsilon is None,
+                    seed=seed * 100 + i,
+                )
+            participant = RoundParticipant(trainer, org_data.train, state_dir=state / org)
+            runs[org] = OrganizationRun(participant, tier, org_data.test, org_data.domain)
+        server_model = MaskedAdapterModel(copy.deepcopy(base), config.adapter)  # type: ignore[arg-type]
+        coordinator = RoundCoordinator(
+            config,
+            run_id=f"bench-{seed}",
+            initial_state=server_model.get_block_state(),
+            tier_blocks={t: tier_mask(config, t, tiny_config={"seed": 0}) for t in config.tiers},
+        )
+        result = run_federation_in_process(config, coordinator, runs)
+    seconds = time.perf_counter() - started
+    metrics = result.metrics
+    accuracies = [m["accuracy"] for m in metrics.values()]
+    f1s = [m["macro_f1"] for m in metrics.values()]
+    by_tier: dict[str, list[float]] = {}
+    for m in metrics.values():
+        by_tier.setdefault(m["tier"], []).append(m["accuracy"])
+    by_tier_domain: dict[str, list[float]] = {}
+    for m in metrics.values():
+        by_tier_domain.setdefault(f"{m['domain']}/{m['tier']}", []).append(m["accuracy"])
+    bytes_up: dict[str, list[float]] = {}
+    for m in metrics.values():
+        bytes_up.setdefault(m["tier"], []).append(m["bytes_up"] / settings.rounds)
+    ari = None
+    if clusters > 1:
+        domains = [m["domain"] for m in metrics.values()]
+        assigned = [int(np.argmax(m["membership"])) for m in metrics.values()]
+        ari = float(adjusted_rand_score(domains, assigned))
+    return {
+        "method": method_name,
+        "epsilon": epsilon,
+        "alpha": alpha,
+        "seed": seed,
+        "mean_accuracy": float(np.mean(accuracies)),
+        "worst_accuracy": float(np.min(accuracies)),
+        "mean_macro_f1": float(np.mean(f1s)),
+        "worst_macro_f1": float(np.min(f1s)),
+        "accuracy_by_tier": {t: float(np.mean(v)) for t, v in sorted(by_tier.items())},
+        "accuracy_by_domain_tier": {
+            k: float(np.mean(v)) for k, v in sorted(by_tier_domain.items())
+        },
+        "bytes_up_per_round_by_tier": {t: float(np.mean(v)) for t, v in bytes_up.items()},
+        "bytes_down_per_round": float(
+            np.mean([m["bytes_down"] for m in metrics.values()]) / settings.rounds
+        ),
+        "epsilon_spent_max": max((m["epsilon"] or 0.0) for m in metrics.values()),
+        "ari": ari,
+        "memberships": {org: m["membership"] for org, m in metrics.items()},
+        "seconds": seconds,
+        "organizations": metrics,
+    }
+
+
+def peak_memory_by_tier(settings: Settings) -> dict[str, float]:
+    """Peak RSS (MiB) of one DP-SGD round per tier, each in a fresh process."""
+    peaks: dict[str, float] = {}
+    for tier in ("edge", "standard", "full"):
+        done = subprocess.run(
+            [sys.executable, __file__, "--_memory-probe", tier, "--_model", settings.model],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks[tier] = float(done.stdout.strip().splitlines()[-1])
+    return peaks
+
+
+def _memory_probe(tier: str, model: str) -> None:
+    settings = QUICK if model == "tiny" else FULL
+    config = consortium_for(settings, "fedhft", 1)
+    base = build_base_model(config.model)
+    data = synthetic_federation(num_organizations=1, alpha=1.0, samples_per_org=64, seed=0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = LocalTrainer(
+            MaskedAdapterModel(base, config.adapter),
+            policy_for(settings, "org-0", tier, 8.0, Path(tmp)),
+            config,
+        )
+        trainer.train_round(data[0].train, None, round=1)
+    del before
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _fmt(values: list[float], scale: float = 100.0) -> str:
+    if len(values) == 1:
+        return f"{values[0] * scale:.1f}"
+    return f"{statistics.mean(values) * scale:.1f} ± {statistics.stdev(values) * scale:.1f}"
+
+
+def render(results: list[dict[str, Any]], console: Console) -> None:
+    """One table per α: methods × privacy, mean ± std over seeds."""
+    for alpha in sorted({r["alpha"] for r in results}):
+        table = Table(title=f"Dirichlet α = {alpha} (accuracy and macro-F1 in %)")
+        for column in (
+            "method",
+            "ε",
+            "mean acc",
+            "worst acc",
+            "mean F1",
+            "edge / std / full acc",
+            "ARI",
+            "KiB up/round edge·full",
+            "KiB down/round",
+            "s",
+        ):
+            table.add_column(column, justify="right" if column != "method" else "left")
+        groups: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+        for r in results:
+            if r["alpha"] == alpha:
+                groups.setdefault((r["method"], r["epsilon"]), []).append(r)
+        for (method, epsilon), runs in groups.items():
+            tiers = [
+                _fmt([r["accuracy_by_tier"].get(t, float("nan")) for r in runs])
+                for t in ("edge", "standard", "full")
+            ]
+            aris = [r["ari"] for r in runs if r["ari"] is not None]
+            ups = runs[0]["bytes_up_per_round_by_tier"]
+            table.add_row(
+                method,
+                "∞" if epsilon is None else f"{epsilon:g}",
+                _fmt([r["mean_accuracy"] for r in runs]),
+                _fmt([r["worst_accuracy"] for r in runs]),
+                _fmt([r["mean_macro_f1"] for r in runs]),
+                " / ".join(tiers),
+                _fmt(aris, 1.0) if aris else "-",
+                f"{ups.get('edge', 0) / 1024:.0f} · {ups.get('full', 0) / 1024:.0f}",
+                f"{runs[0]['bytes_down_per_round'] / 1024:.0f}",
+                f"{statistics.mean(r['seconds'] for r in runs):.0f}",
+            )
+        console.print(table)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(settings: Settings) -> None:
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", SecurityWarning)
+    _WORKER["base"] = build_base_model(consortium_for(settings, "fedhft", 1).model)
+    _WORKER["tokenizer"] = load_tokenizer()
+
+
+def _run_in_worker(
+    settings: Settings, seed: int, alpha: float, method: str, epsilon: float | None
+) -> dict[str, Any]:
+    return run_once(
+        settings,
+        method_name=method,
+        epsilon=epsilon,
+        alpha=alpha,
+        seed=seed,
+        base=_WORKER["base"],
+        tokenizer=_WORKER["tokenizer"],
+    )
+
+
+def _sanity_problems(
+    results: list[dict[str, Any]],
+    methods: list[str],
+    epsilons: list[float | None],
+    alphas: list[float],
+    seeds: int,
+) -> list[str]:
+    """What makes a run unusable: a missing method, or a metric that is not finite."""
+    problems = []
+    for method in methods:
+        for epsilon in epsilons:
+            runs = [r for r in results if r["method"] == method and r["epsilon"] == epsilon]
+            if len(runs) != len(alphas) * seeds:
+                problems.append(f"{method} at ε={epsilon}: {len(runs)} runs")
+    for r in results:
+        values = [r["mean_accuracy"], r["worst_accuracy"], r["mean_macro_f1"]]
+        values += list(r["accuracy_by_tier"].values())
+        if not all(np.isfinite(values)) or not all(0.0 <= v <= 1.0 for v in values):
+            problems.append(f"{r['method']} ε={r['epsilon']} α={r['alpha']}: bad metric")
+        if r["epsilon"] is not None and not r["epsilon_spent_max"] <= r["epsilon"] + 1e-6:
+            problems.append(f"{r['method']} overspent: {r['epsilon_spent_max']} > {r['epsilon']}")
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny random model, one seed")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--seeds", type=int, help="seeds (default: 1 quick, 3 full)")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.3, 10.0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--epsilons", nargs="+", default=["none", "8", "2"], help="'none' = non-private"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    parser.add_argument("--jobs", type=int, default=2, help="federations run in parallel")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 unless every method ran and every metric is finite (CI sanity, not targets)",
+    )
+    parser.add_argument("--_memory-probe", dest="memory_probe", help=argparse.SUPPRESS)
+    parser.add_argument("--_model", dest="probe_model", default="tiny", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        _memory_probe(args.memory_probe, args.probe_model)
+        return
+
+    # One thread: with several processes on two cores, OpenMP spin-waits make a
+    # tiny model six times slower (measured with cProfile).
+    torch.set_num_threads(1)
+    settings = QUICK if args.quick else FULL
+    seeds = list(range(args.seeds if args.seeds else (1 if args.quick else 3)))
+    epsilons = [None if e == "none" else float(e) for e in args.epsilons]
+    console = Console(width=160)
+    console.print(
+        f"[bold]fedhft learning benchmark[/] ({'quick' if args.quick else 'full'}): {settings}"
+    )
+    started = time.perf_counter()
+    grid = [
+        (seed, alpha, method, epsilon)
+        for seed in seeds
+        for alpha in args.alphas
+        for method in args.methods
+        for epsilon in epsilons
+    ]
+    results = []
+    # Each worker process loads the base model once and runs whole federations with one
+    # thread; on two cores two workers halve the wall time.
+    with ProcessPoolExecutor(
+        max_workers=args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(settings,),
+    ) as pool:
+        futures = [pool.submit(_run_in_worker, settings, *cell) for cell in grid]
+        for done, future in enumerate(as_completed(futures), start=1):
+            result = future.result()
+            results.append(result)
+            epsilon = result["epsilon"]
+            console.print(
+                f"[{done}/{len(grid)}] seed {result['seed']} α={result['alpha']} "
+                f"{result['method']:12s} ε={'∞' if epsilon is None else epsilon}: "
+                f"mean acc {result['mean_accuracy']:.3f}, worst "
+                f"{result['worst_accuracy']:.3f}"
+                + (f", ARI {result['ari']:.2f}" if result["ari"] is not None else "")
+                + f" ({result['seconds']:.0f} s)"
+            )
+    order = {cell: i for i, cell in enumerate(grid)}
+    results.sort(key=lambda r: order[(r["seed"], r["alpha"], r["method"], r["epsilon"])])
+    render(results, console)
+    memory = {} if args.no_memory else peak_memory_by_tier(settings)
+    if memory:
+        console.print(
+            "peak RSS of one DP-SGD round (MiB): "
+            + ", ".join(f"{t} {v:.0f}" for t, v in memory.items())
+        )
+    wall = time.perf_counter() - started
+    console.print(f"wall time {wall:.0f} s")
+    if args.check:
+        problems = _sanity_problems(results, args.methods, epsilons, args.alphas, len(seeds))
+        for problem in problems:
+            console.print(f"[red]sanity: {problem}[/]")
+        if problems:
+            raise SystemExit(1)
+        console.print("sanity: every method ran and every metric is finite")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "settings": settings.__dict__,
+                    "seeds": seeds,
+                    "results": results,
+                    "peak_rss_mib_by_tier": memory,
+                    "wall_seconds": wall,
+                    "date": time.strftime("%Y-%m-%d"),
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
