@@ -36,7 +36,6 @@ import hashlib
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +45,7 @@ from typing import Any, Final
 
 from cryptography import x509
 
+from fedhft._files import atomic_write
 from fedhft.audit import AuditLog, EventType
 from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, policy_hash
 from fedhft.protocol import (
@@ -656,10 +656,5 @@ def serve(
         options=options,
     ).start()
     if port_file is not None:
-        path = Path(port_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{server.port}\n")
-        os.replace(tmp, path)
+        atomic_write(port_file, f"{server.port}\n".encode())
     return server

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedhft._files import atomic_write
 from fedhft.errors import SecurityWarning
 from fedhft.policies import Accountant
 
@@ -67,16 +67,6 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - folders cannot be fsynced there
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
         os.close(fd)
 
 
@@ -316,20 +306,7 @@ class PrivacyLedger:
             "epsilon_spent": spent,
             "sha256": _digest(content),
         }
-        folder = self._path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{self._path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(json.dumps(document, indent=2, allow_nan=False).encode() + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self._path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        _fsync_folder(folder)
+        atomic_write(self._path, json.dumps(document, indent=2, allow_nan=False).encode() + b"\n")
 
     def _epsilon_of(self, records: tuple[MechanismRecord, ...]) -> float:
         return compute_epsilon(records, accountant=self._accountant, delta=self._delta)

@@ -16,8 +16,6 @@ Notes:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy.typing as npt
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
+from fedhft._files import atomic_write
 from fedhft.policies import Method
 
 from ._data import TextDataset
@@ -39,26 +38,6 @@ FloatArray = npt.NDArray[np.float64]
 
 _STATE_FILE = "personal-state.safetensors"
 _PENDING_FILE = "pending-update.safetensors"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _encode_personal(personal: PersonalState, extra: Mapping[str, str]) -> bytes:
@@ -179,8 +158,8 @@ class RoundParticipant:
             self._local_model = ClusterAdapters.initial(self.trainer.model.get_block_state())
         # The new personal state goes with the pending update; both become current only
         # when the round completes, so an aborted round leaves the old state in force.
-        _atomic_write(self.state_dir / _PENDING_FILE, _encode_update(update))
-        _atomic_write(
+        atomic_write(self.state_dir / _PENDING_FILE, _encode_update(update))
+        atomic_write(
             self.state_dir / f"pending-{_STATE_FILE}",
             _encode_personal(personal, {"round": str(round_number)}),
         )
@@ -227,7 +206,7 @@ class RoundParticipant:
                 self.personal = personal
         self.completed_round = round_number
         if self.personal is not None:
-            _atomic_write(
+            atomic_write(
                 self.state_dir / _STATE_FILE,
                 _encode_personal(self.personal, {"completed_round": str(round_number)}),
             )
