@@ -242,7 +242,10 @@ class AggregatorServer:
         self.store_lock = threading.Lock()
         self.changed = threading.Condition()
         self.attempt: Attempt | None = None
-        self.recent_attempts: dict[str, Attempt] = {}
+        # Keyed by (run id, round): attempt numbers restart at 1 every round, so the
+        # attempt's run id alone ("<run>.a1") names one attempt of every round. Keyed by
+        # it, round 2 replaced round 1 while clients still read round 1's last broadcast.
+        self.recent_attempts: dict[tuple[str, int], Attempt] = {}
         """The last few attempts by run id (see `AggregatorService._session`)."""
         self.final: ReleasedModel | None = None
         self.summaries: list[RoundSummary] = []
@@ -417,7 +420,7 @@ class AggregatorServer:
     def _publish(self, attempt: Attempt) -> None:
         with self.changed:
             self.attempt = attempt
-            self.recent_attempts[attempt.run_id] = attempt
+            self.recent_attempts[(attempt.run_id, attempt.round)] = attempt
             for old in list(self.recent_attempts)[:-_RECENT_ATTEMPTS]:
                 del self.recent_attempts[old]
             self.changed.notify_all()

@@ -97,7 +97,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         (READY or ABORTED) even after the server moved on; the envelope validators
         then refuse anything but reading their broadcasts.
         """
-        attempt = self._server.recent_attempts.get(ref.run_id) or self._open_attempt()
+        attempt = self._server.recent_attempts.get((ref.run_id, ref.round)) or self._open_attempt()
         session = attempt.sessions.get(ref.cluster)
         if session is None:
             raise WrongRoundError(
