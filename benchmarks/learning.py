@@ -303,9 +303,13 @@ def _memory_probe(tier: str, model: str) -> None:
 
 
 def _fmt(values: list[float], scale: float = 100.0) -> str:
-    if len(values) == 1:
-        return f"{values[0] * scale:.1f}"
-    return f"{statistics.mean(values) * scale:.1f} ± {statistics.stdev(values) * scale:.1f}"
+    """Mean ± std of the finite values ("-" when there is none, e.g. a tier FedAvg lacks)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return "-"
+    if len(finite) == 1:
+        return f"{finite[0] * scale:.1f}"
+    return f"{np.mean(finite) * scale:.1f} ± {np.std(finite, ddof=1) * scale:.1f}"
 
 
 def render(results: list[dict[str, Any]], console: Console) -> None:
@@ -465,6 +469,8 @@ def main() -> None:
             )
     order = {cell: i for i, cell in enumerate(grid)}
     results.sort(key=lambda r: order[(r["seed"], r["alpha"], r["method"], r["epsilon"])])
+    if args.json:
+        args.json.write_text(json.dumps({"settings": settings.__dict__, "results": results}))
     render(results, console)
     memory = {} if args.no_memory else peak_memory_by_tier(settings)
     if memory:
