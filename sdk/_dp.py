@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from opacus.grad_sample.utils import prepare_module
-from opacus.optimizers import get_optimizer_class
+from opacus.optimizers import DPOptimizer, get_optimizer_class
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -75,6 +75,43 @@ def poisson_batch(num_records: int, sample_rate: float) -> IndexArray:
     raw = np.frombuffer(os.urandom(8 * num_records), dtype=np.uint64)
     uniforms = (raw >> np.uint64(64 - _UNIFORM_BITS)).astype(np.float64) * 2.0**-_UNIFORM_BITS
     return np.flatnonzero(uniforms < sample_rate).astype(np.int64)
+
+
+def dp_optimizer(
+    hooks: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    noise_sampler: NoiseSampler,
+    grad_sample_mode: GradSampleMode,
+) -> DPOptimizer:
+    """Opacus' flat-clipping DP optimizer over ``hooks``' module, noise from our sampler.
+
+    On any failure the per-sample-gradient hooks are removed again, so the model is left
+    as it was.
+    """
+    try:
+        # With Poisson sampling one forward/backward is one step; accumulating would
+        # change the sampling the accountant assumes.
+        hooks.forbid_grad_accumulation()
+        optimizer_class = get_optimizer_class(
+            clipping="flat", distributed=False, grad_sample_mode=grad_sample_mode
+        )
+        dp: DPOptimizer = optimizer_class(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+        )
+        # Never let a DP step draw noise from torch's predictable generator.
+        use_noise_sampler(dp, noise_sampler)
+    except BaseException:
+        hooks.remove_hooks()
+        raise
+    return dp
 
 
 class PrivateStep:
@@ -130,25 +167,15 @@ class PrivateStep:
             loss_reduction="mean",
             **extra,
         )
-        try:
-            # With Poisson sampling one forward/backward is one step; accumulating would
-            # change the sampling the accountant assumes.
-            self._hooks.forbid_grad_accumulation()
-            optimizer_class = get_optimizer_class(
-                clipping="flat", distributed=False, grad_sample_mode=grad_sample_mode
-            )
-            self.optimizer = optimizer_class(
-                optimizer,
-                noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm,
-                expected_batch_size=expected_batch_size,
-                loss_reduction="mean",
-            )
-            # Never let a DP step draw noise from torch's predictable generator.
-            use_noise_sampler(self.optimizer, noise_sampler)
-        except BaseException:
-            self._hooks.remove_hooks()
-            raise
+        self.optimizer = dp_optimizer(
+            self._hooks,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            noise_sampler=noise_sampler,
+            grad_sample_mode=grad_sample_mode,
+        )
         if self._row_masks:
             self.optimizer.attach_step_hook(self._drop_noise_on_frozen_rows)
         criterion = nn.CrossEntropyLoss(reduction="mean")

@@ -46,7 +46,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from opacus.grad_sample.utils import prepare_module
-from opacus.optimizers import get_optimizer_class
 from opacus.validators import ModuleValidator
 from torch import nn
 from transformers import PreTrainedModel
@@ -63,7 +62,8 @@ from ._adapters import (
     adapter_layout,
     frozen_a,
 )
-from ._noise import NoiseSampler, use_noise_sampler
+from ._dp import dp_optimizer
+from ._noise import NoiseSampler
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -409,22 +409,15 @@ class MoLEPrivateStep:
         self._hooks = prepare_module(
             module, "hooks", wrap_model=False, batch_first=True, loss_reduction="mean"
         )
-        try:
-            self._hooks.forbid_grad_accumulation()
-            optimizer_class = get_optimizer_class(
-                clipping="flat", distributed=False, grad_sample_mode="hooks"
-            )
-            self.optimizer = optimizer_class(
-                optimizer,
-                noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm,
-                expected_batch_size=expected_batch_size,
-                loss_reduction="mean",
-            )
-            use_noise_sampler(self.optimizer, noise_sampler)
-        except BaseException:
-            self._hooks.remove_hooks()
-            raise
+        self.optimizer = dp_optimizer(
+            self._hooks,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            noise_sampler=noise_sampler,
+            grad_sample_mode="hooks",
+        )
         self._criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.CrossEntropyLoss(
             reduction="mean"
         )
