@@ -24,15 +24,12 @@ Notes:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from safetensors.numpy import load as load_arrays
-from safetensors.numpy import save as save_arrays
 
 from fedhft.policies import ConsortiumConfig, Method, policy_hash
 from fedhft.protocol import AggregateResult, SessionParams, default_threshold
@@ -40,48 +37,14 @@ from fedhft.protocol._blocks import packed_length, row_average
 from fedhft.protocol._graph import effective_degree
 from fedhft.protocol.errors import CohortTooSmallError
 from fedhft.sdk import ClusterAdapters
+from fedhft.sdk._codec import decode_clusters as decode_clusters
+from fedhft.sdk._codec import encode_clusters as encode_clusters
 
 from .errors import RoundError
 
 FloatArray = npt.NDArray[np.float64]
 
 _SPLIT_TAG = b"fedhft/cluster-split/v1"
-
-
-def encode_clusters(clusters: ClusterAdapters) -> bytes:
-    """Serialize cluster adapters (states and last updates) as safetensors bytes."""
-    arrays: dict[str, np.ndarray[Any, Any]] = {}
-    for j, state in enumerate(clusters.states):
-        for block_id, values in state.items():
-            arrays[f"state/{j}/{block_id}"] = np.ascontiguousarray(values, dtype=np.float64)
-    for j, update in enumerate(clusters.last_updates):
-        for block_id, values in (update or {}).items():
-            arrays[f"update/{j}/{block_id}"] = np.ascontiguousarray(values, dtype=np.float64)
-    metadata = {
-        "clusters": str(clusters.k),
-        "updates": json.dumps([u is not None for u in clusters.last_updates]),
-    }
-    return bytes(save_arrays(arrays, metadata=metadata))
-
-
-def decode_clusters(data: bytes) -> ClusterAdapters:
-    """Inverse of :func:`encode_clusters` (safetensors: no code is ever executed)."""
-    arrays = load_arrays(data)
-    # The metadata sits in the safetensors header: an 8-byte length, then JSON.
-    header_len = int.from_bytes(data[:8], "little")
-    metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-    k = int(metadata["clusters"])
-    has_update = json.loads(metadata["updates"])
-    states: list[dict[str, FloatArray]] = [{} for _ in range(k)]
-    updates: list[dict[str, FloatArray]] = [{} for _ in range(k)]
-    for name, values in arrays.items():
-        kind, j, block_id = name.split("/", 2)
-        target = states if kind == "state" else updates
-        target[int(j)][block_id] = values.astype(np.float64)
-    return ClusterAdapters(
-        states=tuple(states),
-        last_updates=tuple(u if has_update[j] else None for j, u in enumerate(updates)),
-    )
 
 
 def clusters_digest(clusters: ClusterAdapters) -> bytes:

@@ -41,7 +41,7 @@ CKKS_PUBLIC_FILE: Final = "ckks-public.context"
 """File of the server's keyless CKKS context, in the server's credentials folder."""
 
 MODEL_FORMAT: Final = "safetensors/fedhft-cluster-v1"
-"""Format of a downloaded cluster adapter (`fedhft.aggregator._federation.encode_clusters`
+"""Format of a downloaded cluster adapter (`fedhft.sdk._codec.encode_clusters`
 of that one cluster)."""
 _MODEL_HASH_DOMAIN: Final = b"fedhft/released-model/v1\x00"
 

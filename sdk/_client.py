@@ -102,6 +102,7 @@ from ._client_sessions import (
     peer_identities,
     run_sessions,
 )
+from ._codec import decode_clusters
 from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
 from ._mixture import ClusterAdapters
@@ -542,9 +543,6 @@ class FederatedClient:
 
     def _download(self, round_number: int, count: int, model_hash: bytes) -> ClusterAdapters:
         """Download and check the ``count`` cluster adapters of ``round_number``."""
-        # Imported here: fedhft.aggregator depends on fedhft.sdk, not the other way round.
-        from fedhft.aggregator._federation import decode_clusters
-
         model = self._trainer().model
         values = sum(model.block(b).shape[0] * model.block(b).shape[1] for b in model.block_ids)
         cap = 16 * values + 1024 * 1024

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -112,6 +112,16 @@ def dp_optimizer(
         hooks.remove_hooks()
         raise
     return dp
+
+
+def release_per_sample_state(hooks: Any, parameters: Iterable[nn.Parameter]) -> None:
+    """Remove Opacus' hooks and the per-sample state it leaves on ``parameters``."""
+    hooks.remove_hooks()
+    for parameter in parameters:
+        for attribute in ("grad_sample", "summed_grad", "_forward_counter"):
+            if hasattr(parameter, attribute):
+                delattr(parameter, attribute)
+        parameter.grad = None
 
 
 class PrivateStep:
@@ -245,12 +255,7 @@ class PrivateStep:
         """Remove the Opacus hooks and per-sample state from the model."""
         if self._closed:
             return
-        self._hooks.remove_hooks()
-        for parameter in self.model.peft_model.parameters():
-            for attribute in ("grad_sample", "summed_grad", "_forward_counter"):
-                if hasattr(parameter, attribute):
-                    delattr(parameter, attribute)
-            parameter.grad = None
+        release_per_sample_state(self._hooks, self.model.peft_model.parameters())
         self._closed = True
 
     def __enter__(self) -> PrivateStep:

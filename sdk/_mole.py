@@ -62,7 +62,7 @@ from ._adapters import (
     adapter_layout,
     frozen_a,
 )
-from ._dp import dp_optimizer
+from ._dp import dp_optimizer, release_per_sample_state
 from ._noise import NoiseSampler
 
 FloatArray = npt.NDArray[np.float64]
@@ -460,12 +460,7 @@ class MoLEPrivateStep:
         """Remove the Opacus hooks and per-sample state from the model."""
         if self._closed:
             return
-        self._hooks.remove_hooks()
-        for parameter in self.model.model.parameters():
-            for attribute in ("grad_sample", "summed_grad", "_forward_counter"):
-                if hasattr(parameter, attribute):
-                    delattr(parameter, attribute)
-            parameter.grad = None
+        release_per_sample_state(self._hooks, self.model.model.parameters())
         for module in self.model.modules.values():
             for layer in (module.router, module.shared, module.experts):
                 if hasattr(layer, "ft_compute_sample_grad"):

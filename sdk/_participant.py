@@ -28,6 +28,7 @@ from safetensors.numpy import save as save_arrays
 from fedhft._files import atomic_write
 from fedhft.policies import Method
 
+from ._codec import safetensors_metadata
 from ._data import TextDataset
 from ._mixture import ClusterAdapters, PersonalState, mixture_start
 from ._trainer import LocalTrainer, RoundStats
@@ -58,13 +59,7 @@ def _decode_personal(data: bytes) -> tuple[PersonalState, dict[str, str]]:
     personal = PersonalState(
         membership=arrays["membership"], personal_rows=rows, values=values, last_delta=deltas
     )
-    return personal, _metadata(data)
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(data[:8], "little")
-    metadata: dict[str, str] = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-    return metadata
+    return personal, safetensors_metadata(data)
 
 
 def _encode_update(update: MaskedUpdate) -> bytes:
@@ -84,7 +79,7 @@ def _encode_update(update: MaskedUpdate) -> bytes:
 
 def _decode_update(data: bytes) -> MaskedUpdate:
     arrays = load_arrays(data)
-    metadata = _metadata(data)
+    metadata = safetensors_metadata(data)
     blocks = json.loads(metadata["blocks"])
     vectors = tuple(
         {b: arrays[f"{j}/{b}"] for b, _, _ in blocks} for j in range(int(metadata["clusters"]))
