@@ -36,6 +36,9 @@ from ._models import minilm_path as minilm_path
 from ._mole import MoLEModel as MoLEModel
 from ._mole import MoLEPrivateStep as MoLEPrivateStep
 from ._mole import install_mole as install_mole
+from ._mole_participant import MoLEParticipant as MoLEParticipant
+from ._mole_participant import MoLERelease as MoLERelease
+from ._mole_trainer import MoLETrainer as MoLETrainer
 from ._noise import NoiseSampler as NoiseSampler
 from ._noise import SecureGaussian as SecureGaussian
 from ._noise import noise_sampler as noise_sampler
@@ -73,7 +76,10 @@ __all__ = [
     "MechanismRecord",
     "MixtureError",
     "MoLEModel",
+    "MoLEParticipant",
     "MoLEPrivateStep",
+    "MoLERelease",
+    "MoLETrainer",
     "NoiseSampler",
     "OrganizationData",
     "PersonalState",

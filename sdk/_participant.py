@@ -25,12 +25,12 @@ import numpy.typing as npt
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
-from fedhft._files import atomic_write
 from fedhft.policies import Method
 
 from ._codec import safetensors_metadata
 from ._data import TextDataset
 from ._mixture import ClusterAdapters, PersonalState, mixture_start
+from ._round_files import RoundFiles
 from ._trainer import LocalTrainer, RoundStats
 from ._update import MaskedUpdate
 from .errors import SdkError
@@ -112,9 +112,10 @@ class RoundParticipant:
         self.completed_round = 0
         self.last_stats: RoundStats | None = None
         self._local_model: ClusterAdapters | None = None
-        path = self.state_dir / _STATE_FILE
-        if path.exists():
-            self.personal, metadata = _decode_personal(path.read_bytes())
+        self.files = RoundFiles(self.state_dir, state_name=_STATE_FILE, output_name=_PENDING_FILE)
+        current = self.files.current_state()
+        if current is not None:
+            self.personal, metadata = _decode_personal(current)
             self.completed_round = int(metadata.get("completed_round", "0"))
 
     @property
@@ -123,10 +124,10 @@ class RoundParticipant:
 
     def pending_update(self, round_number: int) -> MaskedUpdate | None:
         """The update already trained for ``round_number`` and not yet completed."""
-        path = self.state_dir / _PENDING_FILE
-        if not path.exists():
+        staged = self.files.staged_output()
+        if staged is None:
             return None
-        update = _decode_update(path.read_bytes())
+        update = _decode_update(staged)
         return update if update.round == round_number else None
 
     def prepare(self, round_number: int, clusters: ClusterAdapters) -> MaskedUpdate:
@@ -153,10 +154,8 @@ class RoundParticipant:
             self._local_model = ClusterAdapters.initial(self.trainer.model.get_block_state())
         # The new personal state goes with the pending update; both become current only
         # when the round completes, so an aborted round leaves the old state in force.
-        atomic_write(self.state_dir / _PENDING_FILE, _encode_update(update))
-        atomic_write(
-            self.state_dir / f"pending-{_STATE_FILE}",
-            _encode_personal(personal, {"round": str(round_number)}),
+        self.files.stage(
+            _encode_update(update), _encode_personal(personal, {"round": str(round_number)})
         )
         return update
 
@@ -166,9 +165,9 @@ class RoundParticipant:
         Rounds only advance once completed, so a pending update of an earlier round
         that this process never saw finish was applied: its personal state is current.
         """
-        path = self.state_dir / _PENDING_FILE
-        if path.exists():
-            earlier = _decode_update(path.read_bytes()).round
+        staged = self.files.staged_output()
+        if staged is not None:
+            earlier = _decode_update(staged).round
             if self.completed_round < earlier < round_number:
                 self.complete(earlier)
 
@@ -194,19 +193,17 @@ class RoundParticipant:
 
     def complete(self, round_number: int) -> None:
         """Make the round's personal state current and forget its pending update."""
-        pending_state = self.state_dir / f"pending-{_STATE_FILE}"
-        if pending_state.exists():
-            personal, metadata = _decode_personal(pending_state.read_bytes())
+        staged = self.files.staged_state()
+        if staged is not None:
+            personal, metadata = _decode_personal(staged)
             if int(metadata.get("round", "-1")) == round_number:
                 self.personal = personal
         self.completed_round = round_number
-        if self.personal is not None:
-            atomic_write(
-                self.state_dir / _STATE_FILE,
-                _encode_personal(self.personal, {"completed_round": str(round_number)}),
-            )
-        pending_state.unlink(missing_ok=True)
-        (self.state_dir / _PENDING_FILE).unlink(missing_ok=True)
+        self.files.complete(
+            None
+            if self.personal is None
+            else _encode_personal(self.personal, {"completed_round": str(round_number)})
+        )
 
     def personalized_state(self, clusters: ClusterAdapters) -> dict[str, FloatArray]:
         """The organization's personalized blocks: its mixture with its personal rows."""
