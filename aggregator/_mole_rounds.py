@@ -1,0 +1,408 @@
+"""The server's side of FedAMoLE rounds, and a whole FedAMoLE federation in one process.
+
+`MoLECoordinator` holds the learning state of a FedAMoLE run (DESIGN §2.3, issue 7):
+
+- **Round 1: assignment.** Each organization's affinity arrives as a DP release (noisy,
+  accounted on the client); the coordinator runs reverse-selection expert assignment
+  (`assign_experts`, an exact MILP checked before return) with the organizations' tiers
+  and publishes the result. The assignment is public: it decides the secure-sum
+  supports, which every party must know.
+- **Every round.** Each organization receives the global value of the blocks it holds
+  (`MoLERelease`); one masking-mode secure sum averages every block over its holders
+  (the shared expert and router ``P`` over everyone, each expert over its holders, the
+  head too when the consortium shares it); a block with fewer holders than the minimum
+  cohort is left out and reported, and stays with its holders.
+
+The gRPC server drives the same coordinator; `run_fedamole_in_process` drives it with the
+real participants and the real secure aggregation, without a network (tests, benchmark).
+
+Notes:
+    Values, not deltas, are averaged (every ``A`` is frozen and shared, so averaging ``B``
+    is exact); organizations clip every value to ``secure_aggregation.clip``. The server
+    sees only the assignment (public), secure sums and DP affinity releases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from transformers import PreTrainedModel
+
+from fedhft.policies import ConsortiumConfig, policy_hash
+from fedhft.protocol import (
+    AggregateResult,
+    SessionParams,
+    SessionStats,
+    default_threshold,
+    run_secagg_in_process,
+)
+from fedhft.protocol._blocks import packed_length, row_average
+from fedhft.protocol._graph import effective_degree
+from fedhft.protocol.errors import CohortTooSmallError
+from fedhft.sdk import BudgetExhaustedError, MoLEModel, TextDataset, build_base_model
+from fedhft.sdk._mole_participant import MoLEParticipant, MoLERelease, encode_release
+from fedhft.sdk._mole_trainer import upload_blocks
+
+from ._assignment import assign_experts
+from ._federation import ClusterOutcome, RoundSummary
+from .errors import RoundError
+
+FloatArray = npt.NDArray[np.float64]
+
+_EXPERT_BLOCK = re.compile(r"\.expert(\d+)$")
+
+
+def initial_mole_state(
+    consortium: ConsortiumConfig, base: PreTrainedModel | None = None
+) -> dict[str, FloatArray]:
+    """Every block's starting value for the whole pool: ``B`` zero, ``P`` and the head
+    from the consortium's public seed (what every organization's model starts from)."""
+    model = MoLEModel(
+        base if base is not None else build_base_model(consortium.model),
+        consortium.adapter,
+        expert_ids=range(consortium.fedamole.num_experts),
+    )
+    return model.get_state()
+
+
+def expert_of(block_id: str) -> int | None:
+    """The pool expert a block belongs to, or None for shared, router and head blocks."""
+    match = _EXPERT_BLOCK.search(block_id)
+    return int(match.group(1)) if match else None
+
+
+def mole_digest(states: Mapping[str, FloatArray], assignment: Mapping[str, Sequence[int]]) -> bytes:
+    """SHA-256 of the global block values and the assignment, bound into session ids."""
+    hasher = hashlib.sha256(b"fedhft/mole-state/v1")
+    plan = json.dumps({org: list(experts) for org, experts in sorted(assignment.items())})
+    hasher.update(len(plan).to_bytes(4, "big") + plan.encode())
+    for block_id in sorted(states):
+        values = np.ascontiguousarray(states[block_id], dtype="<f8")
+        name = f"{block_id}/{values.shape}".encode()
+        hasher.update(len(name).to_bytes(4, "big") + name + values.tobytes())
+    return hasher.digest()
+
+
+class MoLECoordinator:
+    """The learning state of a FedAMoLE server: assignment and global block values.
+
+    Args:
+        consortium: the consortium configuration (method ``fedamole``).
+        run_id: the training run (bound into session ids).
+        initial_state: every pool block's starting value (`initial_mole_state`).
+        assignment: the published assignment, when the server restarts after round 1.
+        aggregated: the blocks the last completed round averaged, on restart.
+    """
+
+    def __init__(
+        self,
+        consortium: ConsortiumConfig,
+        *,
+        run_id: str,
+        initial_state: Mapping[str, npt.ArrayLike],
+        assignment: Mapping[str, Sequence[int]] | None = None,
+        aggregated: Collection[str] = (),
+    ) -> None:
+        self.consortium = consortium
+        self.run_id = run_id
+        self.config_hash = bytes.fromhex(policy_hash(consortium))
+        self.states: dict[str, FloatArray] = {
+            b: np.array(v, dtype=np.float64) for b, v in initial_state.items()
+        }
+        pool = consortium.fedamole.num_experts
+        experts = {expert_of(b) for b in self.states} - {None}
+        if experts != set(range(pool)):
+            raise RoundError(
+                f"the initial state holds experts {sorted(e for e in experts if e is not None)}, "
+                f"the consortium's pool is 0..{pool - 1}"
+            )
+        self.shapes = {b: (int(v.shape[0]), int(v.shape[1])) for b, v in self.states.items()}
+        self.assignment: dict[str, tuple[int, ...]] | None = (
+            None if assignment is None else {o: tuple(e) for o, e in assignment.items()}
+        )
+        self.aggregated: frozenset[str] = frozenset(aggregated)
+
+    # ------------------------------------------------------------------ assignment
+
+    def assign(
+        self, affinities: Mapping[str, npt.ArrayLike], tiers_of_orgs: Mapping[str, str]
+    ) -> dict[str, tuple[int, ...]]:
+        """RSEA over the organizations that released an affinity; publish the result.
+
+        Raises:
+            InfeasibleAssignmentError: the organizations' tiers admit no assignment, or an
+                affinity has the wrong length or non-finite values.
+            RoundError: the assignment was already made (it is fixed for the run).
+        """
+        if self.assignment is not None:
+            raise RoundError("the FedAMoLE assignment is made once, in round 1")
+        self.assignment = assign_experts(self.consortium, affinities, tiers_of_orgs)
+        return dict(self.assignment)
+
+    def experts_of(self, organization: str) -> tuple[int, ...]:
+        """The experts ``organization`` holds under the published assignment."""
+        if self.assignment is None:
+            raise RoundError("no FedAMoLE assignment yet: collect the affinities of round 1")
+        try:
+            return self.assignment[organization]
+        except KeyError:
+            raise RoundError(f"{organization} has no experts in this run's assignment") from None
+
+    def held_blocks(self, organization: str) -> tuple[str, ...]:
+        """Every block ``organization`` holds (shared, router, its experts, the head)."""
+        experts = set(self.experts_of(organization))
+        return tuple(b for b in self.states if expert_of(b) in experts or expert_of(b) is None)
+
+    def release_for(self, organization: str, round_number: int) -> MoLERelease:
+        """What ``organization`` receives at the start of ``round_number``."""
+        return MoLERelease(
+            round=round_number,
+            experts=self.experts_of(organization),
+            states={b: self.states[b].copy() for b in self.held_blocks(organization)},
+            aggregated=frozenset(b for b in self.aggregated if b in self.held_blocks(organization)),
+        )
+
+    # ------------------------------------------------------------------ rounds
+
+    def supports(self, participants: Collection[str]) -> dict[str, frozenset[str]]:
+        """Block id → the participants that upload it (public, from the assignment)."""
+        supports: dict[str, set[str]] = {}
+        for org in participants:
+            for block_id in upload_blocks(self.held_blocks(org), self.consortium):
+                supports.setdefault(block_id, set()).add(org)
+        return {b: frozenset(orgs) for b, orgs in supports.items()}
+
+    def session_params(
+        self, *, round_number: int, attempt: int, participants: Collection[str]
+    ) -> tuple[SessionParams, dict[str, int]]:
+        """The round's secure-aggregation session and the blocks left out of it.
+
+        Raises:
+            CohortTooSmallError: fewer participants than the minimum cohort, or no block
+                held by that many of them.
+        """
+        spec = self.consortium.secure_aggregation
+        roster = sorted(participants)
+        if len(roster) < spec.min_cohort:
+            raise CohortTooSmallError(
+                f"round {round_number} has {len(roster)} FedAMoLE participants, fewer than "
+                f"the minimum cohort {spec.min_cohort}"
+            )
+        supports = self.supports(roster)
+        kept = {b: orgs for b, orgs in supports.items() if len(orgs) >= spec.min_cohort}
+        skipped = {b: len(orgs) for b, orgs in supports.items() if b not in kept}
+        if not kept:
+            raise CohortTooSmallError(
+                f"no block of round {round_number} is held by {spec.min_cohort} participants"
+            )
+        assignment = self.assignment or {}
+        params = SessionParams(
+            run_id=f"{self.run_id}.a{attempt}",
+            round=round_number,
+            cluster=0,
+            roster=roster,
+            config_hash=self.config_hash,
+            model_hash=mole_digest(self.states, assignment),
+            threshold=max(
+                default_threshold(len(roster), spec.neighbours),
+                spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
+            ),
+            min_cohort=spec.min_cohort,
+            block_lengths={b: packed_length(*self.shapes[b]) for b in sorted(kept)},
+            block_supports={b: kept[b] for b in sorted(kept)},
+            clip=spec.clip,
+            scale=spec.scale,
+            neighbours=spec.neighbours,
+        )
+        return params, skipped
+
+    def apply(
+        self,
+        *,
+        round_number: int,
+        participants: Sequence[str],
+        result: AggregateResult,
+        skipped: Mapping[str, int] | None = None,
+    ) -> RoundSummary:
+        """Set every aggregated block to its holders' secure average; report the rest."""
+        for block_id, block_sum in result.blocks.items():
+            if block_id not in self.shapes:
+                raise RoundError(f"the secure sum carries unknown block {block_id!r}")
+            average, has_weight = row_average(block_sum.sum, *self.shapes[block_id])
+            self.states[block_id][has_weight] = average[has_weight]
+        self.aggregated = frozenset(result.blocks)
+        left_out = dict(skipped or {})
+        left_out.update(result.skipped)
+        outcome = ClusterOutcome(
+            cluster=0,
+            survivors=tuple(result.survivors),
+            dropped=tuple(result.dropped),
+            aggregated_blocks=len(result.blocks),
+            skipped_blocks=left_out,
+        )
+        return RoundSummary(
+            round=round_number,
+            clusters=1,
+            participants=tuple(sorted(participants)),
+            outcomes=(outcome,),
+        )
+
+
+# --------------------------------------------------------------------------- in process
+
+
+@dataclass
+class MoLEOrganizationRun:
+    """One organization of an in-process FedAMoLE federation."""
+
+    participant: MoLEParticipant
+    tier: str
+    test: TextDataset
+    domain: str = ""
+    identity: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    rounds_joined: int = 0
+    refused: list[int] = field(default_factory=list)
+
+
+@dataclass
+class MoLERoundRecord:
+    """What one in-process FedAMoLE round did and cost."""
+
+    summary: RoundSummary | None
+    seconds: float
+    refused: tuple[str, ...]
+
+
+@dataclass
+class MoLEFederationResult:
+    """The outcome of an in-process FedAMoLE federation."""
+
+    rounds: list[MoLERoundRecord]
+    metrics: dict[str, dict[str, Any]]
+    coordinator: MoLECoordinator
+    assignment: dict[str, tuple[int, ...]]
+    affinities: dict[str, FloatArray]
+    """The DP affinity releases the server received (what RSEA ran on)."""
+
+
+def run_fedamole_in_process(
+    consortium: ConsortiumConfig,
+    coordinator: MoLECoordinator,
+    organizations: Mapping[str, MoLEOrganizationRun],
+    *,
+    rounds: int | None = None,
+    drop: Callable[[int], Mapping[str, Sequence[str]]] | None = None,
+    on_round: Callable[[int, MoLERoundRecord], None] | None = None,
+) -> MoLEFederationResult:
+    """Run ``rounds`` FedAMoLE rounds (default: the consortium's); evaluate everyone.
+
+    Round 1 first collects every organization's DP affinity release and assigns the
+    experts; an organization whose budget refuses the release takes no part in the run.
+
+    Args:
+        drop: ``round → {stage: organizations that go silent}`` inside secure aggregation.
+        on_round: called after each round (progress reporting).
+
+    Raises:
+        RoundError: fewer organizations than the minimum cohort released an affinity.
+    """
+    affinities: dict[str, FloatArray] = {}
+    if coordinator.assignment is None:
+        for org, run in organizations.items():
+            try:
+                affinities[org] = run.participant.affinity(1)
+            except BudgetExhaustedError:
+                run.refused.append(1)
+                continue
+            run.bytes_up += affinities[org].nbytes
+        if len(affinities) < consortium.secure_aggregation.min_cohort:
+            raise RoundError(
+                f"only {len(affinities)} organizations released an affinity; the minimum "
+                f"cohort is {consortium.secure_aggregation.min_cohort}"
+            )
+        coordinator.assign(affinities, {org: organizations[org].tier for org in affinities})
+    assignment = dict(coordinator.assignment or {})
+    members = [org for org in organizations if org in assignment]
+    records: list[MoLERoundRecord] = []
+    total = rounds if rounds is not None else consortium.rounds
+    for round_number in range(1, total + 1):
+        started = time.perf_counter()
+        uploads: dict[str, dict[str, FloatArray]] = {}
+        refused: list[str] = []
+        for org in members:
+            run = organizations[org]
+            release = coordinator.release_for(org, round_number)
+            try:
+                uploads[org] = run.participant.prepare(round_number, release)
+            except BudgetExhaustedError:
+                run.refused.append(round_number)
+                refused.append(org)
+                continue
+            run.bytes_down += len(encode_release(release))
+            run.rounds_joined += 1
+        summary: RoundSummary | None = None
+        if len(uploads) >= consortium.secure_aggregation.min_cohort:
+            params, skipped = coordinator.session_params(
+                round_number=round_number, attempt=1, participants=list(uploads)
+            )
+            inputs = {
+                org: organizations[org].participant.contributions(
+                    upload, block_lengths=params.block_lengths, clip=params.clip
+                )
+                for org, upload in uploads.items()
+            }
+            stats = SessionStats()
+            result = run_secagg_in_process(
+                params,
+                inputs,
+                {org: organizations[org].identity for org in uploads},
+                drop=drop(round_number) if drop is not None else None,
+                stats=stats,
+            )
+            for org in uploads:
+                organizations[org].bytes_up += stats.bytes_up.get(org, 0)
+                organizations[org].bytes_down += stats.bytes_down.get(org, 0)
+            summary = coordinator.apply(
+                round_number=round_number,
+                participants=list(uploads),
+                result=result,
+                skipped=skipped,
+            )
+        for org in uploads:
+            organizations[org].participant.complete(round_number)
+        record = MoLERoundRecord(summary, time.perf_counter() - started, tuple(refused))
+        records.append(record)
+        if on_round is not None:
+            on_round(round_number, record)
+
+    metrics: dict[str, dict[str, Any]] = {}
+    for org, run in organizations.items():
+        ledger = run.participant.trainer.ledger
+        entry: dict[str, Any] = {
+            "tier": run.tier,
+            "domain": run.domain,
+            "experts": list(assignment.get(org, ())),
+            "epsilon": ledger.spent() if ledger is not None else None,
+            "epsilon_budget": run.participant.trainer.policy.privacy.epsilon,
+            "bytes_up": run.bytes_up,
+            "bytes_down": run.bytes_down,
+            "rounds_joined": run.rounds_joined,
+            "refused_rounds": list(run.refused),
+        }
+        if org in assignment:
+            entry.update(
+                run.participant.evaluate(run.test, coordinator.release_for(org, total + 1))
+            )
+        metrics[org] = entry
+    return MoLEFederationResult(records, metrics, coordinator, assignment, affinities)
