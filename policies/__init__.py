@@ -17,6 +17,7 @@ from ._models import Method as Method
 from ._models import ModelSpec as ModelSpec
 from ._models import NoiseSource as NoiseSource
 from ._models import OrganizationPolicy as OrganizationPolicy
+from ._models import PersonalizationSpec as PersonalizationSpec
 from ._models import PrivacyBudget as PrivacyBudget
 from ._models import SecureAggregationMode as SecureAggregationMode
 from ._models import SecureAggregationSpec as SecureAggregationSpec
@@ -36,6 +37,7 @@ __all__ = [
     "ModelSpec",
     "NoiseSource",
     "OrganizationPolicy",
+    "PersonalizationSpec",
     "PolicyError",
     "PrivacyBudget",
     "SecureAggregationMode",

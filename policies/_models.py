@@ -231,6 +231,17 @@ class FedAMoLESpec(_Frozen):
     affinity_noise_multiplier: float = Field(default=4.0, gt=0)
 
 
+class PersonalizationSpec(_Frozen):
+    """What each organization keeps to itself in FedHFT (FedAvg-LoRA shares everything)."""
+
+    head: Literal["personal", "shared"] = Field(
+        default="personal",
+        description="`personal`: every organization trains its own classification head "
+        "and never uploads it (label skew lives in the head); `shared`: the head's rows "
+        "go through the data mask and the cluster average like adapter rows.",
+    )
+
+
 class LocalTrainingSpec(_Frozen):
     """Hyperparameters every organization uses."""
 
@@ -303,6 +314,7 @@ class ConsortiumConfig(_Frozen):
     rounds: int = Field(ge=1, le=100_000)
     clustering: ClusteringSpec = Field(default_factory=ClusteringSpec)
     fedamole: FedAMoLESpec = Field(default_factory=FedAMoLESpec)
+    personalization: PersonalizationSpec = Field(default_factory=PersonalizationSpec)
     training: LocalTrainingSpec = Field(default_factory=LocalTrainingSpec)
     secure_aggregation: SecureAggregationSpec = Field(default_factory=SecureAggregationSpec)
     enrollment: list[Enrollment] = Field(min_length=1)
@@ -332,6 +344,12 @@ class ConsortiumConfig(_Frozen):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def shares_head(self) -> bool:
+        """Whether organizations upload the classification head: always for the dense
+        FedAvg-LoRA baseline, otherwise as `personalization.head` says."""
+        return self.method is Method.FEDAVG or self.personalization.head == "shared"
 
     def _fedamole_problems(self, organizations: int) -> list[str]:
         """Expert-assignment checks that hold whatever tier each organization is on.

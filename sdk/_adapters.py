@@ -179,16 +179,21 @@ def tier_layers(tier: TierSpec, num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(set(resolved)))
 
 
-def tier_blocks(blocks: Sequence[Block], tier: TierSpec) -> tuple[str, ...]:
-    """Ids of the blocks `tier` trains among `blocks` (the head always trains)."""
+def tier_blocks(blocks: Sequence[Block], tier: TierSpec, *, head: bool = True) -> tuple[str, ...]:
+    """Ids of the blocks `tier` trains among `blocks` (the head always trains; ``head=False``
+    leaves the head blocks out, as for the blocks a tier uploads with a personal head)."""
     layers_present = sorted({b.layer for b in blocks if b.layer is not None})
     layers = set(tier_layers(tier, len(layers_present)))
     modules = set(tier.modules) if tier.modules is not None else None
     chosen = [
         b.block_id
         for b in blocks
-        if b.layer is None
-        or (layers_present.index(b.layer) in layers and (modules is None or b.module in modules))
+        if (b.layer is None and head)
+        or (
+            b.layer is not None
+            and layers_present.index(b.layer) in layers
+            and (modules is None or b.module in modules)
+        )
     ]
     return tuple(chosen)
 
@@ -213,14 +218,16 @@ def tier_mask(
     *,
     tiny_config: Mapping[str, Any] | None = None,
 ) -> tuple[str, ...]:
-    """Block ids the tier `tier_name` trains and uploads, in the fixed block order.
+    """Block ids the tier `tier_name` uploads, in the fixed block order: the blocks it
+    trains, without the head when heads are personal (`ConsortiumConfig.shares_head`).
 
     The model's structure is read from a weightless (meta-device) copy of the
     consortium's base model, so this is cheap and public.
     """
     tier = _tier_named(consortium, tier_name)
     skeleton = base_skeleton(consortium.model, tiny_config=tiny_config)
-    return tier_blocks(adapter_layout(skeleton, consortium.adapter), tier)
+    layout = adapter_layout(skeleton, consortium.adapter)
+    return tier_blocks(layout, tier, head=consortium.shares_head)
 
 
 class MaskedAdapterModel:

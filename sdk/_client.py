@@ -459,7 +459,7 @@ class FederatedClient:
         masks = {mask.tier: set(mask.block_ids) for mask in announcement.tier_masks}
         if layout != {b: model.block(b).shape for b in model.block_ids}:
             problem = "the server's adapter blocks differ from this organization's model"
-        elif masks.get(self.policy.training.tier) != set(trainer.trained_blocks):
+        elif masks.get(self.policy.training.tier) != set(trainer.uploaded_blocks):
             problem = f"the server's mask of tier {self.policy.training.tier!r} differs"
         else:
             problem = ""
@@ -698,7 +698,7 @@ class FederatedClient:
             identity_key=self.credentials.identity_key,
             server_identity=self.server_identity,
             block_shapes={b: model.block(b).shape for b in model.block_ids},
-            trained_blocks=frozenset(trainer.trained_blocks),
+            uploaded_blocks=frozenset(trainer.uploaded_blocks),
             audit=self.audit_log,
             connection=self._connection(),
             wait_ms=self.wait_ms,

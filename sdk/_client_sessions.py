@@ -74,7 +74,7 @@ class SessionContext:
     identity_key: Ed25519PrivateKey
     server_identity: Ed25519PublicKey
     block_shapes: Mapping[str, tuple[int, int]]
-    trained_blocks: frozenset[str]
+    uploaded_blocks: frozenset[str]
     audit: AuditSink | None
     connection: Connection
     wait_ms: int
@@ -155,7 +155,7 @@ def _check_blocks(
     cluster: int,
 ) -> None:
     mine = {b for b, holders in supports.items() if context.organization in holders}  # type: ignore[operator]
-    expected = context.trained_blocks & set(lengths)
+    expected = context.uploaded_blocks & set(lengths)
     if mine != expected:
         raise ConsortiumMismatchError(
             f"the session of cluster {cluster} assigns this organization other blocks than "

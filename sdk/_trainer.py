@@ -211,13 +211,20 @@ class LocalTrainer:
 
     @functools.cached_property
     def membership_blocks(self) -> frozenset[str]:
-        """Blocks every tier trains. Memberships compare only these, so that which blocks
-        an organization's tier trains (public) does not decide its cluster: comparing
-        all blocks split the learning benchmark's organizations by tier."""
+        """Adapter blocks every tier trains. Memberships compare only these, so that
+        which blocks an organization's tier trains (public) does not decide its cluster
+        (comparing all blocks split the learning benchmark's organizations by tier), nor
+        does its label mix, which dominates a shared head's update."""
         tiers = self.consortium.tiers.values()
         return frozenset.intersection(
-            *(frozenset(tier_blocks(self.model.blocks, tier)) for tier in tiers)
+            *(frozenset(tier_blocks(self.model.blocks, tier, head=False)) for tier in tiers)
         )
+
+    @functools.cached_property
+    def uploaded_blocks(self) -> tuple[str, ...]:
+        """Trained blocks whose update goes into the secure sums: all of them, less the
+        head when heads are personal (`ConsortiumConfig.shares_head`)."""
+        return tier_blocks(self.model.blocks, self.tier, head=self.consortium.shares_head)
 
     @property
     def keep_ratio(self) -> float:
@@ -330,8 +337,10 @@ class LocalTrainer:
             epsilon = None
 
         trained = self.trained_blocks
+        uploaded = self.uploaded_blocks
         end = self.model.get_block_state(trained)
         delta = {b: end[b] - start[b] for b in trained}
+        # Blocks that are not uploaded (a personal head) keep every row personal.
         keep = {
             b: data_mask(
                 delta[b],
@@ -339,6 +348,8 @@ class LocalTrainer:
                 trainable_rows=self.model.row_masks[b],
                 lora_a=self._lora_a(b),
             )
+            if b in uploaded
+            else np.zeros(delta[b].shape[0], dtype=np.bool_)
             for b in trained
         }
         pi = previous_pi
@@ -347,11 +358,11 @@ class LocalTrainer:
             pi = np.eye(k)[int(np.argmax(pi))]
         update = MaskedUpdate.build(
             round=round,
-            delta=delta,
-            keep=keep,
+            delta={b: delta[b] for b in uploaded},
+            keep={b: keep[b] for b in uploaded},
             membership=pi,
             private=self.private,
-            block_order=trained,
+            block_order=uploaded,
         )
         new_personal = personal_after_round(
             membership=pi,

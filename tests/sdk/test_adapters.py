@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedhft.policies import ConsortiumConfig, TierSpec
+from fedhft.policies import ConsortiumConfig, PersonalizationSpec, TierSpec
 from fedhft.sdk import (
     AdapterError,
     MaskedAdapterModel,
@@ -112,15 +112,16 @@ def test_b_starts_at_zero_so_the_adapter_starts_as_the_base(
 
 
 def test_tier_mask_from_config_matches_the_model(consortium: ConsortiumConfig) -> None:
-    """The public tier mask (from the config alone) equals what the model trains."""
+    """The public tier mask (from the config alone) equals what the model trains and
+    uploads: every trained block, less the head when heads are personal."""
     model = _model(consortium)
+    shared = consortium.model_copy(update={"personalization": PersonalizationSpec(head="shared")})
+    assert not consortium.shares_head and shared.shares_head
     for name, tier in consortium.tiers.items():
-        assert tier_mask(consortium, name) == model.apply_tier(tier)
-    assert tier_mask(consortium, "edge") == (
-        "layer.1.attention.self.value",
-        HEAD_WEIGHT,
-        HEAD_BIAS,
-    )
+        trained = model.apply_tier(tier)
+        assert tier_mask(shared, name) == trained
+        assert tier_mask(consortium, name) == tuple(b for b in trained if not b.startswith("head."))
+    assert tier_mask(consortium, "edge") == ("layer.1.attention.self.value",)
 
 
 def test_only_the_tiers_b_blocks_and_head_require_grad(consortium: ConsortiumConfig) -> None:

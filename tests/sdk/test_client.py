@@ -271,7 +271,7 @@ def _context(client: FederatedClient) -> SessionContext:
         identity_key=client.credentials.identity_key,
         server_identity=client.credentials.identity_public_key,
         block_shapes={b: model.block(b).shape for b in model.block_ids},
-        trained_blocks=frozenset(trainer.trained_blocks),
+        uploaded_blocks=frozenset(trainer.uploaded_blocks),
         audit=None,
         connection=None,  # type: ignore[arg-type]
         wait_ms=10,
