@@ -38,6 +38,7 @@ from fedhft.sdk import (
     synthetic_federation,
     tier_mask,
 )
+from fedhft.sdk._adapters import HEAD_BIAS, HEAD_WEIGHT
 from fedhft.sdk._trainer import macro_f1
 
 ORG = "org-a"
@@ -442,6 +443,32 @@ def test_hard_membership_contributes_to_one_cluster(tmp_path: Path, organization
     assert sorted(nonzero) == [False, True]
     assert personal.membership.tolist() in ([1.0, 0.0], [0.0, 1.0])
     assert nonzero[int(np.argmax(personal.membership))]
+
+
+@pytest.mark.parametrize("head", ["personal", "shared"])
+def test_a_personal_head_trains_but_never_enters_the_update(
+    tmp_path: Path, organization_data: Any, head: str
+) -> None:
+    """A personal head trains, is absent from the update and stays whole in the personal
+    state (the next start uses it); a shared head is uploaded through the data mask."""
+    consortium = tiny_consortium(personalization={"head": head})
+    trainer = _trainer(tmp_path, consortium, local_steps=2)
+    before = trainer.model.get_block_state()
+    update, personal, _ = trainer.train_round(organization_data.train, None, round=1)
+    after = trainer.model.get_block_state()
+    assert not np.array_equal(after[HEAD_WEIGHT], before[HEAD_WEIGHT])
+    uploaded_head = HEAD_WEIGHT in update.block_ids
+    assert uploaded_head == (head == "shared")
+    assert set(update.block_ids) == set(trainer.uploaded_blocks)
+    if head == "personal":
+        assert personal.personal_rows[HEAD_WEIGHT].all()
+        clusters = ClusterAdapters.initial(before)
+        start = mixture_start(clusters, [1.0], personal)
+        np.testing.assert_array_equal(start[HEAD_WEIGHT], after[HEAD_WEIGHT])
+        np.testing.assert_array_equal(start[HEAD_BIAS], after[HEAD_BIAS])
+    else:
+        # The data mask shares half of the head's rows and keeps the others personal.
+        assert 0 < int(personal.personal_rows[HEAD_WEIGHT].sum()) < after[HEAD_WEIGHT].shape[0]
 
 
 def test_personal_rows_are_restored_on_the_next_round_start(
