@@ -11,8 +11,10 @@ figures.
     python benchmarks/learning.py                    # MiniLM weights, 3 seeds
 
 Methods: local-only, FedAvg-LoRA (dense: every organization trains every block, no data
-mask, one cluster), FedHFT K=1 (tier and data masks), FedHFT K=2 (masks + clusters);
-each non-private and with DP-SGD at ε = 8 and ε = 2 (δ = 1e-5).
+mask, one cluster), FedHFT K=1 (tier and data masks), FedHFT K=2 (masks + clusters),
+FedAMoLE (a pool of 4 LoRA experts, each tier holding 1-3 of them by private RSEA; the
+affinity release is in the same ε); each non-private and with DP-SGD at ε = 8 and ε = 2
+(δ = 1e-5).
 """
 
 from __future__ import annotations
@@ -45,16 +47,25 @@ from sklearn.metrics import adjusted_rand_score
 
 from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
+from fedhft.aggregator._mole_rounds import (
+    MoLECoordinator,
+    MoLEOrganizationRun,
+    initial_mole_state,
+    run_fedamole_in_process,
+)
 from fedhft.errors import SecurityWarning
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.sdk import (
     LocalTrainer,
     MaskedAdapterModel,
+    OrganizationData,
     build_base_model,
     load_tokenizer,
     synthetic_federation,
     tier_mask,
 )
+from fedhft.sdk._mole_participant import MoLEParticipant
+from fedhft.sdk._mole_trainer import MoLETrainer
 from fedhft.sdk._participant import RoundParticipant
 
 TIERS = ("full", "full", "standard", "standard", "edge", "edge", "full", "standard")
@@ -67,7 +78,10 @@ METHODS = {
     "fedavg-lora": ("fedavg", 1, True),
     "fedhft-k1": ("fedhft", 1, False),
     "fedhft-k2": ("fedhft", 2, False),
+    "fedamole": ("fedamole", 1, False),
 }
+FEDAMOLE_EXPERTS = {"edge": (1, 1), "standard": (1, 2), "full": (2, 3)}
+"""Experts each tier holds (min, max) in the FedAMoLE runs: a pool of 4, 3 holders each."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,14 @@ FULL = Settings(
 
 def consortium_for(settings: Settings, method: str, clusters: int) -> ConsortiumConfig:
     """The consortium of one run: three tiers, the method, its clusters."""
+    tiers: dict[str, dict[str, Any]] = {
+        "edge": {"layers": [-1], "modules": ["value"], "keep_ratio": 0.5},
+        "standard": {"layers": [-2, -1], "keep_ratio": 0.5},
+        "full": {"layers": "all", "keep_ratio": 0.5},
+    }
+    if method == "fedamole":
+        for tier, (low, high) in FEDAMOLE_EXPERTS.items():
+            tiers[tier] = {"min_experts": low, "max_experts": high}
     return ConsortiumConfig.model_validate(
         {
             "consortium": "bench",
@@ -130,11 +152,7 @@ def consortium_for(settings: Settings, method: str, clusters: int) -> Consortium
                 "alpha": 16,
                 "a_seed": 11,
             },
-            "tiers": {
-                "edge": {"layers": [-1], "modules": ["value"], "keep_ratio": 0.5},
-                "standard": {"layers": [-2, -1], "keep_ratio": 0.5},
-                "full": {"layers": "all", "keep_ratio": 0.5},
-            },
+            "tiers": tiers,
             "method": method,
             "rounds": settings.rounds,
             "clustering": {
@@ -148,6 +166,7 @@ def consortium_for(settings: Settings, method: str, clusters: int) -> Consortium
                 "head_learning_rate": settings.head_learning_rate,
             },
             "secure_aggregation": {"threshold_fraction": 0.6, "max_dropout_fraction": 0.4},
+            "fedamole": {"num_experts": 4, "holders_per_expert": 3},
             "enrollment": [{"organization": f"org-{i}"} for i in range(settings.organizations)],
         }
     )
@@ -201,6 +220,24 @@ def run_once(
     )
     torch.manual_seed(seed)
     started = time.perf_counter()
+    if method == "fedamole":
+        metrics = run_fedamole(settings, config, data, epsilon, seed, base, tokenizer)
+    else:
+        metrics = _run_fedhft(settings, config, data, epsilon, seed, base, tokenizer, dense)
+    return summarize(settings, method_name, epsilon, alpha, seed, clusters, metrics, started)
+
+
+def _run_fedhft(
+    settings: Settings,
+    config: ConsortiumConfig,
+    data: list[OrganizationData],
+    epsilon: float | None,
+    seed: int,
+    base: torch.nn.Module,
+    tokenizer: Any,
+    dense: bool,
+) -> dict[str, dict[str, Any]]:
+    """FedHFT, FedAvg-LoRA or local-only: every organization's metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         runs: dict[str, OrganizationRun] = {}
@@ -227,9 +264,60 @@ def run_once(
             initial_state=server_model.get_block_state(),
             tier_blocks={t: tier_mask(config, t, tiny_config={"seed": 0}) for t in config.tiers},
         )
-        result = run_federation_in_process(config, coordinator, runs)
+        return run_federation_in_process(config, coordinator, runs).metrics
+
+
+def run_fedamole(
+    settings: Settings,
+    config: ConsortiumConfig,
+    data: list[OrganizationData],
+    epsilon: float | None,
+    seed: int,
+    base: torch.nn.Module,
+    tokenizer: Any,
+) -> dict[str, dict[str, Any]]:
+    """FedAMoLE through `run_fedamole_in_process`: DP affinity, RSEA, MoLE DP-SGD rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        runs: dict[str, MoLEOrganizationRun] = {}
+        for i, org_data in enumerate(data):
+            org = f"org-{i}"
+            tier = TIERS[i % len(TIERS)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SecurityWarning)
+                trainer = MoLETrainer(
+                    policy_for(settings, org, tier, epsilon, state),
+                    config,
+                    base_factory=lambda: copy.deepcopy(base),  # type: ignore[arg-type, return-value]
+                    tokenizer=tokenizer,
+                    non_private_baseline=epsilon is None,
+                    seed=seed * 100 + i,
+                )
+            participant = MoLEParticipant(trainer, org_data.train, state_dir=state / org)
+            runs[org] = MoLEOrganizationRun(participant, tier, org_data.test, org_data.domain)
+        coordinator = MoLECoordinator(
+            config,
+            run_id=f"bench-{seed}",
+            initial_state=initial_mole_state(config, copy.deepcopy(base)),  # type: ignore[arg-type]
+        )
+        metrics = run_fedamole_in_process(config, coordinator, runs).metrics
+    for m in metrics.values():
+        m.setdefault("membership", [])
+    return metrics
+
+
+def summarize(
+    settings: Settings,
+    method_name: str,
+    epsilon: float | None,
+    alpha: float,
+    seed: int,
+    clusters: int,
+    metrics: dict[str, dict[str, Any]],
+    started: float,
+) -> dict[str, Any]:
+    """The run's figures from every organization's metrics."""
     seconds = time.perf_counter() - started
-    metrics = result.metrics
     accuracies = [m["accuracy"] for m in metrics.values()]
     f1s = [m["macro_f1"] for m in metrics.values()]
     by_tier: dict[str, list[float]] = {}
