@@ -1,5 +1,6 @@
 """The organization-side SDK: masked adapters, DP-SGD training, privacy ledger."""
 
+from ._accounted import AuditSink as AuditSink
 from ._adapters import AdapterError as AdapterError
 from ._adapters import Block as Block
 from ._adapters import MaskedAdapterModel as MaskedAdapterModel
@@ -47,7 +48,6 @@ from ._privacy import MechanismRecord as MechanismRecord
 from ._privacy import auto_noise_multiplier as auto_noise_multiplier
 from ._privacy import compute_epsilon as compute_epsilon
 from ._privacy import solve_noise_multiplier as solve_noise_multiplier
-from ._trainer import AuditSink as AuditSink
 from ._trainer import LocalTrainer as LocalTrainer
 from ._trainer import RoundStats as RoundStats
 from ._update import MaskedUpdate as MaskedUpdate

@@ -55,8 +55,8 @@ from fedhft.protocol.errors import (
     MalformedMessageError,
 )
 
+from ._accounted import AuditSink
 from ._connection import Connection
-from ._trainer import AuditSink
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,24 +38,22 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedhft.errors import SecurityWarning
-from fedhft.policies import ConsortiumConfig, OrganizationPolicy, TierSpec, require_compatible
+from fedhft.policies import ConsortiumConfig, OrganizationPolicy, TierSpec
 
+from ._accounted import AccountedTrainer, AuditSink, Encoded
 from ._adapters import HEAD_BIAS, HEAD_WEIGHT
 from ._affinity import AFFINITY_CLIP, AffinityRelease, record_affinities, release_affinity
 from ._data import TextDataset
 from ._dp import poisson_batch
 from ._ledger import PrivacyLedger
-from ._models import build_base_model, load_tokenizer
+from ._models import build_base_model
 from ._mole import MoLEModel, MoLEPrivateStep
 from ._noise import noise_sampler
-from ._privacy import MechanismRecord, auto_noise_multiplier
-from ._trainer import AuditSink, RoundStats, macro_f1
-from .errors import BudgetExhaustedError, DataError, SdkError
+from ._privacy import MechanismRecord
+from ._trainer import RoundStats
+from .errors import SdkError
 
 FloatArray = npt.NDArray[np.float64]
-
-_EVAL_BATCH = 64
 _HEAD_BLOCKS = (HEAD_WEIGHT, HEAD_BIAS)
 
 
@@ -79,13 +76,6 @@ class BaselineAffinity:
         return result
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-
-
 def upload_blocks(block_ids: Sequence[str], consortium: ConsortiumConfig) -> tuple[str, ...]:
     """The held blocks an organization puts into the secure sum: all but a personal head."""
     if consortium.shares_head:
@@ -93,7 +83,7 @@ def upload_blocks(block_ids: Sequence[str], consortium: ConsortiumConfig) -> tup
     return tuple(b for b in block_ids if b not in _HEAD_BLOCKS)
 
 
-class MoLETrainer:
+class MoLETrainer(AccountedTrainer):
     """Trains an organization's mixture of LoRA experts, one accounted round at a time.
 
     Args:
@@ -127,49 +117,21 @@ class MoLETrainer:
         balance_weight: float = 0.01,
         seed: int | None = None,
     ) -> None:
-        require_compatible(policy, consortium)
-        self.policy = policy
-        self.consortium = consortium
+        super().__init__(
+            policy,
+            consortium,
+            ledger=ledger,
+            audit=audit,
+            tokenizer=tokenizer,
+            non_private_baseline=non_private_baseline,
+            seed=seed,
+        )
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         if self.tier.min_experts is None or self.tier.max_experts is None:
             raise SdkError(f"tier {policy.training.tier!r} needs min_experts and max_experts")
         self._base_factory = base_factory or (lambda: build_base_model(consortium.model))
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
-        self.audit = audit
         self.balance_weight = balance_weight
-        self.private = not non_private_baseline
         self.model: MoLEModel | None = None
-        self._generator = torch.Generator()
-        if seed is not None:
-            self._generator.manual_seed(seed)
-        else:
-            self._generator.seed()
-        self.ledger: PrivacyLedger | None = None
-        if not self.private:
-            warnings.warn(
-                "MoLETrainer runs the NON-PRIVATE baseline: no DP-SGD, no privacy "
-                "accounting, a plain affinity; nothing it produces may leave the organization",
-                SecurityWarning,
-                stacklevel=2,
-            )
-            return
-        privacy = policy.privacy
-        if ledger is None:
-            ledger = PrivacyLedger.open(
-                privacy.ledger_path,
-                organization=policy.organization,
-                accountant=privacy.accountant,
-                delta=privacy.delta,
-                epsilon_budget=privacy.epsilon,
-            )
-        expected = (policy.organization, privacy.accountant, privacy.delta, privacy.epsilon)
-        found = (ledger.organization, ledger.accountant, ledger.delta, ledger.epsilon_budget)
-        if found != expected:
-            raise SdkError(
-                f"privacy ledger {ledger.path} is for (organization, accountant, δ, ε budget) "
-                f"= {found}, the policy says {expected}; open the policy's own ledger"
-            )
-        self.ledger = ledger
 
     # ------------------------------------------------------------------ planning
 
@@ -190,46 +152,10 @@ class MoLETrainer:
             noise_source=self.policy.privacy.noise_source,
         )
 
-    def sample_rate(self, num_records: int) -> float:
-        """Poisson rate ``q = batch_size / n`` (at most 1)."""
-        return min(1.0, self.policy.training.batch_size / num_records)
-
-    def steps_per_round(self, num_records: int) -> int:
-        """Local steps: the policy's, or ``ceil(epochs / q)`` for an epoch budget."""
-        training = self.policy.training
-        if training.local_steps is not None:
-            return training.local_steps
-        epochs = float(training.local_epochs or 1.0)
-        return max(1, math.ceil(epochs / self.sample_rate(num_records) - 1e-9))
-
-    def mechanism_record(self, round: int, num_records: int) -> MechanismRecord:
-        """The DP-SGD record a round on ``num_records`` records would add to the ledger.
-
-        ``auto`` σ spreads the budget over the planned rounds with the affinity release
-        reserved, so the release and every planned round fit together.
-        """
-        privacy = self.policy.privacy
-        q = self.sample_rate(num_records)
-        steps = self.steps_per_round(num_records)
-        sigma = (
-            auto_noise_multiplier(
-                self.policy,
-                sample_rate=q,
-                steps_per_round=steps,
-                reserved=(self.affinity_record(),),
-            )
-            if privacy.noise_multiplier == "auto"
-            else float(privacy.noise_multiplier)
-        )
-        return MechanismRecord(
-            round=round,
-            mechanism="dp-sgd",
-            noise_multiplier=sigma,
-            sample_rate=q,
-            steps=steps,
-            max_grad_norm=privacy.max_grad_norm,
-            noise_source=privacy.noise_source,
-        )
+    def reserved_records(self) -> tuple[MechanismRecord, ...]:
+        """``auto`` σ leaves budget for the affinity release, so that the release and
+        every planned round fit together."""
+        return (self.affinity_record(),)
 
     # ------------------------------------------------------------------ affinity
 
@@ -253,7 +179,7 @@ class MoLETrainer:
                 probe, encoded.input_ids, encoded.attention_mask, num_experts=self.num_experts
             ).sum(dim=0)
             return BaselineAffinity(round=round, plain_sum=tuple(float(v) for v in sums))
-        record = self._admit(self.affinity_record(round), len(dataset))
+        record = self._admit(round, len(dataset), self.affinity_record(round))
         ledger = self._ledger()
         release = release_affinity(
             probe,
@@ -328,7 +254,7 @@ class MoLETrainer:
         encoded = self._encode(dataset)
         record: MechanismRecord | None = None
         if self.private:
-            record = self._admit(self.mechanism_record(round, len(dataset)), len(dataset))
+            record = self._admit(round, len(dataset))
         # Only now, with the round admitted, does the model change.
         model.set_state(start)
         epsilon: float | None = None
@@ -358,60 +284,6 @@ class MoLETrainer:
         )
         return model.get_state(), stats
 
-    def _admit(self, record: MechanismRecord, num_records: int) -> MechanismRecord:
-        ledger = self._ledger()
-        try:
-            self.policy.privacy.check_delta_for(num_records)
-        except ValueError as error:
-            raise DataError(str(error)) from None
-        try:
-            ledger.check(record)
-        except BudgetExhaustedError as refusal:
-            if self.audit is not None:
-                self.audit.append(
-                    "refusal",
-                    {
-                        "round": record.round,
-                        "reason": "privacy budget exhausted",
-                        "mechanism": record.mechanism,
-                        "spent": refusal.spent,
-                        "requested": refusal.requested,
-                        "budget": refusal.budget,
-                    },
-                )
-            raise
-        return record
-
-    def _commit(self, record: MechanismRecord) -> float:
-        epsilon = self._ledger().commit(record)
-        self._audit_spend(record, epsilon)
-        return epsilon
-
-    def _audit_spend(self, record: MechanismRecord, epsilon_after: float) -> None:
-        if self.audit is None:
-            return
-        ledger = self._ledger()
-        self.audit.append(
-            "privacy_spend",
-            {
-                "round": record.round,
-                "mechanism": record.mechanism,
-                "accountant": ledger.accountant.value,
-                "noise_multiplier": record.noise_multiplier,
-                "sample_rate": record.sample_rate,
-                "steps": record.steps,
-                "max_grad_norm": record.max_grad_norm,
-                "epsilon_after": epsilon_after,
-                "delta": ledger.delta,
-                "noise_source": record.noise_source.value,
-            },
-        )
-
-    def _ledger(self) -> PrivacyLedger:
-        if self.ledger is None:
-            raise SdkError("a private trainer needs a privacy ledger")
-        return self.ledger
-
     def _optimizer(self, model: MoLEModel) -> torch.optim.Optimizer:
         training = self.consortium.training
         parameters = model.trainable_parameters()
@@ -423,8 +295,8 @@ class MoLETrainer:
             ]
         )
 
-    def _train_private(self, model: MoLEModel, encoded: _Encoded, record: MechanismRecord) -> float:
-        num_records = int(encoded.labels.shape[0])
+    def _train_private(self, model: MoLEModel, encoded: Encoded, record: MechanismRecord) -> float:
+        num_records = len(encoded)
         losses: list[float] = []
         with MoLEPrivateStep(
             model,
@@ -437,27 +309,18 @@ class MoLETrainer:
         ) as private:
             for _ in range(record.steps):
                 indices = torch.from_numpy(poisson_batch(num_records, record.sample_rate))
-                loss = private.step(*_batch(encoded, indices))
+                loss = private.step(*encoded.batch(indices))
                 if not math.isnan(loss):
                     losses.append(loss)
         nn.Module.eval(model.model)
         return float(np.mean(losses)) if losses else float("nan")
 
-    def _train_non_private(self, model: MoLEModel, encoded: _Encoded) -> float:
-        num_records = int(encoded.labels.shape[0])
-        batch_size = min(self.policy.training.batch_size, num_records)
+    def _train_non_private(self, model: MoLEModel, encoded: Encoded) -> float:
         optimizer = self._optimizer(model)
         losses: list[float] = []
-        order = torch.randperm(num_records, generator=self._generator)
-        position = 0
         model.model.train()
-        for _ in range(self.steps_per_round(num_records)):
-            if position + batch_size > num_records:
-                order = torch.randperm(num_records, generator=self._generator)
-                position = 0
-            indices = order[position : position + batch_size]
-            position += batch_size
-            ids, mask, labels = _batch(encoded, indices)
+        for indices in self._shuffled_batches(encoded):
+            ids, mask, labels = encoded.batch(indices)
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model.logits(ids, mask), labels)
             loss = loss + self.balance_weight * model.balance_loss().mean()
@@ -467,57 +330,9 @@ class MoLETrainer:
         nn.Module.eval(model.model)
         return float(np.mean(losses))
 
-    # ------------------------------------------------------------------ data
-
-    def _encode(self, dataset: TextDataset) -> _Encoded:
-        if len(dataset) == 0:
-            raise DataError("cannot train or evaluate on an empty data set")
-        num_labels = self.consortium.model.num_labels
-        if len(dataset.label_names) > num_labels:
-            raise DataError(
-                f"the data set has {len(dataset.label_names)} labels, the consortium model "
-                f"`model.num_labels` is {num_labels}"
-            )
-        tokens = self.tokenizer(
-            list(dataset.texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.policy.training.max_seq_length,
-            return_tensors="pt",
-        )
-        return _Encoded(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            labels=torch.tensor(dataset.labels, dtype=torch.long),
-        )
-
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, dataset: TextDataset) -> dict[str, float]:
         """Accuracy and macro-F1 of the current (personalized) model on ``dataset``."""
         model = self._mole()
-        encoded = self._encode(dataset)
-        count = int(encoded.labels.shape[0])
-        predictions: list[torch.Tensor] = []
-        nn.Module.eval(model.model)
-        with torch.no_grad():
-            for start in range(0, count, _EVAL_BATCH):
-                indices = torch.arange(start, min(start + _EVAL_BATCH, count))
-                ids, mask, _ = _batch(encoded, indices)
-                predictions.append(model.logits(ids, mask).argmax(dim=-1))
-        predicted = torch.cat(predictions).numpy()
-        labels = encoded.labels.numpy()
-        return {
-            "accuracy": float(np.mean(predicted == labels)),
-            "macro_f1": macro_f1(labels, predicted),
-        }
-
-
-def _batch(
-    encoded: _Encoded, indices: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ids = encoded.input_ids[indices]
-    mask = encoded.attention_mask[indices]
-    # Trim the padding every row of this batch shares: same result, less compute.
-    length = max(1, int(mask.sum(dim=1).max().item())) if len(indices) else 1
-    return ids[:, :length], mask[:, :length], encoded.labels[indices]
+        return self._scores(model, model.model, dataset)

@@ -29,25 +29,16 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedhft.errors import SecurityWarning
-from fedhft.policies import (
-    ConsortiumConfig,
-    Method,
-    OrganizationPolicy,
-    TierSpec,
-    require_compatible,
-)
+from fedhft.policies import ConsortiumConfig, Method, OrganizationPolicy, TierSpec
 
+from ._accounted import AccountedTrainer, AuditSink, Encoded
 from ._adapters import MaskedAdapterModel, tier_blocks
 from ._data import TextDataset
 from ._dp import DEFAULT_GRAD_SAMPLE_MODE, GradSampleMode, PrivateStep, poisson_batch
@@ -62,21 +53,10 @@ from ._mixture import (
     personal_after_round,
     update_membership,
 )
-from ._models import load_tokenizer
 from ._noise import noise_sampler
-from ._privacy import MechanismRecord, auto_noise_multiplier
+from ._privacy import MechanismRecord
 from ._update import MaskedUpdate
-from .errors import BudgetExhaustedError, DataError, SdkError
-
-_EVAL_BATCH = 64
-
-
-class AuditSink(Protocol):
-    """Where the trainer records its privacy events (the signed audit log)."""
-
-    def append(self, event_type: str, payload: Mapping[str, object]) -> object:
-        """Append one event; the return value is ignored."""
-        ...
+from .errors import SdkError
 
 
 @dataclass(frozen=True)
@@ -97,27 +77,7 @@ class RoundStats:
     seconds: float
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-
-
-def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Macro-averaged F1 over the labels present in ``labels`` or ``predictions``."""
-    classes = np.union1d(labels, predictions)
-    scores = []
-    for label in classes:
-        true_positive = float(np.sum((predictions == label) & (labels == label)))
-        predicted = float(np.sum(predictions == label))
-        actual = float(np.sum(labels == label))
-        denominator = predicted + actual
-        scores.append(2.0 * true_positive / denominator if denominator else 0.0)
-    return float(np.mean(scores)) if scores else 0.0
-
-
-class LocalTrainer:
+class LocalTrainer(AccountedTrainer):
     """Trains an organization's masked adapters, one accounted round at a time.
 
     Args:
@@ -152,9 +112,15 @@ class LocalTrainer:
         grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
         seed: int | None = None,
     ) -> None:
-        require_compatible(policy, consortium)
-        self.policy = policy
-        self.consortium = consortium
+        super().__init__(
+            policy,
+            consortium,
+            ledger=ledger,
+            audit=audit,
+            tokenizer=tokenizer,
+            non_private_baseline=non_private_baseline,
+            seed=seed,
+        )
         self.model = (
             model_or_base
             if isinstance(model_or_base, MaskedAdapterModel)
@@ -167,45 +133,7 @@ class LocalTrainer:
             )
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = self.model.apply_tier(self.tier)
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
-        self.audit = audit
         self.grad_sample_mode = grad_sample_mode
-        self.private = not non_private_baseline
-        self._generator = torch.Generator()
-        if seed is not None:
-            self._generator.manual_seed(seed)
-        else:
-            self._generator.seed()
-        if not self.private:
-            warnings.warn(
-                "LocalTrainer runs the NON-PRIVATE baseline: no DP-SGD, no privacy "
-                "accounting; its updates must never leave the organization",
-                SecurityWarning,
-                stacklevel=2,
-            )
-            self.ledger: PrivacyLedger | None = None
-        else:
-            privacy = policy.privacy
-            if ledger is None:
-                ledger = PrivacyLedger.open(
-                    privacy.ledger_path,
-                    organization=policy.organization,
-                    accountant=privacy.accountant,
-                    delta=privacy.delta,
-                    epsilon_budget=privacy.epsilon,
-                )
-            self._check_ledger(ledger)
-            self.ledger = ledger
-
-    def _check_ledger(self, ledger: PrivacyLedger) -> None:
-        privacy = self.policy.privacy
-        expected = (self.policy.organization, privacy.accountant, privacy.delta, privacy.epsilon)
-        found = (ledger.organization, ledger.accountant, ledger.delta, ledger.epsilon_budget)
-        if found != expected:
-            raise SdkError(
-                f"privacy ledger {ledger.path} is for (organization, accountant, δ, ε budget) "
-                f"= {found}, the policy says {expected}; open the policy's own ledger"
-            )
 
     # ------------------------------------------------------------------ planning
 
@@ -230,38 +158,6 @@ class LocalTrainer:
     def keep_ratio(self) -> float:
         """Share of trained rows uploaded: the tier's, or all of them for FedAvg."""
         return 1.0 if self.consortium.method is Method.FEDAVG else self.tier.keep_ratio
-
-    def sample_rate(self, num_records: int) -> float:
-        """Poisson rate ``q = batch_size / n`` (at most 1)."""
-        return min(1.0, self.policy.training.batch_size / num_records)
-
-    def steps_per_round(self, num_records: int) -> int:
-        """Local steps: the policy's, or ``ceil(epochs / q)`` for an epoch budget."""
-        training = self.policy.training
-        if training.local_steps is not None:
-            return training.local_steps
-        epochs = float(training.local_epochs or 1.0)
-        return max(1, math.ceil(epochs / self.sample_rate(num_records) - 1e-9))
-
-    def mechanism_record(self, round: int, num_records: int) -> MechanismRecord:
-        """The DP-SGD record a round on ``num_records`` records would add to the ledger."""
-        privacy = self.policy.privacy
-        q = self.sample_rate(num_records)
-        steps = self.steps_per_round(num_records)
-        sigma = (
-            auto_noise_multiplier(self.policy, sample_rate=q, steps_per_round=steps)
-            if privacy.noise_multiplier == "auto"
-            else float(privacy.noise_multiplier)
-        )
-        return MechanismRecord(
-            round=round,
-            mechanism="dp-sgd",
-            noise_multiplier=sigma,
-            sample_rate=q,
-            steps=steps,
-            max_grad_norm=privacy.max_grad_norm,
-            noise_source=privacy.noise_source,
-        )
 
     # ------------------------------------------------------------------ training
 
@@ -391,56 +287,6 @@ class LocalTrainer:
     def _lora_a(self, block_id: str) -> FloatArray | None:
         return None if self.model.block(block_id).layer is None else self.model.lora_a(block_id)
 
-    def _admit(self, round: int, num_records: int) -> MechanismRecord:
-        ledger = self._ledger()
-        try:
-            self.policy.privacy.check_delta_for(num_records)
-        except ValueError as error:
-            raise DataError(str(error)) from None
-        try:
-            record = self.mechanism_record(round, num_records)
-            ledger.check(record)
-        except BudgetExhaustedError as refusal:
-            if self.audit is not None:
-                self.audit.append(
-                    "refusal",
-                    {
-                        "round": round,
-                        "reason": "privacy budget exhausted",
-                        "spent": refusal.spent,
-                        "requested": refusal.requested,
-                        "budget": refusal.budget,
-                    },
-                )
-            raise
-        return record
-
-    def _commit(self, record: MechanismRecord) -> float:
-        ledger = self._ledger()
-        epsilon = ledger.commit(record)
-        if self.audit is not None:
-            self.audit.append(
-                "privacy_spend",
-                {
-                    "round": record.round,
-                    "mechanism": record.mechanism,
-                    "accountant": ledger.accountant.value,
-                    "noise_multiplier": record.noise_multiplier,
-                    "sample_rate": record.sample_rate,
-                    "steps": record.steps,
-                    "max_grad_norm": record.max_grad_norm,
-                    "epsilon_after": epsilon,
-                    "delta": ledger.delta,
-                    "noise_source": record.noise_source.value,
-                },
-            )
-        return epsilon
-
-    def _ledger(self) -> PrivacyLedger:
-        if self.ledger is None:
-            raise SdkError("a private trainer needs a privacy ledger")
-        return self.ledger
-
     def _optimizer(self) -> torch.optim.Optimizer:
         training = self.consortium.training
         head = [self.model.parameter(b) for b in self.trained_blocks if b.startswith("head.")]
@@ -451,8 +297,8 @@ class LocalTrainer:
         groups.append({"params": head, "lr": training.head_learning_rate or training.learning_rate})
         return torch.optim.Adam([g for g in groups if g["params"]])
 
-    def _train_private(self, encoded: _Encoded, record: MechanismRecord) -> float:
-        num_records = int(encoded.labels.shape[0])
+    def _train_private(self, encoded: Encoded, record: MechanismRecord) -> float:
+        num_records = len(encoded)
         losses: list[float] = []
         sampler = noise_sampler(record.noise_source)
         with PrivateStep(
@@ -466,16 +312,13 @@ class LocalTrainer:
         ) as private:
             for _ in range(record.steps):
                 indices = torch.from_numpy(poisson_batch(num_records, record.sample_rate))
-                ids, mask, labels = self._batch(encoded, indices)
-                loss = private.step(ids, mask, labels)
+                loss = private.step(*encoded.batch(indices))
                 if not math.isnan(loss):
                     losses.append(loss)
         self.model.peft_model.eval()
         return float(np.mean(losses)) if losses else float("nan")
 
-    def _train_non_private(self, encoded: _Encoded) -> float:
-        num_records = int(encoded.labels.shape[0])
-        batch_size = min(self.policy.training.batch_size, num_records)
+    def _train_non_private(self, encoded: Encoded) -> float:
         optimizer = self._optimizer()
         row_masks = [
             (self.model.parameter(b), torch.from_numpy(m))
@@ -483,16 +326,9 @@ class LocalTrainer:
             if not m.all()
         ]
         losses: list[float] = []
-        order = torch.randperm(num_records, generator=self._generator)
-        position = 0
         self.model.peft_model.train()
-        for _ in range(self.steps_per_round(num_records)):
-            if position + batch_size > num_records:
-                order = torch.randperm(num_records, generator=self._generator)
-                position = 0
-            indices = order[position : position + batch_size]
-            position += batch_size
-            ids, mask, labels = self._batch(encoded, indices)
+        for indices in self._shuffled_batches(encoded):
+            ids, mask, labels = encoded.batch(indices)
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(self.model.logits(ids, mask), labels)
             torch.autograd.backward(loss)
@@ -504,57 +340,8 @@ class LocalTrainer:
         self.model.peft_model.eval()
         return float(np.mean(losses))
 
-    # ------------------------------------------------------------------ data
-
-    def _encode(self, dataset: TextDataset) -> _Encoded:
-        if len(dataset) == 0:
-            raise DataError("cannot train or evaluate on an empty data set")
-        num_labels = self.consortium.model.num_labels
-        if len(dataset.label_names) > num_labels:
-            raise DataError(
-                f"the data set has {len(dataset.label_names)} labels, the consortium model "
-                f"`model.num_labels` is {num_labels}"
-            )
-        tokens = self.tokenizer(
-            list(dataset.texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.policy.training.max_seq_length,
-            return_tensors="pt",
-        )
-        return _Encoded(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            labels=torch.tensor(dataset.labels, dtype=torch.long),
-        )
-
-    @staticmethod
-    def _batch(
-        encoded: _Encoded, indices: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ids = encoded.input_ids[indices]
-        mask = encoded.attention_mask[indices]
-        # Trim the padding every row of this batch shares: same result, less compute.
-        length = max(1, int(mask.sum(dim=1).max().item())) if len(indices) else 1
-        return ids[:, :length], mask[:, :length], encoded.labels[indices]
-
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, dataset: TextDataset) -> dict[str, float]:
         """Accuracy and macro-F1 of the current (personalized) model on ``dataset``."""
-        encoded = self._encode(dataset)
-        predictions: list[torch.Tensor] = []
-        self.model.peft_model.eval()
-        with torch.no_grad():
-            for start in range(0, int(encoded.labels.shape[0]), _EVAL_BATCH):
-                indices = torch.arange(
-                    start, min(start + _EVAL_BATCH, int(encoded.labels.shape[0]))
-                )
-                ids, mask, _ = self._batch(encoded, indices)
-                predictions.append(self.model.logits(ids, mask).argmax(dim=-1))
-        predicted = torch.cat(predictions).numpy()
-        labels = encoded.labels.numpy()
-        return {
-            "accuracy": float(np.mean(predicted == labels)),
-            "macro_f1": macro_f1(labels, predicted),
-        }
+        return self._scores(self.model, self.model.peft_model, dataset)

@@ -38,8 +38,8 @@ from fedhft.sdk import (
     synthetic_federation,
     tier_mask,
 )
+from fedhft.sdk._accounted import macro_f1
 from fedhft.sdk._adapters import HEAD_BIAS, HEAD_WEIGHT
-from fedhft.sdk._trainer import macro_f1
 
 ORG = "org-a"
 
