@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -45,15 +46,30 @@ from fedhft.protocol import (
     default_threshold,
     run_secagg_in_process,
 )
+from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol._blocks import packed_length, row_average
 from fedhft.protocol._graph import effective_degree
-from fedhft.protocol.errors import CohortTooSmallError
-from fedhft.sdk import BudgetExhaustedError, MoLEModel, TextDataset, build_base_model
+from fedhft.protocol.errors import (
+    CohortTooSmallError,
+    InvalidEnvelopeError,
+    MessageTooLargeError,
+    UnsupportedProtocolError,
+    WrongRoundError,
+)
+from fedhft.sdk import (
+    BudgetExhaustedError,
+    ClusterAdapters,
+    MoLEModel,
+    TextDataset,
+    build_base_model,
+)
+from fedhft.sdk._codec import decode_clusters, encode_clusters
 from fedhft.sdk._mole_participant import MoLEParticipant, MoLERelease, encode_release
 from fedhft.sdk._mole_trainer import upload_blocks
 
 from ._assignment import assign_experts
 from ._federation import ClusterOutcome, RoundSummary
+from ._store import AggregatorStore
 from .errors import RoundError
 
 FloatArray = npt.NDArray[np.float64]
@@ -130,6 +146,33 @@ class MoLECoordinator:
             None if assignment is None else {o: tuple(e) for o, e in assignment.items()}
         )
         self.aggregated: frozenset[str] = frozenset(aggregated)
+        # Architectures come from the assignment, not from tier masks.
+        self.tier_blocks: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def clusters(self) -> ClusterAdapters:
+        """The global state as one "cluster" (the form the server stores and serves)."""
+        return ClusterAdapters(states=(dict(self.states),), last_updates=(None,))
+
+    def model_for_round(self, round_number: int) -> ClusterAdapters:
+        """The global state released at the start of ``round_number`` (every round alike)."""
+        del round_number
+        return self.clusters
+
+    def restore(self, summary: Mapping[str, Any] | None) -> None:
+        """Recompute which blocks the last completed round averaged, from its summary.
+
+        Every block its participants upload was aggregated except those it reports as
+        left out, so the summary the store keeps is enough after a restart.
+        """
+        if summary is None or self.assignment is None:
+            self.aggregated = frozenset()
+            return
+        participants = [o for o in summary.get("participants", []) if o in self.assignment]
+        left_out = {
+            b for outcome in summary.get("outcomes", []) for b in outcome.get("skipped_blocks", {})
+        }
+        self.aggregated = frozenset(set(self.supports(participants)) - left_out)
 
     # ------------------------------------------------------------------ assignment
 
@@ -182,14 +225,25 @@ class MoLECoordinator:
         return {b: frozenset(orgs) for b, orgs in supports.items()}
 
     def session_params(
-        self, *, round_number: int, attempt: int, participants: Collection[str]
+        self,
+        *,
+        round_number: int,
+        attempt: int,
+        participants: Collection[str],
+        cluster: int = 0,
     ) -> tuple[SessionParams, dict[str, int]]:
         """The round's secure-aggregation session and the blocks left out of it.
 
+        FedAMoLE has one session per round (``cluster`` 0); ``participants`` may map each
+        organization to its tier, as the server passes it.
+
         Raises:
+            RoundError: ``cluster`` is not 0, or a participant has no experts.
             CohortTooSmallError: fewer participants than the minimum cohort, or no block
                 held by that many of them.
         """
+        if cluster != 0:
+            raise RoundError(f"FedAMoLE rounds have one session (cluster 0), not {cluster}")
         spec = self.consortium.secure_aggregation
         roster = sorted(participants)
         if len(roster) < spec.min_cohort:
@@ -230,17 +284,23 @@ class MoLECoordinator:
         *,
         round_number: int,
         participants: Sequence[str],
-        result: AggregateResult,
-        skipped: Mapping[str, int] | None = None,
+        results: Mapping[int, AggregateResult],
+        skipped: Mapping[int, Mapping[str, int]] | None = None,
     ) -> RoundSummary:
-        """Set every aggregated block to its holders' secure average; report the rest."""
+        """Set every aggregated block to its holders' secure average; report the rest.
+
+        ``results`` and ``skipped`` are keyed by session (only 0), as the server has them.
+        """
+        if set(results) != {0}:
+            raise RoundError(f"round {round_number} needs the one FedAMoLE secure sum (0)")
+        result = results[0]
         for block_id, block_sum in result.blocks.items():
             if block_id not in self.shapes:
                 raise RoundError(f"the secure sum carries unknown block {block_id!r}")
             average, has_weight = row_average(block_sum.sum, *self.shapes[block_id])
             self.states[block_id][has_weight] = average[has_weight]
         self.aggregated = frozenset(result.blocks)
-        left_out = dict(skipped or {})
+        left_out = dict((skipped or {}).get(0, {}))
         left_out.update(result.skipped)
         outcome = ClusterOutcome(
             cluster=0,
@@ -255,6 +315,92 @@ class MoLECoordinator:
             participants=tuple(sorted(participants)),
             outcomes=(outcome,),
         )
+
+
+# --------------------------------------------------------------------------- server
+
+
+AFFINITY_VERSION = 1
+"""Version of the `AffinityUpload` message this server accepts."""
+
+
+def mole_coordinator_for_server(
+    consortium: ConsortiumConfig,
+    *,
+    run_id: str,
+    store: AggregatorStore,
+    tiny_config: Mapping[str, Any] | None = None,
+) -> MoLECoordinator:
+    """The FedAMoLE coordinator of a server: fresh, or restored from its SQLite state.
+
+    Restores the global values of the last completed round, the assignment (made once,
+    in round 1) and which blocks that round averaged.
+    """
+    initial = initial_mole_state(
+        consortium, build_base_model(consortium.model, tiny_config=tiny_config)
+    )
+    stored = store.latest_model()
+    if stored is not None:
+        initial = dict(decode_clusters(stored[1]).states[0])
+    coordinator = MoLECoordinator(
+        consortium, run_id=run_id, initial_state=initial, assignment=store.assignment()
+    )
+    if stored is None:
+        store.set_initial_model(encode_clusters(coordinator.clusters))
+    coordinator.restore(store.last_summary())
+    return coordinator
+
+
+def mole_plan(coordinator: MoLECoordinator) -> pb.MoLEPlan:
+    """FedAMoLE's part of a round announcement: the assignment, or a request for it."""
+    assignment = coordinator.assignment
+    return pb.MoLEPlan(
+        affinity_requested=assignment is None,
+        num_experts=coordinator.consortium.fedamole.num_experts,
+        assignment=[
+            pb.ExpertAssignment(organization=org, experts=list(experts))
+            for org, experts in sorted((assignment or {}).items())
+        ],
+        aggregated_blocks=sorted(coordinator.aggregated),
+    )
+
+
+def validate_affinity_upload(
+    request: pb.AffinityUpload, *, expected_round: int, run_id: str, num_experts: int
+) -> tuple[float, ...]:
+    """The affinity of a well-formed `AffinityUpload` for the open attempt.
+
+    Raises:
+        UnsupportedProtocolError: another message version.
+        WrongRoundError: the upload names another round or attempt.
+        MessageTooLargeError: more values than the pool has experts.
+        InvalidEnvelopeError: a value is not finite or outside [0, 1], or they do not sum
+            to 1 (a release is normalized on the client).
+    """
+    if request.version != AFFINITY_VERSION:
+        raise UnsupportedProtocolError(
+            f"`version` {request.version} of AffinityUpload is not supported; use "
+            f"{AFFINITY_VERSION}"
+        )
+    if request.round != expected_round or request.run_id != run_id:
+        raise WrongRoundError(
+            f"the affinity is for round {request.round} ({request.run_id!r:.80}); round "
+            f"{expected_round} ({run_id}) is open"
+        )
+    values = tuple(float(v) for v in request.affinity)
+    if len(values) > num_experts:
+        raise MessageTooLargeError(
+            f"`affinity` has {len(values)} values; the pool has {num_experts} experts"
+        )
+    if len(values) != num_experts:
+        raise InvalidEnvelopeError(
+            f"`affinity` needs fedamole.num_experts = {num_experts} values, got {len(values)}"
+        )
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+        raise InvalidEnvelopeError("`affinity` values must be finite numbers in [0, 1]")
+    if abs(math.fsum(values) - 1.0) > 1e-6:
+        raise InvalidEnvelopeError("`affinity` must sum to 1 (the normalized noisy release)")
+    return values
 
 
 # --------------------------------------------------------------------------- in process
@@ -376,8 +522,8 @@ def run_fedamole_in_process(
             summary = coordinator.apply(
                 round_number=round_number,
                 participants=list(uploads),
-                result=result,
-                skipped=skipped,
+                results={0: result},
+                skipped={0: skipped},
             )
         for org in uploads:
             organizations[org].participant.complete(round_number)

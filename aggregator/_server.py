@@ -15,6 +15,10 @@ time in a background thread (DESIGN §7):
 4. move the cluster adapters by the per-row averages (`RoundCoordinator.apply`) and
    store the new model together with the round's completion in one transaction.
 
+FedAMoLE (`MoLECoordinator`) runs through the same steps with one session per round;
+in round 1, between 2 and 3, the server waits for every participant's DP affinity
+(`SubmitAffinity`), runs RSEA, stores the assignment in SQLite and announces it.
+
 Killing the process at any moment loses nothing: at start the open attempt is aborted
 (`AggregatorStore.abort_open_attempts`), the model of the last completed round is
 restored, and the interrupted round is redone as a new attempt, whose session ids differ
@@ -64,7 +68,9 @@ from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, released_model_hash
 from fedhft.protocol.errors import CohortTooSmallError, ProtocolError
 from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, tier_mask
 
+from ._assignment import InfeasibleAssignmentError
 from ._federation import RoundCoordinator, RoundSummary, decode_clusters, encode_clusters
+from ._mole_rounds import MoLECoordinator, mole_coordinator_for_server
 from ._sessions import AggregationSession, CKKSRoundSession, MaskingSession
 from ._store import AggregatorStore
 from .errors import AggregatorError, RoundError
@@ -160,6 +166,8 @@ class Attempt:
     joins: dict[str, JoinAnswer] = field(default_factory=dict)
     sessions: dict[int, AggregationSession] = field(default_factory=dict)
     peers: dict[str, pb.PeerIdentity] = field(default_factory=dict)
+    affinities: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """FedAMoLE round 1: each organization's DP affinity release, by organization."""
 
 
 class _Outcome(enum.Enum):
@@ -195,11 +203,6 @@ class AggregatorServer:
         port: int = 0,
         options: ServerOptions | None = None,
     ) -> None:
-        if consortium.method is Method.FEDAMOLE:
-            raise AggregatorError(
-                "method fedamole is not available in the aggregation server yet; use "
-                "fedhft, fedavg or local"
-            )
         self.consortium = consortium
         self.options = options or ServerOptions()
         self.credentials = (
@@ -299,8 +302,12 @@ class AggregatorServer:
             )
         return context
 
-    def _coordinator(self) -> RoundCoordinator:
+    def _coordinator(self) -> RoundCoordinator | MoLECoordinator:
         tiny = self.options.tiny_config
+        if self.consortium.method is Method.FEDAMOLE:
+            return mole_coordinator_for_server(
+                self.consortium, run_id=self.run_id, store=self.store, tiny_config=tiny
+            )
         initial = MaskedAdapterModel.from_consortium(self.consortium, tiny_config=tiny)
         tiers = {
             tier: tier_mask(self.consortium, tier, tiny_config=tiny)
@@ -469,6 +476,12 @@ class AggregatorServer:
                 f"{len(participants)} participants, fewer than the minimum cohort {min_cohort}",
                 outcome,
             )
+        if isinstance(self.coordinator, MoLECoordinator):
+            assigned = self._assign_experts(attempt, participants)
+            if isinstance(assigned, str):
+                outcome = _Outcome.FINISHED if could_join < min_cohort else _Outcome.RETRY
+                return self._abort(attempt, assigned, outcome)
+            participants = assigned
         if self.consortium.method is Method.LOCAL:
             # Local-only baseline: every organization trains on its own; nothing is summed.
             summary = RoundSummary(round_number, 1, tuple(sorted(participants)), ())
@@ -486,6 +499,50 @@ class AggregatorServer:
             attempt.sessions = sessions
             self.changed.notify_all()
         return self._aggregate(attempt, sessions, participants)
+
+    def _assign_experts(
+        self, attempt: Attempt, participants: Mapping[str, str]
+    ) -> dict[str, str] | str:
+        """FedAMoLE: the participants that hold experts, or why the attempt cannot go on.
+
+        In round 1 the assignment does not exist yet: wait (up to the join timeout) for
+        every participant's DP affinity, run RSEA, store the assignment and announce it.
+        """
+        coordinator = self.coordinator
+        assert isinstance(coordinator, MoLECoordinator)
+        min_cohort = self.consortium.secure_aggregation.min_cohort
+        if coordinator.assignment is None:
+            with self.changed:
+                attempt.phase = "affinity"
+                self.changed.notify_all()
+            deadline = time.time() + self.options.join_timeout_s
+            self._wait_until(lambda: set(participants) <= set(attempt.affinities), deadline)
+            if self._stopping:
+                return "the server is stopping"
+            with self.changed:
+                affinities = {o: a for o, a in attempt.affinities.items() if o in participants}
+            if len(affinities) < min_cohort:
+                return (
+                    f"{len(affinities)} affinity releases, fewer than the minimum cohort "
+                    f"{min_cohort}"
+                )
+            try:
+                with self.changed:
+                    assignment = coordinator.assign(
+                        affinities, {org: participants[org] for org in affinities}
+                    )
+            except InfeasibleAssignmentError as error:
+                return f"no expert assignment: {error}"
+            with self.store_lock:
+                self.store.save_assignment(assignment)
+            _LOG.info(
+                "round %d: experts assigned to %d organizations", attempt.round, len(assignment)
+            )
+        with self.changed:
+            attempt.phase = "aggregating"
+            self.changed.notify_all()
+        held = coordinator.assignment or {}
+        return {org: tier for org, tier in participants.items() if org in held}
 
     def _aggregate(
         self,

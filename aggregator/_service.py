@@ -48,11 +48,13 @@ from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from fedhft.protocol._session_codec import MODEL_FORMAT
 from fedhft.protocol.errors import (
+    DuplicateMessageError,
     InvalidEnvelopeError,
     StageError,
     WrongRoundError,
 )
 
+from ._mole_rounds import MoLECoordinator, mole_plan, validate_affinity_upload
 from ._server import Attempt, JoinAnswer, ReleasedModel
 from ._sessions import INPUT_STAGES, STAGE_NAMES, AggregationSession
 
@@ -207,7 +209,15 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             ],
             join_deadline_unix_ms=attempt.join_deadline_unix_ms,
             retry_after_ms=self._server.options.poll_interval_ms,
+            mole=self._mole_plan(),
         )
+
+    def _mole_plan(self) -> pb.MoLEPlan | None:
+        coordinator = self._server.coordinator
+        if not isinstance(coordinator, MoLECoordinator):
+            return None
+        with self._server.changed:
+            return mole_plan(coordinator)
 
     def _finished_announcement(self, final: ReleasedModel) -> pb.RoundAnnouncement:
         return pb.RoundAnnouncement(
@@ -217,6 +227,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             consortium_config_hash=self._server.config_hash,
             model_hash=final.model_hash,
             clusters=final.clusters.k,
+            mole=self._mole_plan(),
         )
 
     @translate_errors
@@ -242,6 +253,37 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             )
             server.changed.notify_all()
         return pb.JoinResponse(round=request.round, accepted=True)
+
+    @translate_errors
+    def SubmitAffinity(self, request: pb.AffinityUpload, context: Any) -> pb.AffinityAck:
+        organization = self._caller(context)
+        server = self._server
+        coordinator = server.coordinator
+        if not isinstance(coordinator, MoLECoordinator):
+            raise WrongRoundError("this consortium's method takes no affinity (not fedamole)")
+        attempt = self._open_attempt()
+        values = validate_affinity_upload(
+            request,
+            expected_round=attempt.round,
+            run_id=attempt.run_id,
+            num_experts=server.consortium.fedamole.num_experts,
+        )
+        with server.changed:
+            if server.attempt is not attempt or attempt.phase not in ("joining", "affinity"):
+                raise WrongRoundError("the round no longer takes affinities; wait for the next")
+            if coordinator.assignment is not None:
+                raise WrongRoundError("the experts are already assigned; no affinity is asked")
+            joined = attempt.joins.get(organization)
+            if joined is None or not joined.participate:
+                raise StageError(f"{organization} must join round {attempt.round} first")
+            previous = attempt.affinities.get(organization)
+            if previous is not None and previous != values:
+                raise DuplicateMessageError(
+                    f"{organization} already sent another affinity for this round"
+                )
+            attempt.affinities[organization] = values
+            server.changed.notify_all()
+        return pb.AffinityAck(round=request.round, accepted=True)
 
     # ------------------------------------------------------------------ models
 

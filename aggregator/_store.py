@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +252,39 @@ class AggregatorStore:
     def set_initial_model(self, model_state: bytes) -> None:
         """Store the model of round 0 (the starting point) if none is stored yet."""
         self._db.execute("INSERT OR IGNORE INTO models VALUES (0, ?)", (model_state,))
+
+    # ------------------------------------------------------------------ FedAMoLE
+
+    def save_assignment(self, assignment: Mapping[str, Sequence[int]]) -> None:
+        """Keep the run's FedAMoLE expert assignment; it is fixed once made.
+
+        Raises:
+            StateError: another assignment was stored before.
+        """
+        encoded = json.dumps(
+            {org: sorted(experts) for org, experts in assignment.items()}, sort_keys=True
+        )
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'fedamole_assignment'").fetchone()
+            if row is not None and row[0] != encoded:
+                raise StateError(f"{self.path}: this run's FedAMoLE assignment was already made")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('fedamole_assignment', ?)", (encoded,))
+
+    def assignment(self) -> dict[str, tuple[int, ...]] | None:
+        """The stored FedAMoLE expert assignment, if it was made."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = 'fedamole_assignment'"
+        ).fetchone()
+        if row is None:
+            return None
+        return {org: tuple(int(e) for e in experts) for org, experts in json.loads(row[0]).items()}
+
+    def last_summary(self) -> dict[str, Any] | None:
+        """The summary of the latest completed round, if any."""
+        row = self._db.execute(
+            "SELECT summary FROM attempts WHERE status = 'completed' ORDER BY round DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
     # ------------------------------------------------------------------ stages, receipts
 

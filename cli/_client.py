@@ -61,8 +61,13 @@ def run_command(
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
 ) -> None:
     """Join the federation's rounds until the server announces the end."""
-    from fedhft.policies import load_consortium_config, load_organization_policy
-    from fedhft.sdk import FederatedClient, MaskedAdapterModel, load_dataset_file
+    from fedhft.policies import Method, load_consortium_config, load_organization_policy
+    from fedhft.sdk import (
+        FederatedClient,
+        MaskedAdapterModel,
+        build_base_model,
+        load_dataset_file,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -76,7 +81,12 @@ def run_command(
             if test is not None
             else None
         )
-        model = MaskedAdapterModel.from_consortium(consortium_config)
+        # FedAMoLE installs its experts into the plain base model.
+        model = (
+            build_base_model(consortium_config.model)
+            if consortium_config.method is Method.FEDAMOLE
+            else MaskedAdapterModel.from_consortium(consortium_config)
+        )
         folder = state or Path("fedhft-state") / organization_policy.organization
         with FederatedClient(
             model,

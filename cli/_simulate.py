@@ -68,6 +68,12 @@ def _consortium(
     seed: int,
 ) -> dict[str, Any]:
     clusters = 2 if method is SimMethod.FEDHFT else 1
+    fedamole: dict[str, Any] = {}
+    if method is SimMethod.FEDAMOLE:
+        # A pool of one expert per organization, three holders each; tiers hold 1-3,
+        # 2-4 or 3-5 experts, which fits any number of organizations cycling the tiers.
+        fedamole = {"num_experts": len(organizations), "holders_per_expert": 3}
+    experts = {"edge": (1, 3), "standard": (2, 4), "full": (3, 5)} if fedamole else {}
     return {
         "kind": "consortium",
         "consortium": "simulated-consortium",
@@ -86,6 +92,10 @@ def _consortium(
                 "keep_ratio": 0.5,
             },
             "full": {"layers": "all", "keep_ratio": 0.5},
+        }
+        if not experts
+        else {
+            tier: {"min_experts": low, "max_experts": high} for tier, (low, high) in experts.items()
         },
         "method": method.value,
         "rounds": rounds,
@@ -103,6 +113,7 @@ def _consortium(
             "max_dropout_fraction": 0.4,
             "stage_timeout_s": 120,
         },
+        **({"fedamole": fedamole} if fedamole else {}),
         "enrollment": [{"organization": org} for org in organizations],
     }
 
@@ -251,9 +262,6 @@ def simulate(
 
     # Wide enough for the summary tables when the output goes to a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 140)
-    if method is SimMethod.FEDAMOLE:
-        console.print("[red]fedamole is not available yet[/] (FedAMoLE is not implemented)")
-        raise typer.Exit(code=2)
     started = time.monotonic()
     root = workdir or Path(tempfile.mkdtemp(prefix="fedhft-simulate-"))
     root.mkdir(parents=True, exist_ok=True)

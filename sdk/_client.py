@@ -106,6 +106,7 @@ from ._codec import decode_clusters
 from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
 from ._mixture import ClusterAdapters
+from ._mole_client import MoLEClientRounds
 from ._participant import RoundParticipant
 from ._trainer import LocalTrainer
 from ._update import MaskedUpdate
@@ -171,7 +172,8 @@ class FederatedClient:
 
     Args:
         model: the base model (a Hugging Face sequence classifier) or an already
-            wrapped `MaskedAdapterModel`.
+            wrapped `MaskedAdapterModel`; for a FedAMoLE consortium the base model
+            (its rounds are `_mole_client.MoLEClientRounds`).
         dataset: the organization's training data.
         policy: its policy (object or YAML path).
         consortium: the consortium configuration (object or YAML path).
@@ -261,7 +263,21 @@ class FederatedClient:
         self.violations = compatibility_violations(self.policy, self.consortium)
         self.trainer: LocalTrainer | None = None
         self.participant: RoundParticipant | None = None
-        if not self.violations:
+        self.mole: MoLEClientRounds | None = None
+        if not self.violations and self.consortium.method is Method.FEDAMOLE:
+            # FedAMoLE: `model` is the base classifier; its rounds live in `_mole_client`.
+            if isinstance(model, MaskedAdapterModel):
+                raise ConsortiumMismatchError(
+                    "a FedAMoLE consortium needs the base model, not a MaskedAdapterModel"
+                )
+            self.mole = MoLEClientRounds(
+                self,
+                model,
+                tokenizer=tokenizer,
+                seed=seed,
+                non_private_baseline=non_private_baseline,
+            )
+        elif not self.violations:
             self.trainer = LocalTrainer(
                 model,
                 self.policy,
@@ -395,6 +411,8 @@ class FederatedClient:
             ServerUnreachableError: the server stayed unreachable.
         """
         self.connect()
+        if self.mole is not None:
+            return self.mole.run_round()
         announcement = self._next_announcement()
         if announcement.status == pb.ROUND_STATUS_FINISHED:
             self._finish(announcement)
@@ -710,6 +728,8 @@ class FederatedClient:
 
     def report(self) -> ClientReport:
         """The organization's figures so far (accuracy once the run finished)."""
+        if self.mole is not None:
+            return self.mole.report()
         trainer = self._trainer()
         participant = self._participant()
         ledger = trainer.ledger

@@ -144,6 +144,10 @@ class MoLEParticipant:
 
     # ------------------------------------------------------------------ affinity
 
+    def affinity_released(self) -> bool:
+        """Whether the affinity was released (and kept) already."""
+        return (self.state_dir / _AFFINITY_FILE).exists()
+
     def affinity(self, round_number: int = 1) -> FloatArray:
         """The organization's released affinity over the pool (released at most once).
 
@@ -182,7 +186,8 @@ class MoLEParticipant:
             block_id: (
                 self.personal[block_id]
                 if block_id in self.personal and block_id not in release.aggregated
-                else np.asarray(values, dtype=np.float64)
+                # A writable copy: released states may be read-only arrays.
+                else np.array(values, dtype=np.float64)
             )
             for block_id, values in release.states.items()
         }

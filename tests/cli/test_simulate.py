@@ -75,15 +75,3 @@ def test_simulate_tiny_runs_and_its_audit_logs_verify(tmp_path: Path) -> None:
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert f"ok: {workdir / 'orgs' / org / 'audit.jsonl'}" in verify.stdout
-
-
-def test_simulate_refuses_fedamole_until_it_exists() -> None:
-    """`--method fedamole` says it is not available and exits 2, starting nothing."""
-    done = subprocess.run(
-        [sys.executable, "-m", "fedhft.cli", "simulate", "--method", "fedamole"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "not available" in done.stdout

@@ -483,6 +483,7 @@ class RoundAnnouncement(_message.Message):
     TIER_MASKS_FIELD_NUMBER: _builtins.int
     JOIN_DEADLINE_UNIX_MS_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    MOLE_FIELD_NUMBER: _builtins.int
     status: Global___RoundStatus.ValueType
     round: _builtins.int
     run_id: _builtins.str
@@ -498,6 +499,10 @@ class RoundAnnouncement(_message.Message):
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockLayout]: ...
     @_builtins.property
     def tier_masks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierMask]: ...
+    @_builtins.property
+    def mole(self) -> Global___MoLEPlan:
+        """FedAMoLE only"""
+
     def __init__(
         self,
         *,
@@ -512,14 +517,141 @@ class RoundAnnouncement(_message.Message):
         tier_masks: _abc.Iterable[Global___TierMask] | None = ...,
         join_deadline_unix_ms: _builtins.int = ...,
         retry_after_ms: _builtins.int = ...,
+        mole: Global___MoLEPlan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mole", b"mole"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "clusters", b"clusters", "consortium_config_hash", b"consortium_config_hash", "join_deadline_unix_ms", b"join_deadline_unix_ms", "model_hash", b"model_hash", "retry_after_ms", b"retry_after_ms", "round", b"round", "run_id", b"run_id", "status", b"status", "tier_masks", b"tier_masks", "warmup", b"warmup"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "clusters", b"clusters", "consortium_config_hash", b"consortium_config_hash", "join_deadline_unix_ms", b"join_deadline_unix_ms", "model_hash", b"model_hash", "mole", b"mole", "retry_after_ms", b"retry_after_ms", "round", b"round", "run_id", b"run_id", "status", b"status", "tier_masks", b"tier_masks", "warmup", b"warmup"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoundAnnouncement: _TypeAlias = RoundAnnouncement  # noqa: Y015
+
+@_typing.final
+class ExpertAssignment(_message.Message):
+    """------------------------------------------------------------------ FedAMoLE
+
+    One organization's experts under the public assignment (it decides secure-sum supports).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    EXPERTS_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    @_builtins.property
+    def experts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """distinct pool ids, ascending"""
+
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        experts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experts", b"experts", "organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpertAssignment: _TypeAlias = ExpertAssignment  # noqa: Y015
+
+@_typing.final
+class MoLEPlan(_message.Message):
+    """FedAMoLE's part of a round announcement. In round 1 the server first asks for the
+    affinities (`affinity_requested`, `assignment` empty), then announces the same attempt
+    again with the assignment; from then on the assignment is fixed for the run.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFFINITY_REQUESTED_FIELD_NUMBER: _builtins.int
+    NUM_EXPERTS_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_FIELD_NUMBER: _builtins.int
+    AGGREGATED_BLOCKS_FIELD_NUMBER: _builtins.int
+    affinity_requested: _builtins.bool
+    num_experts: _builtins.int
+    @_builtins.property
+    def assignment(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpertAssignment]: ...
+    @_builtins.property
+    def aggregated_blocks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """blocks the previous round averaged"""
+
+    def __init__(
+        self,
+        *,
+        affinity_requested: _builtins.bool = ...,
+        num_experts: _builtins.int = ...,
+        assignment: _abc.Iterable[Global___ExpertAssignment] | None = ...,
+        aggregated_blocks: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_requested", b"affinity_requested", "aggregated_blocks", b"aggregated_blocks", "assignment", b"assignment", "num_experts", b"num_experts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoLEPlan: _TypeAlias = MoLEPlan  # noqa: Y015
+
+@_typing.final
+class AffinityUpload(_message.Message):
+    """A DP affinity release: the noisy per-expert sums normalized to total 1 (post-processing
+    of the Gaussian mechanism's output; the plaintext statistic never leaves the client).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """1"""
+    round: _builtins.int
+    run_id: _builtins.str
+    """the announced attempt"""
+    @_builtins.property
+    def affinity(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """`num_experts` values in [0, 1], summing to 1"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        round: _builtins.int = ...,
+        run_id: _builtins.str = ...,
+        affinity: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "round", b"round", "run_id", b"run_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AffinityUpload: _TypeAlias = AffinityUpload  # noqa: Y015
+
+@_typing.final
+class AffinityAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    accepted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        accepted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AffinityAck: _TypeAlias = AffinityAck  # noqa: Y015
 
 @_typing.final
 class JoinRequest(_message.Message):

@@ -75,6 +75,11 @@ class AggregatorStub:
                 request_serializer=fedhft_dot_v1_dot_fedhft__pb2.StageRequest.SerializeToString,
                 response_deserializer=fedhft_dot_v1_dot_fedhft__pb2.StageBroadcast.FromString,
                 _registered_method=True)
+        self.SubmitAffinity = channel.unary_unary(
+                '/fedhft.v1.Aggregator/SubmitAffinity',
+                request_serializer=fedhft_dot_v1_dot_fedhft__pb2.AffinityUpload.SerializeToString,
+                response_deserializer=fedhft_dot_v1_dot_fedhft__pb2.AffinityAck.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -141,6 +146,15 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitAffinity(self, request, context):
+        """FedAMoLE, round 1: uploads the organization's per-expert affinity, the output of an
+        accounted Gaussian mechanism (DESIGN §2.3), once the round asks for it
+        (`MoLEPlan.affinity_requested`). Re-sending the same release is accepted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +197,11 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.AwaitStage,
                     request_deserializer=fedhft_dot_v1_dot_fedhft__pb2.StageRequest.FromString,
                     response_serializer=fedhft_dot_v1_dot_fedhft__pb2.StageBroadcast.SerializeToString,
+            ),
+            'SubmitAffinity': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitAffinity,
+                    request_deserializer=fedhft_dot_v1_dot_fedhft__pb2.AffinityUpload.FromString,
+                    response_serializer=fedhft_dot_v1_dot_fedhft__pb2.AffinityAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +421,33 @@ class Aggregator:
             '/fedhft.v1.Aggregator/AwaitStage',
             fedhft_dot_v1_dot_fedhft__pb2.StageRequest.SerializeToString,
             fedhft_dot_v1_dot_fedhft__pb2.StageBroadcast.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitAffinity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhft.v1.Aggregator/SubmitAffinity',
+            fedhft_dot_v1_dot_fedhft__pb2.AffinityUpload.SerializeToString,
+            fedhft_dot_v1_dot_fedhft__pb2.AffinityAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,11 @@ class AggregatorStub:
     """Waits for what the server relays to the caller at the end of a stage (all key
     advertisements, the shares addressed to the caller, the survivor set, ...).
     """
+    SubmitAffinity: _grpc.UnaryUnaryMultiCallable[_fedhft_pb2.AffinityUpload, _fedhft_pb2.AffinityAck]
+    """FedAMoLE, round 1: uploads the organization's per-expert affinity, the output of an
+    accounted Gaussian mechanism (DESIGN §2.3), once the round asks for it
+    (`MoLEPlan.affinity_requested`). Re-sending the same release is accepted.
+    """
 
 @_typing.type_check_only
 class AggregatorAsyncStub(AggregatorStub):
@@ -104,6 +109,11 @@ class AggregatorAsyncStub(AggregatorStub):
     AwaitStage: _aio.UnaryUnaryMultiCallable[_fedhft_pb2.StageRequest, _fedhft_pb2.StageBroadcast]  # type: ignore[assignment]
     """Waits for what the server relays to the caller at the end of a stage (all key
     advertisements, the shares addressed to the caller, the survivor set, ...).
+    """
+    SubmitAffinity: _aio.UnaryUnaryMultiCallable[_fedhft_pb2.AffinityUpload, _fedhft_pb2.AffinityAck]  # type: ignore[assignment]
+    """FedAMoLE, round 1: uploads the organization's per-expert affinity, the output of an
+    accounted Gaussian mechanism (DESIGN §2.3), once the round asks for it
+    (`MoLEPlan.affinity_requested`). Re-sending the same release is accepted.
     """
 
 class AggregatorServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +189,17 @@ class AggregatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fedhft_pb2.StageBroadcast, _abc.Awaitable[_fedhft_pb2.StageBroadcast]]:
         """Waits for what the server relays to the caller at the end of a stage (all key
         advertisements, the shares addressed to the caller, the survivor set, ...).
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitAffinity(
+        self,
+        request: _fedhft_pb2.AffinityUpload,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fedhft_pb2.AffinityAck, _abc.Awaitable[_fedhft_pb2.AffinityAck]]:
+        """FedAMoLE, round 1: uploads the organization's per-expert affinity, the output of an
+        accounted Gaussian mechanism (DESIGN §2.3), once the round asks for it
+        (`MoLEPlan.affinity_requested`). Re-sending the same release is accepted.
         """
 
 def add_AggregatorServicer_to_server(servicer: AggregatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
