@@ -203,6 +203,14 @@ class AggregatorServer:
         port: int = 0,
         options: ServerOptions | None = None,
     ) -> None:
+        if (
+            consortium.method is Method.FEDAMOLE
+            and consortium.secure_aggregation.mode is not SecureAggregationMode.MASKING
+        ):
+            raise AggregatorError(
+                "method fedamole runs with masking-mode secure aggregation only; set "
+                "`secure_aggregation.mode: masking`"
+            )
         self.consortium = consortium
         self.options = options or ServerOptions()
         self.credentials = (

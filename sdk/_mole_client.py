@@ -35,6 +35,7 @@ import numpy.typing as npt
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedhft.audit import EventType, round_joined_payload
+from fedhft.policies import SecureAggregationMode
 from fedhft.protocol import (
     SecAggClient,
     SessionParams,
@@ -87,6 +88,10 @@ class MoLEClientRounds:
         seed: int | None,
         non_private_baseline: bool,
     ) -> None:
+        if client.consortium.secure_aggregation.mode is not SecureAggregationMode.MASKING:
+            # Refused here, before any release: a CKKS session would be found only after
+            # a round had been trained and spent.
+            raise ConsortiumMismatchError("FedAMoLE runs with masking-mode secure aggregation only")
         self.client = client
         pristine = copy.deepcopy(base_model)
         self.trainer = MoLETrainer(

@@ -33,6 +33,7 @@ from fedhft.aggregator._mole_rounds import (
     MoLECoordinator,
     validate_affinity_upload,
 )
+from fedhft.aggregator.errors import AggregatorError
 from fedhft.policies import ConsortiumConfig
 from fedhft.protocol import PROTOCOL_VERSION, create_channel, load_credentials
 from fedhft.protocol import fedhft_pb2 as pb
@@ -253,3 +254,17 @@ def test_affinity_upload_over_the_wire_is_checked_against_the_round(tmp_path: Pa
             assert stub.SubmitAffinity(upload, timeout=10).accepted  # The same release again.
             other = _upload(run_id=announced.run_id, affinity=[0.5, 0.25, 0.25])
             assert _status(lambda: stub.SubmitAffinity(other, timeout=10)) == "ALREADY_EXISTS"
+
+
+def test_server_refuses_fedamole_in_ckks_mode(tmp_path: Path) -> None:
+    """FedAMoLE needs masking mode; a CKKS consortium is refused before anything starts."""
+    config = fast_consortium(
+        method="fedamole",
+        tiers=TIERS,
+        fedamole={"num_experts": 3, "holders_per_expert": 3},
+        secure_aggregation={"mode": "ckks"},
+    )
+    pki = provision(tmp_path / "pki")
+    with pytest.raises(AggregatorError, match="masking"):
+        AggregatorServer(config, credentials=pki.server, state_dir=tmp_path / "state")
+    assert not (tmp_path / "state").exists()
