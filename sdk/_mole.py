@@ -37,9 +37,11 @@ Notes:
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,9 +49,12 @@ import numpy.typing as npt
 import torch
 from opacus.grad_sample.utils import prepare_module
 from opacus.validators import ModuleValidator
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 from torch import nn
 from transformers import PreTrainedModel
 
+from fedhft._files import atomic_write
 from fedhft.policies import AdapterSpec
 
 from ._adapters import (
@@ -62,6 +67,7 @@ from ._adapters import (
     adapter_layout,
     frozen_a,
 )
+from ._codec import safetensors_metadata
 from ._dp import dp_optimizer, release_per_sample_state
 from ._noise import NoiseSampler
 
@@ -262,6 +268,7 @@ class MoLEModel:
     ) -> None:
         self.adapter = adapter
         self.expert_ids = tuple(sorted(expert_ids))
+        self.top_k = top_k
         head = _classifier(base)
         self.adapter_blocks: tuple[Block, ...] = tuple(
             b for b in adapter_layout(base, adapter) if b.layer is not None
@@ -356,6 +363,48 @@ class MoLEModel:
         with torch.no_grad():
             for target, tensor in checked:
                 target.copy_(tensor)
+
+    # ------------------------------------------------------------------ export
+
+    def save(self, path: str | Path) -> None:
+        """Write the personalized model (every held block, expert ids, adapter spec) as
+        one safetensors file; `MoLEModel.load` rebuilds it on the same base model.
+
+        Only the trained blocks are written: the frozen ``A`` of every expert and the
+        router's expert embeddings come back from the adapter spec's public seed.
+        """
+        metadata = {
+            "format": "fedhft-mole/v1",
+            "adapter": self.adapter.model_dump_json(),
+            "expert_ids": json.dumps(list(self.expert_ids)),
+            "top_k": str(self.top_k),
+        }
+        atomic_write(Path(path), bytes(save_arrays(self.get_state(), metadata=metadata)))
+
+    @classmethod
+    def load(cls, path: str | Path, base: PreTrainedModel) -> MoLEModel:
+        """The personalized model saved by `save`, installed into ``base`` (the
+        consortium's base model, e.g. from `build_base_model`).
+
+        Raises:
+            AdapterError: the file is not a fedhft MoLE export, or its blocks do not fit
+                ``base``.
+        """
+        data = Path(path).read_bytes()
+        metadata = safetensors_metadata(data)
+        if metadata.get("format") != "fedhft-mole/v1":
+            raise AdapterError(f"{path} is not a fedhft MoLE export (format fedhft-mole/v1)")
+        model = cls(
+            base,
+            AdapterSpec.model_validate_json(metadata["adapter"]),
+            expert_ids=json.loads(metadata["expert_ids"]),
+            top_k=int(metadata["top_k"]),
+        )
+        state = load_arrays(data)
+        if set(state) != set(model.block_ids):
+            raise AdapterError(f"{path} does not carry exactly the blocks of its experts")
+        model.set_state(state)
+        return model
 
     # ------------------------------------------------------------------ use
 

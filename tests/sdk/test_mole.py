@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -254,6 +256,24 @@ def test_state_round_trips_and_rejects_bad_shapes() -> None:
     np.testing.assert_allclose(model.get_state([shared_block_id(BLOCK)])[shared_block_id(BLOCK)], 0)
     with pytest.raises(AdapterError, match="NaN"):
         model.set_state({block: np.full((32, 4), np.nan)})
+
+
+def test_an_exported_personalized_model_loads_with_identical_logits(tmp_path: Path) -> None:
+    """`MoLEModel.save` then `MoLEModel.load` on a fresh base gives the same experts and
+    the same logits; a file that is not an export is refused."""
+    model = _mole([1, 3], top_k=1)
+    _randomize(model, seed=4)
+    path = tmp_path / "personal-mole.safetensors"
+    model.save(path)
+    loaded = MoLEModel.load(path, build_base_model(TINY))
+    assert loaded.expert_ids == (1, 3) and loaded.top_k == 1
+    ids, mask, _ = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.logits(ids, mask), model.logits(ids, mask))
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(path.read_bytes().replace(b"fedhft-mole/v1", b"fedhft-xxxx/v1"))
+    with pytest.raises(AdapterError, match="not a fedhft MoLE export"):
+        MoLEModel.load(other, build_base_model(TINY))
 
 
 @pytest.mark.parametrize(
