@@ -24,7 +24,7 @@ Notes:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,59 @@ def clusters_digest(clusters: ClusterAdapters) -> bytes:
                 name = f"{kind}/{j}/{block_id}/{values.shape}".encode()
                 hasher.update(len(name).to_bytes(4, "big") + name + values.tobytes())
     return hasher.digest()
+
+
+def cohort_session(
+    consortium: ConsortiumConfig,
+    *,
+    run_id: str,
+    round_number: int,
+    cluster: int,
+    roster: Sequence[str],
+    config_hash: bytes,
+    model_hash: bytes,
+    shapes: Mapping[str, tuple[int, int]],
+    supports: Mapping[str, Collection[str]],
+) -> tuple[SessionParams, dict[str, int]]:
+    """One secure-aggregation session over ``roster`` for the blocks held (``supports``)
+    by at least the minimum cohort; the blocks left out are returned with their holder
+    counts (they stay with their holders this round).
+
+    Raises:
+        CohortTooSmallError: fewer participants than the minimum cohort, or no block
+            held by that many of them.
+    """
+    spec = consortium.secure_aggregation
+    if len(roster) < spec.min_cohort:
+        raise CohortTooSmallError(
+            f"round {round_number} has {len(roster)} participants, fewer than the "
+            f"minimum cohort {spec.min_cohort}"
+        )
+    kept = {b: orgs for b, orgs in supports.items() if len(orgs) >= spec.min_cohort}
+    skipped = {b: len(orgs) for b, orgs in supports.items() if b not in kept}
+    if not kept:
+        raise CohortTooSmallError(
+            f"no block of round {round_number} is held by {spec.min_cohort} participants"
+        )
+    params = SessionParams(
+        run_id=run_id,
+        round=round_number,
+        cluster=cluster,
+        roster=list(roster),
+        config_hash=config_hash,
+        model_hash=model_hash,
+        threshold=max(
+            default_threshold(len(roster), spec.neighbours),
+            spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
+        ),
+        min_cohort=spec.min_cohort,
+        block_lengths={b: packed_length(*shapes[b]) for b in sorted(kept)},
+        block_supports={b: frozenset(kept[b]) for b in sorted(kept)},
+        clip=spec.clip,
+        scale=spec.scale,
+        neighbours=spec.neighbours,
+    )
+    return params, skipped
 
 
 @dataclass(frozen=True)
@@ -192,42 +245,21 @@ class RoundCoordinator:
         Raises:
             CohortTooSmallError: fewer participants than the minimum cohort.
         """
-        spec = self.consortium.secure_aggregation
-        roster = sorted(participants)
-        if len(roster) < spec.min_cohort:
-            raise CohortTooSmallError(
-                f"round {round_number} has {len(roster)} participants, fewer than the "
-                f"minimum cohort {spec.min_cohort}"
-            )
         supports: dict[str, set[str]] = {}
         for org, tier in participants.items():
             for block_id in self.tier_blocks[tier]:
                 supports.setdefault(block_id, set()).add(org)
-        kept = {b: orgs for b, orgs in supports.items() if len(orgs) >= spec.min_cohort}
-        skipped = {b: len(orgs) for b, orgs in supports.items() if b not in kept}
-        if not kept:
-            raise CohortTooSmallError(
-                f"no block of round {round_number} is held by {spec.min_cohort} participants"
-            )
-        params = SessionParams(
+        return cohort_session(
+            self.consortium,
             run_id=f"{self.run_id}.a{attempt}",
-            round=round_number,
+            round_number=round_number,
             cluster=cluster,
-            roster=roster,
+            roster=sorted(participants),
             config_hash=self.config_hash,
             model_hash=clusters_digest(self.model_for_round(round_number)),
-            threshold=max(
-                default_threshold(len(roster), spec.neighbours),
-                spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
-            ),
-            min_cohort=spec.min_cohort,
-            block_lengths={b: packed_length(*self.shapes[b]) for b in sorted(kept)},
-            block_supports={b: frozenset(kept[b]) for b in sorted(kept)},
-            clip=spec.clip,
-            scale=spec.scale,
-            neighbours=spec.neighbours,
+            shapes=self.shapes,
+            supports=supports,
         )
-        return params, skipped
 
     # ------------------------------------------------------------------ applying
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -23,12 +23,15 @@ from fedhft.sdk._participant import RoundParticipant
 
 from ._federation import RoundCoordinator, RoundSummary, encode_clusters
 
+P = TypeVar("P")
+
 
 @dataclass
-class OrganizationRun:
-    """One organization of an in-process federation."""
+class OrganizationRun(Generic[P]):
+    """One organization of an in-process federation (its participant: a
+    `RoundParticipant`, or a `MoLEParticipant` for FedAMoLE)."""
 
-    participant: RoundParticipant
+    participant: P
     tier: str
     test: TextDataset
     domain: str = ""
@@ -60,7 +63,7 @@ class FederationResult:
 def run_federation_in_process(
     consortium: ConsortiumConfig,
     coordinator: RoundCoordinator,
-    organizations: Mapping[str, OrganizationRun],
+    organizations: Mapping[str, OrganizationRun[RoundParticipant]],
     *,
     rounds: int | None = None,
     drop: Callable[[int, int], Mapping[str, Sequence[str]]] | None = None,

@@ -30,12 +30,11 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from transformers import PreTrainedModel
 
 from fedhft.policies import ConsortiumConfig, policy_hash
@@ -43,14 +42,11 @@ from fedhft.protocol import (
     AggregateResult,
     SessionParams,
     SessionStats,
-    default_threshold,
     run_secagg_in_process,
 )
 from fedhft.protocol import fedhft_pb2 as pb
-from fedhft.protocol._blocks import packed_length, row_average
-from fedhft.protocol._graph import effective_degree
+from fedhft.protocol._blocks import row_average
 from fedhft.protocol.errors import (
-    CohortTooSmallError,
     InvalidEnvelopeError,
     MessageTooLargeError,
     UnsupportedProtocolError,
@@ -60,7 +56,6 @@ from fedhft.sdk import (
     BudgetExhaustedError,
     ClusterAdapters,
     MoLEModel,
-    TextDataset,
     build_base_model,
 )
 from fedhft.sdk._codec import decode_clusters, encode_clusters
@@ -68,7 +63,8 @@ from fedhft.sdk._mole_participant import MoLEParticipant, MoLERelease, encode_re
 from fedhft.sdk._mole_trainer import upload_blocks
 
 from ._assignment import assign_experts
-from ._federation import ClusterOutcome, RoundSummary
+from ._federation import ClusterOutcome, RoundSummary, cohort_session
+from ._inprocess import OrganizationRun, RoundRecord
 from ._store import AggregatorStore
 from .errors import RoundError
 
@@ -244,40 +240,18 @@ class MoLECoordinator:
         """
         if cluster != 0:
             raise RoundError(f"FedAMoLE rounds have one session (cluster 0), not {cluster}")
-        spec = self.consortium.secure_aggregation
         roster = sorted(participants)
-        if len(roster) < spec.min_cohort:
-            raise CohortTooSmallError(
-                f"round {round_number} has {len(roster)} FedAMoLE participants, fewer than "
-                f"the minimum cohort {spec.min_cohort}"
-            )
-        supports = self.supports(roster)
-        kept = {b: orgs for b, orgs in supports.items() if len(orgs) >= spec.min_cohort}
-        skipped = {b: len(orgs) for b, orgs in supports.items() if b not in kept}
-        if not kept:
-            raise CohortTooSmallError(
-                f"no block of round {round_number} is held by {spec.min_cohort} participants"
-            )
-        assignment = self.assignment or {}
-        params = SessionParams(
+        return cohort_session(
+            self.consortium,
             run_id=f"{self.run_id}.a{attempt}",
-            round=round_number,
+            round_number=round_number,
             cluster=0,
             roster=roster,
             config_hash=self.config_hash,
-            model_hash=mole_digest(self.states, assignment),
-            threshold=max(
-                default_threshold(len(roster), spec.neighbours),
-                spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
-            ),
-            min_cohort=spec.min_cohort,
-            block_lengths={b: packed_length(*self.shapes[b]) for b in sorted(kept)},
-            block_supports={b: kept[b] for b in sorted(kept)},
-            clip=spec.clip,
-            scale=spec.scale,
-            neighbours=spec.neighbours,
+            model_hash=mole_digest(self.states, self.assignment or {}),
+            shapes=self.shapes,
+            supports=self.supports(roster),
         )
-        return params, skipped
 
     def apply(
         self,
@@ -407,34 +381,10 @@ def validate_affinity_upload(
 
 
 @dataclass
-class MoLEOrganizationRun:
-    """One organization of an in-process FedAMoLE federation."""
-
-    participant: MoLEParticipant
-    tier: str
-    test: TextDataset
-    domain: str = ""
-    identity: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
-    bytes_up: int = 0
-    bytes_down: int = 0
-    rounds_joined: int = 0
-    refused: list[int] = field(default_factory=list)
-
-
-@dataclass
-class MoLERoundRecord:
-    """What one in-process FedAMoLE round did and cost."""
-
-    summary: RoundSummary | None
-    seconds: float
-    refused: tuple[str, ...]
-
-
-@dataclass
 class MoLEFederationResult:
     """The outcome of an in-process FedAMoLE federation."""
 
-    rounds: list[MoLERoundRecord]
+    rounds: list[RoundRecord]
     metrics: dict[str, dict[str, Any]]
     coordinator: MoLECoordinator
     assignment: dict[str, tuple[int, ...]]
@@ -445,11 +395,11 @@ class MoLEFederationResult:
 def run_fedamole_in_process(
     consortium: ConsortiumConfig,
     coordinator: MoLECoordinator,
-    organizations: Mapping[str, MoLEOrganizationRun],
+    organizations: Mapping[str, OrganizationRun[MoLEParticipant]],
     *,
     rounds: int | None = None,
     drop: Callable[[int], Mapping[str, Sequence[str]]] | None = None,
-    on_round: Callable[[int, MoLERoundRecord], None] | None = None,
+    on_round: Callable[[int, RoundRecord], None] | None = None,
 ) -> MoLEFederationResult:
     """Run ``rounds`` FedAMoLE rounds (default: the consortium's); evaluate everyone.
 
@@ -480,7 +430,7 @@ def run_fedamole_in_process(
         coordinator.assign(affinities, {org: organizations[org].tier for org in affinities})
     assignment = dict(coordinator.assignment or {})
     members = [org for org in organizations if org in assignment]
-    records: list[MoLERoundRecord] = []
+    records: list[RoundRecord] = []
     total = rounds if rounds is not None else consortium.rounds
     for round_number in range(1, total + 1):
         started = time.perf_counter()
@@ -527,7 +477,7 @@ def run_fedamole_in_process(
             )
         for org in uploads:
             organizations[org].participant.complete(round_number)
-        record = MoLERoundRecord(summary, time.perf_counter() - started, tuple(refused))
+        record = RoundRecord(summary, time.perf_counter() - started, tuple(refused))
         records.append(record)
         if on_round is not None:
             on_round(round_number, record)

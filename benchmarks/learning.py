@@ -49,7 +49,6 @@ from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
 from fedhft.aggregator._mole_rounds import (
     MoLECoordinator,
-    MoLEOrganizationRun,
     initial_mole_state,
     run_fedamole_in_process,
 )
@@ -240,7 +239,7 @@ def _run_fedhft(
     """FedHFT, FedAvg-LoRA or local-only: every organization's metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        runs: dict[str, OrganizationRun] = {}
+        runs: dict[str, OrganizationRun[RoundParticipant]] = {}
         for i, org_data in enumerate(data):
             org = f"org-{i}"
             tier = "full" if dense else TIERS[i % len(TIERS)]
@@ -279,7 +278,7 @@ def run_fedamole(
     """FedAMoLE through `run_fedamole_in_process`: DP affinity, RSEA, MoLE DP-SGD rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        runs: dict[str, MoLEOrganizationRun] = {}
+        runs: dict[str, OrganizationRun[MoLEParticipant]] = {}
         for i, org_data in enumerate(data):
             org = f"org-{i}"
             tier = TIERS[i % len(TIERS)]
@@ -294,7 +293,7 @@ def run_fedamole(
                     seed=seed * 100 + i,
                 )
             participant = MoLEParticipant(trainer, org_data.train, state_dir=state / org)
-            runs[org] = MoLEOrganizationRun(participant, tier, org_data.test, org_data.domain)
+            runs[org] = OrganizationRun(participant, tier, org_data.test, org_data.domain)
         coordinator = MoLECoordinator(
             config,
             run_id=f"bench-{seed}",

@@ -15,7 +15,6 @@ from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
 from fedhft.aggregator._mole_rounds import (
     MoLECoordinator,
-    MoLEOrganizationRun,
     initial_mole_state,
     run_fedamole_in_process,
 )
@@ -85,7 +84,7 @@ def _policy(
 
 def _fedamole(
     config: ConsortiumConfig, data: list[OrganizationData], state: Path, **policy: Any
-) -> tuple[MoLECoordinator, dict[str, MoLEOrganizationRun]]:
+) -> tuple[MoLECoordinator, dict[str, OrganizationRun[MoLEParticipant]]]:
     runs = {}
     for org, org_data in zip(config.enrolled(), data, strict=True):
         trainer = MoLETrainer(
@@ -94,7 +93,7 @@ def _fedamole(
             base_factory=lambda: build_base_model(config.model),
         )
         participant = MoLEParticipant(trainer, org_data.train, state_dir=state / org)
-        runs[org] = MoLEOrganizationRun(participant, "full", org_data.test, org_data.domain)
+        runs[org] = OrganizationRun(participant, "full", org_data.test, org_data.domain)
     coordinator = MoLECoordinator(
         config, run_id="mole-run", initial_state=initial_mole_state(config)
     )
