@@ -93,6 +93,7 @@ from fedhft.protocol.errors import (
 
 from ._adapters import MaskedAdapterModel
 from ._client_sessions import (
+    ATTEMPT_OVER,
     CKKSRun,
     ClusterRun,
     MaskingRun,
@@ -107,6 +108,7 @@ from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
 from ._mixture import ClusterAdapters
 from ._mole_client import MoLEClientRounds
+from ._mole_participant import MoLEParticipant
 from ._participant import RoundParticipant
 from ._trainer import LocalTrainer
 from ._update import MaskedUpdate
@@ -114,9 +116,6 @@ from .errors import BudgetExhaustedError
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 _SERVER_URI = "fedhft://server/"
-# Statuses that end this attempt of a round (the server moved on, aborted the session or
-# refused a late message); the client goes back to waiting for the next announcement.
-_ATTEMPT_OVER = frozenset({"FAILED_PRECONDITION", "ABORTED", "NOT_FOUND", "ALREADY_EXISTS"})
 
 OutcomeStatus = Literal["joined", "refused", "late", "aborted", "finished"]
 
@@ -299,7 +298,6 @@ class FederatedClient:
         self.scores: dict[str, float] | None = None
         self._handled: set[tuple[int, str]] = set()
         self._pending_round: int | None = None
-        self._finished = False
 
     def _open_keyring(self) -> CKKSKeyring | None:
         if self.consortium.secure_aggregation.mode is not SecureAggregationMode.CKKS:
@@ -425,7 +423,7 @@ class FederatedClient:
         try:
             return self._take_part(announcement)
         except RemoteError as error:
-            if error.code not in _ATTEMPT_OVER:
+            if error.code not in ATTEMPT_OVER:
                 raise
             _LOG.warning(
                 "round %d: this attempt ended for %s (%s)", round_number, self.organization, error
@@ -435,7 +433,8 @@ class FederatedClient:
     def _next_announcement(self) -> pb.RoundAnnouncement:
         """The next round attempt not yet handled, or the end of the run."""
         while True:
-            completed = 0 if self.participant is None else self.participant.completed_round
+            participant = self._round_participant()
+            completed = 0 if participant is None else participant.completed_round
             announcement: pb.RoundAnnouncement = self._connection().unary(
                 "AwaitRound",
                 pb.RoundRequest(after_round=completed, wait_ms=self.wait_ms),
@@ -452,9 +451,14 @@ class FederatedClient:
 
     def _complete_before(self, round_number: int) -> None:
         """A round after our pending one is announced: the pending one completed."""
+        self._complete_through(round_number - 1)
+
+    def _complete_through(self, last_completed: int) -> None:
+        """The server completed every round up to ``last_completed``: so is our pending one."""
         pending = self._pending_round
-        if pending is not None and round_number > pending:
-            self._participant().complete(pending)
+        participant = self._round_participant()
+        if pending is not None and pending <= last_completed and participant is not None:
+            participant.complete(pending)
             self._pending_round = None
 
     def _refusal(self, announcement: pb.RoundAnnouncement) -> RoundOutcome | None:
@@ -516,7 +520,7 @@ class FederatedClient:
             )
         except RemoteError as error:
             # The server moved on before the refusal arrived; it is audited all the same.
-            if error.code not in _ATTEMPT_OVER:
+            if error.code not in ATTEMPT_OVER:
                 raise
 
     def _take_part(self, announcement: pb.RoundAnnouncement) -> RoundOutcome:
@@ -594,17 +598,13 @@ class FederatedClient:
 
     def _finish(self, announcement: pb.RoundAnnouncement) -> None:
         final_round = int(announcement.round)
-        pending = self._pending_round
-        if pending is not None and final_round >= pending:
-            self._participant().complete(pending)
-            self._pending_round = None
+        self._complete_through(final_round)
         self.final_round = final_round
         self.final_model = self._download(
             final_round, announcement.clusters, announcement.model_hash
         )
         if self.test_dataset is not None:
             self.scores = self._participant().evaluate(self.test_dataset, self.final_model)
-        self._finished = True
         _LOG.info("%s: the run finished after round %d", self.organization, final_round)
 
     # ------------------------------------------------------------------ sessions
@@ -728,13 +728,15 @@ class FederatedClient:
 
     def report(self) -> ClientReport:
         """The organization's figures so far (accuracy once the run finished)."""
+        membership: tuple[float, ...] = ()
         if self.mole is not None:
-            return self.mole.report()
-        trainer = self._trainer()
-        participant = self._participant()
-        ledger = trainer.ledger
+            ledger = self.mole.trainer.ledger
+        else:
+            ledger = self._trainer().ledger
+            personal = self._participant().personal
+            if personal is not None:
+                membership = tuple(float(p) for p in personal.membership)
         connection = self.connection
-        personal = participant.personal
         return ClientReport(
             organization=self.organization,
             tier=self.policy.training.tier,
@@ -748,10 +750,14 @@ class FederatedClient:
             delta=self.policy.privacy.delta,
             bytes_up=0 if connection is None else connection.bytes_up,
             bytes_down=0 if connection is None else connection.bytes_down,
-            membership=() if personal is None else tuple(float(p) for p in personal.membership),
+            membership=membership,
         )
 
     # ------------------------------------------------------------------ accessors
+
+    def _round_participant(self) -> RoundParticipant | MoLEParticipant | None:
+        """The participant whose files record this organization's completed rounds."""
+        return self.mole.participant if self.mole is not None else self.participant
 
     def _connection(self) -> Connection:
         if self.connection is None:

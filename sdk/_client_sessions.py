@@ -61,6 +61,10 @@ from ._connection import Connection
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]
 
+ATTEMPT_OVER = frozenset({"FAILED_PRECONDITION", "ABORTED", "NOT_FOUND", "ALREADY_EXISTS"})
+"""Statuses that end this attempt of a round (the server moved on, aborted the session or
+refused a late message); the client goes back to waiting for the next announcement."""
+
 
 @dataclass(frozen=True)
 class SessionContext:

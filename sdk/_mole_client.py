@@ -48,6 +48,7 @@ from fedhft.protocol._session_codec import MODEL_FORMAT, decode_session, release
 from fedhft.protocol.errors import ChunkIntegrityError, ConsortiumMismatchError, RemoteError
 
 from ._client_sessions import (
+    ATTEMPT_OVER,
     MaskingRun,
     SessionContext,
     check_masking_session,
@@ -62,7 +63,7 @@ from ._privacy import compute_epsilon
 from .errors import BudgetExhaustedError
 
 if TYPE_CHECKING:
-    from ._client import ClientReport, FederatedClient, RoundOutcome
+    from ._client import FederatedClient, RoundOutcome
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]
@@ -111,12 +112,8 @@ class MoLEClientRounds:
         )
         self.pool_shapes = pool.block_shapes()
         del pool
-        self.pending_round: int | None = None
-        self.handled: set[tuple[int, str]] = set()
         self.joined: set[tuple[int, str]] = set()
         """(round, attempt run id) pairs joined; attempt ids restart at ".a1" each round."""
-        self.final_round = 0
-        self.scores: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ rounds
 
@@ -124,7 +121,7 @@ class MoLEClientRounds:
         """Wait for the next FedAMoLE round (or the end) and do this organization's part."""
         from ._client import RoundOutcome
 
-        announcement = self._next_announcement()
+        announcement = self.client._next_announcement()
         round_number = int(announcement.round)
         if announcement.status == pb.ROUND_STATUS_FINISHED:
             self._finish(announcement)
@@ -139,7 +136,7 @@ class MoLEClientRounds:
                 return RoundOutcome(round_number, "aborted", "the attempt ended before RSEA")
             announcement = ready
             self._check(announcement)
-        self.handled.add((round_number, announcement.run_id))
+        self.client._handled.add((round_number, announcement.run_id))
         assignment = {a.organization: tuple(a.experts) for a in announcement.mole.assignment}
         experts = assignment.get(self.client.organization)
         if experts is None:
@@ -147,34 +144,10 @@ class MoLEClientRounds:
         try:
             return self._take_part(announcement, experts)
         except RemoteError as error:
-            if error.code not in ("FAILED_PRECONDITION", "ABORTED", "NOT_FOUND", "ALREADY_EXISTS"):
+            if error.code not in ATTEMPT_OVER:
                 raise
             _LOG.warning("round %d: this attempt ended (%s)", round_number, error)
             return RoundOutcome(round_number, "aborted", str(error))
-
-    def _next_announcement(self) -> pb.RoundAnnouncement:
-        client = self.client
-        while True:
-            announcement: pb.RoundAnnouncement = client._connection().unary(
-                "AwaitRound",
-                pb.RoundRequest(
-                    after_round=self.participant.completed_round, wait_ms=client.wait_ms
-                ),
-                timeout=client.rpc_timeout_s + client.wait_ms / 1000,
-            )
-            validate_round_announcement(announcement)
-            if announcement.status == pb.ROUND_STATUS_FINISHED:
-                return announcement
-            if announcement.status == pb.ROUND_STATUS_OPEN:
-                round_number = int(announcement.round)
-                pending = self.pending_round
-                if pending is not None and round_number > pending:
-                    # A later round is open: the pending one completed.
-                    self.participant.complete(pending)
-                    self.pending_round = None
-                if (round_number, announcement.run_id) not in self.handled:
-                    return announcement
-            time.sleep(max(announcement.retry_after_ms, 50) / 1000)
 
     def _check(self, announcement: pb.RoundAnnouncement) -> None:
         """Refuse a round whose configuration, layout or assignment this client rejects."""
@@ -313,7 +286,7 @@ class MoLEClientRounds:
             if round_number not in client.rounds_refused:
                 client.rounds_refused.append(round_number)
             return RoundOutcome(round_number, "refused", str(refusal))
-        self.pending_round = round_number
+        self.client._pending_round = round_number
         run = self._session(announcement, upload)
         if run is not None and run_sessions([run], round_number):
             client._mark_joined(round_number)
@@ -428,40 +401,15 @@ class MoLEClientRounds:
     def _finish(self, announcement: pb.RoundAnnouncement) -> None:
         client = self.client
         final_round = int(announcement.round)
-        if self.pending_round is not None and final_round >= self.pending_round:
-            self.participant.complete(self.pending_round)
-            self.pending_round = None
-        self.final_round = final_round
+        client._complete_through(final_round)
+        client.final_round = final_round
         experts = self.participant.experts
         if experts is None or client.test_dataset is None:
             return
         states = self._download(final_round, announcement.model_hash)
         release = self._release(final_round + 1, experts, states, announcement.mole)
-        self.scores = self.participant.evaluate(client.test_dataset, release)
+        client.scores = self.participant.evaluate(client.test_dataset, release)
         _LOG.info("%s: the run finished after round %d", client.organization, final_round)
-
-    def report(self) -> ClientReport:
-        """The organization's figures so far (accuracy once the run finished)."""
-        from ._client import ClientReport
-
-        client = self.client
-        ledger = self.trainer.ledger
-        connection = client.connection
-        return ClientReport(
-            organization=client.organization,
-            tier=client.policy.training.tier,
-            rounds_joined=tuple(client.rounds_joined),
-            rounds_refused=tuple(client.rounds_refused),
-            final_round=self.final_round,
-            accuracy=None if self.scores is None else self.scores["accuracy"],
-            macro_f1=None if self.scores is None else self.scores["macro_f1"],
-            epsilon_spent=None if ledger is None else ledger.spent(),
-            epsilon_budget=client.policy.privacy.epsilon,
-            delta=client.policy.privacy.delta,
-            bytes_up=0 if connection is None else connection.bytes_up,
-            bytes_down=0 if connection is None else connection.bytes_down,
-            membership=(),
-        )
 
 
 def _assignment_problem(plan: pb.MoLEPlan, num_experts: int) -> str:
