@@ -1,4 +1,4 @@
-"""`fedhft simulate`: a real server and client processes on loopback, end to end."""
+"""`fedhft simulate`: a real server and client processes on loopback (mTLS), end to end."""
 
 from __future__ import annotations
 
@@ -6,72 +6,95 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 
-@pytest.mark.slow
-def test_simulate_tiny_runs_and_its_audit_logs_verify(tmp_path: Path) -> None:
-    """A tiny 3-organization simulation completes its rounds within budget; logs verify."""
-    figures_path = tmp_path / "figures.json"
-    workdir = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedhft.cli",
-            "simulate",
-            "--model",
-            "tiny",
-            "--clients",
-            "3",
-            "--rounds",
-            "2",
-            "--local-steps",
-            "3",
-            "--samples",
-            "60",
-            "--workdir",
-            str(workdir),
-            "--json",
-            str(figures_path),
-            "--timeout",
-            "600",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+def _fedhft(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedhft.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def _simulate(workdir: Path, clients: int, *options: str) -> tuple[str, dict[str, Any]]:
+    """A tiny 2-round simulation: its console output and its JSON figures."""
+    figures_path = workdir.parent / "figures.json"
+    done = _fedhft(
+        "simulate",
+        *options,
+        "--model",
+        "tiny",
+        "--clients",
+        str(clients),
+        "--rounds",
+        "2",
+        "--local-steps",
+        "3",
+        "--samples",
+        "60",
+        "--workdir",
+        str(workdir),
+        "--json",
+        str(figures_path),
+        "--timeout",
+        "600",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads(figures_path.read_text())
     assert [a["status"] for a in figures["rounds"]] == ["completed", "completed"]
     organizations = figures["organizations"]
-    assert len(organizations) == 3
+    assert len(organizations) == clients
     for row in organizations:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert 0.0 < row["epsilon_spent"] <= row["epsilon_budget"] + 1e-9
         assert row["bytes_up_per_round"] > 0
-        assert len(row["membership"]) == 2
-    assert "mean personalized accuracy" in done.stdout
-    org = organizations[0]["organization"]
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedhft.cli",
-            "audit",
-            "verify",
-            str(workdir / "orgs" / org / "audit.jsonl"),
-            "--server-log",
-            str(workdir / "server" / "state" / "audit.jsonl"),
-            "--policy",
-            str(workdir / "orgs" / org / "policy.yaml"),
-            "--certs",
-            str(workdir / "pki"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    return done.stdout, figures
+
+
+def _verify_audit_log(workdir: Path, org: str) -> None:
+    """`fedhft audit verify` accepts the organization's log against the server's."""
+    log = workdir / "orgs" / org / "audit.jsonl"
+    verify = _fedhft(
+        "audit",
+        "verify",
+        str(log),
+        "--server-log",
+        str(workdir / "server" / "state" / "audit.jsonl"),
+        "--policy",
+        str(workdir / "orgs" / org / "policy.yaml"),
+        "--certs",
+        str(workdir / "pki"),
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert f"ok: {workdir / 'orgs' / org / 'audit.jsonl'}" in verify.stdout
+    assert f"ok: {log}" in verify.stdout
+
+
+@pytest.mark.slow
+def test_simulate_tiny_runs_and_its_audit_logs_verify(tmp_path: Path) -> None:
+    """A tiny 3-organization simulation completes its rounds within budget; logs verify."""
+    workdir = tmp_path / "run"
+    stdout, figures = _simulate(workdir, 3)
+    for row in figures["organizations"]:
+        assert len(row["membership"]) == 2
+    assert "mean personalized accuracy" in stdout
+    _verify_audit_log(workdir, figures["organizations"][0]["organization"])
+
+
+@pytest.mark.slow
+def test_simulate_fedamole_runs_and_its_audit_logs_verify(tmp_path: Path) -> None:
+    """A tiny 4-organization FedAMoLE run completes within budget; its audit logs verify."""
+    workdir = tmp_path / "run"
+    _, figures = _simulate(workdir, 4, "--method", "fedamole")
+    assert figures["method"] == "fedamole"
+    # The released affinity and both DP-SGD rounds are in each organization's log, and an
+    # auditor recomputes ε from them.
+    org = figures["organizations"][0]["organization"]
+    log = (workdir / "orgs" / org / "audit.jsonl").read_text().splitlines()
+    mechanisms = [
+        json.loads(line)["payload"]["mechanism"]
+        for line in log
+        if json.loads(line)["event"] == "privacy_spend"
+    ]
+    assert mechanisms == ["gaussian", "dp-sgd", "dp-sgd"]
+    _verify_audit_log(workdir, org)
