@@ -12,18 +12,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedhft.policies import ConsortiumConfig, Method
-from fedhft.protocol import AggregateResult, SessionStats, run_secagg_in_process
+from fedhft.protocol import AggregateResult, SessionParams, SessionStats, run_secagg_in_process
 from fedhft.sdk import BudgetExhaustedError, TextDataset
+from fedhft.sdk._accounted import AccountedTrainer
 from fedhft.sdk._participant import RoundParticipant
 
 from ._federation import RoundCoordinator, RoundSummary, encode_clusters
 
-P = TypeVar("P")
+
+class _Participant(Protocol):
+    @property
+    def trainer(self) -> AccountedTrainer: ...
+
+
+P = TypeVar("P", bound=_Participant)
 
 
 @dataclass
@@ -40,6 +47,41 @@ class OrganizationRun(Generic[P]):
     bytes_down: int = 0
     rounds_joined: int = 0
     refused: list[int] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        """Its tier, domain, ε spent of its budget, bytes and rounds so far."""
+        trainer = self.participant.trainer
+        return {
+            "tier": self.tier,
+            "domain": self.domain,
+            "epsilon": trainer.ledger.spent() if trainer.ledger is not None else None,
+            "epsilon_budget": trainer.policy.privacy.epsilon,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "rounds_joined": self.rounds_joined,
+            "refused_rounds": list(self.refused),
+        }
+
+
+def secure_sum(
+    params: SessionParams,
+    inputs: Mapping[str, Any],
+    organizations: Mapping[str, OrganizationRun[Any]],
+    drop: Mapping[str, Sequence[str]] | None,
+) -> AggregateResult:
+    """One masking-mode session over ``inputs``, its bytes added to each sender's run."""
+    stats = SessionStats()
+    result = run_secagg_in_process(
+        params,
+        inputs,
+        {org: organizations[org].identity for org in inputs},
+        drop=drop,
+        stats=stats,
+    )
+    for org in inputs:
+        organizations[org].bytes_up += stats.bytes_up.get(org, 0)
+        organizations[org].bytes_down += stats.bytes_down.get(org, 0)
+    return result
 
 
 @dataclass
@@ -114,17 +156,12 @@ def run_federation_in_process(
                     )
                     for org, update in updates.items()
                 }
-                stats = SessionStats()
-                results[cluster] = run_secagg_in_process(
+                results[cluster] = secure_sum(
                     params,
                     inputs,
-                    {org: organizations[org].identity for org in updates},
-                    drop=drop(round_number, cluster) if drop is not None else None,
-                    stats=stats,
+                    organizations,
+                    drop(round_number, cluster) if drop is not None else None,
                 )
-                for org in updates:
-                    organizations[org].bytes_up += stats.bytes_up.get(org, 0)
-                    organizations[org].bytes_down += stats.bytes_down.get(org, 0)
             summary = coordinator.apply(
                 round_number=round_number,
                 participants=list(updates),
@@ -141,19 +178,10 @@ def run_federation_in_process(
     final = coordinator.clusters
     metrics: dict[str, dict[str, Any]] = {}
     for org, run in organizations.items():
-        scores = run.participant.evaluate(run.test, final)
         personal = run.participant.personal
-        ledger = run.participant.trainer.ledger
         metrics[org] = {
-            **scores,
-            "tier": run.tier,
-            "domain": run.domain,
+            **run.participant.evaluate(run.test, final),
+            **run.figures(),
             "membership": [] if personal is None else [float(p) for p in personal.membership],
-            "epsilon": ledger.spent() if ledger is not None else None,
-            "epsilon_budget": run.participant.trainer.policy.privacy.epsilon,
-            "bytes_up": run.bytes_up,
-            "bytes_down": run.bytes_down,
-            "rounds_joined": run.rounds_joined,
-            "refused_rounds": list(run.refused),
         }
     return FederationResult(records, metrics, coordinator)

@@ -41,8 +41,6 @@ from fedhft.policies import ConsortiumConfig, policy_hash
 from fedhft.protocol import (
     AggregateResult,
     SessionParams,
-    SessionStats,
-    run_secagg_in_process,
 )
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol._blocks import row_average
@@ -64,7 +62,7 @@ from fedhft.sdk._mole_trainer import upload_blocks
 
 from ._assignment import assign_experts
 from ._federation import ClusterOutcome, RoundSummary, cohort_session
-from ._inprocess import OrganizationRun, RoundRecord
+from ._inprocess import OrganizationRun, RoundRecord, secure_sum
 from ._store import AggregatorStore
 from .errors import RoundError
 
@@ -458,17 +456,9 @@ def run_fedamole_in_process(
                 )
                 for org, upload in uploads.items()
             }
-            stats = SessionStats()
-            result = run_secagg_in_process(
-                params,
-                inputs,
-                {org: organizations[org].identity for org in uploads},
-                drop=drop(round_number) if drop is not None else None,
-                stats=stats,
+            result = secure_sum(
+                params, inputs, organizations, drop(round_number) if drop is not None else None
             )
-            for org in uploads:
-                organizations[org].bytes_up += stats.bytes_up.get(org, 0)
-                organizations[org].bytes_down += stats.bytes_down.get(org, 0)
             summary = coordinator.apply(
                 round_number=round_number,
                 participants=list(uploads),
@@ -484,18 +474,7 @@ def run_fedamole_in_process(
 
     metrics: dict[str, dict[str, Any]] = {}
     for org, run in organizations.items():
-        ledger = run.participant.trainer.ledger
-        entry: dict[str, Any] = {
-            "tier": run.tier,
-            "domain": run.domain,
-            "experts": list(assignment.get(org, ())),
-            "epsilon": ledger.spent() if ledger is not None else None,
-            "epsilon_budget": run.participant.trainer.policy.privacy.epsilon,
-            "bytes_up": run.bytes_up,
-            "bytes_down": run.bytes_down,
-            "rounds_joined": run.rounds_joined,
-            "refused_rounds": list(run.refused),
-        }
+        entry: dict[str, Any] = {**run.figures(), "experts": list(assignment.get(org, ()))}
         if org in assignment:
             entry.update(
                 run.participant.evaluate(run.test, coordinator.release_for(org, total + 1))

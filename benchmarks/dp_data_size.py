@@ -126,10 +126,8 @@ def gradient_split(records: int = 32) -> dict[str, float]:
         logits = model.logits(encoded["input_ids"][i : i + 1], encoded["attention_mask"][i : i + 1])
         torch.nn.functional.cross_entropy(logits, torch.tensor([train.labels[i]])).backward()
         for name, blocks in (("head", head), ("adapters", adapters)):
-            squares = [model.parameter(b).grad for b in blocks]
-            norms[name].append(
-                float(torch.sqrt(sum((g**2).sum() for g in squares if g is not None)))
-            )
+            grads = [model.parameter(b).grad for b in blocks]
+            norms[name].append(float(torch.sqrt(sum((g**2).sum() for g in grads if g is not None))))
     return {name: float(np.mean(values)) for name, values in norms.items()}
 
 

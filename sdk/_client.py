@@ -32,11 +32,14 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
+import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -115,6 +118,7 @@ from ._update import MaskedUpdate
 from .errors import BudgetExhaustedError
 
 _LOG = logging.getLogger("fedhft.sdk.client")
+FloatArray = npt.NDArray[np.float64]
 _SERVER_URI = "fedhft://server/"
 
 OutcomeStatus = Literal["joined", "refused", "late", "aborted", "finished"]
@@ -567,25 +571,11 @@ class FederatedClient:
         """Download and check the ``count`` cluster adapters of ``round_number``."""
         model = self._trainer().model
         values = sum(model.block(b).shape[0] * model.block(b).shape[1] for b in model.block_ids)
-        cap = 16 * values + 1024 * 1024
         parts: list[ClusterAdapters] = []
         hashes: list[bytes] = []
         for cluster in range(count):
-
-            def check(header: pb.ModelHeader, cluster: int = cluster) -> None:
-                validate_model_header(header, expected_round=round_number, expected_cluster=cluster)
-                if header.format != MODEL_FORMAT:
-                    raise ConsortiumMismatchError(f"unknown model format {header.format!r:.40}")
-
-            header, data = self._connection().download(
-                pb.ModelRequest(round=round_number, cluster=cluster),
-                max_total=cap,
-                check_header=check,
-                timeout=self.rpc_timeout_s,
-            )
-            if hashlib.sha256(data).digest() != header.model_hash:
-                raise ChunkIntegrityError(f"cluster {cluster}'s adapter does not match its hash")
-            hashes.append(header.model_hash)
+            part_hash, data = self._fetch_model(round_number, cluster, values=values)
+            hashes.append(part_hash)
             parts.append(decode_clusters(data))
         if released_model_hash(hashes) != model_hash:
             raise ChunkIntegrityError("the downloaded adapters are not the announced model")
@@ -595,6 +585,25 @@ class FederatedClient:
         return ClusterAdapters(
             states=states, last_updates=tuple(part.last_updates[0] for part in parts)
         )
+
+    def _fetch_model(self, round_number: int, cluster: int, *, values: int) -> tuple[bytes, bytes]:
+        """One model part (``values`` floats at most) streamed and checked against its
+        own hash: ``(hash, data)``."""
+
+        def check(header: pb.ModelHeader) -> None:
+            validate_model_header(header, expected_round=round_number, expected_cluster=cluster)
+            if header.format != MODEL_FORMAT:
+                raise ConsortiumMismatchError(f"unknown model format {header.format!r:.40}")
+
+        header, data = self._connection().download(
+            pb.ModelRequest(round=round_number, cluster=cluster),
+            max_total=16 * values + 1024 * 1024,
+            check_header=check,
+            timeout=self.rpc_timeout_s,
+        )
+        if hashlib.sha256(data).digest() != header.model_hash:
+            raise ChunkIntegrityError(f"model part {cluster} does not match its hash")
+        return header.model_hash, data
 
     def _finish(self, announcement: pb.RoundAnnouncement) -> None:
         final_round = int(announcement.round)
@@ -613,7 +622,31 @@ class FederatedClient:
         self, announcement: pb.RoundAnnouncement, cluster: int, update: MaskedUpdate
     ) -> ClusterRun | None:
         """Wait for cluster ``cluster``'s session, check it, and prepare this side of it."""
-        round_number = int(announcement.round)
+        session = self._await_session(int(announcement.round), cluster)
+        if session is None:
+            return None
+        trainer = self._trainer()
+        model = trainer.model
+        context = self._session_context(
+            {b: model.block(b).shape for b in model.block_ids}, trainer.uploaded_blocks
+        )
+        params = decode_session(session.session_params)
+        participant = self._participant()
+        if isinstance(params, SessionParams):
+            return self._masking_run(
+                params,
+                session,
+                announcement,
+                cluster,
+                context,
+                lambda lengths, clip: participant.contributions(
+                    update, cluster=cluster, block_lengths=lengths, clip=clip
+                ),
+            )
+        return self._ckks_run(params, session, announcement, cluster, update, context)
+
+    def _await_session(self, round_number: int, cluster: int) -> pb.SessionAnnouncement | None:
+        """The session of ``cluster`` in ``round_number`` once ready, or None without one."""
         while True:
             session: pb.SessionAnnouncement = self._connection().unary(
                 "AwaitSession",
@@ -634,36 +667,41 @@ class FederatedClient:
                 session.status,
             )
             return None
-        context = self._session_context()
-        params = decode_session(session.session_params)
-        participant = self._participant()
-        if isinstance(params, SessionParams):
-            check_masking_session(
+        return session
+
+    def _masking_run(
+        self,
+        params: SessionParams,
+        session: pb.SessionAnnouncement,
+        announcement: pb.RoundAnnouncement,
+        cluster: int,
+        context: SessionContext,
+        contributions: Callable[[dict[str, int], float], dict[str, FloatArray]],
+    ) -> MaskingRun:
+        """This side of a masking session, after checking it against the announcement;
+        ``contributions(block_lengths, clip)`` gives the vectors to mask."""
+        check_masking_session(
+            params,
+            context=context,
+            announcement=announcement,
+            cluster=cluster,
+            session_id=session.session.session_id,
+        )
+        identities = peer_identities(
+            list(session.peers), tuple(params.roster), self.credentials.ca_certificate
+        )
+        lengths = {b: params.block_lengths[b] for b in params.blocks_of(self.organization)}
+        return MaskingRun(
+            context=context,
+            ref=session.session,
+            inputs=contributions(lengths, params.clip),
+            client=SecAggClient(
                 params,
-                context=context,
-                announcement=announcement,
-                cluster=cluster,
-                session_id=session.session.session_id,
-            )
-            identities = peer_identities(
-                list(session.peers), tuple(params.roster), self.credentials.ca_certificate
-            )
-            lengths = {b: params.block_lengths[b] for b in params.blocks_of(self.organization)}
-            inputs = participant.contributions(
-                update, cluster=cluster, block_lengths=lengths, clip=params.clip
-            )
-            return MaskingRun(
-                context=context,
-                ref=session.session,
-                inputs=inputs,
-                client=SecAggClient(
-                    params,
-                    organization=self.organization,
-                    identity_key=self.credentials.identity_key,
-                    peer_identities=identities,
-                ),
-            )
-        return self._ckks_run(params, session, announcement, cluster, update, context)
+                organization=self.organization,
+                identity_key=self.credentials.identity_key,
+                peer_identities=identities,
+            ),
+        )
 
     def _ckks_run(
         self,
@@ -703,10 +741,10 @@ class FederatedClient:
             client=CKKSClient(params, keyring),
         )
 
-    def _session_context(self) -> SessionContext:
-        trainer = self._trainer()
-        model = trainer.model
-        assert self.server_identity is not None
+    def _session_context(
+        self, block_shapes: Mapping[str, tuple[int, int]], uploaded_blocks: Iterable[str]
+    ) -> SessionContext:
+        assert self.server_identity is not None  # connect() verified it
         return SessionContext(
             organization=self.organization,
             policy=self.policy,
@@ -715,8 +753,8 @@ class FederatedClient:
             ca_certificate=self.credentials.ca_certificate,
             identity_key=self.credentials.identity_key,
             server_identity=self.server_identity,
-            block_shapes={b: model.block(b).shape for b in model.block_ids},
-            uploaded_blocks=frozenset(trainer.uploaded_blocks),
+            block_shapes=dict(block_shapes),
+            uploaded_blocks=frozenset(uploaded_blocks),
             audit=self.audit_log,
             connection=self._connection(),
             wait_ms=self.wait_ms,

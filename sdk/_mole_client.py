@@ -25,7 +25,6 @@ Notes:
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -37,22 +36,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedhft.audit import EventType, round_joined_payload
 from fedhft.policies import SecureAggregationMode
 from fedhft.protocol import (
-    SecAggClient,
     SessionParams,
-    validate_model_header,
     validate_round_announcement,
-    validate_session_announcement,
 )
 from fedhft.protocol import fedhft_pb2 as pb
-from fedhft.protocol._session_codec import MODEL_FORMAT, decode_session, released_model_hash
+from fedhft.protocol._session_codec import decode_session, released_model_hash
 from fedhft.protocol.errors import ChunkIntegrityError, ConsortiumMismatchError, RemoteError
 
 from ._client_sessions import (
     ATTEMPT_OVER,
     MaskingRun,
-    SessionContext,
-    check_masking_session,
-    peer_identities,
     run_sessions,
 )
 from ._codec import decode_clusters
@@ -313,21 +306,8 @@ class MoLEClientRounds:
     def _download(self, round_number: int, model_hash: bytes) -> dict[str, FloatArray]:
         """The global state of ``round_number``, checked against the announced hash."""
         values = sum(rows * cols for rows, cols in self.pool_shapes.values())
-
-        def check(header: pb.ModelHeader) -> None:
-            validate_model_header(header, expected_round=round_number, expected_cluster=0)
-            if header.format != MODEL_FORMAT:
-                raise ConsortiumMismatchError(f"unknown model format {header.format!r:.40}")
-
-        header, data = self.client._connection().download(
-            pb.ModelRequest(round=round_number, cluster=0),
-            max_total=16 * values + 1024 * 1024,
-            check_header=check,
-            timeout=self.client.rpc_timeout_s,
-        )
-        if hashlib.sha256(data).digest() != header.model_hash:
-            raise ChunkIntegrityError("the FedAMoLE state does not match its hash")
-        if released_model_hash([header.model_hash]) != model_hash:
+        part_hash, data = self.client._fetch_model(round_number, 0, values=values)
+        if released_model_hash([part_hash]) != model_hash:
             raise ChunkIntegrityError("the downloaded state is not the announced model")
         states = decode_clusters(data).states[0]
         shapes = {b: (int(v.shape[0]), int(v.shape[1])) for b, v in states.items()}
@@ -339,60 +319,24 @@ class MoLEClientRounds:
         self, announcement: pb.RoundAnnouncement, upload: dict[str, FloatArray]
     ) -> MaskingRun | None:
         client = self.client
-        round_number = int(announcement.round)
-        while True:
-            session: pb.SessionAnnouncement = client._connection().unary(
-                "AwaitSession",
-                pb.SessionRequest(round=round_number, cluster=0, wait_ms=client.wait_ms),
-                timeout=client.rpc_timeout_s + client.wait_ms / 1000,
-            )
-            validate_session_announcement(session, expected_round=round_number, expected_cluster=0)
-            if session.status != pb.SESSION_STATUS_PENDING:
-                break
-        if session.status != pb.SESSION_STATUS_READY:
-            _LOG.warning("round %d: no session for %s", round_number, client.organization)
+        session = client._await_session(int(announcement.round), 0)
+        if session is None:
             return None
         params = decode_session(session.session_params)
         if not isinstance(params, SessionParams):
             raise ConsortiumMismatchError("FedAMoLE runs in masking mode only")
         model = self.trainer._mole()
-        assert client.server_identity is not None  # connect() verified it
-        context = SessionContext(
-            organization=client.organization,
-            policy=client.policy,
-            consortium=client.consortium,
-            config_hash=client.config_hash,
-            ca_certificate=client.credentials.ca_certificate,
-            identity_key=client.credentials.identity_key,
-            server_identity=client.server_identity,
-            block_shapes=self.pool_shapes,
-            uploaded_blocks=frozenset(upload_blocks(model.block_ids, client.consortium)),
-            audit=client.audit_log,
-            connection=client._connection(),
-            wait_ms=client.wait_ms,
-            rpc_timeout_s=client.rpc_timeout_s,
-            max_broadcast_bytes=client.max_message_bytes,
+        context = client._session_context(
+            self.pool_shapes, upload_blocks(model.block_ids, client.consortium)
         )
-        check_masking_session(
+        return client._masking_run(
             params,
-            context=context,
-            announcement=announcement,
-            cluster=0,
-            session_id=session.session.session_id,
-        )
-        identities = peer_identities(
-            list(session.peers), tuple(params.roster), client.credentials.ca_certificate
-        )
-        lengths = {b: params.block_lengths[b] for b in params.blocks_of(client.organization)}
-        return MaskingRun(
-            context=context,
-            ref=session.session,
-            inputs=self.participant.contributions(upload, block_lengths=lengths, clip=params.clip),
-            client=SecAggClient(
-                params,
-                organization=client.organization,
-                identity_key=client.credentials.identity_key,
-                peer_identities=identities,
+            session,
+            announcement,
+            0,
+            context,
+            lambda lengths, clip: self.participant.contributions(
+                upload, block_lengths=lengths, clip=clip
             ),
         )
 
