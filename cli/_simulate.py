@@ -23,9 +23,12 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from fedhft.sdk import TextDataset
 
 simulate_app = typer.Typer(help="Run a whole consortium on this machine.")
 
@@ -271,7 +274,7 @@ def simulate(
     children: list[_Child] = []
     try:
         with console.status("provisioning a throw-away CA, policies and synthetic data"):
-            orgs, tiers, domains = _provision(
+            orgs, tiers, domains, majority = _provision(
                 root,
                 clients=clients,
                 rounds=rounds,
@@ -380,7 +383,7 @@ def simulate(
         path = root / "orgs" / org / "report.json"
         if path.exists():
             reports[org] = json.loads(path.read_text())
-    figures = _render(console, orgs, tiers, domains, reports, attempts, rounds)
+    figures = _render(console, orgs, tiers, domains, majority, reports, attempts, rounds)
     figures.update(
         {
             "method": method.value,
@@ -439,7 +442,8 @@ def _provision(
     samples: int,
     alpha: float,
     seed: int,
-) -> tuple[list[str], dict[str, str], dict[str, str]]:
+) -> tuple[list[str], dict[str, str], dict[str, str], dict[str, float]]:
+    """Write the CA, policies and data; organizations, tiers, domains, majority baselines."""
     import yaml
 
     from fedhft.aggregator import ckks_ceremony
@@ -453,6 +457,7 @@ def _provision(
     orgs = [d.organization for d in data]
     tiers = {org: TIER_CYCLE[i % len(TIER_CYCLE)] for i, org in enumerate(orgs)}
     domains = {d.organization: d.domain for d in data}
+    majority = {d.organization: _majority_accuracy(d.train, d.test) for d in data}
     consortium = _consortium(
         organizations=orgs, rounds=rounds, method=method, secure=secure, model=model, seed=seed
     )
@@ -483,7 +488,18 @@ def _provision(
     (root / "server").mkdir()
     if secure is SimSecure.CKKS:
         ckks_ceremony(config, [root / "pki" / org for org in orgs], root / "pki" / "server")
-    return orgs, tiers, domains
+    return orgs, tiers, domains, majority
+
+
+def _majority_accuracy(train: TextDataset, test: TextDataset) -> float:
+    """Test accuracy of always predicting the training split's most common label.
+
+    What a model that learned only the organization's label mix scores: the reference
+    that tells a reader whether training learned anything beyond it.
+    """
+    counts = train.label_counts()
+    label = counts.index(max(counts))
+    return sum(1 for y in test.labels if y == label) / len(test)
 
 
 def _render(
@@ -491,6 +507,7 @@ def _render(
     orgs: list[str],
     tiers: dict[str, str],
     domains: dict[str, str],
+    majority: dict[str, float],
     reports: dict[str, dict[str, Any]],
     attempts: list[dict[str, Any]],
     rounds: int,
@@ -506,6 +523,7 @@ def _render(
         "domain",
         "tier",
         "accuracy",
+        "majority",
         "macro-F1",
         "ε / budget",
         "KiB↑/round",
@@ -525,6 +543,7 @@ def _render(
             "domain": domains[org],
             "tier": tiers[org],
             "accuracy": report.get("accuracy"),
+            "majority_accuracy": majority[org],
             "macro_f1": report.get("macro_f1"),
             "epsilon_spent": report.get("epsilon_spent"),
             "epsilon_budget": report.get("epsilon_budget"),
@@ -539,6 +558,7 @@ def _render(
             row["domain"],
             row["tier"],
             number(row["accuracy"]),
+            number(row["majority_accuracy"]),
             number(row["macro_f1"]),
             f"{number(row['epsilon_spent'], 2)} / {row['epsilon_budget']}",
             f"{row['bytes_up_per_round'] / 1024:.0f}",
@@ -563,8 +583,15 @@ def _render(
     console.print(per_round)
     accuracies = [r["accuracy"] for r in rows if r["accuracy"] is not None]
     mean = sum(accuracies) / len(accuracies) if accuracies else None
+    mean_majority = sum(majority.values()) / len(majority)
     console.print(
-        f"mean personalized accuracy {number(mean)} over {len(accuracies)} organizations; "
+        f"mean personalized accuracy {number(mean)} over {len(accuracies)} organizations "
+        f"(always predicting each one's most common training label: {number(mean_majority)}); "
         f"{sum(1 for a in attempts if a['status'] == 'completed')}/{rounds} rounds completed"
     )
-    return {"organizations": rows, "rounds": attempts, "mean_accuracy": mean}
+    return {
+        "organizations": rows,
+        "rounds": attempts,
+        "mean_accuracy": mean,
+        "mean_majority_accuracy": mean_majority,
+    }

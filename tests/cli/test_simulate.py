@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,22 @@ def _simulate(workdir: Path, clients: int, *options: str) -> tuple[str, dict[str
         assert 0.0 <= row["accuracy"] <= 1.0
         assert 0.0 < row["epsilon_spent"] <= row["epsilon_budget"] + 1e-9
         assert row["bytes_up_per_round"] > 0
+        assert row["majority_accuracy"] in _majority_accuracies(
+            workdir / "orgs" / row["organization"]
+        )
     return done.stdout, figures
+
+
+def _majority_accuracies(folder: Path) -> set[float]:
+    """Test accuracy of each label tied for most common in the written training file."""
+
+    def labels(name: str) -> list[str]:
+        lines = (folder / name).read_text().splitlines()
+        return [json.loads(line)["label"] for line in lines]
+
+    train, test = Counter(labels("train.jsonl")), labels("test.jsonl")
+    top = max(train.values())
+    return {sum(y == label for y in test) / len(test) for label, n in train.items() if n == top}
 
 
 def _verify_audit_log(workdir: Path, org: str) -> None:
