@@ -9,6 +9,7 @@ figures.
 
     python benchmarks/learning.py --quick            # tiny random model, CI-sized
     python benchmarks/learning.py                    # MiniLM weights, 3 seeds
+    python benchmarks/learning.py --demo             # at `fedhft simulate`'s scale
 
 Methods: local-only, FedAvg-LoRA (dense: every organization trains every block, no data
 mask, one cluster), FedHFT K=1 (tier and data masks), FedHFT K=2 (masks + clusters),
@@ -45,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import adjusted_rand_score
 
+from fedhft.aggregator import InfeasibleAssignmentError, check_fedamole_feasible
 from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
 from fedhft.aggregator._mole_rounds import (
@@ -129,6 +131,23 @@ FULL = Settings(
     temperature=0.05,
     membership="soft",
 )
+
+DEMO = Settings(
+    model="minilm",
+    organizations=4,
+    samples_per_org=200,
+    rounds=4,
+    warmup_rounds=1,
+    local_steps=12,
+    batch_size=16,
+    max_seq_length=32,
+    learning_rate=0.01,
+    head_learning_rate=0.02,
+    temperature=0.05,
+    membership="soft",
+)
+"""The scale of the default `fedhft simulate` (its data, rounds, steps, batch and learning
+rates; tiers and experts as in this benchmark), to see what its data allow without DP."""
 
 
 def consortium_for(settings: Settings, method: str, clusters: int) -> ConsortiumConfig:
@@ -492,11 +511,19 @@ def _sanity_problems(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny random model, one seed")
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="tiny random model, one seed")
+    preset.add_argument("--demo", action="store_true", help="the default simulate's scale, α 0.5")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--seeds", type=int, help="seeds (default: 1 quick, 3 full)")
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.3, 10.0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--alphas", type=float, nargs="+", help="default: 0.3 10 (demo: 0.5)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        help="default: all (demo: all but fedamole, whose pool of 4 experts × 3 holders "
+        "does not fit 4 organizations' tiers)",
+    )
     parser.add_argument(
         "--epsilons", nargs="+", default=["none", "8", "2"], help="'none' = non-private"
     )
@@ -517,19 +544,27 @@ def main() -> None:
     # One thread: with several processes on two cores, OpenMP spin-waits make a
     # tiny model six times slower (measured with cProfile).
     torch.set_num_threads(1)
-    settings = QUICK if args.quick else FULL
+    name, settings = (
+        ("quick", QUICK) if args.quick else ("demo", DEMO) if args.demo else ("full", FULL)
+    )
     seeds = list(range(args.seeds if args.seeds else (1 if args.quick else 3)))
+    alphas = args.alphas or ([0.5] if args.demo else [0.3, 10.0])
+    methods = args.methods or [m for m in METHODS if not (args.demo and m == "fedamole")]
+    if "fedamole" in methods:
+        tiers = {f"org-{i}": TIERS[i % len(TIERS)] for i in range(settings.organizations)}
+        try:
+            check_fedamole_feasible(consortium_for(settings, "fedamole", 1), tiers)
+        except InfeasibleAssignmentError as error:
+            parser.error(f"fedamole cannot run with these settings: {error}")
     epsilons = [None if e == "none" else float(e) for e in args.epsilons]
     console = Console(width=160)
-    console.print(
-        f"[bold]fedhft learning benchmark[/] ({'quick' if args.quick else 'full'}): {settings}"
-    )
+    console.print(f"[bold]fedhft learning benchmark[/] ({name}): {settings}")
     started = time.perf_counter()
     grid = [
         (seed, alpha, method, epsilon)
         for seed in seeds
-        for alpha in args.alphas
-        for method in args.methods
+        for alpha in alphas
+        for method in methods
         for epsilon in epsilons
     ]
     results = []
@@ -543,7 +578,12 @@ def main() -> None:
     ) as pool:
         futures = [pool.submit(_run_in_worker, settings, *cell) for cell in grid]
         for done, future in enumerate(as_completed(futures), start=1):
-            result = future.result()
+            try:
+                result = future.result()
+            except BaseException:
+                # Leaving the `with` would otherwise run every queued federation first.
+                pool.shutdown(cancel_futures=True)
+                raise
             results.append(result)
             epsilon = result["epsilon"]
             console.print(
@@ -568,7 +608,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     console.print(f"wall time {wall:.0f} s")
     if args.check:
-        problems = _sanity_problems(results, args.methods, epsilons, args.alphas, len(seeds))
+        problems = _sanity_problems(results, methods, epsilons, alphas, len(seeds))
         for problem in problems:
             console.print(f"[red]sanity: {problem}[/]")
         if problems:
