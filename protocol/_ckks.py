@@ -141,10 +141,12 @@ class CKKSParameters:
         A coefficient of the encoded sum is at most ``Δ·n·B`` (the inverse canonical
         embedding does not grow the infinity norm) plus ``n·(e_max + 1/2)`` of noise, and
         a ``d``-bit prime is at least ``2^(d-1)``; requiring ``2^(d-2)`` leaves one bit for
-        the sign and one of margin.
+        the sign and one of margin. The prime also needs more bits than the scale, or SEAL
+        refuses to encode at that scale (small sums of small values would otherwise ask for
+        fewer).
         """
         largest = 2.0**scale_bits * max_clients * value_bound + max_clients * (NOISE_MAX + 0.5)
-        return math.ceil(math.log2(largest)) + 2
+        return max(math.ceil(math.log2(largest)) + 2, scale_bits + 1)
 
     @classmethod
     def choose(

@@ -9,7 +9,7 @@ import pytest
 import tenseal as ts
 import tenseal.sealapi as seal
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fedhft.protocol._ckks import (
@@ -76,6 +76,9 @@ def test_default_choice_is_the_documented_set() -> None:
     value_bound=st.floats(1e-3, 1e3),
     scale_bits=st.integers(8, 56),
 )
+# Found by Hypothesis: a one-client sum of values ≤ 1e-3 asked for a prime smaller than
+# the scale, at which SEAL cannot encode.
+@example(max_clients=1, value_bound=1e-3, scale_bits=20)
 @settings(max_examples=60, deadline=None)
 def test_choice_is_secure_and_cannot_wrap(
     max_clients: int, value_bound: float, scale_bits: int
