@@ -171,6 +171,12 @@ class ModelSpec(_Frozen):
     )
     name: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1)
     num_labels: int = Field(ge=2, le=10_000)
+    pooling: Literal["mean", "cls"] = Field(
+        default="mean",
+        description="What the classification head reads: `mean` of the last hidden states "
+        "over the text's tokens (how all-MiniLM-L6-v2 was trained; BERT-family models), or "
+        "`cls`: the model's own head on the first token.",
+    )
 
 
 class AdapterSpec(_Frozen):

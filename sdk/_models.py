@@ -10,6 +10,11 @@ Three sources, chosen by the consortium's `ModelSpec.source` (DESIGN §2.1, §8)
 - ``huggingface``: `ModelSpec.name` is a local folder or an already cached model id;
   loaded with ``local_files_only`` so nothing is ever downloaded.
 
+With ``pooling: mean`` (the default) a BERT-family model classifies the mean of its last
+hidden states over the text's tokens (`MeanPoolingBertForSequenceClassification`), the
+pooling all-MiniLM-L6-v2 was trained with (its sentence-transformers ``1_Pooling``
+configuration), instead of the [CLS] pooler, which that checkpoint never trained.
+
 The tokenizer is always MiniLM's own local one (a BERT uncased wordpiece tokenizer).
 
 Notes:
@@ -41,6 +46,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from fedhft.policies import ModelSpec
@@ -59,6 +66,66 @@ TINY_DEFAULTS: Mapping[str, Any] = {
     "attention_probs_dropout_prob": 0.0,
     "seed": 0,
 }
+
+
+class MeanPoolingBertForSequenceClassification(BertForSequenceClassification):
+    """BERT sequence classification on the mean of the last hidden states over the tokens.
+
+    The same modules and parameter names as `BertForSequenceClassification` minus the
+    [CLS] pooler, so PEFT adapters and heads saved from one load into the other's
+    layout; only what the head reads differs. Padding tokens (attention mask 0) do not
+    count in the mean.
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        # `BertForSequenceClassification.__init__` would build a pooler only to drop it.
+        BertPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels or 2)
+        self.post_init()  # type: ignore[no-untyped-call]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **_: Any,
+    ) -> SequenceClassifierOutput:
+        """Logits (and the cross-entropy loss when ``labels`` are given) of a batch."""
+        hidden: torch.Tensor = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+        ).last_hidden_state
+        weights = (
+            torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
+            if attention_mask is None
+            else attention_mask.to(hidden.dtype)
+        ).unsqueeze(-1)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        logits: torch.Tensor = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _model_class(spec: ModelSpec, config: PretrainedConfig) -> type[PreTrainedModel] | None:
+    """The class `spec.pooling` asks for, or None for the architecture's own head."""
+    if spec.pooling == "cls":
+        return None
+    if config.model_type != "bert":
+        raise ValueError(
+            f"`model.pooling: mean` needs a BERT-family model, {spec.name!r} is "
+            f"{config.model_type!r}; set `model.pooling: cls` to use its own head"
+        )
+    return MeanPoolingBertForSequenceClassification
 
 
 def minilm_path() -> Path:
@@ -117,7 +184,10 @@ def base_skeleton(
 ) -> PreTrainedModel:
     """The base model's module structure on the meta device: shapes only, no weights."""
     config = base_config(spec, tiny_config=tiny_config)
+    model_class = _model_class(spec, config)
     with torch.device("meta"):
+        if model_class is not None:
+            return model_class(config)
         # `from_config` is not annotated in transformers; it returns a PreTrainedModel.
         model: PreTrainedModel = AutoModelForSequenceClassification.from_config(config)  # type: ignore[no-untyped-call]
     return model
@@ -133,11 +203,13 @@ def build_base_model(
     """
     if spec.source == "tiny":
         seed = int(_tiny_settings(tiny_config)["seed"])
+        tiny = _tiny_config(spec, tiny_config)
+        tiny_class = _model_class(spec, tiny) or BertForSequenceClassification
         # A private copy of the global generator, so that building the model neither
         # depends on nor disturbs the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model: PreTrainedModel = BertForSequenceClassification(_tiny_config(spec, tiny_config))
+            model: PreTrainedModel = tiny_class(tiny)
     else:
         config = base_config(spec)
         location = str(minilm_path()) if spec.source == "minilm" else spec.name
@@ -152,9 +224,8 @@ def build_base_model(
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    location, config=config, local_files_only=True
-                )
+                loader = _model_class(spec, config) or AutoModelForSequenceClassification
+                model = loader.from_pretrained(location, config=config, local_files_only=True)
         finally:
             hf_logging.set_verbosity(verbosity)
             if progress_bar:
