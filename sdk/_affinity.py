@@ -37,8 +37,9 @@ from fedhft.policies import NoiseSource
 from ._adapters import AdapterError
 from ._ledger import PrivacyLedger
 from ._mole import MoLEModel, expert_a
-from ._noise import NoiseSampler, noise_sampler
+from ._noise import NoiseSampler
 from ._privacy import MechanismRecord
+from ._releases import gaussian_record, gaussian_release
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -182,24 +183,20 @@ def release_affinity(
     vectors = record_affinities(model, input_ids, attention_mask, num_experts=num_experts)
     norms = vectors.norm(dim=1, keepdim=True)
     clipped = vectors * (AFFINITY_CLIP / norms.clamp_min(AFFINITY_CLIP))
-    total = clipped.sum(dim=0)
-    mechanism = MechanismRecord(
-        round=round_number,
-        mechanism="gaussian",
-        noise_multiplier=noise_multiplier,
-        sample_rate=1.0,
-        steps=1,
-        max_grad_norm=AFFINITY_CLIP,
-        noise_source=noise_source,
+    release = gaussian_release(
+        clipped.sum(dim=0),
+        gaussian_record(
+            round_number=round_number,
+            noise_multiplier=noise_multiplier,
+            sensitivity=AFFINITY_CLIP,
+            noise_source=noise_source,
+        ),
+        ledger=ledger,
+        sampler=sampler,
     )
-    # Spend first: if this raises, nothing has been released.
-    epsilon_after = ledger.commit(mechanism)
-    draw = sampler if sampler is not None else noise_sampler(noise_source)
-    noise = draw(torch.Size([num_experts]), noise_multiplier * AFFINITY_CLIP, torch.float64)
-    noisy = (total + noise.to(torch.float64)).tolist()
     return AffinityRelease(
         round=round_number,
-        noisy_sum=tuple(float(v) for v in noisy),
-        record=mechanism,
-        epsilon_after=epsilon_after,
+        noisy_sum=release.values,
+        record=release.record,
+        epsilon_after=release.epsilon_after,
     )

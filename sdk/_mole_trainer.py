@@ -50,6 +50,7 @@ from ._models import build_base_model
 from ._mole import MoLEModel, MoLEPrivateStep
 from ._noise import noise_sampler
 from ._privacy import MechanismRecord
+from ._releases import gaussian_record
 from ._trainer import RoundStats
 from .errors import SdkError
 
@@ -142,13 +143,10 @@ class MoLETrainer(AccountedTrainer):
 
     def affinity_record(self, round: int = 1) -> MechanismRecord:
         """The Gaussian record of the one affinity release (``q = 1``, one step)."""
-        return MechanismRecord(
-            round=round,
-            mechanism="gaussian",
+        return gaussian_record(
+            round_number=round,
             noise_multiplier=self.consortium.fedamole.affinity_noise_multiplier,
-            sample_rate=1.0,
-            steps=1,
-            max_grad_norm=AFFINITY_CLIP,
+            sensitivity=AFFINITY_CLIP,
             noise_source=self.policy.privacy.noise_source,
         )
 

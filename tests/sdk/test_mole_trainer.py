@@ -16,7 +16,7 @@ from opacus.accountants import RDPAccountant
 from fedhft.errors import SecurityWarning
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.sdk import BudgetExhaustedError, SdkError, build_base_model, synthetic_federation
-from fedhft.sdk import _affinity as affinity_module
+from fedhft.sdk import _releases as releases_module
 from fedhft.sdk._affinity import AffinityRelease, record_affinities
 from fedhft.sdk._mole import MoLEModel
 from fedhft.sdk._mole_participant import (
@@ -189,7 +189,7 @@ def test_released_affinity_carries_only_the_noisy_statistic(
     """The release holds the plain sum plus the drawn noise, nothing else; the file too."""
     drawn = torch.tensor([0.7, -1.3, 2.1, -0.4], dtype=torch.float64)
     monkeypatch.setattr(
-        affinity_module, "noise_sampler", lambda _source: lambda shape, std, dtype: drawn.clone()
+        releases_module, "noise_sampler", lambda _source: lambda shape, std, dtype: drawn.clone()
     )
     trainer, _ = _trainer(tmp_path)
     data = _data()
