@@ -11,14 +11,20 @@ The same code drives the gRPC aggregation server and the in-process simulation u
 the learning benchmark.
 
 Notes:
-    Clusters split after the warm-up rounds. The server cannot see individual updates,
-    so it cannot seed clusters the way the FedHFT paper does (k-means on updates).
-    Instead each cluster starts from the warm-up model with a *reference update*: the
-    last warm-up aggregate plus a small public random direction, different per cluster.
-    Organizations compare their own DP update with these references (post-processing),
-    and from then on each reference is the cluster's real last aggregate, so
-    memberships and references refine each other round by round, as in Lloyd's
-    algorithm, with the server seeing only secure sums.
+    Clusters split after the warm-up rounds, in one of two ways (``clustering.signal``).
+
+    ``sketch``: the split computes the K centroids of the sketches the organizations
+    released during the warm-up (DP releases; `_sketches.sketch_centroids`). They travel
+    with the cluster adapters from then on, and each organization's π compares its own
+    sketch with them.
+
+    ``update``: the server cannot see individual updates, so it cannot seed clusters the
+    way the FedHFT paper does (k-means on updates). Instead each cluster starts from the
+    warm-up model with a *reference update*: the last warm-up aggregate plus a small
+    public random direction, different per cluster. Organizations compare their own DP
+    update with these references (post-processing), and from then on each reference is
+    the cluster's real last aggregate, so memberships and references refine each other
+    round by round, as in Lloyd's algorithm, with the server seeing only secure sums.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from fedhft.sdk import ClusterAdapters
 from fedhft.sdk._codec import decode_clusters as decode_clusters
 from fedhft.sdk._codec import encode_clusters as encode_clusters
 
+from ._sketches import sketch_centroids
 from .errors import RoundError
 
 FloatArray = npt.NDArray[np.float64]
@@ -54,7 +61,12 @@ def clusters_digest(clusters: ClusterAdapters) -> bytes:
     header order is not guaranteed, the arrays are.
     """
     hasher = hashlib.sha256(b"fedhft/clusters/v1")
-    for kind, maps in (("state", clusters.states), ("update", clusters.last_updates)):
+    centroids = tuple({"sketch": c} for c in clusters.centroids)
+    for kind, maps in (
+        ("state", clusters.states),
+        ("update", clusters.last_updates),
+        ("centroid", centroids),
+    ):
         for j, arrays in enumerate(maps):
             for block_id in sorted(arrays or {}):
                 values = np.ascontiguousarray((arrays or {})[block_id], dtype="<f8")
@@ -165,6 +177,10 @@ class RoundCoordinator:
             initialized from the consortium seed), ``rows × cols`` each.
         tier_blocks: tier name → the blocks that tier trains and uploads (public).
         clusters: the model to resume from, when the server restarts.
+
+    Attributes:
+        sketches: organization → its released sketch (``clustering.signal: sketch``),
+            added by the transport as they arrive during the warm-up.
     """
 
     def __init__(
@@ -184,6 +200,7 @@ class RoundCoordinator:
         self.clusters = (
             clusters if clusters is not None else ClusterAdapters.initial(initial_state, 1)
         )
+        self.sketches: dict[str, FloatArray] = {}
 
     # ------------------------------------------------------------------ planning
 
@@ -193,6 +210,12 @@ class RoundCoordinator:
         if self.consortium.method in (Method.FEDAVG, Method.LOCAL):
             return 1
         return 1 if round_number <= spec.warmup_rounds else spec.clusters
+
+    def takes_sketches(self, round_number: int) -> bool:
+        """Whether ``round_number`` collects the organizations' sketches: the warm-up
+        rounds of a consortium that clusters on them (``clustering.signal: sketch``)."""
+        spec = self.consortium.clustering
+        return spec.signal == "sketch" and round_number <= spec.warmup_rounds
 
     def model_for_round(self, round_number: int) -> ClusterAdapters:
         """The cluster adapters released at the start of ``round_number``.
@@ -224,8 +247,19 @@ class RoundCoordinator:
                 scale = scale if scale > 0 else 1e-3
                 reference[block_id] = centre + 0.5 * scale * rng.standard_normal(values.shape)
             references.append(reference)
+        centroids: tuple[FloatArray, ...] = ()
+        if self.consortium.clustering.signal == "sketch":
+            try:
+                centroids = sketch_centroids(self.sketches, k, run_id=self.run_id)
+            except ValueError as error:
+                raise RoundError(
+                    f"the clusters cannot split on sketches: {error} (warm-up participants "
+                    "release them)"
+                ) from None
         return ClusterAdapters(
-            states=tuple(dict(state) for _ in range(k)), last_updates=tuple(references)
+            states=tuple(dict(state) for _ in range(k)),
+            last_updates=tuple(references),
+            centroids=centroids,
         )
 
     def session_params(
@@ -306,7 +340,9 @@ class RoundCoordinator:
                     skipped_blocks=left_out,
                 )
             )
-        self.clusters = ClusterAdapters(states=tuple(states), last_updates=tuple(updates))
+        self.clusters = ClusterAdapters(
+            states=tuple(states), last_updates=tuple(updates), centroids=current.centroids
+        )
         return RoundSummary(
             round=round_number,
             clusters=current.k,

@@ -135,6 +135,10 @@ def run_federation_in_process(
                 continue
             run.bytes_down += download
             run.rounds_joined += 1
+            if coordinator.takes_sketches(round_number):
+                sketch = run.participant.sketch(round_number)
+                if sketch is not None:
+                    coordinator.sketches[org] = sketch
         summary: RoundSummary | None = None
         if consortium.method is not Method.LOCAL:
             participants = {org: organizations[org].tier for org in updates}

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 from cryptography import x509
 
 from fedhft._files import atomic_write
@@ -138,7 +139,9 @@ class ReleasedModel:
         payloads = tuple(
             encode_clusters(
                 ClusterAdapters(
-                    states=(clusters.states[j],), last_updates=(clusters.last_updates[j],)
+                    states=(clusters.states[j],),
+                    last_updates=(clusters.last_updates[j],),
+                    centroids=clusters.centroids[j : j + 1],
                 )
             )
             for j in range(clusters.k)
@@ -329,6 +332,10 @@ class AggregatorServer:
             tier_blocks=tiers,
             clusters=decode_clusters(stored[1]) if stored is not None else None,
         )
+        coordinator.sketches = {
+            org: np.asarray(sketch, dtype=np.float64)
+            for org, sketch in self.store.sketches().items()
+        }
         if stored is None:
             self.store.set_initial_model(encode_clusters(coordinator.clusters))
         else:

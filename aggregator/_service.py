@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -53,7 +54,9 @@ from fedhft.protocol.errors import (
     StageError,
     WrongRoundError,
 )
+from fedhft.sdk._adapters import HEAD_WEIGHT
 
+from ._federation import RoundCoordinator
 from ._mole_rounds import MoLECoordinator, mole_plan, validate_affinity_upload
 from ._server import Attempt, JoinAnswer, ReleasedModel
 from ._sessions import INPUT_STAGES, STAGE_NAMES, AggregationSession
@@ -235,7 +238,16 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         organization = self._caller(context)
         server = self._server
         attempt = self._open_attempt()
-        validate_join_request(request, expected_round=attempt.round)
+        coordinator = server.coordinator
+        sketch_length = (
+            coordinator.shapes[HEAD_WEIGHT][1]
+            if isinstance(coordinator, RoundCoordinator)
+            and coordinator.takes_sketches(attempt.round)
+            else None
+        )
+        sketch = validate_join_request(
+            request, expected_round=attempt.round, sketch_length=sketch_length
+        )
         if request.participate and request.tier not in server.consortium.tiers:
             raise InvalidEnvelopeError(
                 f"`tier` {request.tier!r:.80} is not a consortium tier; allowed: "
@@ -251,6 +263,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             attempt.joins[organization] = JoinAnswer(
                 participate=request.participate, tier=request.tier, refusal=request.refusal
             )
+            if sketch is not None and isinstance(coordinator, RoundCoordinator):
+                # A DP release: kept, so that a restarted server splits the same way.
+                with server.store_lock:
+                    server.store.save_sketch(organization, attempt.round, sketch)
+                coordinator.sketches[organization] = np.asarray(sketch, dtype=np.float64)
             server.changed.notify_all()
         return pb.JoinResponse(round=request.round, accepted=True)
 

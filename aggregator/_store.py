@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS stage_progress (
     received_at REAL NOT NULL,
     PRIMARY KEY (round, attempt, cluster, stage, organization)
 );
+CREATE TABLE IF NOT EXISTS sketches (
+    organization TEXT PRIMARY KEY,
+    round INTEGER NOT NULL,
+    sketch TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS receipts (
     round INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
@@ -287,6 +292,19 @@ class AggregatorStore:
         return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
     # ------------------------------------------------------------------ stages, receipts
+
+    def save_sketch(self, organization: str, round_number: int, sketch: Sequence[float]) -> None:
+        """Keep an organization's sketch (a DP release; the latest one counts)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sketches (organization, round, sketch) VALUES (?, ?, ?)",
+                (organization, round_number, json.dumps([float(v) for v in sketch])),
+            )
+
+    def sketches(self) -> dict[str, tuple[float, ...]]:
+        """Every organization's kept sketch."""
+        rows = self._db.execute("SELECT organization, sketch FROM sketches").fetchall()
+        return {org: tuple(float(v) for v in json.loads(text)) for org, text in rows}
 
     def record_stage(
         self,

@@ -226,6 +226,19 @@ class ClusteringSpec(_Frozen):
     warmup_rounds: int = Field(default=0, ge=0)
     membership: Literal["soft", "hard"] = "soft"
     temperature: float = Field(default=0.1, gt=0, description="Softmax temperature of π.")
+    signal: Literal["update", "sketch"] = Field(
+        default="update",
+        description="What π compares. `update`: the organization's DP update with each "
+        "cluster's last aggregate update (no extra release, but under strong DP the "
+        "updates are mostly noise); `sketch`: once, in a warm-up round, each organization "
+        "releases the sum of its records' unit-norm sentence embeddings under the public "
+        "initial model through an accounted Gaussian mechanism; the server clusters the "
+        "releases (k-means) when the clusters split and publishes the centroids, and π "
+        "compares the organization's own release with them.",
+    )
+    sketch_noise_multiplier: float = Field(
+        default=10.0, gt=0, description="σ of the sketch release (sensitivity 1)."
+    )
 
 
 class FedAMoLESpec(_Frozen):
@@ -243,8 +256,18 @@ class PersonalizationSpec(_Frozen):
     head: Literal["personal", "shared"] = Field(
         default="personal",
         description="`personal`: every organization trains its own classification head "
-        "and never uploads it (label skew lives in the head); `shared`: the head's rows "
-        "go through the data mask and the cluster average like adapter rows.",
+        "and never uploads it (label skew lives in the head); `shared`: the head is "
+        "uploaded whole and averaged per cluster (the data mask selects adapter rows).",
+    )
+    label_prior: Literal["none", "dp"] = Field(
+        default="none",
+        description="`dp`: each organization releases its count of each label once through "
+        "an accounted Gaussian mechanism, and trains and predicts with logit adjustment "
+        "by the log of that prior, so a shared head learns what the label mix does not "
+        "decide and each organization adds its own mix back. Needs a shared head.",
+    )
+    label_prior_noise_multiplier: float = Field(
+        default=8.0, gt=0, description="σ of the label-count release (sensitivity 1)."
     )
 
 
@@ -347,6 +370,22 @@ class ConsortiumConfig(_Frozen):
             problems.append("clustering.warmup_rounds must be below rounds when clusters > 1")
         if self.method in (Method.FEDAVG, Method.LOCAL) and self.clustering.clusters != 1:
             problems.append(f"method {self.method.value} uses one cluster; set clusters: 1")
+        if self.personalization.label_prior == "dp" and (
+            self.method not in (Method.FEDHFT, Method.FEDAVG) or not self.shares_head
+        ):
+            problems.append(
+                "personalization.label_prior: dp calibrates a shared head: it needs method "
+                "fedhft (with personalization.head: shared) or fedavg"
+            )
+        if self.clustering.signal == "sketch" and (
+            self.method is not Method.FEDHFT
+            or self.clustering.clusters < 2
+            or self.clustering.warmup_rounds < 1
+        ):
+            problems.append(
+                "clustering.signal: sketch needs method fedhft, clusters >= 2 and "
+                "warmup_rounds >= 1 (the sketches are collected during the warm-up)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -28,6 +28,7 @@ against the server's CA-certified identity key *before* parsing the statement.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection
 from typing import Final
@@ -58,6 +59,7 @@ SESSION_ID_BYTES: Final = 32
 MAX_CERTIFICATE_BYTES: Final = 16 * 1024
 MAX_ROUND: Final = 10**9
 MAX_CLUSTERS: Final = 64
+SKETCH_NORM_TOLERANCE: Final = 1e-6
 MAX_BLOCKS: Final = 100_000
 MAX_BLOCK_ROWS: Final = 1 << 20
 MAX_BLOCK_VALUES: Final = 1 << 28
@@ -191,9 +193,18 @@ def validate_hello_request(
     return identity, sealing
 
 
-def validate_join_request(request: pb.JoinRequest, *, expected_round: int) -> None:
-    """Check a `JoinRound` request for the current round."""
+def validate_join_request(
+    request: pb.JoinRequest, *, expected_round: int, sketch_length: int | None = None
+) -> tuple[float, ...] | None:
+    """Check a `JoinRound` request for the current round; return its sketch, if any.
+
+    ``sketch_length`` is the length of the sketch the round asks every participant for
+    (``clustering.signal: sketch``, warm-up rounds), None when it asks for none: a
+    participant must then send exactly that many finite values of unit L2 norm, and a
+    sketch the round does not ask for is refused (FAILED_PRECONDITION).
+    """
     validate_round(request.round, expected=expected_round)
+    sketch = _validate_sketch(request, sketch_length)
     if request.participate:
         if _IDENTIFIER.fullmatch(request.tier) is None:
             raise InvalidEnvelopeError(f"`tier` must be a tier id, got {request.tier!r:.80}")
@@ -203,6 +214,32 @@ def validate_join_request(request: pb.JoinRequest, *, expected_round: int) -> No
         request.refusal == pb.REFUSAL_REASON_UNSPECIFIED
     ):
         raise InvalidEnvelopeError("`refusal` must give a reason when `participate` is false")
+    return sketch
+
+
+def _validate_sketch(request: pb.JoinRequest, length: int | None) -> tuple[float, ...] | None:
+    values = tuple(request.sketch)
+    if not values:
+        if length is not None and request.participate:
+            raise InvalidEnvelopeError(
+                f"round {request.round} clusters on sketches: a participant must send its "
+                f"`sketch` ({length} values)"
+            )
+        return None
+    if length is None:
+        raise WrongRoundError(f"round {request.round} takes no `sketch`")
+    if not request.participate:
+        raise InvalidEnvelopeError("`sketch` comes only with `participate: true`")
+    if len(values) > length:
+        raise MessageTooLargeError(f"`sketch` has {len(values)} values, above {length}")
+    if len(values) != length:
+        raise InvalidEnvelopeError(f"`sketch` must have {length} values, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidEnvelopeError("`sketch` values must be finite")
+    norm = math.sqrt(math.fsum(v * v for v in values))
+    if abs(norm - 1.0) > SKETCH_NORM_TOLERANCE:
+        raise InvalidEnvelopeError(f"`sketch` must have unit L2 norm, got {norm:.6g}")
+    return values
 
 
 def validate_stage_submission(

@@ -32,6 +32,7 @@ from ._data import TextDataset
 from ._ledger import PrivacyLedger
 from ._models import load_tokenizer
 from ._privacy import MechanismRecord, auto_noise_multiplier
+from ._releases import FloatArray, gaussian_release
 from .errors import BudgetExhaustedError, DataError, SdkError
 
 _EVAL_BATCH = 64
@@ -241,6 +242,24 @@ class AccountedTrainer:
                 )
             raise
         return record
+
+    def _release(
+        self, statistic: torch.Tensor, record: MechanismRecord, *, num_records: int
+    ) -> FloatArray:
+        """Admit ``record``, release ``statistic`` through the Gaussian mechanism and audit
+        the spend; the noisy values. The non-private baseline gets the exact statistic.
+
+        Raises:
+            BudgetExhaustedError: the release does not fit (nothing was released; a
+                "refusal" was audited).
+        """
+        if not self.private:
+            exact: FloatArray = statistic.detach().to(torch.float64).reshape(-1).numpy().copy()
+            return exact
+        admitted = self._admit(record.round, num_records, record)
+        release = gaussian_release(statistic, admitted, ledger=self._ledger())
+        self._audit_spend(release.record, release.epsilon_after)
+        return release.array()
 
     def _commit(self, record: MechanismRecord) -> float:
         """Commit ``record`` durably and audit the spend; returns ε after it."""

@@ -26,11 +26,12 @@ Notes:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,16 @@ def _inner_model(peft_model: PeftModel) -> nn.Module:
     return inner
 
 
+@contextlib.contextmanager
+def _adapters_disabled(peft_model: PeftModel) -> Iterator[None]:
+    """PEFT's `disable_adapter`, without the transformers deprecation warning PEFT
+    triggers inside it (not ours to fix)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        with peft_model.disable_adapter():
+            yield
+
+
 def tier_layers(tier: TierSpec, num_layers: int) -> tuple[int, ...]:
     """The layer indices a tier trains (negative indices count from the top)."""
     if tier.layers == "all":
@@ -286,6 +297,7 @@ class MaskedAdapterModel:
         self._init_head(base)
         self.trainable: tuple[str, ...] = ()
         self.row_masks: dict[str, BoolArray] = {}
+        self.label_log_prior: torch.Tensor | None = None
         self.apply_tier(TierSpec())
 
     @classmethod
@@ -389,20 +401,84 @@ class MaskedAdapterModel:
     # ------------------------------------------------------------------ use
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Classification logits for a tokenized batch."""
+        """Classification logits for a tokenized batch, plus `label_log_prior` if set."""
         output = self.peft_model(input_ids=input_ids, attention_mask=attention_mask)
         logits: torch.Tensor = output.logits
-        return logits
+        if self.label_log_prior is None:
+            return logits
+        return logits + self.label_log_prior.to(logits.dtype)
+
+    def set_label_prior(self, log_prior: npt.ArrayLike | None) -> None:
+        """Add ``log_prior`` (one value per label) to every logit, in training and use
+        (logit adjustment); None removes it.
+
+        Raises:
+            AdapterError: not one finite value per label.
+        """
+        if log_prior is None:
+            self.label_log_prior = None
+            return
+        values = np.asarray(log_prior, dtype=np.float64)
+        labels = self.block(HEAD_BIAS).rows
+        if values.shape != (labels,) or not np.all(np.isfinite(values)):
+            raise AdapterError(f"a label prior needs {labels} finite values, got {values.shape}")
+        self.label_log_prior = torch.from_numpy(values).to(torch.float32)
+
+    def sentence_embedding_sum(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, batch_size: int = 64
+    ) -> torch.Tensor:
+        """Σ over the records of each one's sentence embedding scaled to unit L2 norm.
+
+        The embedding is the mean of the base encoder's last hidden states over the
+        record's tokens with every adapter disabled (the public initial model), so it
+        depends on the record alone, and one record moves the sum by at most 1 in L2.
+        Plaintext: it leaves the organization only through the Gaussian mechanism.
+        """
+        encoder = _inner_model(self.peft_model).base_model
+        if not isinstance(encoder, nn.Module):
+            raise AdapterError("the base model exposes no encoder (`base_model`)")
+        total = torch.zeros(self.block(HEAD_WEIGHT).cols, dtype=torch.float64)
+        was_training = self.peft_model.training
+        # PEFT's `disable_adapter` re-enables the adapters on exit by marking every LoRA
+        # parameter trainable, frozen A and other tiers' B included: restore the tier.
+        trainable = [(p, p.requires_grad) for p in self.peft_model.parameters()]
+        nn.Module.eval(self.peft_model)
+        try:
+            with torch.no_grad(), _adapters_disabled(self.peft_model):
+                for start in range(0, input_ids.shape[0], batch_size):
+                    ids = input_ids[start : start + batch_size]
+                    mask = attention_mask[start : start + batch_size].to(torch.float64)
+                    hidden = encoder(input_ids=ids, attention_mask=mask.to(ids.dtype))
+                    states = hidden.last_hidden_state.to(torch.float64)
+                    pooled = (states * mask.unsqueeze(-1)).sum(dim=1)
+                    pooled = pooled / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+                    total += (pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)).sum(0)
+        finally:
+            self.peft_model.train(was_training)
+            for parameter, requires_grad in trainable:
+                parameter.requires_grad_(requires_grad)
+        return total
 
     def export_peft(self, path: str | Path) -> Path:
         """Save the personalized adapter (A, B and head) in standard PEFT format.
 
         `peft.PeftModel.from_pretrained(base, path)` loads it without fedhft, where
-        ``base`` is the same base model (e.g. from `build_base_model`).
+        ``base`` is the same base model (e.g. from `build_base_model`). A label prior
+        (`set_label_prior`) is saved folded into the head's bias, so the loaded model
+        gives the same logits.
         """
         target = Path(path)
         target.mkdir(parents=True, exist_ok=True)
-        self.peft_model.save_pretrained(str(target))
+        bias = self._b[HEAD_BIAS]
+        saved = bias.detach().clone()
+        try:
+            if self.label_log_prior is not None:
+                with torch.no_grad():
+                    bias.add_(self.label_log_prior.to(bias.dtype).reshape(bias.shape))
+            self.peft_model.save_pretrained(str(target))
+        finally:
+            with torch.no_grad():
+                bias.copy_(saved)
         return target
 
 

@@ -530,9 +530,23 @@ class FederatedClient:
     def _take_part(self, announcement: pb.RoundAnnouncement) -> RoundOutcome:
         round_number = int(announcement.round)
         participant = self._participant()
+        clustering = self.consortium.clustering
+        sketch: FloatArray | None = None
+        if clustering.signal == "sketch" and round_number <= clustering.warmup_rounds:
+            try:
+                sketch = participant.sketch(round_number)
+            except BudgetExhaustedError as refusal:
+                # The trainer has audited the refusal; the server learns of it here.
+                self._refuse(round_number, pb.REFUSAL_REASON_BUDGET_EXHAUSTED, str(refusal))
+                return RoundOutcome(round_number, "refused", str(refusal))
         joined: pb.JoinResponse = self._connection().unary(
             "JoinRound",
-            pb.JoinRequest(round=round_number, participate=True, tier=self.policy.training.tier),
+            pb.JoinRequest(
+                round=round_number,
+                participate=True,
+                tier=self.policy.training.tier,
+                sketch=[] if sketch is None else [float(v) for v in sketch],
+            ),
             timeout=self.rpc_timeout_s,
         )
         if not joined.accepted:
@@ -583,7 +597,9 @@ class FederatedClient:
         if set(states[0]) != set(model.block_ids):
             raise ConsortiumMismatchError("the server's adapters have other blocks than this model")
         return ClusterAdapters(
-            states=states, last_updates=tuple(part.last_updates[0] for part in parts)
+            states=states,
+            last_updates=tuple(part.last_updates[0] for part in parts),
+            centroids=tuple(c for part in parts for c in part.centroids),
         )
 
     def _fetch_model(self, round_number: int, cluster: int, *, values: int) -> tuple[bytes, bytes]:

@@ -24,7 +24,8 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
 
 
 def encode_clusters(clusters: ClusterAdapters) -> bytes:
-    """Serialize cluster adapters (states and last updates) as safetensors bytes."""
+    """Serialize cluster adapters (states, last updates, sketch centroids) as safetensors
+    bytes."""
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     for j, state in enumerate(clusters.states):
         for block_id, values in state.items():
@@ -32,6 +33,8 @@ def encode_clusters(clusters: ClusterAdapters) -> bytes:
     for j, update in enumerate(clusters.last_updates):
         for block_id, values in (update or {}).items():
             arrays[f"update/{j}/{block_id}"] = np.ascontiguousarray(values, dtype=np.float64)
+    for j, centroid in enumerate(clusters.centroids):
+        arrays[f"centroid/{j}/sketch"] = np.ascontiguousarray(centroid, dtype=np.float64)
     metadata = {
         "clusters": str(clusters.k),
         "updates": json.dumps([u is not None for u in clusters.last_updates]),
@@ -47,11 +50,16 @@ def decode_clusters(data: bytes) -> ClusterAdapters:
     has_update = json.loads(metadata["updates"])
     states: list[dict[str, FloatArray]] = [{} for _ in range(k)]
     updates: list[dict[str, FloatArray]] = [{} for _ in range(k)]
+    centroids: dict[int, FloatArray] = {}
     for name, values in arrays.items():
         kind, j, block_id = name.split("/", 2)
+        if kind == "centroid":
+            centroids[int(j)] = values.astype(np.float64)
+            continue
         target = states if kind == "state" else updates
         target[int(j)][block_id] = values.astype(np.float64)
     return ClusterAdapters(
         states=tuple(states),
         last_updates=tuple(u if has_update[j] else None for j, u in enumerate(updates)),
+        centroids=tuple(centroids[j] for j in sorted(centroids)),
     )

@@ -67,10 +67,13 @@ class ClusterAdapters:
         states: per cluster, every block's value (``rows × cols``), head included.
         last_updates: per cluster, its last aggregate update per block (the secure-sum
             average it moved by), or None before its first aggregation.
+        centroids: per cluster, the centroid of the organizations' released sketches
+            (``clustering.signal: sketch``, from the split on), or empty.
     """
 
     states: tuple[Mapping[str, FloatArray], ...]
     last_updates: tuple[Mapping[str, FloatArray] | None, ...] = ()
+    centroids: tuple[FloatArray, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -94,11 +97,20 @@ class ClusterAdapters:
                         f"last update of cluster {j}: block {block_id!r} is not a "
                         "cluster block of the same shape"
                     )
+        if self.centroids:
+            shapes = {np.shape(c) for c in self.centroids}
+            vectors = len(shapes) == 1 and len(next(iter(shapes))) == 1
+            if len(self.centroids) != len(self.states) or not vectors:
+                raise MixtureError(
+                    f"{len(self.states)} clusters need as many sketch centroids, all vectors "
+                    "of one length"
+                )
         object.__setattr__(
             self,
             "states",
             tuple({b: _readonly(v) for b, v in state.items()} for state in self.states),
         )
+        object.__setattr__(self, "centroids", tuple(_readonly(c) for c in self.centroids))
 
     @classmethod
     def initial(cls, state: Mapping[str, FloatArray], clusters: int = 1) -> ClusterAdapters:
@@ -250,10 +262,38 @@ def update_membership(
         return np.full(k, 1.0 / k) if not hard else _one_hot(0, k)
     own = np.concatenate([np.ravel(delta[b]) for b in shared])
     theirs = np.stack([np.concatenate([np.ravel(u[b]) for b in shared]) for u in updates])
-    centre = theirs.mean(axis=0)
-    similarities = np.array([_cosine(own - centre, row - centre) for row in theirs])
+    return _closest(own, theirs, temperature=temperature, hard=hard)
+
+
+def sketch_membership(
+    sketch: npt.ArrayLike, clusters: ClusterAdapters, *, temperature: float, hard: bool
+) -> FloatArray:
+    """π from the organization's released sketch and the clusters' public centroids.
+
+    ``softmax(s_j / T)`` with ``s_j = cos(s − c̄, c_j − c̄)``, ``c̄`` the mean centroid
+    (hard: one-hot at the arg-max), as `update_membership` compares updates.
+
+    Raises:
+        MixtureError: the clusters carry no centroids, or the sketch's length differs.
+    """
+    if temperature <= 0:
+        raise MixtureError(f"temperature must be > 0, got {temperature}")
+    own = np.asarray(sketch, dtype=np.float64).reshape(-1)
+    if not clusters.centroids or np.shape(clusters.centroids[0]) != own.shape:
+        raise MixtureError(
+            "sketch membership needs one centroid per cluster of the sketch's length"
+        )
+    return _closest(own, np.stack(clusters.centroids), temperature=temperature, hard=hard)
+
+
+def _closest(
+    own: FloatArray, references: FloatArray, *, temperature: float, hard: bool
+) -> FloatArray:
+    """softmax over the rows of ``references`` of ``cos(own − r̄, r_j − r̄) / T``."""
+    centre = references.mean(axis=0)
+    similarities = np.array([_cosine(own - centre, row - centre) for row in references])
     if hard:
-        return _one_hot(int(np.argmax(similarities)), k)
+        return _one_hot(int(np.argmax(similarities)), references.shape[0])
     logits = similarities / temperature
     weights = np.exp(logits - logits.max())
     result: FloatArray = weights / weights.sum()

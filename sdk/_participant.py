@@ -146,8 +146,15 @@ class RoundParticipant:
             return pending
         self._promote_finished_pending(round_number)
         start_from = self._local_model if self.method is Method.LOCAL else clusters
+        prior = self.label_prior(round_number)
+        if prior is not None:
+            self.trainer.use_label_prior(prior)
         update, personal, stats = self.trainer.train_round(
-            self.dataset, start_from, round=round_number, personal=self.personal
+            self.dataset,
+            start_from,
+            round=round_number,
+            personal=self.personal,
+            sketch=self.sketch(round_number),
         )
         self.last_stats = stats
         if self.method is Method.LOCAL:
@@ -158,6 +165,35 @@ class RoundParticipant:
             _encode_update(update), _encode_personal(personal, {"round": str(round_number)})
         )
         return update
+
+    # ------------------------------------------------------------------ releases
+
+    def label_prior(self, round_number: int = 1) -> FloatArray | None:
+        """This organization's released label counts (released at most once), or None
+        when the consortium asks for no label prior.
+
+        Raises:
+            BudgetExhaustedError: the release would exceed the privacy budget.
+        """
+        if self.trainer.label_prior_record() is None:
+            return None
+        return self.files.kept_release(
+            "label-prior",
+            lambda: self.trainer.release_label_prior(self.dataset, round=round_number),
+        )
+
+    def sketch(self, round_number: int = 1) -> FloatArray | None:
+        """This organization's released sketch (released at most once), or None when the
+        consortium does not cluster on sketches.
+
+        Raises:
+            BudgetExhaustedError: the release would exceed the privacy budget.
+        """
+        if self.trainer.sketch_record() is None:
+            return None
+        return self.files.kept_release(
+            "sketch", lambda: self.trainer.release_sketch(self.dataset, round=round_number)
+        )
 
     def _promote_finished_pending(self, round_number: int) -> None:
         """Complete a pending round from before a restart that the server has finished.
@@ -217,6 +253,11 @@ class RoundParticipant:
         return mixture_start(clusters, pi, self.personal)
 
     def evaluate(self, dataset: TextDataset, clusters: ClusterAdapters) -> dict[str, float]:
-        """Accuracy and macro-F1 of the personalized model on ``dataset``."""
+        """Accuracy and macro-F1 of the personalized model on ``dataset`` (with its label
+        prior, once released)."""
         self.trainer.model.set_block_state(self.personalized_state(clusters))
+        if self.files.has_release("label-prior"):
+            prior = self.label_prior()
+            if prior is not None:
+                self.trainer.use_label_prior(prior)
         return self.trainer.evaluate(dataset)

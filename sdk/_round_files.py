@@ -5,7 +5,8 @@ Both `RoundParticipant` (FedHFT) and `MoLEParticipant` (FedAMoLE) keep, in
 
 - the *current* personal state (what the last completed round left);
 - while a round is unfinished, its *staged* output (the DP update to upload) and the
-  personal state that becomes current when the round completes.
+  personal state that becomes current when the round completes;
+- its one-shot DP releases (`kept_release`), kept from the moment they exist.
 
 Notes:
     Training spends privacy, and the spend is in the ledger before the output exists.
@@ -18,9 +19,17 @@ Notes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
+
 from fedhft._files import atomic_write
+
+FloatArray = npt.NDArray[np.float64]
 
 
 class RoundFiles:
@@ -48,6 +57,22 @@ class RoundFiles:
         """Keep a trained round's output and its next personal state until it completes."""
         atomic_write(self.output_path, output)
         atomic_write(self.staged_state_path, next_state)
+
+    def kept_release(self, name: str, release: Callable[[], npt.ArrayLike]) -> FloatArray:
+        """The one-shot DP release ``name``: made by ``release`` the first time, then
+        read back from disk. Using a kept release again is post-processing; releasing
+        again would spend the budget twice."""
+        path = self.state_dir / f"release-{name}.safetensors"
+        if path.exists():
+            kept: FloatArray = load_arrays(path.read_bytes())["values"].astype(np.float64)
+            return kept
+        values = np.asarray(release(), dtype=np.float64).reshape(-1)
+        atomic_write(path, bytes(save_arrays({"values": values})))
+        return values
+
+    def has_release(self, name: str) -> bool:
+        """Whether the release ``name`` was made (and kept) already."""
+        return (self.state_dir / f"release-{name}.safetensors").exists()
 
     def complete(self, state: bytes | None) -> None:
         """Make ``state`` current (when given) and forget the staged round."""

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,6 +45,7 @@ from ._data import TextDataset
 from ._dp import DEFAULT_GRAD_SAMPLE_MODE, GradSampleMode, PrivateStep, poisson_batch
 from ._ledger import PrivacyLedger
 from ._mixture import (
+    BoolArray,
     ClusterAdapters,
     FloatArray,
     PersonalState,
@@ -51,10 +53,12 @@ from ._mixture import (
     data_mask,
     mixture_start,
     personal_after_round,
+    sketch_membership,
     update_membership,
 )
 from ._noise import noise_sampler
 from ._privacy import MechanismRecord
+from ._releases import gaussian_record, label_counts, log_label_prior, unit_sketch
 from ._update import MaskedUpdate
 from .errors import SdkError
 
@@ -154,6 +158,74 @@ class LocalTrainer(AccountedTrainer):
         head when heads are personal (`ConsortiumConfig.shares_head`)."""
         return tier_blocks(self.model.blocks, self.tier, head=self.consortium.shares_head)
 
+    # ------------------------------------------------------------------ releases
+
+    def label_prior_record(self, round: int = 1) -> MechanismRecord | None:
+        """The Gaussian record of the label-count release, if the consortium asks for one
+        (`personalization.label_prior: dp`)."""
+        spec = self.consortium.personalization
+        if spec.label_prior != "dp":
+            return None
+        return gaussian_record(
+            round_number=round,
+            noise_multiplier=spec.label_prior_noise_multiplier,
+            sensitivity=1.0,
+            noise_source=self.policy.privacy.noise_source,
+        )
+
+    def sketch_record(self, round: int = 1) -> MechanismRecord | None:
+        """The Gaussian record of the sketch release, if the consortium clusters on
+        sketches (`clustering.signal: sketch`)."""
+        clustering = self.consortium.clustering
+        if clustering.signal != "sketch":
+            return None
+        return gaussian_record(
+            round_number=round,
+            noise_multiplier=clustering.sketch_noise_multiplier,
+            sensitivity=1.0,
+            noise_source=self.policy.privacy.noise_source,
+        )
+
+    def reserved_records(self) -> tuple[MechanismRecord, ...]:
+        """``auto`` σ leaves budget for the one-shot releases the consortium asks for, so
+        that they and every planned round fit together."""
+        planned = (self.label_prior_record(), self.sketch_record())
+        return tuple(record for record in planned if record is not None)
+
+    def release_label_prior(self, dataset: TextDataset, *, round: int = 1) -> FloatArray:
+        """This organization's count of each label, released through the Gaussian
+        mechanism (exact in the non-private baseline). Release it once and keep it.
+
+        Raises:
+            SdkError: the consortium asks for no label prior.
+            BudgetExhaustedError: the release does not fit the budget.
+        """
+        record = self.label_prior_record(round)
+        if record is None:
+            raise SdkError("the consortium asks for no label prior (personalization.label_prior)")
+        counts = label_counts(self._encode(dataset).labels, self.consortium.model.num_labels)
+        return self._release(counts, record, num_records=len(dataset))
+
+    def release_sketch(self, dataset: TextDataset, *, round: int = 1) -> FloatArray:
+        """The sum of this organization's sentence embeddings (`MaskedAdapterModel.
+        sentence_embedding_sum`), released through the Gaussian mechanism and scaled to
+        unit norm (exact in the non-private baseline). Release it once and keep it.
+
+        Raises:
+            SdkError: the consortium does not cluster on sketches.
+            BudgetExhaustedError: the release does not fit the budget.
+        """
+        record = self.sketch_record(round)
+        if record is None:
+            raise SdkError("the consortium does not cluster on sketches (clustering.signal)")
+        encoded = self._encode(dataset)
+        total = self.model.sentence_embedding_sum(encoded.input_ids, encoded.attention_mask)
+        return unit_sketch(self._release(total, record, num_records=len(dataset)))
+
+    def use_label_prior(self, counts: npt.ArrayLike) -> None:
+        """Train and predict with logit adjustment by the log prior of (released) counts."""
+        self.model.set_label_prior(log_label_prior(counts))
+
     @property
     def keep_ratio(self) -> float:
         """Share of trained rows uploaded: the tier's, or all of them for FedAvg."""
@@ -168,9 +240,11 @@ class LocalTrainer(AccountedTrainer):
         *,
         round: int,
         personal: PersonalState | None = None,
+        sketch: npt.ArrayLike | None = None,
     ) -> tuple[MaskedUpdate, PersonalState, RoundStats]:
         """Train one round on ``dataset``; return the masked update, the new personal
-        state and local statistics.
+        state and local statistics. With cluster centroids (``clustering.signal:
+        sketch``), π compares ``sketch``, this organization's released sketch, with them.
 
         Raises:
             BudgetExhaustedError: the round would exceed the privacy budget (nothing
@@ -192,7 +266,14 @@ class LocalTrainer(AccountedTrainer):
         # of that same round (the `last_updates` released now), so that the drift every
         # update shares between rounds does not decide membership. Post-processing of
         # DP outputs only.
-        if clusters is not None and personal is not None and personal.last_delta:
+        if clusters is not None and clusters.centroids and sketch is not None:
+            previous_pi = sketch_membership(
+                sketch,
+                clusters,
+                temperature=self.consortium.clustering.temperature,
+                hard=self.consortium.clustering.membership == "hard",
+            )
+        elif clusters is not None and personal is not None and personal.last_delta:
             previous_pi = update_membership(
                 {b: v for b, v in personal.last_delta.items() if b in self.membership_blocks},
                 clusters,
@@ -236,18 +317,7 @@ class LocalTrainer(AccountedTrainer):
         uploaded = self.uploaded_blocks
         end = self.model.get_block_state(trained)
         delta = {b: end[b] - start[b] for b in trained}
-        # Blocks that are not uploaded (a personal head) keep every row personal.
-        keep = {
-            b: data_mask(
-                delta[b],
-                keep_ratio=self.keep_ratio,
-                trainable_rows=self.model.row_masks[b],
-                lora_a=self._lora_a(b),
-            )
-            if b in uploaded
-            else np.zeros(delta[b].shape[0], dtype=np.bool_)
-            for b in trained
-        }
+        keep = {b: self._shared_rows(b, delta[b], uploaded) for b in trained}
         pi = previous_pi
         if self.consortium.clustering.membership == "hard":
             # Before there is anything to compare with, a hard member joins cluster 0.
@@ -284,8 +354,23 @@ class LocalTrainer(AccountedTrainer):
         )
         return update, new_personal, stats
 
-    def _lora_a(self, block_id: str) -> FloatArray | None:
-        return None if self.model.block(block_id).layer is None else self.model.lora_a(block_id)
+    def _shared_rows(
+        self, block_id: str, delta: FloatArray, uploaded: tuple[str, ...]
+    ) -> BoolArray:
+        """Rows of a trained block that go into the secure sum: none of a block that is
+        not uploaded (a personal head), every row of a shared head, and the data mask's
+        choice among an adapter block's trainable rows."""
+        rows = self.model.row_masks[block_id]
+        if block_id not in uploaded:
+            return np.zeros(delta.shape[0], dtype=np.bool_)
+        if self.model.block(block_id).layer is None:
+            return rows.copy()
+        return data_mask(
+            delta,
+            keep_ratio=self.keep_ratio,
+            trainable_rows=rows,
+            lora_a=self.model.lora_a(block_id),
+        )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         training = self.consortium.training

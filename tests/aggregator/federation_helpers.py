@@ -32,8 +32,9 @@ def consortium(**overrides: Any) -> ConsortiumConfig:
     return ConsortiumConfig.model_validate(data)
 
 
-def policy(org: str, state: Path, **privacy: Any) -> OrganizationPolicy:
-    """An organization policy with its ledger and audit log under ``state``."""
+def policy(org: str, state: Path, *, tier: str | None = None, **privacy: Any) -> OrganizationPolicy:
+    """An organization policy with its ledger and audit log under ``state`` (its tier
+    from `ORGS` unless given)."""
     return OrganizationPolicy.model_validate(
         {
             "organization": org,
@@ -47,7 +48,7 @@ def policy(org: str, state: Path, **privacy: Any) -> OrganizationPolicy:
                 "ledger_path": str(state / org / "ledger.json"),
                 **privacy,
             },
-            "training": {"tier": ORGS[org], "batch_size": 8, "local_steps": 3},
+            "training": {"tier": tier or ORGS[org], "batch_size": 8, "local_steps": 3},
             "audit": {"log_path": str(state / org / "audit.jsonl")},
         }
     )

@@ -22,12 +22,16 @@ from runtime_helpers import (
     start_federation,
     stored_models,
 )
+from safetensors.numpy import load as load_arrays
 
 from fedhft.aggregator import ckks_ceremony
+from fedhft.aggregator._sketches import sketch_centroids
+from fedhft.aggregator._store import AggregatorStore
 from fedhft.audit import verify_log
 from fedhft.policies import OrganizationPolicy, SecureAggregationMode
 from fedhft.protocol import SecAggClient, load_credentials
 from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
+from fedhft.sdk._mixture import sketch_membership
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
@@ -183,3 +187,59 @@ def test_ckks_mode_end_to_end(tmp_path: Path) -> None:
     for org in ORGS:
         assert run.reports[org].rounds_joined == (1, 2)
         assert len(_events(clients / org / "audit.jsonl", "aggregation_receipt")) == 4
+
+
+def test_sketch_clustering_and_a_calibrated_head_over_grpc(tmp_path: Path) -> None:
+    """Clusters on sketches over gRPC: each warm-up join carries the organization's kept
+    DP sketch, the server keeps exactly those and splits on their k-means centroids (in
+    the stored model), each client's π follows its own sketch, and the ledger and the
+    verified audit log hold each release once."""
+    config = fast_consortium(
+        clustering={"clusters": 2, "warmup_rounds": 1, "membership": "hard", "signal": "sketch"},
+        personalization={"head": "shared", "label_prior": "dp"},
+    )
+    pki = provision(tmp_path / "pki")
+    clients = tmp_path / "clients"
+    with running_server(config, pki, tmp_path / "server") as server:
+        run = start_federation(config, pki, server.address, clients)
+        run.join()
+        assert server.wait(5)
+        run_id = server.run_id
+    assert run.errors == {}
+    store = AggregatorStore(tmp_path / "server")
+    received = {org: np.asarray(values) for org, values in store.sketches().items()}
+    store.close()
+    kept = {
+        org: load_arrays((clients / org / "state" / "release-sketch.safetensors").read_bytes())[
+            "values"
+        ]
+        for org in ORGS
+    }
+    assert set(received) == set(ORGS)
+    for org in ORGS:
+        np.testing.assert_array_equal(received[org], kept[org])
+    final = stored_models(tmp_path / "server")[2]
+    for got, want in zip(
+        final.centroids, sketch_centroids(received, 2, run_id=run_id), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+    server_key = load_credentials(pki.server).identity_public_key
+    for org, report in run.reports.items():
+        assert report.rounds_joined == (1, 2)
+        own = sketch_membership(kept[org], final, temperature=0.1, hard=True)
+        assert list(report.membership) == own.tolist()
+        spends = _events(clients / org / "audit.jsonl", "privacy_spend")
+        assert [(p["round"], p["mechanism"]) for p in spends] == [
+            (1, "gaussian"),
+            (1, "gaussian"),
+            (1, "dp-sgd"),
+            (2, "dp-sgd"),
+        ]
+        verified = verify_log(
+            clients / org / "audit.jsonl",
+            public_key=load_credentials(pki.org(org)).identity_public_key,
+            server_log=tmp_path / "server" / "audit.jsonl",
+            server_public_key=server_key,
+            policy=policy(org, clients),
+        )
+        assert verified.ok, [f.message for f in verified.errors]

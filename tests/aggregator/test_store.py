@@ -65,3 +65,15 @@ def test_crash_mid_round_is_aborted_and_retried(tmp_path: Path) -> None:
     assert store.begin_attempt(1) == 2
     statuses = [(a["round"], a["attempt"], a["status"]) for a in store.attempts()]
     assert statuses == [(1, 1, "aborted"), (1, 2, "open")]
+
+
+def test_sketches_survive_a_restart_exactly(tmp_path: Path) -> None:
+    """Kept sketches come back bit for bit after reopening; the latest one per
+    organization counts."""
+    store = AggregatorStore(tmp_path)
+    store.save_sketch("org-a", 1, [0.1, -0.2, 1 / 3])
+    store.save_sketch("org-b", 1, [1.0, 0.0, 0.0])
+    store.save_sketch("org-b", 2, [0.0, 1.0, 0.0])
+    store.close()
+    again = AggregatorStore(tmp_path)
+    assert again.sketches() == {"org-a": (0.1, -0.2, 1 / 3), "org-b": (0.0, 1.0, 0.0)}

@@ -307,6 +307,41 @@ def test_join_request_checks() -> None:
         )
 
 
+def _join(**fields: Any) -> pb.JoinRequest:
+    return pb.JoinRequest(round=12, participate=True, tier="edge", **fields)
+
+
+def test_join_request_sketch_checks() -> None:
+    """A round that clusters on sketches takes exactly one unit-norm sketch of the model's
+    width from each participant; any other round takes none."""
+    unit = [0.6, 0.8, 0.0]
+    assert validate_join_request(_join(sketch=unit), expected_round=12, sketch_length=3) == (
+        0.6,
+        0.8,
+        0.0,
+    )
+    assert validate_join_request(_join(), expected_round=12) is None
+    refusal = pb.JoinRequest(round=12, refusal=pb.REFUSAL_REASON_BUDGET_EXHAUSTED)
+    assert validate_join_request(refusal, expected_round=12, sketch_length=3) is None
+    cases: list[tuple[pb.JoinRequest, int | None, type[Exception], str]] = [
+        (_join(sketch=unit), None, WrongRoundError, "takes no `sketch`"),
+        (_join(), 3, InvalidEnvelopeError, "must send its `sketch`"),
+        (_join(sketch=[1.0, 0.0]), 3, InvalidEnvelopeError, "must have 3 values"),
+        (_join(sketch=[1.0, 0.0, 0.0, 0.0]), 3, MessageTooLargeError, "above 3"),
+        (_join(sketch=[1.0, 1.0, 0.0]), 3, InvalidEnvelopeError, "unit L2 norm"),
+        (_join(sketch=[float("nan"), 1.0, 0.0]), 3, InvalidEnvelopeError, "finite"),
+        (
+            pb.JoinRequest(round=12, refusal=pb.REFUSAL_REASON_OTHER, sketch=unit),
+            3,
+            InvalidEnvelopeError,
+            "only with `participate: true`",
+        ),
+    ]
+    for request, length, error, message in cases:
+        with pytest.raises(error, match=message):
+            validate_join_request(request, expected_round=12, sketch_length=length)
+
+
 def test_model_and_session_request_checks() -> None:
     """Model headers and session requests name an existing round and cluster."""
     header = pb.ModelHeader(round=12, cluster=1, format="safetensors", model_hash=bytes(32))

@@ -12,13 +12,13 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 from torch import nn
+from trainer_helpers import ORG, RecordingAudit, tiny_consortium, tiny_policy
 
 from fedhft.errors import SecurityWarning
 from fedhft.policies import (
     ConsortiumConfig,
     IncompatiblePolicyError,
     NoiseSource,
-    OrganizationPolicy,
 )
 from fedhft.sdk import (
     AdapterError,
@@ -40,68 +40,6 @@ from fedhft.sdk import (
 )
 from fedhft.sdk._accounted import macro_f1
 from fedhft.sdk._adapters import HEAD_BIAS, HEAD_WEIGHT
-
-ORG = "org-a"
-
-
-def tiny_consortium(**changes: Any) -> ConsortiumConfig:
-    """A consortium on the tiny random BERT (2 layers) with four tiers."""
-    data: dict[str, Any] = {
-        "consortium": "test-consortium",
-        "model": {"source": "tiny", "num_labels": 4},
-        "adapter": {"target_modules": ["query", "value"], "rank": 4, "alpha": 8, "a_seed": 11},
-        "tiers": {
-            "edge": {"layers": [-1], "modules": ["value"]},
-            "standard": {"layers": [-1]},
-            "full": {"layers": "all"},
-            "sliced": {"layers": "all", "row_fraction": 0.5},
-        },
-        "rounds": 3,
-        "clustering": {"clusters": 2, "warmup_rounds": 1, "temperature": 0.1},
-        "training": {"learning_rate": 0.05},
-        "enrollment": [{"organization": ORG}],
-    }
-    data.update(changes)
-    return ConsortiumConfig.model_validate(data)
-
-
-def tiny_policy(
-    tmp_path: Path, *, privacy: Mapping[str, Any] | None = None, **training: Any
-) -> OrganizationPolicy:
-    """A policy of org-a with a fixed σ, small steps and its ledger under tmp_path."""
-    return OrganizationPolicy.model_validate(
-        {
-            "organization": ORG,
-            "consortium": "test-consortium",
-            "privacy": {
-                "epsilon": 50.0,
-                "delta": 1e-5,
-                "max_grad_norm": 1.0,
-                "noise_multiplier": 1.0,
-                "planned_rounds": 3,
-                "ledger_path": str(tmp_path / "ledger.json"),
-                **(privacy or {}),
-            },
-            "training": {
-                "tier": "full",
-                "batch_size": 16,
-                "local_steps": 4,
-                "max_seq_length": 32,
-                **training,
-            },
-        }
-    )
-
-
-class RecordingAudit:
-    """An AuditSink that keeps the events in memory."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, object]]] = []
-
-    def append(self, event_type: str, payload: Mapping[str, object]) -> object:
-        self.events.append((event_type, dict(payload)))
-        return None
 
 
 @pytest.fixture(autouse=True)
@@ -450,7 +388,7 @@ def test_a_personal_head_trains_but_never_enters_the_update(
     tmp_path: Path, organization_data: Any, head: str
 ) -> None:
     """A personal head trains, is absent from the update and stays whole in the personal
-    state (the next start uses it); a shared head is uploaded through the data mask."""
+    state (the next start uses it); a shared head is uploaded whole (every row counted)."""
     consortium = tiny_consortium(personalization={"head": head})
     trainer = _trainer(tmp_path, consortium, local_steps=2)
     before = trainer.model.get_block_state()
@@ -467,8 +405,12 @@ def test_a_personal_head_trains_but_never_enters_the_update(
         np.testing.assert_array_equal(start[HEAD_WEIGHT], after[HEAD_WEIGHT])
         np.testing.assert_array_equal(start[HEAD_BIAS], after[HEAD_BIAS])
     else:
-        # The data mask shares half of the head's rows and keeps the others personal.
-        assert 0 < int(personal.personal_rows[HEAD_WEIGHT].sum()) < after[HEAD_WEIGHT].shape[0]
+        # The data mask selects adapter rows only: every head row is shared, none personal.
+        rows, cols = update.shapes[HEAD_WEIGHT]
+        counts = update.vectors(0)[HEAD_WEIGHT][rows * cols :]
+        np.testing.assert_array_equal(counts, np.ones(rows))
+        assert HEAD_WEIGHT not in personal.personal_rows
+        assert HEAD_BIAS not in personal.personal_rows
 
 
 def test_personal_rows_are_restored_on_the_next_round_start(

@@ -661,11 +661,19 @@ class JoinRequest(_message.Message):
     PARTICIPATE_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    SKETCH_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     participate: _builtins.bool
     tier: _builtins.str
     refusal: Global___RefusalReason.ValueType
     """set when `participate` is false"""
+    @_builtins.property
+    def sketch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """`clustering.signal: sketch`, warm-up rounds: the organization's sketch, the output of
+        an accounted Gaussian mechanism scaled to unit L2 norm (one value per hidden unit of
+        the model). Re-sending the same release is post-processing. Empty otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -673,10 +681,11 @@ class JoinRequest(_message.Message):
         participate: _builtins.bool = ...,
         tier: _builtins.str = ...,
         refusal: Global___RefusalReason.ValueType = ...,
+        sketch: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["participate", b"participate", "refusal", b"refusal", "round", b"round", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participate", b"participate", "refusal", b"refusal", "round", b"round", "sketch", b"sketch", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
