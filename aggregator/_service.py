@@ -95,6 +95,18 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             raise WrongRoundError("no round is open now; wait for the next announcement")
         return attempt
 
+    def _completed_model(self, round_number: int) -> ReleasedModel | None:
+        """The model a recently completed attempt of ``round_number`` served, if any.
+
+        A local-only round completes as soon as every organization has answered, so an
+        organization that joined may ask for its model after the round is over; the
+        model of a completed round was released to its participants already.
+        """
+        for attempt in self._server.recent_attempts.values():
+            if attempt.round == round_number and attempt.phase == "completed":
+                return attempt.model
+        return None
+
     def _session(self, ref: pb.SessionRef) -> tuple[Attempt, AggregationSession]:
         """The session ``ref`` names: of the open attempt, or of one that just ended.
 
@@ -311,7 +323,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         with server.changed:
             released = server.final
             if released is None:
-                released = self._open_attempt().model
+                released = self._completed_model(request.round) or self._open_attempt().model
         validate_model_request(request, latest_round=released.round, clusters=released.clusters.k)
         if request.round != released.round:
             raise WrongRoundError(

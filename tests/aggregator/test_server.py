@@ -279,6 +279,41 @@ def test_round_announcement_and_sessions_bind_the_served_model(open_round: OpenR
     assert open_round.sessions[REFUSER].status == pb.SESSION_STATUS_NOT_SELECTED
 
 
+def test_a_local_round_serves_its_model_after_it_completed(tmp_path: Path) -> None:
+    """A local-only round completes once every organization has joined; one that asks
+    for the round's model afterwards still gets the announced model (it used to find no
+    round open and lose the round)."""
+    config = fast_consortium(method="local", clustering={"clusters": 1})
+    pki = provision(tmp_path / "pki")
+    credentials = {org: load_credentials(pki.org(org)) for org in ORGS}
+    with running_server(config, pki, tmp_path / "state") as server:
+        channels = {
+            org: create_channel(credentials[org], server.address, "localhost") for org in ORGS
+        }
+        try:
+            stubs = {org: pb_grpc.AggregatorStub(channel) for org, channel in channels.items()}
+            for org in ORGS:
+                stubs[org].Hello(_hello(credentials[org], server.config_hash), timeout=TIMEOUT)
+            first = stubs["clin-a"].AwaitRound(
+                pb.RoundRequest(after_round=0, wait_ms=10_000), timeout=TIMEOUT
+            )
+            for org, tier in ORGS.items():
+                request = pb.JoinRequest(round=1, participate=True, tier=tier)
+                assert stubs[org].JoinRound(request, timeout=TIMEOUT).accepted
+            second = stubs["clin-a"].AwaitRound(
+                pb.RoundRequest(after_round=1, wait_ms=10_000), timeout=TIMEOUT
+            )
+            assert second.round == 2
+            header, _ = receive_model(
+                stubs["clin-a"].DownloadModel(pb.ModelRequest(round=1, cluster=0), timeout=TIMEOUT),
+                max_total=10**8,
+            )
+        finally:
+            for channel in channels.values():
+                channel.close()
+    assert released_model_hash([header.model_hash]) == first.model_hash
+
+
 def test_messages_for_another_round_or_session_are_refused(open_round: OpenRound) -> None:
     """Wrong round, stale session id or wrong stage: FAILED_PRECONDITION."""
     stub = open_round.stubs["bank-a"]
