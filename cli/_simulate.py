@@ -70,7 +70,8 @@ def _consortium(
     model: SimModel,
     seed: int,
 ) -> dict[str, Any]:
-    clusters = 2 if method is SimMethod.FEDHFT else 1
+    fedhft = method is SimMethod.FEDHFT
+    clusters = 2 if fedhft else 1
     fedamole: dict[str, Any] = {}
     if method is SimMethod.FEDAMOLE:
         # A pool of one expert per organization, three holders each; tiers hold 1-3,
@@ -102,13 +103,18 @@ def _consortium(
         },
         "method": method.value,
         "rounds": rounds,
+        # FedHFT clusters on the organizations' DP sketches (the DP updates of a few
+        # hundred records are too noisy to cluster on) and shares a head calibrated by
+        # each organization's DP label prior; the baselines keep their plain forms.
         "clustering": {
             "clusters": clusters,
-            "warmup_rounds": 1 if clusters > 1 else 0,
+            "warmup_rounds": 1 if fedhft else 0,
             "membership": "soft",
             "temperature": 0.05,
+            **({"signal": "sketch"} if fedhft else {}),
         },
-        "training": {"learning_rate": 0.01, "head_learning_rate": 0.02},
+        **({"personalization": {"head": "shared", "label_prior": "dp"}} if fedhft else {}),
+        "training": {"learning_rate": 0.01, "head_learning_rate": 0.05},
         "secure_aggregation": {
             "mode": secure.value,
             "threshold_fraction": 0.6,
@@ -139,7 +145,7 @@ def _policy(
         },
         "training": {
             "tier": tier,
-            "batch_size": 16,
+            "batch_size": 32,
             "local_steps": steps,
             "max_seq_length": 32,
         },
@@ -236,7 +242,7 @@ def _dropped(summary: dict[str, Any] | None) -> list[str]:
 
 @simulate_app.callback(invoke_without_command=True)
 def simulate(
-    clients: Annotated[int, typer.Option("--clients", min=3, max=12, help="Organizations.")] = 4,
+    clients: Annotated[int, typer.Option("--clients", min=3, max=12, help="Organizations.")] = 8,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=50, help="Rounds.")] = 4,
     method: Annotated[SimMethod, typer.Option("--method", help="Learning method.")] = (
         SimMethod.FEDHFT
@@ -247,8 +253,8 @@ def simulate(
     model: Annotated[SimModel, typer.Option("--model", help="Base model.")] = SimModel.MINILM,
     epsilon: Annotated[float, typer.Option("--epsilon", min=0.01, help="ε budget each.")] = 8.0,
     local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps/round.")] = 12,
-    samples: Annotated[int, typer.Option("--samples", min=20, help="Examples each.")] = 200,
-    alpha: Annotated[float, typer.Option("--alpha", min=0.01, help="Label skew α.")] = 0.5,
+    samples: Annotated[int, typer.Option("--samples", min=20, help="Examples each.")] = 400,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.01, help="Label skew α.")] = 2.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic data.")] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the figures as JSON here.")

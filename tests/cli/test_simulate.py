@@ -68,6 +68,15 @@ def _majority_accuracies(folder: Path) -> set[float]:
     return {sum(y == label for y in test) / len(test) for label, n in train.items() if n == top}
 
 
+def _mechanisms(workdir: Path, org: str) -> list[str]:
+    """The mechanism of each privacy spend in the organization's audit log, in order."""
+    records = [
+        json.loads(line)
+        for line in (workdir / "orgs" / org / "audit.jsonl").read_text().splitlines()
+    ]
+    return [r["payload"]["mechanism"] for r in records if r["event"] == "privacy_spend"]
+
+
 def _verify_audit_log(workdir: Path, org: str) -> None:
     """`fedhft audit verify` accepts the organization's log against the server's."""
     log = workdir / "orgs" / org / "audit.jsonl"
@@ -88,13 +97,18 @@ def _verify_audit_log(workdir: Path, org: str) -> None:
 
 @pytest.mark.slow
 def test_simulate_tiny_runs_and_its_audit_logs_verify(tmp_path: Path) -> None:
-    """A tiny 3-organization simulation completes its rounds within budget; logs verify."""
+    """A tiny 3-organization simulation completes its rounds within budget; logs verify.
+
+    FedHFT's label prior and sketch are released once each (round 1, before its DP-SGD
+    round) and the auditor recomputes ε from them with the DP-SGD rounds."""
     workdir = tmp_path / "run"
     stdout, figures = _simulate(workdir, 3)
     for row in figures["organizations"]:
         assert len(row["membership"]) == 2
     assert "mean personalized accuracy" in stdout
-    _verify_audit_log(workdir, figures["organizations"][0]["organization"])
+    org = figures["organizations"][0]["organization"]
+    assert _mechanisms(workdir, org) == ["gaussian", "gaussian", "dp-sgd", "dp-sgd"]
+    _verify_audit_log(workdir, org)
 
 
 @pytest.mark.slow
@@ -106,11 +120,5 @@ def test_simulate_fedamole_runs_and_its_audit_logs_verify(tmp_path: Path) -> Non
     # The released affinity and both DP-SGD rounds are in each organization's log, and an
     # auditor recomputes ε from them.
     org = figures["organizations"][0]["organization"]
-    log = (workdir / "orgs" / org / "audit.jsonl").read_text().splitlines()
-    mechanisms = [
-        json.loads(line)["payload"]["mechanism"]
-        for line in log
-        if json.loads(line)["event"] == "privacy_spend"
-    ]
-    assert mechanisms == ["gaussian", "dp-sgd", "dp-sgd"]
+    assert _mechanisms(workdir, org) == ["gaussian", "dp-sgd", "dp-sgd"]
     _verify_audit_log(workdir, org)

@@ -155,6 +155,13 @@ def test_example_consortium_is_valid(examples_dir: Path) -> None:
         (lambda d: d["adapter"].update(rank=0), "adapter.rank"),
         (lambda d: d["model"].update(num_labels=1), "model.num_labels"),
         (lambda d: d.update(tiers={}), "tiers"),
+        (lambda d: d["model"].update(pooling="max"), "model.pooling"),
+        (lambda d: d["personalization"].update(head="personal"), "label_prior: dp calibrates"),
+        (lambda d: d["personalization"].update(label_prior_noise_multiplier=0), "noise_mult"),
+        (lambda d: d["clustering"].update(clusters=1), "signal: sketch needs"),
+        (lambda d: d["clustering"].update(warmup_rounds=0), "signal: sketch needs"),
+        (lambda d: d["clustering"].update(signal="labels"), "clustering.signal"),
+        (lambda d: d["clustering"].update(sketch_noise_multiplier=-1), "sketch_noise"),
     ],
 )
 def test_invalid_consortium_is_rejected(examples_dir: Path, mutate: Any, needle: str) -> None:
