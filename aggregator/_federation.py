@@ -211,12 +211,6 @@ class RoundCoordinator:
             return 1
         return 1 if round_number <= spec.warmup_rounds else spec.clusters
 
-    def takes_sketches(self, round_number: int) -> bool:
-        """Whether ``round_number`` collects the organizations' sketches: the warm-up
-        rounds of a consortium that clusters on them (``clustering.signal: sketch``)."""
-        spec = self.consortium.clustering
-        return spec.signal == "sketch" and round_number <= spec.warmup_rounds
-
     def model_for_round(self, round_number: int) -> ClusterAdapters:
         """The cluster adapters released at the start of ``round_number``.
 

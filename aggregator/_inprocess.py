@@ -135,7 +135,7 @@ def run_federation_in_process(
                 continue
             run.bytes_down += download
             run.rounds_joined += 1
-            if coordinator.takes_sketches(round_number):
+            if consortium.takes_sketches(round_number):
                 sketch = run.participant.sketch(round_number)
                 if sketch is not None:
                     coordinator.sketches[org] = sketch

@@ -254,7 +254,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         sketch_length = (
             coordinator.shapes[HEAD_WEIGHT][1]
             if isinstance(coordinator, RoundCoordinator)
-            and coordinator.takes_sketches(attempt.round)
+            and server.consortium.takes_sketches(attempt.round)
             else None
         )
         sketch = validate_join_request(

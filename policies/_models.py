@@ -390,6 +390,12 @@ class ConsortiumConfig(_Frozen):
             raise ValueError("; ".join(problems))
         return self
 
+    def takes_sketches(self, round_number: int) -> bool:
+        """Whether ``round_number`` collects the organizations' sketches: the warm-up
+        rounds of a consortium that clusters on them (``clustering.signal: sketch``)."""
+        spec = self.clustering
+        return spec.signal == "sketch" and round_number <= spec.warmup_rounds
+
     @property
     def shares_head(self) -> bool:
         """Whether organizations upload the classification head: always for the dense

@@ -510,8 +510,12 @@ class FederatedClient:
             return RoundOutcome(round_number, "refused", "privacy budget exhausted")
         return None
 
-    def _refuse(self, round_number: int, reason: int, text: str, **details: object) -> None:
-        if self.audit_log is not None:
+    def _refuse(
+        self, round_number: int, reason: int, text: str, *, audit: bool = True, **details: object
+    ) -> None:
+        """Tell the server this organization refuses the round (audited unless the
+        refusal already was)."""
+        if audit and self.audit_log is not None:
             self.audit_log.append(EventType.REFUSAL, refusal_payload(round_number, text, **details))
         if round_number not in self.rounds_refused:
             self.rounds_refused.append(round_number)
@@ -530,14 +534,15 @@ class FederatedClient:
     def _take_part(self, announcement: pb.RoundAnnouncement) -> RoundOutcome:
         round_number = int(announcement.round)
         participant = self._participant()
-        clustering = self.consortium.clustering
         sketch: FloatArray | None = None
-        if clustering.signal == "sketch" and round_number <= clustering.warmup_rounds:
+        if self.consortium.takes_sketches(round_number):
             try:
                 sketch = participant.sketch(round_number)
             except BudgetExhaustedError as refusal:
                 # The trainer has audited the refusal; the server learns of it here.
-                self._refuse(round_number, pb.REFUSAL_REASON_BUDGET_EXHAUSTED, str(refusal))
+                self._refuse(
+                    round_number, pb.REFUSAL_REASON_BUDGET_EXHAUSTED, str(refusal), audit=False
+                )
                 return RoundOutcome(round_number, "refused", str(refusal))
         joined: pb.JoinResponse = self._connection().unary(
             "JoinRound",

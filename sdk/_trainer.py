@@ -166,12 +166,7 @@ class LocalTrainer(AccountedTrainer):
         spec = self.consortium.personalization
         if spec.label_prior != "dp":
             return None
-        return gaussian_record(
-            round_number=round,
-            noise_multiplier=spec.label_prior_noise_multiplier,
-            sensitivity=1.0,
-            noise_source=self.policy.privacy.noise_source,
-        )
+        return self._sum_release_record(spec.label_prior_noise_multiplier, round)
 
     def sketch_record(self, round: int = 1) -> MechanismRecord | None:
         """The Gaussian record of the sketch release, if the consortium clusters on
@@ -179,9 +174,13 @@ class LocalTrainer(AccountedTrainer):
         clustering = self.consortium.clustering
         if clustering.signal != "sketch":
             return None
+        return self._sum_release_record(clustering.sketch_noise_multiplier, round)
+
+    def _sum_release_record(self, noise_multiplier: float, round: int) -> MechanismRecord:
+        """A one-shot Gaussian release of a sum to which each record adds at most 1 (L2)."""
         return gaussian_record(
             round_number=round,
-            noise_multiplier=clustering.sketch_noise_multiplier,
+            noise_multiplier=noise_multiplier,
             sensitivity=1.0,
             noise_source=self.policy.privacy.noise_source,
         )

@@ -88,8 +88,9 @@ SKETCH = {"clusters": 2, "warmup_rounds": 1, "membership": "hard", "signal": "sk
 def test_split_publishes_centroids_that_travel_with_the_model() -> None:
     """The split computes the centroids, apply keeps them, the codec and the model hash
     carry them."""
-    coordinator = _coordinator(consortium(rounds=3, clustering=SKETCH))
-    assert coordinator.takes_sketches(1) and not coordinator.takes_sketches(2)
+    config = consortium(rounds=3, clustering=SKETCH)
+    coordinator = _coordinator(config)
+    assert config.takes_sketches(1) and not config.takes_sketches(2)
     assert coordinator.model_for_round(1).centroids == ()
     with pytest.raises(RoundError, match="at least 2 sketches"):
         coordinator.model_for_round(2)

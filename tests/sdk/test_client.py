@@ -25,7 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
 from federation_helpers import ORGS, TINY, consortium, policy
 
 from fedhft.aggregator._federation import RoundCoordinator
-from fedhft.policies import IncompatiblePolicyError, OrganizationPolicy, policy_hash
+from fedhft.policies import (
+    ConsortiumConfig,
+    IncompatiblePolicyError,
+    OrganizationPolicy,
+    policy_hash,
+)
 from fedhft.protocol import (
     Credentials,
     init_ca,
@@ -92,9 +97,12 @@ class ScriptedServer:
 
 
 def _client(
-    tmp_path: Path, pki: dict[str, Credentials], org_policy: OrganizationPolicy | None = None
+    tmp_path: Path,
+    pki: dict[str, Credentials],
+    org_policy: OrganizationPolicy | None = None,
+    config: ConsortiumConfig | None = None,
 ) -> FederatedClient:
-    config = consortium()
+    config = config or consortium()
     data = synthetic_federation(num_organizations=1, samples_per_org=40, alpha=1.0, seed=3)[0]
     model = MaskedAdapterModel.from_consortium(config, tiny_config=TINY)
     return FederatedClient(
@@ -226,6 +234,29 @@ def test_exhausted_budget_refuses_the_round_without_spending(
         assert client.trainer is not None and client.trainer.ledger is not None
         assert client.trainer.ledger.records == ()
         assert client.report().rounds_refused == (1,)
+
+
+def test_a_sketch_over_budget_refuses_the_round_and_is_audited_once(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """A warm-up sketch release that does not fit: BUDGET_EXHAUSTED sent without a sketch,
+    the trainer's one refusal audited, nothing spent."""
+    config = consortium(
+        rounds=2,
+        clustering={"clusters": 2, "warmup_rounds": 1, "signal": "sketch"}
+        | {"sketch_noise_multiplier": 0.01},
+    )
+    with _client(tmp_path, pki, config=config) as client:
+        server = _scripted(client, _announcement(client))
+        outcome = client.run_round()
+        assert (outcome.round, outcome.status) == (1, "refused")
+        (join,) = _joins(server)
+        assert not join.participate and join.refusal == pb.REFUSAL_REASON_BUDGET_EXHAUSTED
+        assert list(join.sketch) == []
+        (refusal,) = _audit_events(client, "refusal")
+        assert refusal["mechanism"] == "gaussian"
+        assert client.trainer is not None and client.trainer.ledger is not None
+        assert client.trainer.ledger.records == ()
 
 
 def test_model_not_matching_the_announcement_is_rejected(
