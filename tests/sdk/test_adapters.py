@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from peft import PeftModel
+from trainer_helpers import tiny_consortium
 
 from fedhft.policies import ConsortiumConfig, PersonalizationSpec, TierSpec
 from fedhft.sdk import (
@@ -24,25 +24,6 @@ from fedhft.sdk._adapters import HEAD_BIAS, HEAD_WEIGHT, frozen_a
 
 LAYER0 = ["layer.0.attention.self.query", "layer.0.attention.self.value"]
 LAYER1 = ["layer.1.attention.self.query", "layer.1.attention.self.value"]
-
-
-def tiny_consortium(**changes: Any) -> ConsortiumConfig:
-    """A consortium on the tiny random BERT (2 layers) with three tiers."""
-    data: dict[str, Any] = {
-        "consortium": "test-consortium",
-        "model": {"source": "tiny", "num_labels": 4},
-        "adapter": {"target_modules": ["query", "value"], "rank": 4, "alpha": 8, "a_seed": 11},
-        "tiers": {
-            "edge": {"layers": [-1], "modules": ["value"]},
-            "standard": {"layers": [-1]},
-            "full": {"layers": "all"},
-            "sliced": {"layers": "all", "row_fraction": 0.5},
-        },
-        "rounds": 3,
-        "enrollment": [{"organization": "org-a"}],
-    }
-    data.update(changes)
-    return ConsortiumConfig.model_validate(data)
 
 
 @pytest.fixture(autouse=True)

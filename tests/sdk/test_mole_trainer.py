@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
+from trainer_helpers import RecordingAudit
 
 from fedhft.errors import SecurityWarning
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
@@ -34,17 +34,6 @@ DELTA = 1e-5
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-class Events:
-    """An in-memory audit sink."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, object]]] = []
-
-    def append(self, event_type: str, payload: Mapping[str, object]) -> object:
-        self.events.append((event_type, dict(payload)))
-        return None
 
 
 def _consortium(**overrides: Any) -> ConsortiumConfig:
@@ -84,9 +73,9 @@ def _policy(tmp_path: Path, **privacy: Any) -> OrganizationPolicy:
 
 def _trainer(
     tmp_path: Path, consortium: ConsortiumConfig | None = None, **privacy: Any
-) -> tuple[MoLETrainer, Events]:
+) -> tuple[MoLETrainer, RecordingAudit]:
     config = consortium or _consortium()
-    audit = Events()
+    audit = RecordingAudit()
     trainer = MoLETrainer(
         _policy(tmp_path, **privacy),
         config,
