@@ -39,6 +39,9 @@ FloatArray = npt.NDArray[np.float64]
 
 _STATE_FILE = "personal-state.safetensors"
 _PENDING_FILE = "pending-update.safetensors"
+# Names of the kept one-shot DP releases (`RoundFiles.kept_release`).
+_LABEL_PRIOR_RELEASE = "label-prior"
+_SKETCH_RELEASE = "sketch"
 
 
 def _encode_personal(personal: PersonalState, extra: Mapping[str, str]) -> bytes:
@@ -178,7 +181,7 @@ class RoundParticipant:
         if self.trainer.label_prior_record() is None:
             return None
         return self.files.kept_release(
-            "label-prior",
+            _LABEL_PRIOR_RELEASE,
             lambda: self.trainer.release_label_prior(self.dataset, round=round_number),
         )
 
@@ -192,7 +195,7 @@ class RoundParticipant:
         if self.trainer.sketch_record() is None:
             return None
         return self.files.kept_release(
-            "sketch", lambda: self.trainer.release_sketch(self.dataset, round=round_number)
+            _SKETCH_RELEASE, lambda: self.trainer.release_sketch(self.dataset, round=round_number)
         )
 
     def _promote_finished_pending(self, round_number: int) -> None:
@@ -256,8 +259,7 @@ class RoundParticipant:
         """Accuracy and macro-F1 of the personalized model on ``dataset`` (with its label
         prior, once released)."""
         self.trainer.model.set_block_state(self.personalized_state(clusters))
-        if self.files.has_release("label-prior"):
-            prior = self.label_prior()
-            if prior is not None:
-                self.trainer.use_label_prior(prior)
+        prior = self.files.release(_LABEL_PRIOR_RELEASE)
+        if prior is not None:
+            self.trainer.use_label_prior(prior)
         return self.trainer.evaluate(dataset)

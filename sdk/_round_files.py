@@ -62,17 +62,23 @@ class RoundFiles:
         """The one-shot DP release ``name``: made by ``release`` the first time, then
         read back from disk. Using a kept release again is post-processing; releasing
         again would spend the budget twice."""
-        path = self.state_dir / f"release-{name}.safetensors"
-        if path.exists():
-            kept: FloatArray = load_arrays(path.read_bytes())["values"].astype(np.float64)
+        kept = self.release(name)
+        if kept is not None:
             return kept
         values = np.asarray(release(), dtype=np.float64).reshape(-1)
-        atomic_write(path, bytes(save_arrays({"values": values})))
+        atomic_write(self._release_path(name), bytes(save_arrays({"values": values})))
         return values
 
-    def has_release(self, name: str) -> bool:
-        """Whether the release ``name`` was made (and kept) already."""
-        return (self.state_dir / f"release-{name}.safetensors").exists()
+    def release(self, name: str) -> FloatArray | None:
+        """The kept release ``name``, or None if it was not made yet."""
+        path = self._release_path(name)
+        if not path.exists():
+            return None
+        kept: FloatArray = load_arrays(path.read_bytes())["values"].astype(np.float64)
+        return kept
+
+    def _release_path(self, name: str) -> Path:
+        return self.state_dir / f"release-{name}.safetensors"
 
     def complete(self, state: bytes | None) -> None:
         """Make ``state`` current (when given) and forget the staged round."""
