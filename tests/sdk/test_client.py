@@ -56,13 +56,13 @@ from fedhft.sdk import (
     synthetic_federation,
     tier_mask,
 )
-from fedhft.sdk.errors import LedgerMissingError
 from fedhft.sdk._client_sessions import (
     MaskingRun,
     SessionContext,
     _log_receipt,
     check_masking_session,
 )
+from fedhft.sdk.errors import LedgerMissingError
 
 ORG = "clin-a"
 
