@@ -675,7 +675,15 @@ class FederatedClient:
                 ),
                 entered=participant.files.entered_sums(),
             )
-        return self._ckks_run(params, session, announcement, cluster, update, context)
+        return self._ckks_run(
+            params,
+            session,
+            announcement,
+            cluster,
+            update,
+            context,
+            entered=participant.files.entered_sums(),
+        )
 
     def _await_session(self, round_number: int, cluster: int) -> pb.SessionAnnouncement | None:
         """The session of ``cluster`` in ``round_number`` once ready, or None without one."""
@@ -747,6 +755,8 @@ class FederatedClient:
         cluster: int,
         update: MaskedUpdate,
         context: SessionContext,
+        *,
+        entered: EnteredSums | None = None,
     ) -> ClusterRun:
         keyring = self.keyring
         if keyring is None:
@@ -775,6 +785,7 @@ class FederatedClient:
             ref=session.session,
             inputs=inputs,
             client=CKKSClient(params, keyring),
+            entered=entered,
         )
 
     def _session_context(

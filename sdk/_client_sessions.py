@@ -14,10 +14,11 @@ for that organization. Every input upload is committed in the audit log before i
 leaves (`update_committed`, SHA-256 of the bytes sent), and the server's signed receipt
 is verified and logged (`aggregation_receipt`).
 
-A staged update enters at most one sum per cluster: before its masked input leaves and
-before it answers the unmask request, the masking run records the session's roster and
-survivors (`EnteredSums`) and refuses a retry over other ones; the run then ends for that
-cluster with a ``refusal`` audit record.
+A staged update enters at most one sum per cluster: before its masked input (CKKS: its
+ciphertexts) leaves, and before it answers the unmask request (CKKS: reports the
+decrypted sums), a run records the session's roster and survivors (`EnteredSums`) and
+refuses a retry over other ones; the run then ends for that cluster with a ``refusal``
+audit record.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import (
     AdvertisedKeys,
     CKKSClient,
+    CKKSEncryptedSum,
     CKKSKeyring,
     CKKSSession,
     RelayedShares,
@@ -282,6 +284,8 @@ class CKKSRun(ClusterRun):
     """CKKS mode: upload the ciphertexts, then report the decrypted per-block sums."""
 
     client: CKKSClient | None = None
+    entered: EnteredSums | None = None
+    """Where the staged update's sum per cluster is recorded; None: no staged update."""
 
     def __post_init__(self) -> None:
         self.steps = (
@@ -292,9 +296,21 @@ class CKKSRun(ClusterRun):
     def message(self, index: int, previous: list[bytes] | None) -> bytes:
         client = self.client
         assert client is not None
+        sid = bytes(self.ref.session_id)
         if index == 0:
+            if self.entered is not None:
+                self.entered.enter(self.cluster, roster=client.session.roster, sid=sid)
             return client.encrypt(self.inputs)
-        aggregate = client.decrypt(_single(previous))
+        encrypted_sum = _single(previous)
+        if self.entered is not None:
+            # Reporting the decrypted sums reveals them: bind this update to the
+            # organizations summed with it before it does.
+            released = CKKSEncryptedSum.decode(
+                encrypted_sum, max_ciphertext_bytes=len(encrypted_sum)
+            ).released
+            contributors = {org for item in released for org in item.contributors}
+            self.entered.unmask(self.cluster, survivors=contributors, sid=sid)
+        aggregate = client.decrypt(encrypted_sum)
         return encode_block_sums(aggregate.sums)
 
 

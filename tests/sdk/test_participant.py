@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.protocol import SecAggClient, SecAggServer, SessionParams
 from fedhft.protocol import fedhft_pb2 as pb
+from fedhft.protocol._ckks import CKKSCeremony, CKKSKeyring, CKKSParameters, CKKSServerContext
+from fedhft.protocol._ckks_aggregation import CKKSAggregator, CKKSClient, CKKSSession
+from fedhft.protocol._session_codec import decode_block_sums
 from fedhft.protocol.errors import CohortTooSmallError, ThresholdError
 from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation, tier_mask
-from fedhft.sdk._client_sessions import MaskingRun
+from fedhft.sdk._client_sessions import CKKSRun, MaskingRun
 from fedhft.sdk._participant import FloatArray, RoundParticipant
 from fedhft.sdk._round_files import RoundFiles
 from fedhft.sdk.errors import SumAlreadyEnteredError
@@ -216,3 +220,87 @@ def test_a_new_staged_update_may_enter_any_sum(tmp_path: Path) -> None:
     fresh = files["org-a"].entered_sums()
     assert fresh is not None and fresh.clusters() == {}
     fresh.enter(0, roster=ROSTER[1:], sid=b"\x02" * 32)
+
+
+@pytest.fixture(scope="module")
+def ckks_keys() -> tuple[CKKSCeremony, dict[str, CKKSKeyring]]:
+    """A CKKS key ceremony for `ROSTER` (N = 2048) and every organization's keyring."""
+    sealing = {org: X25519PrivateKey.generate() for org in ROSTER}
+    parameters = CKKSParameters.choose(max_clients=len(ROSTER), value_bound=1.0, scale_bits=30)
+    ceremony = CKKSCeremony.create(
+        consortium="c",
+        sealing_keys={org: key.public_key() for org, key in sealing.items()},
+        parameters=parameters,
+    )
+    keyrings = {
+        org: CKKSKeyring.open(
+            ceremony.sealed_keys[org], private_key=key, consortium="c", organization=org
+        )
+        for org, key in sealing.items()
+    }
+    return ceremony, keyrings
+
+
+def _ckks_sum(
+    roster: tuple[str, ...],
+    run_id: str,
+    inputs: dict[str, FloatArray],
+    files: dict[str, RoundFiles],
+    keys: tuple[CKKSCeremony, dict[str, CKKSKeyring]],
+) -> list[FloatArray]:
+    """One CKKS session of the clients' real `CKKSRun`s against a real aggregator; the
+    sums the clients report back to the server."""
+    ceremony, keyrings = keys
+    session = CKKSSession(
+        run_id=run_id,
+        round=1,
+        cluster=0,
+        roster=roster,
+        key_id=ceremony.key_id,
+        min_cohort=3,
+        block_lengths={BLOCK: 6},
+        block_supports={BLOCK: frozenset(roster)},
+    )
+    aggregator = CKKSAggregator(session, CKKSServerContext.from_bytes(ceremony.public_context))
+    ref = pb.SessionRef(run_id=run_id, round=1, cluster=0, session_id=session.sid)
+    runs = [
+        CKKSRun(
+            context=None,  # type: ignore[arg-type]  # only `_send` uses it
+            ref=ref,
+            inputs={BLOCK: inputs[org]},
+            client=CKKSClient(session, keyrings[org]),
+            entered=files[org].entered_sums(),
+        )
+        for org in roster
+    ]
+    for run in runs:
+        try:
+            aggregator.receive(run.client.organization, run.message(0, None))  # type: ignore[union-attr]
+        except SumAlreadyEnteredError:
+            run.failed = True
+    if len(aggregator.received) < session.min_cohort:
+        return []
+    encrypted_sum = aggregator.result().encode()
+    reported = []
+    for run in runs:
+        if not run.failed:
+            try:
+                report = run.message(1, [encrypted_sum])
+                reported.append(decode_block_sums(report, {BLOCK: 6})[BLOCK])
+            except SumAlreadyEnteredError:
+                run.failed = True
+    return reported
+
+
+def test_ckks_retry_without_one_organization_reports_no_second_sum(
+    tmp_path: Path, ckks_keys: tuple[CKKSCeremony, dict[str, CKKSKeyring]]
+) -> None:
+    """CKKS mode, the round retried without X: no client uploads its staged update into
+    the second sum, so the server never holds S₁ and S₂ to subtract."""
+    inputs = _inputs()
+    first = _ckks_sum(ROSTER, "run-1.a1", inputs, _staged(tmp_path, inputs), ckks_keys)
+    assert len(first) == len(ROSTER)
+    np.testing.assert_allclose(first[0], sum(inputs.values()), atol=1e-3)
+    again = _ckks_sum(ROSTER, "run-1.a2", inputs, _staged(tmp_path, inputs), ckks_keys)
+    assert len(again) == len(ROSTER), "an identical-roster retry is allowed"
+    assert _ckks_sum(ROSTER[:-1], "run-1.a3", inputs, _staged(tmp_path, inputs), ckks_keys) == []
