@@ -199,6 +199,8 @@ class FederatedClient:
 
     Raises:
         CredentialsError: the credentials are not this organization's.
+        LedgerMissingError: the privacy ledger is missing although the state folder or
+            the audit log shows earlier rounds (`fedhft ledger rebuild` restores it).
     """
 
     def __init__(
