@@ -61,6 +61,7 @@ from fedhft.sdk._client_sessions import (
     SessionContext,
     _log_receipt,
     check_masking_session,
+    run_sessions,
 )
 from fedhft.sdk.errors import LedgerMissingError
 
@@ -414,6 +415,54 @@ def test_forged_receipt_is_rejected(tmp_path: Path, pki: dict[str, Credentials])
             _log_receipt(run, ack(pki["server"].identity_key, digest, "bank-a"), digest)
         with pytest.raises(ForgedReceiptError, match="without a receipt"):
             _log_receipt(run, pb.StageAck(session=ref), digest)
+
+
+def test_an_update_already_in_another_sum_ends_that_clusters_session_unsent(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """A masked input refused by `EnteredSums`: nothing of it is committed or uploaded, the
+    session ends for this organization, and the refusal is audited."""
+    with _client(tmp_path, pki) as client:
+        participant = client.participant
+        assert participant is not None
+        participant.files.stage(b"trained update", b"next state")
+        entered = participant.files.entered_sums()
+        assert entered is not None
+        entered.enter(0, roster=("bank-a", "bank-b", "clin-a", "clin-b"), sid=b"\x01" * 32)
+        server = ScriptedServer(
+            {
+                "SubmitStage": lambda r: pb.StageAck(session=r.session),
+                "AwaitStage": lambda r: pb.StageBroadcast(
+                    session=r.session, stage=r.stage, status=pb.STAGE_STATUS_READY, payloads=[b""]
+                ),
+            }
+        )
+        context = dataclasses.replace(_context(client), connection=server, audit=client.audit_log)
+        retry_sid = b"\x02" * 32
+
+        class Retried(MaskingRun):
+            def message(self, index: int, previous: list[bytes] | None) -> bytes:
+                if index == 2:  # the masked input: ask `EnteredSums` as `MaskingRun` does
+                    assert self.entered is not None
+                    roster = ("bank-a", "clin-a", "clin-b")
+                    self.entered.enter(self.cluster, roster=roster, sid=retry_sid)
+                return b"stage %d" % index
+
+        run = Retried(
+            context=context,
+            ref=pb.SessionRef(run_id="r", round=1, cluster=0, session_id=retry_sid),
+            inputs={},
+            entered=entered,
+        )
+        assert not run_sessions([run], 1)
+        assert run.failed
+        assert [r.stage for n, r in server.requests if n == "SubmitStage"] == [
+            pb.STAGE_ADVERTISE_KEYS,
+            pb.STAGE_SHARE_KEYS,
+        ]
+        assert _audit_events(client, "update_committed") == []
+        (refusal,) = _audit_events(client, "refusal")
+        assert refusal["cluster"] == 0
 
 
 # --------------------------------------------------------------------------- reconnection
