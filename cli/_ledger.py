@@ -24,7 +24,15 @@ from fedhft.audit._events import payload_problems
 from fedhft.policies import Accountant
 from fedhft.sdk import LedgerError, MechanismRecord, PrivacyLedger, compute_epsilon
 
-from ._audit import CertsOption, KeyOption, _fail_input, _print_findings, _resolve_inputs
+from ._audit import (
+    CertsOption,
+    KeyOption,
+    ServerKeyOption,
+    ServerLogOption,
+    _fail_input,
+    _print_findings,
+    _resolve_inputs,
+)
 
 ledger_app = typer.Typer(help="Inspect and restore the privacy ledger.", no_args_is_help=True)
 
@@ -39,6 +47,12 @@ def rebuild(
     ],
     certs: CertsOption = None,
     key: KeyOption = None,
+    server_log: ServerLogOption = None,
+    server_key: ServerKeyOption = None,
+    expect_head: Annotated[
+        str | None,
+        typer.Option("--expect-head", help="A record hash noted earlier; the log must hold it."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Where to write the ledger; default `privacy.ledger_path`."),
@@ -47,13 +61,24 @@ def rebuild(
         bool, typer.Option("--force", help="Replace an existing ledger file.")
     ] = False,
 ) -> None:
-    """Rebuild the privacy ledger from the spend records of a verified audit log."""
-    inputs = _resolve_inputs(audit_log, None, policy, certs, key, None)
+    """Rebuild the privacy ledger from the spend records of a verified audit log.
+
+    A log cut off at a record boundary still verifies on its own; pass the server's log
+    (``--server-log``) or a head hash noted earlier (``--expect-head``) to catch that.
+    """
+    inputs = _resolve_inputs(audit_log, server_log, policy, certs, key, server_key)
     organization_policy = inputs.policy
     assert organization_policy is not None  # --policy is required
     for note in inputs.notes:
         typer.echo(f"note: {note}", err=True)
-    report = verify_log(audit_log, public_key=inputs.public_key, policy=organization_policy)
+    report = verify_log(
+        audit_log,
+        public_key=inputs.public_key,
+        server_log=server_log,
+        server_public_key=inputs.server_public_key,
+        policy=organization_policy,
+        expected_head=expect_head,
+    )
     if report.errors:
         _print_findings(report)
         typer.echo(

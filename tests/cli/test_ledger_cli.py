@@ -83,7 +83,8 @@ def test_rebuilt_ledger_has_the_audit_logs_epsilon_and_lets_the_client_start(
 
 
 def test_rebuild_refuses_a_tampered_log_and_an_existing_ledger(tmp_path: Path) -> None:
-    """A log that fails verification, or an existing ledger without --force: nothing written."""
+    """An existing ledger without --force, a log missing a head noted earlier, or a log
+    that fails verification: nothing written."""
     org_policy, policy_file, key_file, _ = _spent(tmp_path)
     ledger_path = Path(org_policy.privacy.ledger_path)
     before = ledger_path.read_bytes()
@@ -94,6 +95,9 @@ def test_rebuild_refuses_a_tampered_log_and_an_existing_ledger(tmp_path: Path) -
     assert kept.exit_code == 2 and "--force" in kept.output
     assert ledger_path.read_bytes() == before
     ledger_path.unlink()
+    unknown_head = runner.invoke(app, [*args, "--expect-head", "ab" * 32])
+    assert unknown_head.exit_code == 1, unknown_head.output
+    assert not ledger_path.exists()
     lines = log.read_text().splitlines()
     spend = next(i for i, line in enumerate(lines) if '"privacy_spend"' in line)
     lines[spend] = lines[spend].replace('"steps":3', '"steps":1')
