@@ -5,6 +5,7 @@ from ._app import app as app
 from ._audit import audit_app
 from ._ca import ca_app
 from ._client import client_app
+from ._ledger import ledger_app
 from ._policy import policy_app
 from ._simulate import simulate_app
 
@@ -13,6 +14,7 @@ app.add_typer(ca_app, name="ca")
 app.add_typer(audit_app, name="audit")
 app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(client_app, name="client")
+app.add_typer(ledger_app, name="ledger")
 app.add_typer(simulate_app, name="simulate")
 
 

@@ -55,6 +55,7 @@ from ._update import UpdateError as UpdateError
 from .errors import BudgetExhaustedError as BudgetExhaustedError
 from .errors import DataError as DataError
 from .errors import LedgerError as LedgerError
+from .errors import LedgerMissingError as LedgerMissingError
 from .errors import SdkError as SdkError
 from .errors import ServerUnreachableError as ServerUnreachableError
 
@@ -70,6 +71,7 @@ __all__ = [
     "FederatedClient",
     "GradSampleMode",
     "LedgerError",
+    "LedgerMissingError",
     "LocalTrainer",
     "MaskedAdapterModel",
     "MaskedUpdate",

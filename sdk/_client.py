@@ -109,10 +109,12 @@ from ._client_sessions import (
 from ._codec import decode_clusters
 from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
+from ._ledger import open_organization_ledger
 from ._mixture import ClusterAdapters
 from ._mole_client import MoLEClientRounds
 from ._mole_participant import MoLEParticipant
 from ._participant import RoundParticipant
+from ._round_files import EnteredSums
 from ._trainer import LocalTrainer
 from ._update import MaskedUpdate
 from .errors import BudgetExhaustedError
@@ -197,6 +199,8 @@ class FederatedClient:
 
     Raises:
         CredentialsError: the credentials are not this organization's.
+        LedgerMissingError: the privacy ledger is missing although the state folder or
+            the audit log shows earlier rounds (`fedhft ledger rebuild` restores it).
     """
 
     def __init__(
@@ -264,6 +268,13 @@ class FederatedClient:
             )
             self.audit_log.append(EventType.POLICY_LOADED, policy_loaded_payload(self.policy))
         self.violations = compatibility_violations(self.policy, self.consortium)
+        # A lost ledger is refused here, before any trainer could start one at ε = 0
+        # (FedAMoLE's trainer then opens the file this call checked or created).
+        ledger = (
+            None
+            if self.violations or non_private_baseline
+            else open_organization_ledger(self.policy, state_dir=self.state_dir)
+        )
         self.trainer: LocalTrainer | None = None
         self.participant: RoundParticipant | None = None
         self.mole: MoLEClientRounds | None = None
@@ -285,6 +296,7 @@ class FederatedClient:
                 model,
                 self.policy,
                 self.consortium,
+                ledger=ledger,
                 audit=self.audit_log,
                 tokenizer=tokenizer,
                 seed=seed,
@@ -663,8 +675,17 @@ class FederatedClient:
                 lambda lengths, clip: participant.contributions(
                     update, cluster=cluster, block_lengths=lengths, clip=clip
                 ),
+                entered=participant.files.entered_sums(),
             )
-        return self._ckks_run(params, session, announcement, cluster, update, context)
+        return self._ckks_run(
+            params,
+            session,
+            announcement,
+            cluster,
+            update,
+            context,
+            entered=participant.files.entered_sums(),
+        )
 
     def _await_session(self, round_number: int, cluster: int) -> pb.SessionAnnouncement | None:
         """The session of ``cluster`` in ``round_number`` once ready, or None without one."""
@@ -698,9 +719,12 @@ class FederatedClient:
         cluster: int,
         context: SessionContext,
         contributions: Callable[[dict[str, int], float], dict[str, FloatArray]],
+        *,
+        entered: EnteredSums | None = None,
     ) -> MaskingRun:
         """This side of a masking session, after checking it against the announcement;
-        ``contributions(block_lengths, clip)`` gives the vectors to mask."""
+        ``contributions(block_lengths, clip)`` gives the vectors to mask, ``entered`` the
+        sums the staged update already took part in."""
         check_masking_session(
             params,
             context=context,
@@ -722,6 +746,7 @@ class FederatedClient:
                 identity_key=self.credentials.identity_key,
                 peer_identities=identities,
             ),
+            entered=entered,
         )
 
     def _ckks_run(
@@ -732,6 +757,8 @@ class FederatedClient:
         cluster: int,
         update: MaskedUpdate,
         context: SessionContext,
+        *,
+        entered: EnteredSums | None = None,
     ) -> ClusterRun:
         keyring = self.keyring
         if keyring is None:
@@ -760,6 +787,7 @@ class FederatedClient:
             ref=session.session,
             inputs=inputs,
             client=CKKSClient(params, keyring),
+            entered=entered,
         )
 
     def _session_context(

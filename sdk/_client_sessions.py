@@ -13,6 +13,12 @@ blocks than its tier's. Each peer's identity key must be certified by the consor
 for that organization. Every input upload is committed in the audit log before it
 leaves (`update_committed`, SHA-256 of the bytes sent), and the server's signed receipt
 is verified and logged (`aggregation_receipt`).
+
+A staged update enters at most one sum per cluster: before its masked input (CKKS: its
+ciphertexts) leaves, and before it answers the unmask request (CKKS: reports the
+decrypted sums), a run records the session's roster and survivors (`EnteredSums`) and
+refuses a retry over other ones; the run then ends for that cluster with a ``refusal``
+audit record.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedhft.audit import EventType, ReceiptError
+from fedhft.audit import EventType, ReceiptError, refusal_payload
 from fedhft.audit._receipts import aggregation_receipt_from_wire
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import (
     AdvertisedKeys,
     CKKSClient,
+    CKKSEncryptedSum,
     CKKSKeyring,
     CKKSSession,
     RelayedShares,
@@ -57,6 +64,8 @@ from fedhft.protocol.errors import (
 
 from ._accounted import AuditSink
 from ._connection import Connection
+from ._round_files import EnteredSums
+from .errors import SumAlreadyEnteredError
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]
@@ -201,6 +210,8 @@ class MaskingRun(ClusterRun):
     """The five masking-mode stages of one cluster, driven by a `SecAggClient`."""
 
     client: SecAggClient | None = None
+    entered: EnteredSums | None = None
+    """Where the staged update's sum per cluster is recorded; None: no staged update."""
 
     def __post_init__(self) -> None:
         self.steps = (
@@ -219,11 +230,18 @@ class MaskingRun(ClusterRun):
         relayed = _single(previous)
         if index == 1:
             return client.share_keys(AdvertisedKeys.decode(relayed)).encode()
+        sid = bytes(self.ref.session_id)
         if index == 2:
-            return client.mask_input(RelayedShares.decode(relayed), self.inputs).encode()
+            shares = RelayedShares.decode(relayed)
+            if self.entered is not None:
+                self.entered.enter(self.cluster, roster=client.params.roster, sid=sid)
+            return client.mask_input(shares, self.inputs).encode()
         if index == 3:
             return client.sign_survivors(SurvivorAnnouncement.decode(relayed)).encode()
-        return client.unmask(UnmaskRequest.decode(relayed)).encode()
+        request = UnmaskRequest.decode(relayed)
+        if self.entered is not None:
+            self.entered.unmask(self.cluster, survivors=request.survivors, sid=sid)
+        return client.unmask(request).encode()
 
 
 def _single(payloads: list[bytes] | None) -> bytes:
@@ -266,6 +284,8 @@ class CKKSRun(ClusterRun):
     """CKKS mode: upload the ciphertexts, then report the decrypted per-block sums."""
 
     client: CKKSClient | None = None
+    entered: EnteredSums | None = None
+    """Where the staged update's sum per cluster is recorded; None: no staged update."""
 
     def __post_init__(self) -> None:
         self.steps = (
@@ -276,9 +296,21 @@ class CKKSRun(ClusterRun):
     def message(self, index: int, previous: list[bytes] | None) -> bytes:
         client = self.client
         assert client is not None
+        sid = bytes(self.ref.session_id)
         if index == 0:
+            if self.entered is not None:
+                self.entered.enter(self.cluster, roster=client.session.roster, sid=sid)
             return client.encrypt(self.inputs)
-        aggregate = client.decrypt(_single(previous))
+        encrypted_sum = _single(previous)
+        if self.entered is not None:
+            # Reporting the decrypted sums reveals them: bind this update to the
+            # organizations summed with it before it does.
+            released = CKKSEncryptedSum.decode(
+                encrypted_sum, max_ciphertext_bytes=len(encrypted_sum)
+            ).released
+            contributors = {org for item in released for org in item.contributors}
+            self.entered.unmask(self.cluster, survivors=contributors, sid=sid)
+        aggregate = client.decrypt(encrypted_sum)
         return encode_block_sums(aggregate.sums)
 
 
@@ -297,11 +329,29 @@ def run_sessions(runs: list[ClusterRun], round_number: int) -> bool:
     for index in range(len(runs[0].steps)):
         for run in runs:
             if not run.failed:
-                _send(run, index, previous[run.cluster], round_number)
+                try:
+                    _send(run, index, previous[run.cluster], round_number)
+                except SumAlreadyEnteredError as refusal:
+                    _refuse_sum(run, round_number, refusal)
         for run in runs:
             if not run.failed:
                 previous[run.cluster] = _await(run, run.steps[index].stage)
     return not any(run.failed for run in runs)
+
+
+def _refuse_sum(run: ClusterRun, round_number: int, refusal: SumAlreadyEnteredError) -> None:
+    """End this cluster's session for this organization: its update is in another sum."""
+    _LOG.warning("round %d cluster %d: %s", round_number, run.cluster, refusal)
+    run.failed = True
+    if run.context.audit is not None:
+        run.context.audit.append(
+            EventType.REFUSAL,
+            refusal_payload(
+                round_number,
+                "update already entered another sum of this cluster",
+                cluster=run.cluster,
+            ),
+        )
 
 
 def _send(run: ClusterRun, index: int, previous: list[bytes] | None, round_number: int) -> None:

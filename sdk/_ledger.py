@@ -12,6 +12,18 @@ The file carries a format version and a SHA-256 digest of its content: a truncat
 corrupted or hand-edited file is refused with :class:`LedgerError`, never silently
 replaced by an empty ledger. Commits from concurrent processes are serialized with an
 advisory lock on a sidecar ``.lock`` file (POSIX).
+
+`open_organization_ledger` is how a client opens its ledger: a missing file starts at
+ε = 0 only for an organization with no sign of earlier participation (round files in its
+state folder, rounds or spends in its audit log); otherwise it raises
+:class:`LedgerMissingError` naming the evidence and the recovery, `PrivacyLedger.rebuild`
+from the verified audit log's spend records (``fedhft ledger rebuild``).
+
+Notes:
+    A ledger recreated at zero would let an organization that spent its budget train
+    again, so the absence of the file is never taken as the absence of spend when
+    anything else remembers a round. The audit log is read here without checking its
+    signatures: it can only make the client refuse, never lower the spend.
 """
 
 from __future__ import annotations
@@ -31,10 +43,11 @@ from pydantic import ValidationError
 
 from fedhft._files import atomic_write
 from fedhft.errors import SecurityWarning
-from fedhft.policies import Accountant
+from fedhft.policies import Accountant, OrganizationPolicy
 
 from ._privacy import MechanismRecord, compute_epsilon
-from .errors import BudgetExhaustedError, LedgerError
+from ._round_files import RoundFiles
+from .errors import BudgetExhaustedError, LedgerError, LedgerMissingError
 
 FORMAT = "fedhft-privacy-ledger"
 VERSION = 1
@@ -205,6 +218,44 @@ class PrivacyLedger:
         except ValidationError as error:
             raise LedgerError(f"privacy ledger {path} holds an invalid record: {error}") from error
 
+    @classmethod
+    def rebuild(
+        cls,
+        path: str | Path,
+        records: tuple[MechanismRecord, ...],
+        *,
+        organization: str,
+        accountant: Accountant,
+        delta: float,
+        epsilon_budget: float,
+        force: bool = False,
+    ) -> PrivacyLedger:
+        """Write a ledger holding exactly ``records`` (from a verified audit log).
+
+        The spend may exceed the budget: it is what was released, and the ledger then
+        refuses every further release.
+
+        Raises:
+            LedgerError: a ledger exists at ``path`` and ``force`` is false.
+        """
+        ledger_path = Path(path)
+        ledger = cls(
+            ledger_path,
+            organization=organization,
+            accountant=Accountant(accountant),
+            delta=delta,
+            epsilon_budget=epsilon_budget,
+            records=records,
+        )
+        with _exclusive_lock(ledger_path):
+            if ledger_path.exists() and not force:
+                raise LedgerError(
+                    f"privacy ledger {ledger_path} exists; refusing to overwrite it "
+                    "(pass --force to replace it with the audit log's spend)"
+                )
+            ledger._write(records, ledger.spent())
+        return ledger
+
     # ------------------------------------------------------------------ reading
 
     @property
@@ -317,3 +368,90 @@ class PrivacyLedger:
             f"accountant={self._accountant.value!r}, records={len(self._records)}, "
             f"spent={self.spent():.4g}, budget={self._epsilon_budget:.4g})"
         )
+
+
+_PARTICIPATION_EVENTS = frozenset(
+    {"privacy_spend", "round_joined", "update_committed", "aggregation_receipt"}
+)
+
+
+def participation_evidence(
+    *, state_dir: str | Path | None, audit_log: str | Path | None
+) -> tuple[str, ...]:
+    """What shows that this organization already took part in rounds: round files in
+    ``state_dir`` and participation records (rounds joined, spends, uploads) in
+    ``audit_log``. Empty for a genuinely new organization."""
+    evidence: list[str] = []
+    if state_dir is not None:
+        files = RoundFiles.files_in(Path(state_dir))
+        if files:
+            evidence.append(
+                f"state folder {state_dir} holds {len(files)} round file(s) "
+                f"({', '.join(files[:3])})"
+            )
+    if audit_log is not None:
+        counts = _participation_records(Path(audit_log))
+        if counts:
+            listed = ", ".join(f"{count} {event}" for event, count in sorted(counts.items()))
+            evidence.append(f"audit log {audit_log} records {listed}")
+    return tuple(evidence)
+
+
+def _participation_records(path: Path) -> dict[str, int]:
+    """Participation events per type in the audit log at ``path`` (unverified: see the
+    module's notes); unreadable lines are skipped, a missing file has none."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise LedgerError(
+            f"cannot read audit log {path} to check for earlier rounds: {error.strerror}"
+        ) from error
+    counts: dict[str, int] = {}
+    for line in raw.splitlines():
+        try:
+            event = json.loads(line).get("event")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        if event in _PARTICIPATION_EVENTS:
+            counts[event] = counts.get(event, 0) + 1
+    return counts
+
+
+def open_organization_ledger(
+    policy: OrganizationPolicy, *, state_dir: str | Path | None
+) -> PrivacyLedger:
+    """The policy's ledger for a client: created at zero only for a new organization.
+
+    Raises:
+        LedgerMissingError: the ledger file is missing but the state folder or the audit
+            log shows earlier rounds; nothing is written.
+        LedgerError: the ledger exists but cannot be used (see `PrivacyLedger.open`).
+    """
+    privacy = policy.privacy
+    path = Path(privacy.ledger_path)
+
+    def open_ledger(*, create: bool) -> PrivacyLedger:
+        return PrivacyLedger.open(
+            path,
+            organization=policy.organization,
+            accountant=privacy.accountant,
+            delta=privacy.delta,
+            epsilon_budget=privacy.epsilon,
+            create=create,
+        )
+
+    if path.exists():
+        return open_ledger(create=False)
+    evidence = participation_evidence(state_dir=state_dir, audit_log=policy.audit.log_path)
+    if evidence:
+        raise LedgerMissingError(
+            f"privacy ledger {path} (`privacy.ledger_path`) is missing, but "
+            f"{policy.organization} already took part in rounds: {'; '.join(evidence)}. "
+            "Starting from ε = 0 would forget the privacy already spent. Restore the file "
+            "from backup, or rebuild it from the verified audit log: `fedhft ledger rebuild "
+            f"--audit-log {policy.audit.log_path} --policy POLICY.yaml --certs CERTS_DIR`",
+            evidence=evidence,
+        )
+    return open_ledger(create=True)

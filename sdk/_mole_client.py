@@ -338,6 +338,7 @@ class MoLEClientRounds:
             lambda lengths, clip: self.participant.contributions(
                 upload, block_lengths=lengths, clip=clip
             ),
+            entered=self.participant.files.entered_sums(),
         )
 
     # ------------------------------------------------------------------ end

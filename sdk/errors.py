@@ -39,6 +39,26 @@ class LedgerError(SdkError, RuntimeError):
     """The privacy ledger file is missing, corrupted, or belongs to another setting."""
 
 
+class LedgerMissingError(LedgerError):
+    """The privacy ledger is missing although this organization already took part.
+
+    Attributes:
+        evidence: what shows earlier participation (state files, audit records).
+    """
+
+    def __init__(self, message: str, *, evidence: tuple[str, ...]) -> None:
+        self.evidence = evidence
+        super().__init__(message)
+
+
+class SumAlreadyEnteredError(SdkError, RuntimeError):
+    """A staged update already entered a cluster's secure sum over another roster.
+
+    Entering a second, differently composed sum with the same update would let the
+    server subtract the two sums and learn the difference of the contributions.
+    """
+
+
 class DataError(SdkError, ValueError):
     """A data set file or its content is invalid (missing column, bad label, empty)."""
 

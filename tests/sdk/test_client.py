@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from fedhft.protocol.errors import (
 from fedhft.sdk import (
     ClusterAdapters,
     FederatedClient,
+    LedgerError,
     MaskedAdapterModel,
     RetryPolicy,
     ServerUnreachableError,
@@ -59,7 +61,9 @@ from fedhft.sdk._client_sessions import (
     SessionContext,
     _log_receipt,
     check_masking_session,
+    run_sessions,
 )
+from fedhft.sdk.errors import LedgerMissingError
 
 ORG = "clin-a"
 
@@ -413,6 +417,54 @@ def test_forged_receipt_is_rejected(tmp_path: Path, pki: dict[str, Credentials])
             _log_receipt(run, pb.StageAck(session=ref), digest)
 
 
+def test_an_update_already_in_another_sum_ends_that_clusters_session_unsent(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """A masked input refused by `EnteredSums`: nothing of it is committed or uploaded, the
+    session ends for this organization, and the refusal is audited."""
+    with _client(tmp_path, pki) as client:
+        participant = client.participant
+        assert participant is not None
+        participant.files.stage(b"trained update", b"next state")
+        entered = participant.files.entered_sums()
+        assert entered is not None
+        entered.enter(0, roster=("bank-a", "bank-b", "clin-a", "clin-b"), sid=b"\x01" * 32)
+        server = ScriptedServer(
+            {
+                "SubmitStage": lambda r: pb.StageAck(session=r.session),
+                "AwaitStage": lambda r: pb.StageBroadcast(
+                    session=r.session, stage=r.stage, status=pb.STAGE_STATUS_READY, payloads=[b""]
+                ),
+            }
+        )
+        context = dataclasses.replace(_context(client), connection=server, audit=client.audit_log)
+        retry_sid = b"\x02" * 32
+
+        class Retried(MaskingRun):
+            def message(self, index: int, previous: list[bytes] | None) -> bytes:
+                if index == 2:  # the masked input: ask `EnteredSums` as `MaskingRun` does
+                    assert self.entered is not None
+                    roster = ("bank-a", "clin-a", "clin-b")
+                    self.entered.enter(self.cluster, roster=roster, sid=retry_sid)
+                return b"stage %d" % index
+
+        run = Retried(
+            context=context,
+            ref=pb.SessionRef(run_id="r", round=1, cluster=0, session_id=retry_sid),
+            inputs={},
+            entered=entered,
+        )
+        assert not run_sessions([run], 1)
+        assert run.failed
+        assert [r.stage for n, r in server.requests if n == "SubmitStage"] == [
+            pb.STAGE_ADVERTISE_KEYS,
+            pb.STAGE_SHARE_KEYS,
+        ]
+        assert _audit_events(client, "update_committed") == []
+        (refusal,) = _audit_events(client, "refusal")
+        assert refusal["cluster"] == 0
+
+
 # --------------------------------------------------------------------------- reconnection
 
 
@@ -458,3 +510,69 @@ def test_credentials_of_another_organization_are_refused(
             state_dir=tmp_path / "state",
             audit=False,
         )
+
+
+# --------------------------------------------------------------------------- lost ledger
+
+
+def _spend_rounds(tmp_path: Path, pki: dict[str, Credentials], rounds: int) -> float:
+    """Train ``rounds`` accounted rounds through a client; the ledger's ε afterwards."""
+    with _client(tmp_path, pki) as client:
+        participant = client.participant
+        assert participant is not None and client.trainer is not None
+        config = client.consortium
+        coordinator = RoundCoordinator(
+            config,
+            run_id="spent",
+            initial_state=MaskedAdapterModel.from_consortium(
+                config, tiny_config=TINY
+            ).get_block_state(),
+            tier_blocks={t: tier_mask(config, t, tiny_config=TINY) for t in config.tiers},
+        )
+        for round_number in range(1, rounds + 1):
+            participant.prepare(round_number, coordinator.model_for_round(round_number))
+            participant.complete(round_number)
+        ledger = client.trainer.ledger
+        assert ledger is not None and len(ledger.records) == rounds
+        return ledger.spent()
+
+
+def test_lost_ledger_after_spent_rounds_stops_the_client(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """Ledger deleted after rounds were spent: the restart raises a typed error naming the
+    ledger, the evidence and the rebuild command, and writes no ε = 0 ledger."""
+    assert _spend_rounds(tmp_path, pki, 2) > 0
+    ledger_path = Path(policy(ORG, tmp_path).privacy.ledger_path)
+    ledger_path.unlink()
+    with pytest.raises(LedgerError) as refused:
+        _client(tmp_path, pki).close()
+    assert isinstance(refused.value, LedgerMissingError)
+    message = str(refused.value)
+    assert str(ledger_path) in message and "fedhft ledger rebuild" in message
+    assert any("state folder" in item for item in refused.value.evidence)
+    assert any("2 privacy_spend" in item for item in refused.value.evidence)
+    assert not ledger_path.exists()
+
+
+def test_lost_ledger_and_state_folder_with_the_audit_log_kept_is_refused(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """Ledger and the whole state folder gone, audit log kept: still refused."""
+    _spend_rounds(tmp_path, pki, 1)
+    ledger_path = Path(policy(ORG, tmp_path).privacy.ledger_path)
+    ledger_path.unlink()
+    shutil.rmtree(tmp_path / "state")
+    with pytest.raises(LedgerError) as refused:
+        _client(tmp_path, pki).close()
+    assert isinstance(refused.value, LedgerMissingError)
+    assert any("1 privacy_spend" in item for item in refused.value.evidence)
+    assert not ledger_path.exists()
+
+
+def test_new_organization_starts_at_zero(tmp_path: Path, pki: dict[str, Credentials]) -> None:
+    """No ledger, no round files, no rounds in the audit log: a ledger at ε = 0."""
+    with _client(tmp_path, pki) as client:
+        assert client.trainer is not None and client.trainer.ledger is not None
+        assert client.trainer.ledger.records == () and client.trainer.ledger.spent() == 0.0
+    assert Path(policy(ORG, tmp_path).privacy.ledger_path).exists()
