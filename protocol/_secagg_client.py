@@ -613,7 +613,8 @@ class SecAggClient:
                 f"contributors than the minimum cohort {params.min_cohort}",
                 blocks=small,
             )
-        split = [b for b in blocks if not params.masks_hide_each_holder(b, survivors)]
+        split_groups = params.split_groups(survivors)
+        split = [b for b in blocks if params.group_of_block[b] in split_groups]
         if split:
             raise UnmaskRuleError(
                 f"the unmask request includes {len(split)} blocks whose surviving holders "

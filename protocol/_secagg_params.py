@@ -244,15 +244,21 @@ class SessionParams:
         groups has more neighbours than the roster-wide graph gives it)."""
         return max(self.threshold, len(self.share_holders(organization)) // 2 + 1)
 
-    def masks_hide_each_holder(self, block: str, survivors: AbstractSet[str]) -> bool:
-        """Whether ``block``'s surviving holders form one masking component.
+    def split_groups(self, survivors: AbstractSet[str]) -> frozenset[int]:
+        """The support groups whose surviving holders are not one masking component.
 
-        After the masks shared with dropped holders are removed, the survivors' sum
-        reveals only its total exactly when their masking graph is connected; each
+        After the masks shared with dropped holders are removed, a group's sums reveal
+        only their totals exactly when its survivors' masking graph is connected; each
         separate component's partial sum (a single holder's input, for an isolated one)
-        would otherwise be readable.
+        would otherwise be readable, so the blocks of these groups are never unmasked.
         """
-        return is_connected(self.block_graph(block), self.block_supports[block] & survivors)
+        return frozenset(
+            index
+            for index, (holders, graph) in enumerate(
+                zip(self.support_groups, self.group_graphs, strict=True)
+            )
+            if not is_connected(graph, holders & survivors)
+        )
 
     @functools.cached_property
     def holder_index(self) -> Mapping[str, int]:

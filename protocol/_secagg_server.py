@@ -422,11 +422,12 @@ class SecAggServer:
             assert self._announcement is not None
             survivors = frozenset(self._announcement.survivors)
             self._close(Stage.CONSISTENCY, frozenset(self._signatures), Stage.UNMASK)
+            split_groups = params.split_groups(survivors)
             blocks = tuple(
                 block
                 for block, orgs in params.block_supports.items()
                 if len(orgs & survivors) >= params.min_cohort
-                and params.masks_hide_each_holder(block, survivors)
+                and params.group_of_block[block] not in split_groups
             )
             dropped = self._needed_keys(blocks, survivors)
             self._request = UnmaskRequest(
