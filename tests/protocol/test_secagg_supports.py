@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from secagg_helpers import (
     Harness,
@@ -342,14 +342,17 @@ def test_each_block_sums_its_surviving_holders_and_hides_each_of_them(
         )
     except (ThresholdError, CohortTooSmallError):
         assert not _recoverable(params, drop)
+        event("aborted: too many dropouts")
         return
+    if drop.get(Stage.MASKED_INPUT):
+        event("dropped after sharing keys: their masks removed")
     survivors = set(params.roster) - set().union(*(drop.get(s, set()) for s in EARLY_STAGES))
     for block, holders in params.block_supports.items():
         alive = holders & survivors
         if block not in result.blocks:
-            assert len(alive) < params.min_cohort or not is_connected(
-                _block_graph(params, block), alive
-            )
+            below = len(alive) < params.min_cohort
+            assert below or not is_connected(_block_graph(params, block), alive)
+            event("block withheld: " + ("below the cohort" if below else "split by dropouts"))
             assert result.skipped[block] == len(alive)
             continue
         assert set(result.blocks[block].contributors) == alive
