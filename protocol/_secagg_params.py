@@ -57,9 +57,11 @@ class SessionParams:
         roster: Organizations invited to the session; stored sorted.
         config_hash: SHA-256 of the consortium configuration (32 bytes).
         model_hash: SHA-256 of the model the updates apply to (32 bytes).
-        threshold: Shamir threshold ``t``: shares needed to reconstruct a secret, and the
-            fewest parties the session continues with. A strict majority of each
-            client's share holders (its neighbours and itself).
+        threshold: Shamir threshold ``t``: the fewest parties the session continues
+            with and the fewest shares that reconstruct any secret. A strict majority of
+            the share holders the roster-wide graph gives a client (its neighbours and
+            itself); a client with more share holders (one in several support groups)
+            shares with :meth:`threshold_of`, a strict majority of its own.
         min_cohort: Fewest contributors a block or the session may have (≥ 3).
         block_lengths: Block id → vector length.
         block_supports: Block id → organizations holding it (public tier masks).
