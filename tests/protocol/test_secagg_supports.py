@@ -246,6 +246,36 @@ def test_isolated_holder_input_is_hidden_from_the_server() -> None:
     assert masking_components(params, transcript, "top", levels) == 1
 
 
+def test_compensated_inputs_give_the_server_the_same_kind_of_view() -> None:
+    """Two runs whose inputs differ on two holders of the partial block but have the
+    same block sum: equal released sums, equal message sizes, and in both the server's
+    residuals are one masking component with no holder's input readable (so each view
+    is the block sum plus uniform masks, whichever inputs produced it)."""
+    params = _isolating_session(7, 2, 3)
+    identities = make_identities(params.roster)
+    levels = grid_levels(params, np.random.default_rng(11))
+    top = sorted(params.block_supports["top"])
+    shifted = {org: dict(blocks) for org, blocks in levels.items()}
+    delta = np.arange(64) - 32
+    shifted[top[0]]["top"] = levels[top[0]]["top"] + delta
+    shifted[top[1]]["top"] = levels[top[1]]["top"] - delta
+    views = []
+    for run_levels in (levels, shifted):
+        transcript: list[TranscriptEntry] = []
+        result = run_secagg_in_process(
+            params, as_inputs(params, run_levels), identities, transcript=transcript
+        )
+        assert masking_components(params, transcript, "top", run_levels) == 1
+        residuals = server_residuals(params, transcript, "top")
+        for owner in top:
+            own = expected_words(params, run_levels, "top", [owner])
+            assert not np.array_equal(residuals[owner].astype(np.uint64), own)
+        sizes = [(e.stage, e.sender, e.recipient, len(e.data)) for e in transcript]
+        views.append((result.blocks["top"].integer_sum, sizes))
+    np.testing.assert_array_equal(views[0][0], views[1][0])
+    assert views[0][1] == views[1][1]
+
+
 # --------------------------------------------------------------------------- properties
 
 L = 64
