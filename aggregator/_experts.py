@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedhft.policies import ConsortiumConfig
 from fedhft.protocol import SessionParams, default_threshold, run_secagg_in_process
 from fedhft.protocol._blocks import pack_block, packed_length, row_average
+from fedhft.protocol._graph import effective_degree
 
 from .errors import RoundError
 
@@ -90,7 +91,10 @@ def aggregate_mole_blocks(
         roster=roster,
         config_hash=config_hash,
         model_hash=model_hash,
-        threshold=max(default_threshold(len(roster), spec.neighbours), spec.threshold(len(roster))),
+        threshold=max(
+            default_threshold(len(roster), spec.neighbours),
+            spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
+        ),
         min_cohort=spec.min_cohort,
         block_lengths={b: packed_length(*shapes[b]) for b in sorted(kept)},
         block_supports={b: frozenset(kept[b]) for b in sorted(kept)},

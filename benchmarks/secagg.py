@@ -68,6 +68,7 @@ from fedhft.protocol import (
     default_threshold,
     run_secagg_in_process,
 )
+from fedhft.protocol._graph import effective_degree
 from fedhft.protocol.errors import ThresholdError
 
 BLOCK_SIZE = 4096
@@ -86,6 +87,9 @@ class Setting:
     length: int
     dropout: float
     seed: int
+    tiers: bool = False
+    """Mixed tiers: the lower third of the blocks is held by every client, the middle
+    third by two thirds of them, the upper third by one third (seeded choice)."""
 
     @property
     def blocks(self) -> list[int]:
@@ -95,6 +99,17 @@ class Setting:
     @property
     def roster(self) -> list[str]:
         return [f"org-{i:03d}" for i in range(self.clients)]
+
+    def holders(self, block: int) -> frozenset[int]:
+        """Indices of the clients holding block number ``block``."""
+        count = len(self.blocks)
+        if not self.tiers or 3 * block < count:
+            return frozenset(range(self.clients))
+        order = random.Random(self.seed * 104729 + self.clients).sample(
+            range(self.clients), self.clients
+        )
+        share = 2 / 3 if 3 * block < 2 * count else 1 / 3
+        return frozenset(order[: max(3, round(share * self.clients))])
 
     @property
     def dropped(self) -> list[int]:
@@ -148,8 +163,13 @@ class LazyInputs(Mapping[str, Mapping[str, npt.NDArray[np.float64]]]):
         self.index = {org: i for i, org in enumerate(setting.roster)}
 
     def __getitem__(self, org: str) -> Mapping[str, npt.NDArray[np.float64]]:
-        arrays = client_inputs(self.setting.seed, self.index[org], self.setting.blocks)
-        return dict(zip(block_ids(self.setting), arrays, strict=True))
+        client = self.index[org]
+        arrays = client_inputs(self.setting.seed, client, self.setting.blocks)
+        return {
+            block: array
+            for i, (block, array) in enumerate(zip(block_ids(self.setting), arrays, strict=True))
+            if client in self.setting.holders(i)
+        }
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.setting.roster)
@@ -164,10 +184,10 @@ def plain_sums(setting: Setting) -> list[npt.NDArray[np.float64]]:
     totals = [np.zeros(n) for n in setting.blocks]
     for client in range(setting.clients):
         if client not in dropped:
-            for total, block in zip(
-                totals, client_inputs(setting.seed, client, setting.blocks), strict=True
-            ):
-                total += block
+            arrays = client_inputs(setting.seed, client, setting.blocks)
+            for i, (total, block) in enumerate(zip(totals, arrays, strict=True)):
+                if client in setting.holders(i):
+                    total += block
     return totals
 
 
@@ -208,7 +228,10 @@ def session_params(setting: Setting) -> SessionParams:
         threshold=default_threshold(setting.clients, k),
         min_cohort=3,
         block_lengths=dict(zip(ids, setting.blocks, strict=True)),
-        block_supports={block: frozenset(setting.roster) for block in ids},
+        block_supports={
+            block: frozenset(setting.roster[c] for c in setting.holders(i))
+            for i, block in enumerate(ids)
+        },
         clip=CLIP,
         scale=SCALE,
         neighbours=k,
@@ -278,7 +301,11 @@ def bench_masking(setting: Setting) -> Row:
     finally:
         _inprocess.time = original
     survivors = [org for org in setting.roster if org not in dropped]
-    degree = len(params.graph[setting.roster[0]])
+    degree = effective_degree(setting.clients, params.neighbours)
+    # A block's masks come from its holders' graph; a client's shares go to the union of
+    # its graphs, which is larger than k when it holds blocks of several holder sets.
+    shares_to = max(len(params.graph[org]) for org in setting.roster)
+    spread = f", shares to ≤ {shares_to}" if shares_to != degree else ""
     return Row.of(
         "masking",
         setting,
@@ -287,7 +314,7 @@ def bench_masking(setting: Setting) -> Row:
         total_cpu_seconds=sum(stats.client_seconds.values()) + stats.server_seconds,
         bytes_up=float(np.mean([stats.bytes_up[o] for o in survivors])),
         max_error=max_error([result.blocks[b].sum for b in block_ids(setting)], setting),
-        note=f"k={degree}, t={params.threshold}",
+        note=f"k={degree}, t={params.threshold}{spread}",
     )
 
 
@@ -497,6 +524,9 @@ def targets(rows: list[Row]) -> list[dict[str, object]]:
     return checks
 
 
+METHODS = frozenset({"plaintext", "mask floor", "masking", "ckks", "flower"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid, well under a minute")
@@ -509,6 +539,24 @@ def main(argv: list[str] | None = None) -> int:
         help="default skips Flower at N=100, L=1e6 (several minutes)",
     )
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--clients", type=int, nargs="+", help="override the grid's N values")
+    parser.add_argument("--lengths", type=int, nargs="+", help="override the grid's L values")
+    parser.add_argument(
+        "--dropouts", type=float, nargs="+", help="override the grid's dropout fractions"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(METHODS),
+        default=sorted(METHODS),
+        help="which methods to run (default: all)",
+    )
+    parser.add_argument(
+        "--tiers",
+        action="store_true",
+        help="mixed tiers: a third of the blocks held by all, a third by 2/3 of the clients, "
+        "a third by 1/3 (masking and mask floor only)",
+    )
     args = parser.parse_args(argv)
 
     clients: tuple[int, ...]
@@ -518,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
         clients, lengths, dropouts = (5, 10), (20_000,), (0.0, 0.3)
     else:
         clients, lengths, dropouts = (10, 50, 100), (10**5, 10**6), (0.0, 0.1, 0.3)
+    clients = tuple(args.clients or clients)
+    lengths = tuple(args.lengths or lengths)
+    dropouts = tuple(args.dropouts if args.dropouts is not None else dropouts)
+    methods = set(args.methods)
+    if args.tiers:
+        methods &= {"masking", "mask floor"}
     python = None if args.flower_grid == "none" else flower_python(args.flower_python)
     console = Console(width=max(170, shutil.get_terminal_size().columns))
     if python is None and args.flower_grid != "none":
@@ -530,13 +584,17 @@ def main(argv: list[str] | None = None) -> int:
     for length in lengths:
         for n in clients:
             for dropout in dropouts:
-                setting = Setting(n, length, dropout, args.seed)
-                rows.append(bench_plaintext(setting))
-                rows.append(bench_mask_floor(setting))
-                rows.append(bench_masking(setting))
-                rows.append(bench_ckks(setting))
+                setting = Setting(n, length, dropout, args.seed, tiers=args.tiers)
+                if "plaintext" in methods:
+                    rows.append(bench_plaintext(setting))
+                if "mask floor" in methods:
+                    rows.append(bench_mask_floor(setting))
+                if "masking" in methods:
+                    rows.append(bench_masking(setting))
+                if "ckks" in methods:
+                    rows.append(bench_ckks(setting))
                 skip = args.flower_grid == "default" and (n, length) == (100, 10**6)
-                if python is not None and not skip:
+                if python is not None and not skip and "flower" in methods:
                     rows.append(bench_flower(setting, python))
                 console.log(
                     f"N={n} L={length:.0e} drop={dropout:.0%} done "

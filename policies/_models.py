@@ -291,7 +291,13 @@ class SecureAggregationSpec(_Frozen):
     )
     min_cohort: int = Field(default=3, ge=3)
     max_dropout_fraction: float = Field(default=0.3, ge=0, lt=1)
-    max_colluding_clients: int = Field(default=0, ge=0)
+    max_colluding_clients: int = Field(
+        default=0,
+        ge=0,
+        description="Clients that may collude with the server: every Shamir threshold is "
+        "above it, and a configuration whose smallest neighbourhood cannot keep it so is "
+        "refused.",
+    )
     neighbours: int | None = Field(
         default=None, ge=2, description="SecAgg+ graph degree k; default: complete graph."
     )
@@ -317,9 +323,41 @@ class SecureAggregationSpec(_Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _threshold_exceeds_colluders(self) -> SecureAggregationSpec:
+        colluders = self.max_colluding_clients
+        if colluders == 0:
+            return self
+        if self.mode is SecureAggregationMode.CKKS:
+            raise ValueError(
+                f"`secure_aggregation.max_colluding_clients` is {colluders}, but in mode "
+                "`ckks` every organization holds the secret key, so one colluding client "
+                "lets the server decrypt every update; use mode `masking` or set "
+                "`max_colluding_clients` to 0"
+            )
+        # A client's secrets are shared among itself and its neighbours: at least
+        # min(k + 1, cohort) parties, and the smallest session has `min_cohort` clients.
+        # The threshold must exceed the colluders and still be met once the allowed
+        # dropouts are gone, or no session of that size could ever finish.
+        holders = self.min_cohort
+        if self.neighbours is not None:
+            holders = min(holders, self.neighbours + 1)
+        survivors = holders - math.floor(self.max_dropout_fraction * holders + 1e-9)
+        if colluders + 1 > survivors:
+            raise ValueError(
+                f"`secure_aggregation.max_colluding_clients` {colluders} needs a Shamir "
+                f"threshold of at least {colluders + 1}, but a client can have as few as "
+                f"{holders} share holders (min_cohort {self.min_cohort}, neighbours "
+                f"{self.neighbours}) of which {survivors} are left after "
+                f"max_dropout_fraction {self.max_dropout_fraction}; set it to at most "
+                f"{survivors - 1}, or raise `min_cohort`/`neighbours`"
+            )
+        return self
+
     def threshold(self, cohort: int) -> int:
-        """The Shamir threshold t for a cohort of `cohort` clients."""
-        return max(2, math.ceil(self.threshold_fraction * cohort - 1e-9))
+        """The Shamir threshold t for `cohort` share holders: above the colluders."""
+        fraction = math.ceil(self.threshold_fraction * cohort - 1e-9)
+        return max(2, fraction, self.max_colluding_clients + 1)
 
 
 class Enrollment(_Frozen):

@@ -281,16 +281,19 @@ class SecAggClient:
             )
         holders = sorted(params.share_holders(self._organization) & advertisements.keys())
         self._require_threshold(len(advertisements), "organizations advertised keys")
-        self._require_threshold(len(holders), "of this client's share holders advertised keys")
+        own_threshold = params.threshold_of(self._organization)
+        self._require_threshold(
+            len(holders), "of this client's share holders advertised keys", own_threshold
+        )
         self._advertised = advertisements
 
         assert self._masking_key is not None and self._encryption_key is not None
         xs = [params.holder_index[org] for org in holders]
         key_secret = int.from_bytes(agreement_private_bytes(self._masking_key), "big")
-        key_shares = split_secret(key_secret, threshold=params.threshold, holders=xs)
+        key_shares = split_secret(key_secret, threshold=own_threshold, holders=xs)
         self._self_mask_seeds = {g: os.urandom(32) for g in params.groups_of(self._organization)}
         seed_shares = {
-            g: split_secret(int.from_bytes(seed, "big"), threshold=params.threshold, holders=xs)
+            g: split_secret(int.from_bytes(seed, "big"), threshold=own_threshold, holders=xs)
             for g, seed in self._self_mask_seeds.items()
         }
         sealed: list[tuple[str, bytes]] = []
@@ -398,6 +401,7 @@ class SecAggClient:
         self._require_threshold(
             len(params.share_holders(self._organization) & shared),
             "of this client's share holders shared keys",
+            params.threshold_of(self._organization),
         )
 
         pair_seeds = {
@@ -420,9 +424,11 @@ class SecAggClient:
                 self_mask_key(seed, sid=params.sid, owner=self._organization, block=block),
                 scratch=scratch,
             )
-            support = params.block_supports[block]
+            # Only the block's own graph: masking with every neighbour that holds the
+            # block could leave a holder without one (see `_graph.holder_graph`).
+            block_neighbours = params.block_graph(block)[self._organization]
             for peer, pair_seed in pair_seeds.items():
-                if peer in support:
+                if peer in block_neighbours:
                     apply_mask(
                         words,
                         pairwise_mask_key(pair_seed, sid=params.sid, block=block),
@@ -607,11 +613,20 @@ class SecAggClient:
                 f"contributors than the minimum cohort {params.min_cohort}",
                 blocks=small,
             )
+        split_groups = params.split_groups(survivors)
+        split = [b for b in blocks if params.group_of_block[b] in split_groups]
+        if split:
+            raise UnmaskRuleError(
+                f"the unmask request includes {len(split)} blocks whose surviving holders "
+                "are masked in separate groups after the dropouts; unmasking them would "
+                "reveal each group's partial sum"
+            )
         return {params.group_of_block[b] for b in blocks}
 
-    def _require_threshold(self, count: int, what: str) -> None:
-        if count < self._params.threshold:
+    def _require_threshold(self, count: int, what: str, threshold: int | None = None) -> None:
+        needed = self._params.threshold if threshold is None else threshold
+        if count < needed:
             raise ThresholdError(
                 f"{self._organization}: only {count} {what}; the session needs t = "
-                f"{self._params.threshold} and aborts without unmasking anything"
+                f"{needed} and aborts without unmasking anything"
             )

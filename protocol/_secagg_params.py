@@ -11,6 +11,15 @@ Notes:
     with identical holder sets form a *support group*; each client draws one self-mask
     seed per group it belongs to. A group whose surviving contributors fall below the
     minimum cohort is then left masked without revealing anything about other groups.
+
+    Each support group is masked on its own graph among exactly its holders
+    (:func:`fedhft.protocol._graph.holder_graph`), connected and k-regular (complete when
+    the group has at most ``k + 1`` holders), so every block's sum ties each holder to the
+    others and the server learns nothing about a block but its total. A client's share
+    holders are its neighbours in the roster-wide graph and in every group graph it is
+    in, so whoever must remove its masks after a dropout can; each client's secrets are
+    shared with a threshold that is at least ``t`` and a strict majority of its own
+    share holders (:meth:`SessionParams.threshold_of`).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ._crypto import frame, sha256
-from ._graph import effective_degree, neighbour_graph
+from ._graph import effective_degree, holder_graph, is_connected, neighbour_graph
 from ._messages import MAX_BLOCK_WORDS, MAX_BLOCKS, MAX_PARTIES, check_block_id
 from ._messages import ORGANIZATION_ID as _ORGANIZATION_ID
 from ._quantize import FixedPoint
@@ -48,9 +57,11 @@ class SessionParams:
         roster: Organizations invited to the session; stored sorted.
         config_hash: SHA-256 of the consortium configuration (32 bytes).
         model_hash: SHA-256 of the model the updates apply to (32 bytes).
-        threshold: Shamir threshold ``t``: shares needed to reconstruct a secret, and the
-            fewest parties the session continues with. A strict majority of each
-            client's share holders (its neighbours and itself).
+        threshold: Shamir threshold ``t``: the fewest parties the session continues
+            with and the fewest shares that reconstruct any secret. A strict majority of
+            the share holders the roster-wide graph gives a client (its neighbours and
+            itself); a client with more share holders (one in several support groups)
+            shares with :meth:`threshold_of`, a strict majority of its own.
         min_cohort: Fewest contributors a block or the session may have (≥ 3).
         block_lengths: Block id → vector length.
         block_supports: Block id → organizations holding it (public tier masks).
@@ -194,13 +205,62 @@ class SessionParams:
         )
 
     @functools.cached_property
+    def group_graphs(self) -> tuple[Mapping[str, frozenset[str]], ...]:
+        """Per support group, who masks its blocks with whom: a graph on its holders only.
+
+        Complete when the group has at most ``k + 1`` holders (or without ``k``),
+        otherwise k-regular from ``H(sid, holders)``; always connected.
+        """
+        return tuple(
+            MappingProxyType(dict(holder_graph(self.sid, self.roster, orgs, self.neighbours)))
+            for orgs in self.support_groups
+        )
+
+    def block_graph(self, block: str) -> Mapping[str, frozenset[str]]:
+        """Who masks ``block`` with whom: the graph of its support group."""
+        return self.group_graphs[self.group_of_block[block]]
+
+    @functools.cached_property
     def graph(self) -> Mapping[str, frozenset[str]]:
-        """Each organization's neighbours: complete, or k-regular from ``H(sid)``."""
-        return MappingProxyType(dict(neighbour_graph(self.sid, self.roster, self.neighbours)))
+        """Each organization's neighbours: the peers it exchanges keys and shares with.
+
+        The union of the roster-wide graph (complete, or k-regular from ``H(sid)``) and
+        of the graphs of the support groups it belongs to; symmetric.
+        """
+        union = {
+            org: set(peers)
+            for org, peers in neighbour_graph(self.sid, self.roster, self.neighbours).items()
+        }
+        for group in self.group_graphs:
+            for org, peers in group.items():
+                union[org] |= peers
+        return MappingProxyType({org: frozenset(peers) for org, peers in union.items()})
 
     def share_holders(self, organization: str) -> frozenset[str]:
         """Who holds shares of ``organization``'s secrets: its neighbours and itself."""
         return self.graph[organization] | {organization}
+
+    def threshold_of(self, organization: str) -> int:
+        """Shares that reconstruct ``organization``'s secrets: ``t``, or more where needed
+        to stay a strict majority of its share holders (a client in several support
+        groups has more neighbours than the roster-wide graph gives it)."""
+        return max(self.threshold, len(self.share_holders(organization)) // 2 + 1)
+
+    def split_groups(self, survivors: AbstractSet[str]) -> frozenset[int]:
+        """The support groups whose surviving holders are not one masking component.
+
+        After the masks shared with dropped holders are removed, a group's sums reveal
+        only their totals exactly when its survivors' masking graph is connected; each
+        separate component's partial sum (a single holder's input, for an isolated one)
+        would otherwise be readable, so the blocks of these groups are never unmasked.
+        """
+        return frozenset(
+            index
+            for index, (holders, graph) in enumerate(
+                zip(self.support_groups, self.group_graphs, strict=True)
+            )
+            if not is_connected(graph, holders & survivors)
+        )
 
     @functools.cached_property
     def holder_index(self) -> Mapping[str, int]:

@@ -422,10 +422,12 @@ class SecAggServer:
             assert self._announcement is not None
             survivors = frozenset(self._announcement.survivors)
             self._close(Stage.CONSISTENCY, frozenset(self._signatures), Stage.UNMASK)
+            split_groups = params.split_groups(survivors)
             blocks = tuple(
                 block
                 for block, orgs in params.block_supports.items()
                 if len(orgs & survivors) >= params.min_cohort
+                and params.group_of_block[block] not in split_groups
             )
             dropped = self._needed_keys(blocks, survivors)
             self._request = UnmaskRequest(
@@ -445,8 +447,8 @@ class SecAggServer:
         needed = set()
         for dropped in self._shared - survivors:
             for block in blocks:
-                support = params.block_supports[block]
-                if dropped in support and params.graph[dropped] & survivors & support:
+                graph = params.block_graph(block)
+                if dropped in graph and graph[dropped] & survivors:
                     needed.add(dropped)
                     break
         return needed
@@ -500,22 +502,35 @@ class SecAggServer:
             for group in params.groups_of(owner)
             if group in groups
         ]
-        short = [s for s in wanted_seeds if len(seed_shares.get(s, ())) < params.threshold]
-        short_keys = [o for o in request.dropped if len(key_shares.get(o, ())) < params.threshold]
+        short = [
+            (owner, group)
+            for owner, group in wanted_seeds
+            if len(seed_shares.get((owner, group), ())) < params.threshold_of(owner)
+        ]
+        short_keys = [
+            owner
+            for owner in request.dropped
+            if len(key_shares.get(owner, ())) < params.threshold_of(owner)
+        ]
         if short or short_keys:
             raise ThresholdError(
                 f"{len(short)} self-mask seeds and {len(short_keys)} masking keys have fewer "
-                f"than t = {params.threshold} shares; the session aborts with nothing unmasked"
+                f"shares than their owner's threshold (t = {params.threshold} or a majority of "
+                "its share holders); the session aborts with nothing unmasked"
             )
 
         coefficients: dict[tuple[int, ...], list[int]] = {}
         seeds = {
-            secret: self._reconstruct(seed_shares[secret], coefficients).to_bytes(32, "big")
+            secret: self._reconstruct(
+                seed_shares[secret], params.threshold_of(secret[0]), coefficients
+            ).to_bytes(32, "big")
             for secret in wanted_seeds
         }
         dropped_keys = {}
         for owner in request.dropped:
-            raw = self._reconstruct(key_shares[owner], coefficients).to_bytes(32, "big")
+            raw = self._reconstruct(
+                key_shares[owner], params.threshold_of(owner), coefficients
+            ).to_bytes(32, "big")
             private_key = load_agreement_key(raw)
             if agreement_public_bytes(private_key) != self._advertisements[owner].masking_key:
                 raise ReconstructionError(
@@ -534,10 +549,11 @@ class SecAggServer:
             for owner in contributors:
                 key = self_mask_key(seeds[owner, group], sid=params.sid, owner=owner, block=block)
                 apply_mask(total, key, negate=True, scratch=scratch)
+            graph = params.block_graph(block)
             for gone, private_key in sorted(dropped_keys.items()):
                 if gone not in support:
                     continue
-                for survivor in sorted(params.graph[gone] & survivors & support):
+                for survivor in sorted(graph[gone] & survivors):
                     seed = pairwise_seed(
                         private_key,
                         self._advertisements[survivor].masking_key,
@@ -571,9 +587,12 @@ class SecAggServer:
             dropped=tuple(sorted(self._shared - survivors)),
         )
 
-    def _reconstruct(self, shares: list[Share], cache: dict[tuple[int, ...], list[int]]) -> int:
-        """Interpolate the secret from the first ``t`` shares (by holder), checking range."""
-        chosen = sorted(shares, key=lambda share: share.x)[: self._params.threshold]
+    def _reconstruct(
+        self, shares: list[Share], threshold: int, cache: dict[tuple[int, ...], list[int]]
+    ) -> int:
+        """Interpolate the secret from the first ``threshold`` shares (by holder), checking
+        range."""
+        chosen = sorted(shares, key=lambda share: share.x)[:threshold]
         xs = tuple(share.x for share in chosen)
         if xs not in cache:
             cache[xs] = lagrange_at_zero(xs)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol._graph import effective_degree, neighbour_graph
+from fedhft.protocol._graph import effective_degree, holder_graph, is_connected, neighbour_graph
 
 SID = b"\x11" * 32
 
@@ -59,3 +59,51 @@ def test_degree_below_two_is_refused() -> None:
     """A degree of 1 cannot keep the graph connected and is refused."""
     with pytest.raises(ValueError, match="at least 2"):
         effective_degree(10, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(4, 40),
+    k=st.integers(2, 8),
+    data=st.data(),
+    sid=st.binary(min_size=32, max_size=32),
+)
+def test_holder_graph_is_connected_regular_on_exactly_the_holders(
+    n: int, k: int, data: st.DataObject, sid: bytes
+) -> None:
+    """A block's graph has its holders as vertices, neighbours among them only, the
+    effective degree for their number, and one component: no holder is left alone."""
+    roster = _roster(n)
+    holders = data.draw(st.sets(st.sampled_from(roster), min_size=3, max_size=n))
+    graph = holder_graph(sid, roster, holders, k)
+    assert set(graph) == holders
+    degree = effective_degree(len(holders), k)
+    for org, peers in graph.items():
+        assert len(peers) == degree and peers <= holders - {org}
+        assert all(org in graph[peer] for peer in peers)
+    assert is_connected(graph, holders)
+
+
+def test_holder_graph_of_the_whole_roster_is_the_roster_graph() -> None:
+    """A block every member holds keeps the roster-wide graph (same cost as before)."""
+    roster = _roster(30)
+    assert holder_graph(SID, roster, set(roster), 6) == neighbour_graph(SID, roster, 6)
+
+
+def test_holder_graph_follows_the_holder_set() -> None:
+    """Two holder sets of one session get independent orderings."""
+    roster = _roster(40)
+    first = holder_graph(SID, roster, roster[:20], 4)
+    second = holder_graph(SID, roster, roster[1:21], 4)
+    shared = set(roster[1:20])
+    assert any(first[org] & shared != second[org] & shared for org in shared)
+    assert holder_graph(SID, roster, roster[:20], 4) == first
+
+
+def test_is_connected_detects_a_split_and_an_isolated_vertex() -> None:
+    """Two separate edges are two components; a vertex with no edge is isolated."""
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}, "e": set()}
+    assert is_connected(graph, {"a", "b"})
+    assert not is_connected(graph, {"a", "b", "c", "d"})
+    assert not is_connected(graph, {"a", "b", "e"})
+    assert not is_connected(graph, set())

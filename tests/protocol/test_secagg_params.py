@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from secagg_helpers import CONFIG_HASH, MODEL_HASH, make_identities, make_params, roster_of
 
+from fedhft.policies import SecureAggregationSpec
 from fedhft.protocol import SecAggClient, SecAggServer, SessionParams, default_threshold
+from fedhft.protocol._graph import effective_degree
 from fedhft.protocol.errors import CohortTooSmallError, SessionParamsError
 
 
@@ -172,3 +176,51 @@ def test_client_and_server_require_consistent_identities() -> None:
             identity_key=Ed25519PrivateKey.generate(),
             peer_identities=public,
         )
+
+
+# --------------------------------------------------------------------------- colluders
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # Complete graph: the smallest session has min_cohort share holders per client.
+        {"min_cohort": 3, "max_colluding_clients": 3},
+        {"min_cohort": 5, "max_colluding_clients": 5},
+        # SecAgg+: k + 1 share holders, fewer than the cohort.
+        {"min_cohort": 10, "neighbours": 4, "max_colluding_clients": 5},
+        # The threshold would exceed the survivors of the allowed dropouts.
+        {"min_cohort": 10, "max_dropout_fraction": 0.3, "max_colluding_clients": 8},
+        # CKKS: one colluding client already decrypts everything.
+        {"mode": "ckks", "max_colluding_clients": 1},
+    ],
+    ids=["cohort", "cohort-5", "neighbours", "dropouts", "ckks"],
+)
+def test_colluders_the_threshold_cannot_exceed_are_refused(spec: dict[str, Any]) -> None:
+    """A consortium whose smallest neighbourhood cannot keep t above
+    `max_colluding_clients` is refused at validation, naming the field."""
+    with pytest.raises(ValidationError, match="max_colluding_clients"):
+        SecureAggregationSpec.model_validate(spec)
+
+
+def test_threshold_used_exceeds_max_colluding_clients() -> None:
+    """The threshold every session is built with is above the colluders, even where
+    `threshold_fraction` alone would give less, and a session accepts it."""
+    spec = SecureAggregationSpec(
+        min_cohort=8, threshold_fraction=0.51, max_dropout_fraction=0.2, max_colluding_clients=5
+    )
+    assert math.ceil(0.51 * 8) <= 5 < spec.threshold(8) == 6
+    assert all(spec.threshold(cohort) > 5 for cohort in range(8, 60))
+    params = make_params(8, threshold=spec.threshold(8))
+    assert all(params.threshold_of(org) > spec.max_colluding_clients for org in params.roster)
+    plus = SecureAggregationSpec(min_cohort=10, neighbours=6, max_colluding_clients=4)
+    threshold = max(default_threshold(30, 6), plus.threshold(effective_degree(30, 6) + 1))
+    assert threshold > 4
+    make_params(30, neighbours=6, threshold=threshold)
+
+
+def test_no_colluders_keeps_the_fraction_threshold() -> None:
+    """With the default of 0 colluders the threshold is the fraction's, as before."""
+    spec = SecureAggregationSpec()
+    assert spec.max_colluding_clients == 0
+    assert [spec.threshold(n) for n in (3, 5, 10)] == [3, 4, 7]
