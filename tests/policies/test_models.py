@@ -262,9 +262,7 @@ _FLOATS = [(m, p) for m, p, is_float, _ in _NUMERIC if is_float]
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
-@pytest.mark.parametrize(
-    ("model", "path"), _FLOATS, ids=[f"{m.__name__}.{p}" for m, p in _FLOATS]
-)
+@pytest.mark.parametrize(("model", "path"), _FLOATS, ids=[f"{m.__name__}.{p}" for m, p in _FLOATS])
 def test_a_float_must_be_finite(
     examples_dir: Path, model: type[BaseModel], path: str, value: float
 ) -> None:
@@ -272,9 +270,9 @@ def test_a_float_must_be_finite(
     data = _example_of(model, examples_dir)
     _set(data, path, value)
     problems = _problems(data, model)
-    assert any(
-        p.startswith(f"policy.yaml: {path}") and "finite number" in p for p in problems
-    ), problems
+    assert any(p.startswith(f"policy.yaml: {path}") and "finite number" in p for p in problems), (
+        problems
+    )
 
 
 @pytest.mark.parametrize(
