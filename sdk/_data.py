@@ -22,7 +22,6 @@ The loaders read CSV/TSV, JSON Lines and `datasets` saved with ``save_to_disk`` 
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
 import math
@@ -30,7 +29,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -352,15 +351,17 @@ _INTEGER = re.compile(r"^\s*[+]?\d+\s*$")
 
 
 class _RecordLines:
-    """The lines of a UTF-8 file, refusing a record over ``max_record_bytes``.
+    """The lines of a text file, refusing a record over ``max_record_bytes`` (UTF-8).
 
     A record is a JSON Lines line or a CSV row, which spans several lines when a quoted
     field holds a line break; the caller calls `next_record` between records. A line is
-    read at most ``max_record_bytes`` (plus its line break) at a time, so an oversized
-    record is refused without being held in memory whole.
+    read at most the room left in the record (plus a line break) at a time, so an
+    oversized record is refused without being held in memory whole. The handle is
+    opened with ``newline=""``: "\\n", "\\r\\n" and "\\r" end lines and are kept, as
+    the `csv` module expects.
     """
 
-    def __init__(self, handle: BinaryIO, file: Path, max_record_bytes: int) -> None:
+    def __init__(self, handle: TextIO, file: Path, max_record_bytes: int) -> None:
         self._handle = handle
         self._file = file
         self._limit = max_record_bytes
@@ -378,28 +379,21 @@ class _RecordLines:
         return self
 
     def __next__(self) -> str:
-        # Two bytes more than the room left: a record that fits still ends in "\r\n".
+        # Two characters more than the room left: a record that fits still ends in "\r\n".
         size = self._limit - self._record_bytes + 2
-        raw = self._handle.readline(size)
-        if not raw:
+        line = self._handle.readline(size)
+        if not line:
             raise StopIteration
         self.lines_read += 1
-        if self.lines_read == 1:
-            raw = raw.removeprefix(codecs.BOM_UTF8)
-        self._record_bytes += len(raw.rstrip(b"\r\n"))
-        cut_short = len(raw) == size and not raw.endswith(b"\n")
+        self._record_bytes += len(line.rstrip("\r\n").encode())
+        cut_short = len(line) == size and not line.endswith(("\n", "\r"))
         if self._record_bytes > self._limit or cut_short:
             raise DataError(
                 f"{self._file} line {self.record_line}: record larger than "
                 f"max_record_bytes={self._limit}; pass a larger max_record_bytes= if such "
                 "records are intended"
             )
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(
-                f"{self._file} line {self.lines_read} is not UTF-8 text: {error.reason}"
-            ) from None
+        return line
 
 
 def _label_index(value: object, label_names: Sequence[str] | None, where: str) -> int:
@@ -507,7 +501,7 @@ def load_csv(
     file = Path(path)
     _require_file(file)
     rows: list[tuple[str, int]] = []
-    with file.open("rb") as handle:
+    with file.open(newline="", encoding="utf-8-sig") as handle:
         lines = _RecordLines(handle, file, max_record_bytes)
         reader = csv.reader(lines, delimiter=delimiter)
         try:
@@ -529,6 +523,8 @@ def load_csv(
                         )
                     )
                 lines.next_record()
+        except UnicodeDecodeError as error:
+            raise DataError(f"{file} is not UTF-8 text: {error.reason}") from error
         except csv.Error as error:
             raise DataError(f"{file} line {lines.record_line}: not valid CSV: {error}") from error
     if not rows:
@@ -556,27 +552,30 @@ def load_jsonl(
     file = Path(path)
     _require_file(file)
     rows: list[tuple[str, int]] = []
-    with file.open("rb") as handle:
-        lines = _RecordLines(handle, file, max_record_bytes)
-        for line in lines:
-            number = lines.record_line
-            lines.next_record()
-            if not line.strip():
-                continue
-            where = f"{file} line {number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg})") from error
-            if not isinstance(item, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
-            _missing_columns(file, list(item), (text_column, label_column), f" line {number}")
-            rows.append(
-                (
-                    _text_value(item[text_column], text_column, where),
-                    _label_index(item[label_column], label_names, where),
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            lines = _RecordLines(handle, file, max_record_bytes)
+            for line in lines:
+                number = lines.record_line
+                lines.next_record()
+                if not line.strip():
+                    continue
+                where = f"{file} line {number}"
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{where}: not valid JSON ({error.msg})") from error
+                if not isinstance(item, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+                _missing_columns(file, list(item), (text_column, label_column), f" line {number}")
+                rows.append(
+                    (
+                        _text_value(item[text_column], text_column, where),
+                        _label_index(item[label_column], label_names, where),
+                    )
                 )
-            )
+    except UnicodeDecodeError as error:
+        raise DataError(f"{file} is not UTF-8 text: {error.reason}") from error
     if not rows:
         raise DataError(f"{file} is empty; expected one JSON object per line")
     return _build(file, rows, label_names)

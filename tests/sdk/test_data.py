@@ -531,3 +531,15 @@ def test_ragged_lines_are_refused(tmp_path: Path, content: str, suffix: str, mes
     path = write(tmp_path / f"ragged{suffix}", content)
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))} {message}"):
         load_dataset_file(path)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_csv_line_endings_and_line_numbers(tmp_path: Path, newline: str) -> None:
+    """Every line ending loads, and a ragged row is named by its line under each."""
+    rows = ["text,label", "a,1", '"two\nlines",0', "b,2"]
+    path = tmp_path / "d.csv"
+    path.write_bytes(newline.join(rows).encode() + newline.encode())
+    assert load_csv(path).texts == ("a", "two\nlines", "b")
+    path.write_bytes(newline.join([*rows, "c,1,extra"]).encode())
+    with pytest.raises(DataError, match=r"d\.csv line 6: 3 fields, the header has 2"):
+        load_csv(path)
