@@ -1,4 +1,10 @@
-"""Loading policy files from YAML with errors that name the file, the field and the rule."""
+"""Loading policy files from YAML with errors that name the file, the field and the rule.
+
+A policy file is untrusted input until it validates: it is read only up to
+`MAX_POLICY_BYTES`, must be UTF-8 text, and is parsed by PyYAML's safe loader with three
+refusals added (`_PolicyLoader`): a key given twice in one mapping, an alias, and
+nesting deeper than `MAX_POLICY_DEPTH`. Every refusal is one `PolicyError` line.
+"""
 
 from __future__ import annotations
 
