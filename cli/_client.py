@@ -73,11 +73,17 @@ def run_command(
     try:
         organization_policy = load_organization_policy(policy)
         consortium_config = load_consortium_config(consortium)
-        columns = {"text_column": text_column, "label_column": label_column}
         names = [name.strip() for name in labels.split(",")] if labels else None
-        train = load_dataset_file(data, label_names=names, **columns)
+        train = load_dataset_file(
+            data, label_names=names, text_column=text_column, label_column=label_column
+        )
         evaluation = (
-            load_dataset_file(test, label_names=train.label_names, **columns)
+            load_dataset_file(
+                test,
+                label_names=train.label_names,
+                text_column=text_column,
+                label_column=label_column,
+            )
             if test is not None
             else None
         )

@@ -61,6 +61,34 @@ class _Child:
     log: Path
 
 
+def _clustering(method: SimMethod, rounds: int) -> dict[str, Any]:
+    """The clustering section: FedHFT's two clusters on the warm-up round's sketches.
+
+    The sketches are collected in the warm-up round and the clusters split after it, so
+    a later round must follow; a one-round FedHFT run trains one cluster instead
+    (`_rounds_note` says so). The baselines keep one cluster.
+    """
+    if method is not SimMethod.FEDHFT or rounds == 1:
+        return {"clusters": 1, "warmup_rounds": 0, "membership": "soft", "temperature": 0.05}
+    return {
+        "clusters": 2,
+        "warmup_rounds": 1,
+        "membership": "soft",
+        "temperature": 0.05,
+        "signal": "sketch",
+    }
+
+
+def _rounds_note(method: SimMethod, rounds: int) -> str | None:
+    """What the run changes to fit ``--rounds``, for the console; None when nothing."""
+    if method is SimMethod.FEDHFT and rounds == 1:
+        return (
+            "note: --rounds 1 leaves no round after the warm-up, so FedHFT trains one "
+            "cluster (no sketches, no split); give --rounds 2 or more for two clusters"
+        )
+    return None
+
+
 def _consortium(
     *,
     organizations: list[str],
@@ -71,7 +99,6 @@ def _consortium(
     seed: int,
 ) -> dict[str, Any]:
     fedhft = method is SimMethod.FEDHFT
-    clusters = 2 if fedhft else 1
     fedamole: dict[str, Any] = {}
     if method is SimMethod.FEDAMOLE:
         # A pool of one expert per organization, three holders each; tiers hold 1-3,
@@ -106,13 +133,7 @@ def _consortium(
         # FedHFT clusters on the organizations' DP sketches (the DP updates of a few
         # hundred records are too noisy to cluster on) and shares a head calibrated by
         # each organization's DP label prior; the baselines keep their plain forms.
-        "clustering": {
-            "clusters": clusters,
-            "warmup_rounds": 1 if fedhft else 0,
-            "membership": "soft",
-            "temperature": 0.05,
-            **({"signal": "sketch"} if fedhft else {}),
-        },
+        "clustering": _clustering(method, rounds),
         **({"personalization": {"head": "shared", "label_prior": "dp"}} if fedhft else {}),
         "training": {"learning_rate": 0.01, "head_learning_rate": 0.05},
         "secure_aggregation": {
@@ -294,6 +315,9 @@ def simulate(
                 seed=seed,
             )
         console.print(f"workdir: {root}")
+        note = _rounds_note(method, rounds)
+        if note is not None:
+            console.print(note)
         port_file = root / "server" / "port"
         children.append(
             _start(

@@ -1,8 +1,15 @@
-"""Loading policy files from YAML with errors that name the file, the field and the rule."""
+"""Loading policy files from YAML with errors that name the file, the field and the rule.
+
+A policy file is untrusted input until it validates: it is read only up to
+`MAX_POLICY_BYTES`, must be UTF-8 text, and is parsed by PyYAML's safe loader with three
+refusals added (`_PolicyLoader`): a key given twice in one mapping, an alias, and
+nesting deeper than `MAX_POLICY_DEPTH`. Every refusal is one `PolicyError` line.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,6 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from ._models import ConsortiumConfig, OrganizationPolicy
 from .errors import PolicyError
+
+MAX_POLICY_BYTES = 1024 * 1024
+"""Largest policy file read, checked before parsing (the examples are under 2 KiB)."""
+MAX_POLICY_DEPTH = 16
+"""Deepest nesting of mappings and sequences read from a policy file."""
+_SCHEMA_DEPTH = 4
+"""The deepest nesting the schema has: `tiers.<name>.layers` inside the file's mapping."""
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 AnyPolicy = OrganizationPolicy | ConsortiumConfig
@@ -68,17 +82,131 @@ def describe_validation_error(
     return lines
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _too_large(path: Path, size: int | None) -> PolicyError:
+    held = f"{size} bytes, more" if size is not None else "more"
+    return PolicyError(
+        [f"{path}: {held} than the {MAX_POLICY_BYTES} bytes (1 MiB) a policy file may hold"]
+    )
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: at most `MAX_POLICY_BYTES`, UTF-8, no NUL bytes.
+
+    The size is checked before anything is read (and again while reading, for a file
+    that grows or a device that reports no size), so a huge file costs nothing.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_POLICY_BYTES:
+                raise _too_large(path, size)
+            raw = handle.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise PolicyError([f"{path}: cannot read file ({exc.strerror})"]) from exc
+    if len(raw) > MAX_POLICY_BYTES:
+        raise _too_large(path, None)
+    if b"\x00" in raw:
+        offset = raw.index(b"\x00")
+        raise PolicyError([f"{path}: binary data (a NUL byte at offset {offset}), not YAML text"])
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            [
+                f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                "save the file as UTF-8"
+            ]
+        ) from None
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, stricter: no duplicate keys, no aliases, bounded nesting.
+
+    Notes:
+        Depth is counted while composing, before a collection is entered, so a file of
+        100,000 opening brackets stops at level `MAX_POLICY_DEPTH` instead of recursing
+        until Python gives up. Aliases are refused because they let a small file stand
+        for a large or deep value, around both limits; no policy needs one.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self._depth = 0
+        self._paths: dict[int, str] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise PolicyError(
+                [
+                    f"{self.source}: alias *{event.anchor} at line {line}: aliases are not "
+                    "allowed in policy files; write the value out"
+                ]
+            )
+        if not isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_POLICY_DEPTH:
+            raise PolicyError(
+                [
+                    f"{self.source}: nested more than {MAX_POLICY_DEPTH} levels deep at line "
+                    f"{line}; a policy file needs at most {_SCHEMA_DEPTH}"
+                ]
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def name_mappings(self, root: yaml.Node) -> None:
+        """Remember each mapping's dotted path (`privacy`, `tiers.edge`) for messages."""
+        pending: list[tuple[yaml.Node, str]] = [(root, "")]
+        while pending:
+            node, path = pending.pop()
+            prefix = f"{path}." if path else ""
+            if isinstance(node, yaml.MappingNode):
+                self._paths[id(node)] = path
+                pending += [(value, f"{prefix}{key.value}") for key, value in node.value]
+            elif isinstance(node, yaml.SequenceNode):
+                pending += [(item, f"{prefix}{i}") for i, item in enumerate(node.value)]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                earlier = first_line.get(key)
+            except TypeError:
+                continue  # An unhashable key: SafeLoader reports it below.
+            if earlier is not None:
+                parent = self._paths.get(id(node), "")
+                field = f"{parent}.{key}" if parent else str(key)
+                raise PolicyError(
+                    [f"{self.source}: {field}: given twice (lines {earlier} and {line}); keep one"]
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    loader = _PolicyLoader(_read_text(path), str(path))
+    try:
+        root = loader.get_single_node()
+        data = None
+        if root is not None:
+            loader.name_mappings(root)
+            data = loader.construct_document(root)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise PolicyError([f"{path}: not valid YAML{where}"]) from exc
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise PolicyError([f"{path}: expected a mapping of fields at the top level"])
     return data

@@ -3,15 +3,20 @@
 Both are frozen and forbid unknown fields, so a typo in a YAML file is an error rather
 than a silently ignored setting (DESIGN §5). Cross-field rules that need both files live
 in `_compat.py`.
+
+Types are strict: a number field takes a number of its own kind (an integer field no
+`true`, `8.0` or `"8"`; a float field an integer or a float, never a boolean or text),
+and every float is finite. Enum fields take their names as text.
 """
 
 from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, model_validator
+from pydantic_core import CoreSchema
 
 Identifier = Annotated[
     str,
@@ -23,10 +28,33 @@ Identifier = Annotated[
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+    """Frozen, no unknown fields, strict types and finite floats.
+
+    Notes:
+        Strict mode keeps YAML's `true` from becoming 1 in a privacy parameter or a batch
+        size, and `allow_inf_nan=False` keeps `.inf` and `.nan` out of every float: an
+        infinite ε or clipping bound would pass `gt=0` and fail later, far from the file.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, allow_inf_nan=False, use_enum_values=False
+    )
 
 
-class Accountant(StrEnum):
+class _NamedEnum(StrEnum):
+    """A policy enum read from its name, as YAML gives it, even in strict models."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # Strict mode would ask for an enum instance; a file holds the member's name.
+        # The lax enum check accepts exactly the members' values, so nothing else passes.
+        schema = handler(source)
+        return cast("CoreSchema", {**schema, "strict": False})
+
+
+class Accountant(_NamedEnum):
     """Privacy accountants fedhft supports (the Opacus names)."""
 
     RDP = "rdp"
@@ -34,14 +62,14 @@ class Accountant(StrEnum):
     GDP = "gdp"
 
 
-class SecureAggregationMode(StrEnum):
+class SecureAggregationMode(_NamedEnum):
     """How updates are summed without the server seeing them (DESIGN §4)."""
 
     MASKING = "masking"
     CKKS = "ckks"
 
 
-class Method(StrEnum):
+class Method(_NamedEnum):
     """Learning methods; `fedavg` and `local` are the baselines."""
 
     FEDHFT = "fedhft"
@@ -50,7 +78,7 @@ class Method(StrEnum):
     LOCAL = "local"
 
 
-class NoiseSource(StrEnum):
+class NoiseSource(_NamedEnum):
     """Where DP-SGD draws its Gaussian noise from."""
 
     SECURE = "secure"

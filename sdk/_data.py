@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -343,7 +343,57 @@ def synthetic_federation(
 
 # ---------------------------------------------------------------------------- loaders
 
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+"""Largest record a loader accepts by default: 1 MiB, far above any text a model reads
+(`max_seq_length` is at most 8192 tokens), far below what exhausts a machine's memory."""
+
 _INTEGER = re.compile(r"^\s*[+]?\d+\s*$")
+
+
+class _RecordLines:
+    """The lines of a text file, refusing a record over ``max_record_bytes`` (UTF-8).
+
+    A record is a JSON Lines line or a CSV row, which spans several lines when a quoted
+    field holds a line break; the caller calls `next_record` between records. A line is
+    read at most the room left in the record (plus a line break) at a time, so an
+    oversized record is refused without being held in memory whole. The handle is
+    opened with ``newline=""``: "\\n", "\\r\\n" and "\\r" end lines and are kept, as
+    the `csv` module expects.
+    """
+
+    def __init__(self, handle: TextIO, file: Path, max_record_bytes: int) -> None:
+        self._handle = handle
+        self._file = file
+        self._limit = max_record_bytes
+        self._record_bytes = 0
+        self.lines_read = 0
+        self.record_line = 1
+        """Line number where the current record starts."""
+
+    def next_record(self) -> None:
+        """Start counting a new record at the next line."""
+        self._record_bytes = 0
+        self.record_line = self.lines_read + 1
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        # Two characters more than the room left: a record that fits still ends in "\r\n".
+        size = self._limit - self._record_bytes + 2
+        line = self._handle.readline(size)
+        if not line:
+            raise StopIteration
+        self.lines_read += 1
+        self._record_bytes += len(line.rstrip("\r\n").encode())
+        cut_short = len(line) == size and not line.endswith(("\n", "\r"))
+        if self._record_bytes > self._limit or cut_short:
+            raise DataError(
+                f"{self._file} line {self.record_line}: record larger than "
+                f"max_record_bytes={self._limit}; pass a larger max_record_bytes= if such "
+                "records are intended"
+            )
+        return line
 
 
 def _label_index(value: object, label_names: Sequence[str] | None, where: str) -> int:
@@ -418,6 +468,16 @@ def _require_file(path: Path) -> None:
         raise DataError(f"{path} is not a file")
 
 
+def _ragged(got: int, expected: int, delimiter: str) -> str:
+    fields = "1 field" if got == 1 else f"{got} fields"
+    fix = (
+        f"quote a field that holds {delimiter!r}"
+        if got > expected
+        else "give every column a value, empty or not"
+    )
+    return f"{fields}, the header has {expected}; {fix}"
+
+
 def load_csv(
     path: str | Path,
     *,
@@ -425,40 +485,48 @@ def load_csv(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
     delimiter: str = ",",
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> TextDataset:
     """A CSV (or, with ``delimiter="\\t"``, TSV) file with a header row.
 
     Labels are integers indexing ``label_names``, or names in ``label_names``. Without
     ``label_names`` labels must be integers and are named ``"0"``, ``"1"``, ...
+    Every row must have as many fields as the header; blank lines are skipped.
 
     Raises:
-        DataError: missing file, empty file, missing columns, empty text, or a label that
-            is not an integer / not in the label set (naming the line).
+        DataError: missing file, empty file, missing columns, a row with more or fewer
+            fields than the header, a row over ``max_record_bytes`` bytes, empty text,
+            or a label that is not an integer / not in the label set (naming the line).
     """
     file = Path(path)
     _require_file(file)
     rows: list[tuple[str, int]] = []
-    try:
-        with file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            if reader.fieldnames is None:
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        lines = _RecordLines(handle, file, max_record_bytes)
+        reader = csv.reader(lines, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
                 raise DataError(f"{file} is empty; expected a header row and examples")
-            _missing_columns(file, reader.fieldnames, (text_column, label_column))
-            for row in reader:
-                where = f"{file} line {reader.line_num}"
-                text_value, label_value = row.get(text_column), row.get(label_column)
-                if text_value is None or label_value is None:
-                    raise DataError(f"{where}: fewer fields than the header")
-                rows.append(
-                    (
-                        _text_value(text_value, text_column, where),
-                        _label_index(label_value.strip(), label_names, where),
+            _missing_columns(file, header, (text_column, label_column))
+            text_at, label_at = header.index(text_column), header.index(label_column)
+            lines.next_record()
+            for fields in reader:
+                where = f"{file} line {lines.record_line}"
+                if fields:
+                    if len(fields) != len(header):
+                        raise DataError(f"{where}: {_ragged(len(fields), len(header), delimiter)}")
+                    rows.append(
+                        (
+                            _text_value(fields[text_at], text_column, where),
+                            _label_index(fields[label_at].strip(), label_names, where),
+                        )
                     )
-                )
-    except UnicodeDecodeError as error:
-        raise DataError(f"{file} is not UTF-8 text: {error.reason}") from error
-    except csv.Error as error:
-        raise DataError(f"{file} is not valid CSV: {error}") from error
+                lines.next_record()
+        except UnicodeDecodeError as error:
+            raise DataError(f"{file} is not UTF-8 text: {error.reason}") from error
+        except csv.Error as error:
+            raise DataError(f"{file} line {lines.record_line}: not valid CSV: {error}") from error
     if not rows:
         raise DataError(f"{file} has a header but no examples")
     return _build(file, rows, label_names)
@@ -470,21 +538,26 @@ def load_jsonl(
     text_column: str = "text",
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> TextDataset:
     """A JSON Lines file: one object per line with a text and a label field.
 
     Blank lines are skipped. Labels as in :func:`load_csv` (JSON integers too).
 
     Raises:
-        DataError: missing or empty file, a line that is not a JSON object, missing
-            fields, empty text, or a bad label (naming the line).
+        DataError: missing or empty file, a line that is not a JSON object or is over
+            ``max_record_bytes`` bytes, missing fields, empty text, or a bad label
+            (naming the line).
     """
     file = Path(path)
     _require_file(file)
     rows: list[tuple[str, int]] = []
     try:
-        with file.open(encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            lines = _RecordLines(handle, file, max_record_bytes)
+            for line in lines:
+                number = lines.record_line
+                lines.next_record()
                 if not line.strip():
                     continue
                 where = f"{file} line {number}"
@@ -515,6 +588,7 @@ def load_from_disk(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
     split: str | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> TextDataset:
     """A Hugging Face ``datasets`` data set saved with ``save_to_disk``.
 
@@ -524,7 +598,8 @@ def load_from_disk(
 
     Raises:
         DataError: missing folder, not a saved data set, unknown split, missing columns,
-            no rows, or a bad label (naming the row index).
+            no rows, a text over ``max_record_bytes`` bytes, or a bad label (naming the
+            row index).
     """
     from datasets import ClassLabel, Dataset, DatasetDict
     from datasets import load_from_disk as hf_load_from_disk
@@ -558,6 +633,11 @@ def load_from_disk(
         zip(loaded[text_column], loaded[label_column], strict=True)
     ):
         where = f"{folder} row {index}"
+        if isinstance(text, str) and len(text.encode()) > max_record_bytes:
+            raise DataError(
+                f"{where}: text larger than max_record_bytes={max_record_bytes}; pass a "
+                "larger max_record_bytes= if such records are intended"
+            )
         if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
             label = class_names[label]
         rows.append((_text_value(text, text_column, where), _label_index(label, names, where)))
@@ -571,9 +651,10 @@ def load_dataset_file(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
     split: str | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> TextDataset:
     """Load ``path`` by its kind: a folder (``save_to_disk``), ``.csv``, ``.tsv``,
-    ``.jsonl`` or ``.ndjson``.
+    ``.jsonl`` or ``.ndjson``, refusing any record over ``max_record_bytes`` bytes.
 
     Raises:
         DataError: the path is missing or of an unsupported kind, or loading fails.
@@ -585,6 +666,7 @@ def load_dataset_file(
         "text_column": text_column,
         "label_column": label_column,
         "label_names": label_names,
+        "max_record_bytes": max_record_bytes,
     }
     if target.is_dir():
         return load_from_disk(target, split=split, **columns)

@@ -119,3 +119,73 @@ def test_schema_rejects_unknown_kind() -> None:
     """`--kind` accepts only the two file kinds."""
     result = runner.invoke(app, ["policy", "schema", "--kind", "bank"])
     assert result.exit_code == 2
+
+
+def _glen_with(examples_dir: Path, old: str, new: str) -> bytes:
+    text = (examples_dir / "glen-clinic.yaml").read_text()
+    assert old in text
+    return text.replace(old, new, 1).encode()
+
+
+_HOSTILE = {
+    "duplicate-key": (
+        lambda ex: _glen_with(ex, "  epsilon: 8.0\n", "  epsilon: 8.0\n  epsilon: 80.0\n"),
+        "privacy.epsilon: given twice (lines 5 and 6); keep one",
+    ),
+    "infinite-epsilon": (
+        lambda ex: _glen_with(ex, "epsilon: 8.0", "epsilon: .inf"),
+        "privacy.epsilon: Input should be a finite number, got inf",
+    ),
+    "nan-epsilon": (
+        lambda ex: _glen_with(ex, "epsilon: 8.0", "epsilon: .nan"),
+        "privacy.epsilon: Input should be a finite number, got nan",
+    ),
+    "boolean-batch-size": (
+        lambda ex: _glen_with(ex, "batch_size: 32", "batch_size: true"),
+        "training.batch_size: Input should be a valid integer, got True",
+    ),
+    "latin-1": (
+        lambda ex: (ex / "glen-clinic.yaml").read_text().replace("edge", "édge").encode("latin-1"),
+        "not UTF-8 text (byte 0xe9 at offset",
+    ),
+    "binary": (lambda ex: bytes(range(256)) * 64, "binary data (a NUL byte at offset 0)"),
+    "deep-nesting": (
+        lambda ex: b"[" * 100_000 + b"]" * 100_000,
+        "nested more than 16 levels deep at line 1",
+    ),
+    "oversized": (
+        lambda ex: (ex / "glen-clinic.yaml").read_bytes().ljust(1024 * 1024 + 1, b"\n"),
+        "1048577 bytes, more than the 1048576 bytes (1 MiB) a policy file may hold",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE))
+def test_validate_hostile_file_is_one_line(tmp_path: Path, examples_dir: Path, case: str) -> None:
+    """Each hostile file exits 1 with exactly one `file: problem` line and no traceback."""
+    make, expected = _HOSTILE[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(make(examples_dir))
+    good = examples_dir / "harbour-bank.yaml"
+    result = runner.invoke(app, ["policy", "validate", str(good), str(bad)])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert result.stdout == f"ok: {good} (organization)\n"
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{bad}: {expected}"), line
+
+
+def test_validate_deep_file_in_a_real_process(tmp_path: Path) -> None:
+    """The installed CLI on 100,000 nested levels prints one line, exit 1, no traceback."""
+    bad = tmp_path / "deep.yaml"
+    bad.write_text("{a: " * 100_000 + "1" + "}" * 100_000)
+    done = subprocess.run(
+        [sys.executable, "-m", "fedhft.cli", "policy", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"{bad}: nested more than 16 levels deep at line 1; a policy file needs at most 4\n"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -27,6 +28,7 @@ from fedhft.policies import (
     parse_policy,
     policy_hash,
 )
+from fedhft.policies._load import MAX_POLICY_BYTES
 from fedhft.policies._models import SecureAggregationRequirements
 
 
@@ -147,3 +149,144 @@ def test_consortium_round_trips_through_yaml(examples_dir: Path) -> None:
     again = parse_policy(yaml.safe_load(dump_yaml(config)), ConsortiumConfig, "rt")
     assert again == config
     assert json.loads(again.model_dump_json()) == json.loads(config.model_dump_json())
+
+
+# ------------------------------------------------------------------ hostile files
+
+
+def _glen(examples_dir: Path, old: str = "", new: str = "") -> str:
+    text = (examples_dir / "glen-clinic.yaml").read_text()
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def _problems_of(path: Path) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        load_any(path)
+    return caught.value.problems
+
+
+def test_duplicate_key_is_refused(tmp_path: Path, examples_dir: Path) -> None:
+    """`epsilon: 8.0` then `epsilon: 80.0` is an error naming both lines, not a silent 80."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(_glen(examples_dir, "  epsilon: 8.0\n", "  epsilon: 8.0\n  epsilon: 80.0\n"))
+    assert _problems_of(path) == [f"{path}: privacy.epsilon: given twice (lines 5 and 6); keep one"]
+
+
+def test_duplicate_top_level_key_is_refused(tmp_path: Path, examples_dir: Path) -> None:
+    """A section given twice is refused too, whatever its contents."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(_glen(examples_dir) + "audit:\n  log_path: elsewhere.jsonl\n")
+    (problem,) = _problems_of(path)
+    assert problem.startswith(f"{path}: audit: given twice (lines 21 and 23)")
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", ".NaN", ".Inf"])
+def test_infinite_epsilon_is_refused_naming_the_file(
+    tmp_path: Path, examples_dir: Path, value: str
+) -> None:
+    """`epsilon: .inf` (or nan) fails validation with the file and field named."""
+    path = tmp_path / "inf.yaml"
+    path.write_text(_glen(examples_dir, "epsilon: 8.0", f"epsilon: {value}"))
+    (problem,) = _problems_of(path)
+    assert problem.startswith(f"{path}: privacy.epsilon: Input should be a finite number")
+
+
+def test_boolean_batch_size_is_refused(tmp_path: Path, examples_dir: Path) -> None:
+    """`batch_size: true` is a type error, not a batch of 1."""
+    path = tmp_path / "bool.yaml"
+    path.write_text(_glen(examples_dir, "batch_size: 32", "batch_size: true"))
+    assert _problems_of(path) == [
+        f"{path}: training.batch_size: Input should be a valid integer, got True"
+    ]
+
+
+def test_non_utf8_file_is_one_line(tmp_path: Path, examples_dir: Path) -> None:
+    """A Latin-1 file is a PolicyError saying where the first bad byte is."""
+    path = tmp_path / "latin.yaml"
+    text = _glen(examples_dir, "tier: edge", "tier: edge # café")
+    path.write_bytes(text.encode("latin-1"))
+    offset = text.index("é")
+    assert _problems_of(path) == [
+        f"{path}: not UTF-8 text (byte 0xe9 at offset {offset}); save the file as UTF-8"
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        bytes(range(256)) * 4,
+        b"kind: organization\x00\x00\x00",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    ],
+)
+def test_binary_file_is_one_line(tmp_path: Path, content: bytes) -> None:
+    """Binary data is refused with one line, never a UnicodeDecodeError."""
+    path = tmp_path / "blob.yaml"
+    path.write_bytes(content)
+    (problem,) = _problems_of(path)
+    assert problem.startswith(f"{path}: ")
+    assert "not UTF-8 text" in problem or "binary data" in problem
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        "a: " + "{b: " * 100_000 + "1" + "}" * 100_000,
+        "".join(f"{'  ' * level}k{level}:\n" for level in range(40)) + "  " * 40 + "v\n",
+    ],
+    ids=["flow-sequences", "flow-mappings", "block-mappings"],
+)
+def test_deep_nesting_is_refused(tmp_path: Path, content: str) -> None:
+    """100,000 nested levels (or 40 in block style) are one error, not a RecursionError."""
+    path = tmp_path / "deep.yaml"
+    path.write_text(content)
+    (problem,) = _problems_of(path)
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: nested more than 16 levels deep at line \d+; "
+        "a policy file needs at most 4",
+        problem,
+    ), problem
+
+
+def test_nesting_within_the_limit_is_read(tmp_path: Path, examples_dir: Path) -> None:
+    """16 levels are still YAML (an unknown field here, not a depth error)."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(_glen(examples_dir) + "extra: " + "[" * 15 + "]" * 15 + "\n")
+    (problem,) = _problems_of(path)
+    assert problem.startswith(f"{path}: extra: unknown field")
+
+
+def test_aliases_are_refused(tmp_path: Path, examples_dir: Path) -> None:
+    """An alias (which could multiply nesting or size past the limits) is refused."""
+    path = tmp_path / "alias.yaml"
+    text = _glen(examples_dir, "  epsilon: 8.0", "  epsilon: &e 8.0")
+    path.write_text(text.replace("  max_grad_norm: 1.0", "  max_grad_norm: *e"))
+    assert _problems_of(path) == [
+        f"{path}: alias *e at line 8: aliases are not allowed in policy files; write the value out"
+    ]
+
+
+def test_oversized_file_is_refused_before_parsing(tmp_path: Path, examples_dir: Path) -> None:
+    """A file over 1 MiB is refused by its size alone; one just under it still loads."""
+    text = _glen(examples_dir)
+    padding = MAX_POLICY_BYTES - len(text.encode())
+    path = tmp_path / "big.yaml"
+    path.write_text(text + "#" * (padding - 1) + "\n")
+    assert path.stat().st_size == MAX_POLICY_BYTES
+    assert load_any(path).kind == "organization"
+    path.write_text(text + "#" * padding + "\n")
+    assert _problems_of(path) == [
+        f"{path}: {MAX_POLICY_BYTES + 1} bytes, more than the {MAX_POLICY_BYTES} bytes "
+        "(1 MiB) a policy file may hold"
+    ]
+
+
+def test_sixty_megabyte_file_is_refused(tmp_path: Path) -> None:
+    """The reviewer's 60 MB file is refused by its size (it is never read, let alone parsed)."""
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(60 * 1024 * 1024)
+    (problem,) = _problems_of(path)
+    assert problem.startswith(f"{path}: {60 * 1024 * 1024} bytes, more than the")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from fedhft.policies import (
     ConsortiumConfig,
@@ -178,3 +180,121 @@ def test_fedamole_requires_expert_bounds(examples_dir: Path) -> None:
     data["method"] = "fedamole"
     del data["tiers"]["full"]["max_experts"]
     assert any("tiers.full needs" in p for p in _problems(data, ConsortiumConfig))
+
+
+# ------------------------------------------------------------------ strict numeric fields
+
+
+def _numeric_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, bool, bool]]:
+    """Every numeric field under ``model``: (dotted path, holds floats, is a list of ints).
+
+    A ``dict`` of models (the tiers) is entered through the example's ``edge`` tier."""
+    found: list[tuple[str, bool, bool]] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        args = get_args(annotation) or (annotation,)
+        if get_origin(annotation) is dict:
+            found += _numeric_fields(args[1], f"{path}.edge.")
+            continue
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested:
+            found += _numeric_fields(nested[0], f"{path}.")
+        elif float in args or int in args:
+            found.append((path, float in args, False))
+        elif any(get_args(a) == (int,) for a in args):
+            found.append((path, False, True))
+    return found
+
+
+_NUMERIC = [
+    (model, *field)
+    for model in (OrganizationPolicy, ConsortiumConfig)
+    for field in _numeric_fields(model)
+]
+
+
+def _example_of(model: type[BaseModel], examples_dir: Path) -> dict[str, Any]:
+    return _org(examples_dir) if model is OrganizationPolicy else _consortium(examples_dir)
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def test_every_numeric_field_is_found() -> None:
+    """The walk below reaches the numeric fields of both files (a guard on the walk)."""
+    paths = {path for _, path, _, _ in _NUMERIC}
+    assert {
+        "privacy.epsilon",
+        "privacy.planned_rounds",
+        "training.batch_size",
+        "secure_aggregation.min_cohort",
+        "adapter.rank",
+        "tiers.edge.layers",
+        "tiers.edge.keep_ratio",
+        "secure_aggregation.clip",
+        "clustering.warmup_rounds",
+    } <= paths
+    assert len(_NUMERIC) >= 40
+
+
+@pytest.mark.parametrize(
+    ("model", "path", "is_float", "is_list"),
+    _NUMERIC,
+    ids=[f"{m.__name__}.{p}" for m, p, _, _ in _NUMERIC],
+)
+def test_a_boolean_is_not_a_number(
+    examples_dir: Path, model: type[BaseModel], path: str, is_float: bool, is_list: bool
+) -> None:
+    """`true` in any numeric field is a type error naming the field, never 1 (or 1.0)."""
+    data = _example_of(model, examples_dir)
+    _set(data, path, [True] if is_list else True)
+    problems = _problems(data, model)
+    wanted = "valid number" if is_float else "valid integer"
+    assert any(p.startswith(f"policy.yaml: {path}") and wanted in p for p in problems), problems
+
+
+_FLOATS = [(m, p) for m, p, is_float, _ in _NUMERIC if is_float]
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize(("model", "path"), _FLOATS, ids=[f"{m.__name__}.{p}" for m, p in _FLOATS])
+def test_a_float_must_be_finite(
+    examples_dir: Path, model: type[BaseModel], path: str, value: float
+) -> None:
+    """inf, -inf and nan in any float field are refused with the field named."""
+    data = _example_of(model, examples_dir)
+    _set(data, path, value)
+    problems = _problems(data, model)
+    assert any(p.startswith(f"policy.yaml: {path}") and "finite number" in p for p in problems), (
+        problems
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [("training.batch_size", "32"), ("training.batch_size", 32.0), ("privacy.epsilon", "8.0")],
+)
+def test_numbers_are_not_parsed_from_text_or_floats(
+    examples_dir: Path, path: str, value: Any
+) -> None:
+    """A quoted number or a float in an integer field is a type error, not coerced."""
+    data = _org(examples_dir)
+    _set(data, path, value)
+    assert any(p.startswith(f"policy.yaml: {path}: ") for p in _problems(data, OrganizationPolicy))
+
+
+def test_enum_fields_still_take_their_names(examples_dir: Path) -> None:
+    """Strict numbers leave enum fields readable from their YAML names."""
+    data = _org(examples_dir)
+    data["privacy"]["accountant"] = "gdp"
+    data["secure_aggregation"]["accepted_modes"] = ["ckks", "masking"]
+    policy = parse_policy(data, OrganizationPolicy, "policy.yaml")
+    assert policy.privacy.accountant == "gdp"
+    data["privacy"]["accountant"] = "moments"
+    (problem,) = _problems(data, OrganizationPolicy)
+    assert problem.startswith("policy.yaml: privacy.accountant: Input should be 'rdp'")

@@ -23,7 +23,7 @@ from fedhft.sdk import (
     load_jsonl,
     synthetic_federation,
 )
-from fedhft.sdk._data import SYNTHETIC_LABELS, cue_words
+from fedhft.sdk._data import DEFAULT_MAX_RECORD_BYTES, SYNTHETIC_LABELS, cue_words
 
 # --------------------------------------------------------------------------- helpers
 
@@ -339,7 +339,7 @@ def test_unsupported_suffix_is_refused(tmp_path: Path) -> None:
         ("text,label\nx,-1\n", "line 2: label '-1' is not a non-negative integer"),
         ("text,label\nx,1.5\n", "line 2: label '1.5'"),
         ("text,label\n  ,1\n", "line 2: column 'text' is empty"),
-        ("text,label\nonly-text\n", "line 2: fewer fields"),
+        ("text,label\nonly-text\n", "line 2: 1 field, the header has 2"),
     ],
 )
 def test_bad_csv_content_names_the_problem(tmp_path: Path, content: str, message: str) -> None:
@@ -459,3 +459,87 @@ def test_jsonl_file_round_trips_the_synthetic_data(tmp_path: Path) -> None:
         "".join(json.dumps({"text": t, "label": SYNTHETIC_LABELS[y]}) + "\n" for t, y in org.train)
     )
     assert load_jsonl(path, label_names=SYNTHETIC_LABELS) == org.train
+
+
+# --------------------------------------------------------------------------- hostile files
+
+_RECORD_MARKER = "patient-7731-record"
+"""A marker inside oversized records: no error message may echo a record."""
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])
+def test_a_record_over_the_default_cap_is_refused(tmp_path: Path, suffix: str) -> None:
+    """A 2 MiB one-line record (over the 1 MiB default) is refused naming file and line."""
+    big = _RECORD_MARKER + "x" * (2 * 1024 * 1024)
+    if suffix == ".jsonl":
+        content = json.dumps({"text": "ok", "label": 1}) + "\n"
+        content += json.dumps({"text": big, "label": 1}) + "\n"
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        content = f"text{sep}label\nok{sep}1\n{big}{sep}1\n"
+    path = write(tmp_path / f"big{suffix}", content)
+    with pytest.raises(DataError) as caught:
+        load_dataset_file(path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{path} line {2 if suffix == '.jsonl' else 3}: record larger than "
+        f"max_record_bytes={DEFAULT_MAX_RECORD_BYTES}"
+    ), message
+    assert _RECORD_MARKER not in message
+
+
+def test_the_record_cap_is_configurable(tmp_path: Path) -> None:
+    """max_record_bytes counts a record's bytes without its line break."""
+    record = json.dumps({"text": "é" * 40, "label": 1})  # 40 two-byte characters
+    path = write(tmp_path / "d.jsonl", record + "\n" + record + "\r\n")
+    size = len(record.encode())
+    assert load_dataset_file(path, max_record_bytes=size).texts == ("é" * 40,) * 2
+    with pytest.raises(DataError, match=rf"line 1: record larger than max_record_bytes={size - 1}"):
+        load_jsonl(path, max_record_bytes=size - 1)
+
+
+def test_a_csv_record_spanning_lines_is_capped_as_a_whole(tmp_path: Path) -> None:
+    """A quoted field of many short lines counts as one record, reported at its first line."""
+    lines = "\n".join(f"{_RECORD_MARKER} {i}" for i in range(200))
+    path = write(tmp_path / "d.csv", f'text,label\nfine,0\n"{lines}",1\n')
+    assert len(load_csv(path, max_record_bytes=10_000).texts) == 2
+    with pytest.raises(DataError) as caught:
+        load_csv(path, max_record_bytes=1000)
+    assert str(caught.value).startswith(f"{path} line 3: record larger than max_record_bytes=1000")
+    assert _RECORD_MARKER not in str(caught.value)
+
+
+def test_a_saved_dataset_text_over_the_cap_is_refused(saved_dataset: Path) -> None:
+    """The cap applies to the texts of a `datasets` folder too, naming the row."""
+    with pytest.raises(DataError, match=r"row 0: text larger than max_record_bytes=3"):
+        load_dataset_file(saved_dataset, max_record_bytes=3)
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("text,label\nok,1\nx,1,surplus\n", ".csv", "line 3: 3 fields, the header has 2"),
+        ("text\tlabel\nok\t1\nx\t1\tsurplus\n", ".tsv", "line 3: 3 fields, the header has 2"),
+        ("text,label,source\nok,1,a\nx,1\n", ".csv", "line 3: 2 fields, the header has 3"),
+        ('text,label\nok,1\n"multi\nline",1,surplus\n', ".csv", "line 3: 3 fields, the header"),
+        ("text,label\nok,1\nsplit, here,1\n", ".csv", "line 3: 3 fields, the header has 2"),
+    ],
+    ids=["csv-extra", "tsv-extra", "csv-missing-other-column", "multiline-extra", "unquoted"],
+)
+def test_ragged_lines_are_refused(tmp_path: Path, content: str, suffix: str, message: str) -> None:
+    """A line with more or fewer fields than the header is an error naming file and line."""
+    path = write(tmp_path / f"ragged{suffix}", content)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))} {message}"):
+        load_dataset_file(path)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_csv_line_endings_and_line_numbers(tmp_path: Path, newline: str) -> None:
+    """Every line ending loads, and a ragged row is named by its line under each."""
+    rows = ["text,label", "a,1", '"two\nlines",0', "b,2"]
+    path = tmp_path / "d.csv"
+    path.write_bytes(newline.join(rows).encode() + newline.encode())
+    assert load_csv(path).texts == ("a", "two\nlines", "b")
+    path.write_bytes(newline.join([*rows, "c,1,extra"]).encode())
+    with pytest.raises(DataError, match=r"d\.csv line 6: 3 fields, the header has 2"):
+        load_csv(path)
