@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,6 +192,17 @@ class _PolicyLoader(yaml.SafeLoader):
                 )
             first_line[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+# PyYAML implements YAML 1.1, where a float needs a dot: `1e-5` would be the string
+# "1e-5", which strict types then refuse as "not a number". Policies are full of such δ
+# values (and JSON writes them that way), so a number with an exponent and no dot is a
+# float here, as in YAML 1.2 and JSON.
+_PolicyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -151,6 +151,25 @@ def test_consortium_round_trips_through_yaml(examples_dir: Path) -> None:
     assert json.loads(again.model_dump_json()) == json.loads(config.model_dump_json())
 
 
+@pytest.mark.parametrize("written", ["1e-5", "1E-05", "0.1e-4", "+1e-5"])
+def test_exponent_without_a_dot_is_a_number(
+    tmp_path: Path, examples_dir: Path, written: str
+) -> None:
+    """`delta: 1e-5` is the float 1e-5 (YAML 1.2 and JSON), not a string strict types refuse."""
+    path = tmp_path / "glen.yaml"
+    path.write_text(_glen(examples_dir, "delta: 1.0e-5", f"delta: {written}"))
+    assert load_organization_policy(path).privacy.delta == pytest.approx(1e-5)
+
+
+def test_policy_written_as_json_loads_back_equal(tmp_path: Path, examples_dir: Path) -> None:
+    """A policy dumped with `json.dumps` (which writes 1e-05) loads back equal."""
+    policy = load_organization_policy(examples_dir / "glen-clinic.yaml")
+    path = tmp_path / "glen.json"
+    path.write_text(json.dumps(policy.model_dump(mode="json")))
+    assert "1e-05" in path.read_text()
+    assert load_organization_policy(path) == policy
+
+
 # ------------------------------------------------------------------ hostile files
 
 
