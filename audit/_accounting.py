@@ -20,10 +20,10 @@ code, so a bug or a lie in the client's accountant shows up as a disagreement.
   `accountants/analysis/gdp.py`), μ of each record from Opacus' Poisson formula and
   composed as √(Σ μᵢ²), which for constant σ and q is exactly Opacus'
   `GaussianAccountant`; heterogeneous records (which that class refuses) compose by the
-  same GDP composition law. GDP can under-report ε (by 5-34 % against the PLD accountant
-  on DP-SGD histories), so no policy may name it; it is recomputed only so that a log
-  written with it can be read, and a policy's budget is always checked with the policy's
-  own accountant (`rdp` or `prv`).
+  same GDP composition law. GDP can under-report ε (by up to 34 % against the PLD
+  accountant on DP-SGD histories), so no policy may name it; it is recomputed only so
+  that a log written with it can be read, and a policy's budget is always checked with
+  the policy's own accountant (`rdp` or `prv`).
 
 Assumption: records are Poisson-subsampled Gaussian mechanisms with sensitivity
 normalized by the clipping norm, which is what DP-SGD in Opacus and the SDK's Gaussian

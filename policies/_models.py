@@ -30,11 +30,11 @@ class Accountant(StrEnum):
     """Privacy accountants fedhft knows (the Opacus names).
 
     Only those that never under-report ε may enforce a budget (`enforces_budget`):
-    `rdp` (Rényi DP, a valid upper bound, loose by 5-15 % on DP-SGD) and `prv` (the PRV
-    accountant's certified upper bound, within about 1 % of the exact ε). `gdp` is a
-    central-limit approximation that can under-report ε, by 5-21 % against the PLD
-    accountant on DP-SGD histories of hundreds of steps; it remains a name an auditor
-    can recompute an old log with, never a policy's accountant.
+    `rdp` (Rényi DP, a valid upper bound, 8-20 % above the PLD accountant's ε on DP-SGD
+    histories) and `prv` (the PRV accountant's certified upper bound, within 1 % above
+    it). `gdp` is a central-limit approximation that can under-report ε, by up to a
+    third on such histories; it remains a name an auditor can recompute an old log
+    with, never a policy's accountant.
     """
 
     RDP = "rdp"

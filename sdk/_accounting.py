@@ -13,7 +13,7 @@ Notes:
     RDP and PRV return upper bounds on ε (PRV its certified bound at ε error 0.01); both
     stay above the PLD accountant of Google's `dp-accounting` (within 1 %) on DP-SGD
     histories with Gaussian releases (`tests/sdk/test_accounting_oracle.py`). GDP's
-    central-limit approximation does not: it under-reports ε by 5-34 % on such
+    central-limit approximation does not: it under-reports ε by up to 34 % on such
     histories, so it may only *report* ε, never enforce a budget
     (`fedhft.policies.Accountant.enforces_budget`).
 
