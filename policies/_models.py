@@ -15,7 +15,14 @@ import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import CoreSchema
 
 Identifier = Annotated[
@@ -55,11 +62,24 @@ class _NamedEnum(StrEnum):
 
 
 class Accountant(_NamedEnum):
-    """Privacy accountants fedhft supports (the Opacus names)."""
+    """Privacy accountants fedhft knows (the Opacus names).
+
+    Only those that never under-report ε may enforce a budget (`enforces_budget`):
+    `rdp` (Rényi DP, a valid upper bound, 8-20 % above the PLD accountant's ε on DP-SGD
+    histories) and `prv` (the PRV accountant's certified upper bound, within 1 % above
+    it). `gdp` is a central-limit approximation that can under-report ε, by up to a
+    third on such histories; it remains a name an auditor can recompute an old log
+    with, never a policy's accountant.
+    """
 
     RDP = "rdp"
     PRV = "prv"
     GDP = "gdp"
+
+    @property
+    def enforces_budget(self) -> bool:
+        """Whether ε by this accountant is an upper bound that may enforce a budget."""
+        return self is not Accountant.GDP
 
 
 class SecureAggregationMode(_NamedEnum):
@@ -93,7 +113,10 @@ class PrivacyBudget(_Frozen):
 
     epsilon: float = Field(gt=0, description="Total ε budget over the whole federation.")
     delta: float = Field(gt=0, lt=1, description="δ of the (ε, δ) guarantee; below 1/n.")
-    accountant: Accountant = Field(default=Accountant.RDP, description="rdp, prv or gdp.")
+    accountant: Accountant = Field(
+        default=Accountant.RDP,
+        description="`rdp` (fast, looser) or `prv` (tight); both never under-report ε.",
+    )
     max_grad_norm: float = Field(gt=0, description="Per-sample clipping norm C.")
     noise_multiplier: float | Literal["auto"] = Field(
         default="auto",
@@ -111,6 +134,17 @@ class PrivacyBudget(_Frozen):
         min_length=1,
         description="File of the persistent privacy ledger (relative to the working folder).",
     )
+
+    @field_validator("accountant")
+    @classmethod
+    def _accountant_enforces_budget(cls, accountant: Accountant) -> Accountant:
+        if not accountant.enforces_budget:
+            raise ValueError(
+                f"{accountant.value} cannot enforce a budget: its "
+                "central-limit approximation can under-report ε; use `prv` (tight upper "
+                "bound) or `rdp` (faster, looser upper bound)"
+            )
+        return accountant
 
     @model_validator(mode="after")
     def _noise_multiplier_positive(self) -> PrivacyBudget:

@@ -67,7 +67,14 @@ class Encoded:
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rows at ``indices``, trimmed of the padding every one of them shares (same
-        result, less compute)."""
+        result, less compute).
+
+        The trimmed length depends on the longest record of the batch, so every model
+        trained on these batches must give padding no weight in any loss term (attention
+        mask, masked pooling, MoLE's per-record balancing loss): otherwise a record's
+        per-sample gradient would depend on its batch-mates and clipping would no longer
+        bound one record's influence.
+        """
         ids = self.input_ids[indices]
         mask = self.attention_mask[indices]
         length = max(1, int(mask.sum(dim=1).max().item())) if len(indices) else 1

@@ -15,9 +15,10 @@ experts only and the top-k gates are renormalized. So a client may hold any numb
 experts with the same ``P``, and ``P`` is averaged over all clients.
 
 A Switch-style load-balancing loss (Fedus et al. 2021), ``E_h · Σ_e f_e · p̄_e`` over the
-``E_h`` held experts, is computed **per example** (``f_e``: fraction of the example's
-tokens whose top-k contains ``e``, divided by k; ``p̄_e``: the example's mean router
-probability), so the training loss stays a sum of per-example terms.
+``E_h`` held experts, is computed **per example over its own real tokens** (``f_e``:
+fraction of the example's unpadded tokens whose top-k contains ``e``, divided by k;
+``p̄_e``: the example's mean router probability over those tokens), so the training loss
+stays a sum of terms each of which depends on one example alone.
 
 Notes:
     *DP-SGD.* Opacus computes per-sample gradients layer by layer from the layer's input
@@ -29,10 +30,19 @@ Notes:
     loss are computed, so the gradient reaching the router's output carries the
     balancing loss too and its per-sample gradient of ``P`` is exact. A batch-level
     balancing loss (product of batch means, as in Switch) would couple examples and
-    break per-sample clipping, which is why it is per example here.
+    break per-sample clipping, which is why it is per example here: each example is
+    pushed towards balancing its own tokens, and the batch's loss is the mean of these
+    terms. That is a different regularizer from Switch's batch-level one (a batch can be
+    balanced while each example is not), chosen because DP-SGD's sensitivity analysis
+    needs every example's gradient to be a function of that example alone.
 
-    Padding tokens take part in routing and in the balancing loss: the module does not
-    see the attention mask. That only shapes the auxiliary loss; it leaks nothing.
+    *Padding.* A DP-SGD batch is padded to its longest record, so the number of padding
+    positions an example carries depends on its batch-mates. Padding must therefore
+    contribute nothing: `MoLEModel.logits` hands the attention mask to every MoLE module
+    for the duration of the forward pass, and the balancing loss averages over real
+    tokens only. Routing still runs on padding positions, but their outputs reach
+    nothing (attention masks them as keys and the pooling skips them), so their
+    gradient is exactly zero.
 """
 
 from __future__ import annotations
@@ -191,6 +201,9 @@ class MoLELinear(nn.Module):
         self.experts = ExpertPool(expert_as, base.out_features, scaling)
         self.last_gates: torch.Tensor | None = None
         self.last_balance: torch.Tensor | None = None
+        # ``(batch, tokens)``, 1 for real tokens: set by `MoLEModel.logits` for one
+        # forward pass, so the balancing loss ignores padding; None means all are real.
+        self.token_mask: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the shared expert plus the top-k gated held experts."""
@@ -200,22 +213,41 @@ class MoLELinear(nn.Module):
         kept = probabilities * selected
         gates = kept / kept.sum(dim=-1, keepdim=True)
         self.last_gates = gates.detach()
-        self.last_balance = _balance_per_example(probabilities, selected, self.top_k)
+        self.last_balance = _balance_per_example(
+            probabilities, selected, self.top_k, self.token_mask
+        )
         mixture = self.experts(torch.cat([x, gates.to(x.dtype)], dim=-1))
         output: torch.Tensor = self.base(x) + self.shared(x) + mixture
         return output
 
 
 def _balance_per_example(
-    probabilities: torch.Tensor, selected: torch.Tensor, top_k: int
+    probabilities: torch.Tensor,
+    selected: torch.Tensor,
+    top_k: int,
+    token_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Switch-style balancing loss of each example: ``E_h · Σ_e f_e · p̄_e``."""
+    """Switch-style balancing loss of each example, ``E_h · Σ_e f_e · p̄_e``, with ``f_e``
+    and ``p̄_e`` averaged over the example's real tokens (``token_mask`` 1) only."""
     held = probabilities.shape[-1]
     if probabilities.dim() == 2:  # (tokens, held): a batch of one example.
         probabilities, selected = probabilities[None], selected[None]
+        token_mask = None if token_mask is None else token_mask.reshape(1, -1)
+    if token_mask is None:
+        weights = torch.ones(probabilities.shape[:-1], dtype=probabilities.dtype)
+    else:
+        if tuple(token_mask.shape) != tuple(probabilities.shape[:-1]):
+            raise AdapterError(
+                f"the attention mask has shape {tuple(token_mask.shape)}, the MoLE input "
+                f"{tuple(probabilities.shape[:-1])} (records × tokens)"
+            )
+        weights = token_mask.to(probabilities.dtype)
+    weights = weights.unsqueeze(-1)
     tokens_axes = tuple(range(1, probabilities.dim() - 1))
-    fraction = selected.mean(dim=tokens_axes) / top_k
-    mean_probability = probabilities.mean(dim=tokens_axes)
+    # An example with no real token (never produced by the tokenizer) gets loss 0.
+    real_tokens = weights.sum(dim=tokens_axes).clamp(min=1.0)
+    fraction = (selected * weights).sum(dim=tokens_axes) / real_tokens / top_k
+    mean_probability = (probabilities * weights).sum(dim=tokens_axes) / real_tokens
     return held * (fraction * mean_probability).sum(dim=-1)
 
 
@@ -409,13 +441,24 @@ class MoLEModel:
     # ------------------------------------------------------------------ use
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Classification logits for a tokenized batch."""
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        """Classification logits for a tokenized batch.
+
+        The MoLE modules see ``attention_mask`` during this forward pass, so that the
+        balancing loss it leaves (`balance_loss`) counts each record's real tokens only.
+        """
+        for module in self.modules.values():
+            module.token_mask = attention_mask
+        try:
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            for module in self.modules.values():
+                module.token_mask = None
         logits: torch.Tensor = output.logits
         return logits
 
     def balance_loss(self) -> torch.Tensor:
-        """Per-example balancing loss of the last forward, averaged over MoLE modules."""
+        """Per-example balancing loss of the last forward (over each example's real
+        tokens), averaged over MoLE modules."""
         losses = [m.last_balance for m in self.modules.values() if m.last_balance is not None]
         if not losses:
             raise RuntimeError("balance_loss needs a forward pass first")

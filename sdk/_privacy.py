@@ -66,7 +66,12 @@ def _check_delta(delta: float) -> None:
 def compute_epsilon(
     records: Sequence[MechanismRecord], *, accountant: Accountant, delta: float
 ) -> float:
-    """ε at ``delta`` of all ``records`` composed, under ``accountant``; 0.0 when empty."""
+    """ε at ``delta`` of all ``records`` composed, under ``accountant``; 0.0 when empty.
+
+    `rdp` and `prv` give upper bounds and may enforce a budget; `gdp` is a central-limit
+    estimate that can fall below the true ε, for reports only
+    (`fedhft.policies.Accountant.enforces_budget`).
+    """
     _check_delta(delta)
     return _accounting.epsilon(
         [record.history_entry() for record in records], accountant=accountant, delta=delta
@@ -91,8 +96,15 @@ def solve_noise_multiplier(
     Raises:
         BudgetExhaustedError: ``prior`` already spends ``epsilon``, or even
             σ = 10⁶ would exceed it.
-        ValueError: a parameter is out of range.
+        ValueError: a parameter is out of range, or ``accountant`` can under-report ε
+            (`gdp`), so a σ fitted to it could overrun the budget.
     """
+    accountant = Accountant(accountant)
+    if not accountant.enforces_budget:
+        raise ValueError(
+            f"`accountant` {accountant.value!r} can under-report ε and cannot size σ to a "
+            "budget; use `prv` (tight) or `rdp`"
+        )
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"`epsilon` must be a finite number > 0, got {epsilon!r}")
     if not 0.0 < sample_rate <= 1.0:
@@ -101,7 +113,7 @@ def solve_noise_multiplier(
         raise ValueError(f"`steps` must be >= 1, got {steps!r}")
     _check_delta(delta)
     prior_history = tuple(record.history_entry() for record in prior)
-    return _solve(epsilon, delta, sample_rate, steps, Accountant(accountant), prior_history)
+    return _solve(epsilon, delta, sample_rate, steps, accountant, prior_history)
 
 
 @functools.lru_cache(maxsize=256)

@@ -291,10 +291,10 @@ def test_numbers_are_not_parsed_from_text_or_floats(
 def test_enum_fields_still_take_their_names(examples_dir: Path) -> None:
     """Strict numbers leave enum fields readable from their YAML names."""
     data = _org(examples_dir)
-    data["privacy"]["accountant"] = "gdp"
+    data["privacy"]["accountant"] = "prv"
     data["secure_aggregation"]["accepted_modes"] = ["ckks", "masking"]
     policy = parse_policy(data, OrganizationPolicy, "policy.yaml")
-    assert policy.privacy.accountant == "gdp"
+    assert policy.privacy.accountant == "prv"
     data["privacy"]["accountant"] = "moments"
     (problem,) = _problems(data, OrganizationPolicy)
     assert problem.startswith("policy.yaml: privacy.accountant: Input should be 'rdp'")

@@ -22,7 +22,7 @@ from fedhft.sdk import (
     compute_epsilon,
     solve_noise_multiplier,
 )
-from fedhft.sdk._accounting import PRV_EPSILON_CUTOFF, epsilon_rdp
+from fedhft.sdk._accounting import PRV_EPS_ERROR, PRV_EPSILON_CUTOFF, epsilon_rdp
 
 pytestmark = [
     # Opacus's own accountants, run here as the reference, are chatty about numerics.
@@ -95,10 +95,16 @@ def test_rdp_epsilon_equals_opacus_accountant_stepped_through_the_records() -> N
     assert compute_epsilon(RECORDS, accountant=Accountant.RDP, delta=DELTA) == expected
 
 
-def test_prv_epsilon_equals_opacus_accountant_stepped_through_the_records() -> None:
-    """ε(records) under PRV is bit-identical to Opacus's PRVAccountant stepped step by step."""
-    expected = stepped(PRVAccountant(), RECORDS).get_epsilon(delta=DELTA)
-    assert compute_epsilon(RECORDS, accountant=Accountant.PRV, delta=DELTA) == expected
+def test_prv_epsilon_equals_opacus_accountant_on_the_grouped_history() -> None:
+    """ε(records) under PRV is bit-identical to Opacus's PRVAccountant holding one entry
+    per (σ, q), and within its ε error of the accountant stepped step by step."""
+    grouped = PRVAccountant()
+    grouped.history = [(1.1, 0.02, 80), (6.0, 1.0, 1), (0.9, 0.05, 30)]
+    ours = compute_epsilon(RECORDS, accountant=Accountant.PRV, delta=DELTA)
+    assert ours == grouped.get_epsilon(delta=DELTA)
+    assert ours == pytest.approx(
+        stepped(PRVAccountant(), RECORDS).get_epsilon(delta=DELTA), abs=PRV_EPS_ERROR
+    )
 
 
 def test_gdp_epsilon_equals_opacus_for_one_setting_and_composes_all_settings() -> None:
@@ -194,7 +200,16 @@ def test_prv_falls_back_to_the_rdp_bound_far_beyond_any_budget() -> None:
 # --------------------------------------------------------------------------- solving σ
 
 
-@pytest.mark.parametrize("accountant", [Accountant.RDP, Accountant.GDP])
+def test_solver_refuses_an_accountant_that_can_under_report() -> None:
+    """σ is never sized to GDP's ε, which can fall below the true ε (ValueError naming
+    the accountants that can)."""
+    with pytest.raises(ValueError, match=r"'gdp'.*`prv`.*`rdp`"):
+        solve_noise_multiplier(
+            epsilon=2.0, delta=DELTA, sample_rate=0.02, steps=500, accountant=Accountant.GDP
+        )
+
+
+@pytest.mark.parametrize("accountant", [Accountant.RDP])
 def test_solved_sigma_fits_the_budget_and_is_minimal(accountant: Accountant) -> None:
     """The solved σ reaches ≤ ε; 0.2 % less noise would exceed ε."""
     sigma = solve_noise_multiplier(
@@ -339,8 +354,8 @@ def test_auto_noise_multiplier_reserves_room_for_planned_releases() -> None:
 def test_auto_noise_multiplier_follows_the_policy_accountant() -> None:
     """The policy's accountant is the one σ is solved for."""
     rdp = auto_noise_multiplier(policy(accountant="rdp"), sample_rate=0.05, steps_per_round=20)
-    gdp = auto_noise_multiplier(policy(accountant="gdp"), sample_rate=0.05, steps_per_round=20)
-    assert rdp != gdp
+    prv = auto_noise_multiplier(policy(accountant="prv"), sample_rate=0.05, steps_per_round=20)
+    assert prv < rdp  # The tighter accountant needs less noise for the same budget.
 
 
 # --------------------------------------------------------------------------- records
