@@ -34,7 +34,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedhft._files import atomic_write
-from fedhft.errors import SecurityWarning
 from fedhft.policies import Accountant, OrganizationPolicy
 
 from ._privacy import MechanismRecord, compute_epsilon
@@ -140,13 +138,12 @@ class PrivacyLedger:
             raise ValueError(
                 f"`epsilon_budget` must be a finite number > 0, got {epsilon_budget!r}"
             )
-        if accountant is Accountant.GDP:
-            warnings.warn(
-                "the GDP accountant relies on a central-limit approximation and can "
-                "underestimate ε, most for few steps or large sample rates; prefer `rdp` "
-                "or `prv` for `privacy.accountant`",
-                SecurityWarning,
-                stacklevel=2,
+        if not accountant.enforces_budget:
+            # A ledger enforces a budget; an accountant that can under-report ε (GDP's
+            # central-limit approximation) would let a round past it.
+            raise LedgerError(
+                f"the {accountant.value} accountant can under-report ε and cannot enforce a "
+                "budget; use `rdp` or `prv` for `privacy.accountant`"
             )
         ledger_path = Path(path)
         ledger = cls(
