@@ -1,0 +1,168 @@
+"""Bounding one organization's influence: the server refuses sums honest inputs cannot make.
+
+A malicious organization controls only its own masked upload. Whatever it changes there
+(a flipped byte wraps around in the fixed-point ring) arrives in the unmasked sum, which
+`RoundCoordinator.apply` checks against the bounds of `fedhft.protocol._blocks` before
+moving any cluster adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from federation_helpers import consortium
+from hypothesis import HealthCheck, given, settings, target
+from hypothesis import strategies as st
+
+from fedhft.aggregator._federation import RoundCoordinator
+from fedhft.policies import ConsortiumConfig
+from fedhft.protocol import SecAggClient, run_secagg_in_process
+from fedhft.protocol._blocks import clip_packed, pack_block, row_average
+from fedhft.protocol._messages import MaskedInput
+from fedhft.protocol.errors import QuantizationOverflowError, SumOutOfBoundsError
+
+ROWS, COLS = 3, 2
+BLOCK = "lora_b"
+ORGS = ("org-a", "org-b", "org-c", "org-d")
+ATTACKER = "org-d"
+IDENTITIES = {org: Ed25519PrivateKey.generate() for org in ORGS}
+
+Corruption = Callable[[np.ndarray], np.ndarray]
+"""The attacker's edit of its masked words (a copy), after honest masking."""
+
+
+def _config() -> ConsortiumConfig:
+    return consortium(clustering={"clusters": 1, "warmup_rounds": 0, "membership": "hard"})
+
+
+def _coordinator(config: ConsortiumConfig) -> RoundCoordinator:
+    return RoundCoordinator(
+        config,
+        run_id="bounds-test",
+        initial_state={BLOCK: np.zeros((ROWS, COLS))},
+        tier_blocks={"full": (BLOCK,)},
+    )
+
+
+def _honest_inputs(clip: float) -> dict[str, dict[str, np.ndarray]]:
+    """Updates within ±0.01 on every row, full weight (hard membership, every row kept)."""
+    rng = np.random.default_rng(5)
+    return {
+        org: {
+            BLOCK: clip_packed(
+                pack_block(rng.uniform(-0.01, 0.01, (ROWS, COLS)), np.ones(ROWS)), ROWS, COLS, clip
+            )
+        }
+        for org in ORGS
+    }
+
+
+def _round(
+    config: ConsortiumConfig, corrupt: Corruption | None, monkeypatch: pytest.MonkeyPatch
+) -> tuple[RoundCoordinator, Mapping[str, dict[str, np.ndarray]]]:
+    """One secure round with the attacker's upload corrupted; the sums are applied."""
+    coordinator = _coordinator(config)
+    params, _ = coordinator.session_params(
+        round_number=1, attempt=1, cluster=0, participants=dict.fromkeys(ORGS, "full")
+    )
+    inputs = _honest_inputs(params.clip)
+    honest_mask = SecAggClient.mask_input
+
+    def mask_input(self: SecAggClient, relayed: object, values: object) -> MaskedInput:
+        masked = honest_mask(self, relayed, values)  # type: ignore[arg-type]
+        if self.organization != ATTACKER or corrupt is None:
+            return masked
+        blocks = tuple((b, corrupt(np.array(words))) for b, words in masked.blocks)
+        return dataclasses.replace(masked, blocks=blocks)
+
+    monkeypatch.setattr(SecAggClient, "mask_input", mask_input)
+    result = run_secagg_in_process(params, inputs, IDENTITIES)
+    coordinator.apply(round_number=1, participants=list(ORGS), results={0: result})
+    return coordinator, inputs
+
+
+def _ring_add(index: int, levels: int) -> Corruption:
+    def corrupt(words: np.ndarray) -> np.ndarray:
+        modulus = 1 << (words.dtype.itemsize * 8)
+        words[index] = words.dtype.type((int(words[index]) + levels) % modulus)
+        return words
+
+    return corrupt
+
+
+def test_honest_round_applies_the_exact_average(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an attacker the sums pass their bounds and the adapter moves by the plain
+    per-row average (secure sum = plain sum, within one step per contributor)."""
+    config = _config()
+    coordinator, inputs = _round(config, None, monkeypatch)
+    plain = sum(values[BLOCK] for values in inputs.values())
+    average, _ = row_average(plain, ROWS, COLS)
+    step = 1.0 / config.secure_aggregation.scale
+    np.testing.assert_allclose(
+        coordinator.clusters.states[0][BLOCK], average, atol=len(ORGS) * step
+    )
+
+
+def test_attacker_shrinking_a_row_weight_is_refused_and_nothing_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attack of the review: the attacker's corrupted upload adds 1 to a coordinate
+    and takes its row's summed weight from 4 to 0.001 (wrap-arounds in the ring), so the
+    applied average would move that coordinate by ~1,000 while honest values are within
+    ±0.01. The sum is refused with the failing bound named, and the adapter does not
+    move."""
+    config = _config()
+    scale = config.secure_aggregation.scale
+    weight_word = ROWS * COLS  # the first row weight, after the rows × cols values
+    shrink_weight = _ring_add(weight_word, -round((len(ORGS) - 0.001) * scale))
+    push_value = _ring_add(0, round(scale))
+
+    def corrupt(words: np.ndarray) -> np.ndarray:
+        return push_value(shrink_weight(words))
+
+    with pytest.raises(SumOutOfBoundsError) as caught:
+        _round(config, corrupt, monkeypatch)
+    assert caught.value.block == BLOCK
+    assert "row weight" in caught.value.bound
+    coordinator = _coordinator(config)
+    np.testing.assert_array_equal(coordinator.clusters.states[0][BLOCK], np.zeros((ROWS, COLS)))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(0, ROWS * COLS + ROWS - 1), st.integers(1, 3), st.integers(1, 255)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_flipped_bytes_never_move_a_coordinate_beyond_the_clip(
+    monkeypatch: pytest.MonkeyPatch, flips: list[tuple[int, int, int]]
+) -> None:
+    """Up to six flipped bytes anywhere in the attacker's masked upload: the round is
+    either refused (nothing applied) or every applied coordinate moves by at most the
+    clip, as far as an honest update could move it."""
+    config = _config()
+    clip = config.secure_aggregation.clip
+
+    def corrupt(words: np.ndarray) -> np.ndarray:
+        raw = words.view(np.uint8)
+        for word, byte, mask in flips:
+            raw[word * words.dtype.itemsize + byte] ^= mask
+        return words
+
+    try:
+        coordinator, _ = _round(config, corrupt, monkeypatch)
+    except (SumOutOfBoundsError, QuantizationOverflowError):
+        # Refused: by the apply path's bounds, or already when the sum decoded outside
+        # the ring's range for n contributors (the secure-aggregation session aborts).
+        return
+    moved = float(np.max(np.abs(coordinator.clusters.states[0][BLOCK])))
+    target(moved)
+    assert moved <= clip * (1 + 1e-6)
