@@ -86,6 +86,15 @@ def test_masking_rounds_move_clusters_by_the_clear_per_row_averages(tmp_path: Pa
         )
         assert verified.ok, [f.message for f in verified.errors]
         assert verified.checked_receipts == 4
+        # Every receipt binds the organization's log head (its update_committed) and the
+        # round's spend record, so the server's log pins this log's history.
+        accepted = [
+            p
+            for p in _events(tmp_path / "server" / "audit.jsonl", "upload_accepted")
+            if p["organization"] == org
+        ]
+        assert len(accepted) == 4
+        assert all("audit_head_sha256" in p and "spend_sha256" in p for p in accepted)
 
 
 def test_a_client_killed_after_sharing_keys_drops_out(tmp_path: Path) -> None:
