@@ -261,7 +261,7 @@ class AuditLog:
             and payload.get("mechanism") == "dp-sgd"
             and type(payload.get("round")) is int
         ):
-            self._round_spends[int(payload["round"])] = record.digest()  # type: ignore[arg-type]
+            self._round_spends[int(payload["round"])] = record.digest()
 
     def close(self) -> None:
         """Release the lock and close the file; appending afterwards raises."""

@@ -311,7 +311,8 @@ class SecureAggregationSpec(_Frozen):
         le=1e6,
         description="Bound on every coordinate of an uploaded update Δ; clients clip to it "
         "and the server refuses sums beyond it. Omitted in a consortium file: derived from "
-        "`training` (`policies._clip.honest_update_bound`); given: an explicit override.",
+        "`training` (`policies._clip.honest_update_bound`), except under fedamole, which "
+        "sums parameters rather than updates; given: an explicit override.",
     )
     scale: float = Field(
         default=2.0**20,
@@ -409,7 +410,9 @@ class ConsortiumConfig(_Frozen):
         explicit one, so every party computes and checks the same bound.
         """
         spec = self.secure_aggregation
-        if "clip" not in spec.model_fields_set:
+        # FedAMoLE sums expert parameters themselves, not updates: their bound is not
+        # what one round of training can move, so it keeps the explicit default.
+        if "clip" not in spec.model_fields_set and self.method is not Method.FEDAMOLE:
             training = self.training
             derived = honest_update_bound(
                 learning_rate=max(training.learning_rate, training.head_learning_rate or 0.0),

@@ -334,7 +334,9 @@ def _send(run: ClusterRun, index: int, previous: list[bytes] | None, round_numbe
         _log_receipt(run, ack, digest, header)
 
 
-def _log_receipt(run: ClusterRun, ack: pb.StageAck, digest: str, header: pb.StageHeader) -> None:
+def _log_receipt(
+    run: ClusterRun, ack: pb.StageAck, digest: str, header: pb.StageHeader | None = None
+) -> None:
     context = run.context
     if not ack.HasField("receipt"):
         raise ForgedReceiptError("the server accepted an input upload without a receipt")
@@ -350,8 +352,10 @@ def _log_receipt(run: ClusterRun, ack: pb.StageAck, digest: str, header: pb.Stag
         "organization": context.organization,
         "upload_sha256": digest,
         "sid": bytes(run.ref.session_id).hex(),
-        "audit_head_sha256": bytes(header.audit_head_sha256).hex() or None,
-        "spend_sha256": bytes(header.spend_sha256).hex() or None,
+        "audit_head_sha256": bytes(header.audit_head_sha256).hex() or None
+        if header is not None
+        else None,
+        "spend_sha256": bytes(header.spend_sha256).hex() or None if header is not None else None,
     }
     differing = sorted(name for name, value in expected.items() if payload.get(name) != value)
     if differing:

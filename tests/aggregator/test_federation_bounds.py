@@ -35,8 +35,10 @@ Corruption = Callable[[np.ndarray], np.ndarray]
 """The attacker's edit of its masked words (a copy), after honest masking."""
 
 
-def _config() -> ConsortiumConfig:
-    return consortium(clustering={"clusters": 1, "warmup_rounds": 0, "membership": "hard"})
+def _config(**overrides: object) -> ConsortiumConfig:
+    return consortium(
+        clustering={"clusters": 1, "warmup_rounds": 0, "membership": "hard"}, **overrides
+    )
 
 
 def _coordinator(config: ConsortiumConfig) -> RoundCoordinator:
@@ -94,10 +96,20 @@ def _ring_add(index: int, levels: int) -> Corruption:
     return corrupt
 
 
-def test_honest_round_applies_the_exact_average(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # lr 0.05: a derived clip above 1
+        {"training": {"learning_rate": 0.005}},  # a derived clip below the row weights' 1
+        {"secure_aggregation": {"clip": 8.0}},  # an explicit clip
+    ],
+)
+def test_honest_round_applies_the_exact_average(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, object]
+) -> None:
     """Without an attacker the sums pass their bounds and the adapter moves by the plain
     per-row average (secure sum = plain sum, within one step per contributor)."""
-    config = _config()
+    config = _config(**overrides)
     coordinator, inputs = _round(config, None, monkeypatch)
     plain = sum(values[BLOCK] for values in inputs.values())
     average, _ = row_average(plain, ROWS, COLS)
