@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.policies import ConsortiumConfig
-from fedhft.protocol import SecAggClient, run_secagg_in_process
+from fedhft.protocol import AggregateResult, CKKSParameters, SecAggClient, run_secagg_in_process
 from fedhft.protocol._blocks import clip_packed, pack_block, row_average
 from fedhft.protocol._messages import MaskedInput
+from fedhft.protocol._secagg_server import BlockSum
 from fedhft.protocol.errors import QuantizationOverflowError, SumOutOfBoundsError
 
 ROWS, COLS = 3, 2
@@ -178,3 +179,53 @@ def test_flipped_bytes_never_move_a_coordinate_beyond_the_clip(
     moved = float(np.max(np.abs(coordinator.clusters.states[0][BLOCK])))
     target(moved)
     assert moved <= clip * (1 + 1e-6)
+
+
+def _ckks_result(summed: np.ndarray) -> AggregateResult:
+    """A CKKS session's result as `CKKSRoundSession` builds it from the reported sums."""
+    block_sum = BlockSum(
+        block=BLOCK,
+        integer_sum=np.zeros(0, dtype=np.uint64),
+        sum=summed,
+        contributors=ORGS,
+    )
+    return AggregateResult(
+        sid=b"\x01" * 32, blocks={BLOCK: block_sum}, skipped={}, survivors=ORGS, dropped=()
+    )
+
+
+def test_ckks_sums_are_checked_against_the_same_bounds() -> None:
+    """CKKS mode: the decrypted sum the clients report goes through the same bounds,
+    with the CKKS error bound as the rounding allowance: honest sums within that noise
+    are applied, a sum with a row weight driven to 0.001 and a pushed value is not."""
+    config = _config()
+    clip = config.secure_aggregation.clip
+    parameters = CKKSParameters.choose(max_clients=len(ORGS), value_bound=max(clip, 1.0))
+    inputs = _honest_inputs(clip)
+    plain = sum(values[BLOCK] for values in inputs.values())
+    noise = parameters.error_bound(len(ORGS))
+    noisy = plain + np.random.default_rng(1).uniform(-noise, noise, plain.shape)
+
+    coordinator = _coordinator(config)
+    coordinator.apply(
+        round_number=1,
+        participants=list(ORGS),
+        results={0: _ckks_result(noisy)},
+        sum_error=parameters.error_bound,
+    )
+    average, _ = row_average(plain, ROWS, COLS)
+    # Every row weight is 4, so the average is off by at most (noise + 0.01·noise) / 4.
+    np.testing.assert_allclose(coordinator.clusters.states[0][BLOCK], average, atol=noise)
+
+    forged = plain.copy()
+    forged[ROWS * COLS] = 0.001  # the first row's summed weight
+    forged[0] += 1.0
+    coordinator = _coordinator(config)
+    with pytest.raises(SumOutOfBoundsError):
+        coordinator.apply(
+            round_number=1,
+            participants=list(ORGS),
+            results={0: _ckks_result(forged)},
+            sum_error=parameters.error_bound,
+        )
+    np.testing.assert_array_equal(coordinator.clusters.states[0][BLOCK], np.zeros((ROWS, COLS)))
