@@ -41,7 +41,7 @@ from fedhft.policies import ConsortiumConfig, Method, policy_hash
 from fedhft.protocol import AggregateResult, SessionParams, default_threshold
 from fedhft.protocol._blocks import check_packed_sum, packed_length, row_average
 from fedhft.protocol._graph import effective_degree
-from fedhft.protocol.errors import CohortTooSmallError
+from fedhft.protocol.errors import CohortTooSmallError, SumOutOfBoundsError
 from fedhft.sdk import ClusterAdapters
 from fedhft.sdk._codec import decode_clusters as decode_clusters
 from fedhft.sdk._codec import encode_clusters as encode_clusters
@@ -154,14 +154,22 @@ def check_sums(
                 raise RoundError(f"the secure sum carries unknown block {block_id!r}")
             n = block_sum.count
             error = sum_error(n) if sum_error is not None else n / spec.scale
-            check_packed_sum(
-                block_sum.sum,
-                *shapes[block_id],
-                block=block_id,
-                contributors=n,
-                clip=spec.clip,
-                error=error + 1e-9 * max(1.0, n * spec.clip),
-            )
+            try:
+                check_packed_sum(
+                    block_sum.sum,
+                    *shapes[block_id],
+                    block=block_id,
+                    contributors=n,
+                    clip=spec.clip,
+                    error=error + 1e-9 * max(1.0, n * spec.clip),
+                )
+            except SumOutOfBoundsError as refused:
+                raise SumOutOfBoundsError(
+                    f"cluster {cluster}: {refused}",
+                    block=refused.block,
+                    bound=refused.bound,
+                    cluster=cluster,
+                ) from None
 
 
 @dataclass(frozen=True)

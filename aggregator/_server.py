@@ -616,9 +616,7 @@ class AggregatorServer:
             The logged event names the block and the bound, never a value: the sum is a
             public output, but the log need not carry it to show what was refused.
         """
-        cluster = next(
-            (c for c in sorted(results) if error.block in results[c].blocks), min(results)
-        )
+        cluster = error.cluster if error.cluster is not None else min(results)
         self.audit.append(
             EventType.SUM_REJECTED,
             {
@@ -629,9 +627,7 @@ class AggregatorServer:
                 "bound": error.bound,
             },
         )
-        return self._abort(
-            attempt, f"cluster {cluster}: sum rejected, nothing applied: {error}", _Outcome.RETRY
-        )
+        return self._abort(attempt, f"sum rejected, nothing applied: {error}", _Outcome.RETRY)
 
     def _complete(self, attempt: Attempt, summary: RoundSummary) -> _Outcome:
         with self.store_lock:

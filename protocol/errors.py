@@ -166,10 +166,11 @@ class SumOutOfBoundsError(ProtocolError, ValueError):
     be applied. The message names the block and the bound, never a value.
     """
 
-    def __init__(self, message: str, *, block: str, bound: str) -> None:
+    def __init__(self, message: str, *, block: str, bound: str, cluster: int | None = None) -> None:
         super().__init__(message)
         self.block = block
         self.bound = bound
+        self.cluster = cluster
 
 
 class CKKSParametersError(ProtocolError, ValueError):

@@ -139,7 +139,7 @@ def test_attacker_shrinking_a_row_weight_is_refused_and_nothing_applied(
 
     with pytest.raises(SumOutOfBoundsError) as caught:
         _round(config, corrupt, monkeypatch)
-    assert caught.value.block == BLOCK
+    assert (caught.value.block, caught.value.cluster) == (BLOCK, 0)
     assert "row weight" in caught.value.bound
     coordinator = _coordinator(config)
     np.testing.assert_array_equal(coordinator.clusters.states[0][BLOCK], np.zeros((ROWS, COLS)))
