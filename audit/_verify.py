@@ -154,6 +154,12 @@ def _check_bound_history(
     receipt says it is."""
     by_digest = {entry.record.digest(): entry for entry in chain.records}
     server_source = report.server_log_path or "server log"
+    # Once the server log shows receipts binding history at all, an upload whose receipt
+    # binds none was sent by a client that withheld its head: its history is unpinned.
+    binding_in_use = any(
+        "audit_head_sha256" in entry.record.payload
+        for entry in _of(server_chain, EventType.UPLOAD_ACCEPTED)
+    )
     for accepted in _accepted(chain, server_chain):
         payload = accepted.record.payload
         round_number, cluster, upload = _upload_key(payload)
@@ -171,6 +177,12 @@ def _check_bound_history(
             )
 
         head = payload.get("audit_head_sha256")
+        if head is None and binding_in_use:
+            finding(
+                f"the receipt for {label} binds no log head of `{chain.party}`, though the "
+                "server's other receipts do: the client withheld it, so this log's history "
+                "up to that upload is not pinned"
+            )
         if isinstance(head, str):
             entry = by_digest.get(head)
             if entry is None:

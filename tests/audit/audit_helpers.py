@@ -100,11 +100,13 @@ def write_federation(
     start: datetime | None = None,
     server_party: str = SERVER,
     receipt_lost_in_rounds: Collection[int] = (),
+    head_withheld_in_rounds: Collection[int] = (),
 ) -> Federation:
     """Write an honest client log and server log for ``plan``; ε from Opacus' RDP.
 
     In ``receipt_lost_in_rounds`` the server accepts the upload but the client never
-    logs the receipt (it crashed before the receipt arrived) and goes on.
+    logs the receipt (it crashed before the receipt arrived) and goes on. In
+    ``head_withheld_in_rounds`` the client sends no log head or spend with its upload.
     """
     client_path, server_path = folder / "client.jsonl", folder / "server.jsonl"
     opacus_accountant = RDPAccountant()
@@ -151,8 +153,10 @@ def write_federation(
                 cluster=0,
                 organization=ORG,
                 upload_sha256=upload,
-                audit_head_sha256=committed.digest(),
-                spend_sha256=spend.digest(),
+                audit_head_sha256=None
+                if round_number in head_withheld_in_rounds
+                else committed.digest(),
+                spend_sha256=None if round_number in head_withheld_in_rounds else spend.digest(),
             )
             server.append(EventType.UPLOAD_ACCEPTED, upload_accepted_payload(receipt))
             if round_number not in receipt_lost_in_rounds:

@@ -614,3 +614,18 @@ def test_a_missing_receipt_before_later_bound_records_is_only_a_warning(
     assert [(f.check, f.severity) for f in report.findings] == [
         (Check.RECEIPT_MISSING, Severity.WARNING)
     ]
+
+
+def test_an_upload_whose_receipt_binds_no_head_is_an_error_once_binding_is_in_use(
+    tmp_path: Path, client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """A (modified) client that withholds its log head for one upload, while the server's
+    other receipts bind theirs, leaves that part of its history unpinned: an error."""
+    federation = write_federation(
+        tmp_path, client_key, server_key, make_policy(), head_withheld_in_rounds={1}
+    )
+    report = _verify(federation, client_key, server_key)
+    assert [(f.check, f.source) for f in report.errors] == [
+        (Check.BOUND_HISTORY, str(federation.server_log))
+    ]
+    assert "withheld" in report.errors[0].message
