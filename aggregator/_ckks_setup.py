@@ -86,7 +86,8 @@ def ckks_ceremony(
         raise AggregatorError(f"refusing to overwrite CKKS key material: {existing}")
     parameters = CKKSParameters.choose(
         max_clients=len(enrolled),
-        value_bound=consortium.secure_aggregation.clip,
+        # Row weights (at most 1) travel in the same vectors as the clipped values.
+        value_bound=max(consortium.secure_aggregation.clip, 1.0),
         scale_bits=scale_bits,
     )
     ceremony = CKKSCeremony.create(

@@ -30,7 +30,7 @@ Notes:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +39,9 @@ import numpy.typing as npt
 
 from fedhft.policies import ConsortiumConfig, Method, policy_hash
 from fedhft.protocol import AggregateResult, SessionParams, default_threshold
-from fedhft.protocol._blocks import packed_length, row_average
+from fedhft.protocol._blocks import check_packed_sum, packed_length, row_average
 from fedhft.protocol._graph import effective_degree
-from fedhft.protocol.errors import CohortTooSmallError
+from fedhft.protocol.errors import CohortTooSmallError, SumOutOfBoundsError
 from fedhft.sdk import ClusterAdapters
 from fedhft.sdk._codec import decode_clusters as decode_clusters
 from fedhft.sdk._codec import encode_clusters as encode_clusters
@@ -126,6 +126,50 @@ def cohort_session(
         neighbours=spec.neighbours,
     )
     return params, skipped
+
+
+SumError = Callable[[int], float]
+"""Contributors → bound on the total rounding error of one coordinate of their sum."""
+
+
+def check_sums(
+    consortium: ConsortiumConfig,
+    results: Mapping[int, AggregateResult],
+    shapes: Mapping[str, tuple[int, int]],
+    sum_error: SumError | None = None,
+) -> None:
+    """Refuse every cluster's sums unless each block is one its contributors' clipped
+    inputs can produce (`fedhft.protocol._blocks.check_packed_sum`).
+
+    ``sum_error`` defaults to the masking mode's: one quantization step per contributor
+    (plus float64 slack).
+
+    Raises:
+        SumOutOfBoundsError: the first block out of bounds; nothing may be applied.
+    """
+    spec = consortium.secure_aggregation
+    for cluster in sorted(results):
+        for block_id, block_sum in sorted(results[cluster].blocks.items()):
+            if block_id not in shapes:
+                raise RoundError(f"the secure sum carries unknown block {block_id!r}")
+            n = block_sum.count
+            error = sum_error(n) if sum_error is not None else n / spec.scale
+            try:
+                check_packed_sum(
+                    block_sum.sum,
+                    *shapes[block_id],
+                    block=block_id,
+                    contributors=n,
+                    clip=spec.clip,
+                    error=error + 1e-9 * max(1.0, n * spec.clip),
+                )
+            except SumOutOfBoundsError as refused:
+                raise SumOutOfBoundsError(
+                    f"cluster {cluster}: {refused}",
+                    block=refused.block,
+                    bound=refused.bound,
+                    cluster=cluster,
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -298,10 +342,16 @@ class RoundCoordinator:
         participants: Sequence[str],
         results: Mapping[int, AggregateResult],
         skipped: Mapping[int, Mapping[str, int]] | None = None,
+        sum_error: SumError | None = None,
     ) -> RoundSummary:
         """Move every cluster adapter by its per-row averaged secure sum.
 
         Blocks that were not aggregated keep their value, and their last update is zero.
+        Every sum is checked against its bounds first (`check_sums`, with ``sum_error``).
+
+        Raises:
+            SumOutOfBoundsError: a sum no honest contributors can produce; nothing of the
+                round is applied.
         """
         current = self.model_for_round(round_number)
         if set(results) != set(range(current.k)):
@@ -309,6 +359,7 @@ class RoundCoordinator:
                 f"round {round_number} needs the secure sums of clusters 0..{current.k - 1}, "
                 f"got {sorted(results)}"
             )
+        check_sums(self.consortium, results, self.shapes, sum_error)
         states: list[dict[str, FloatArray]] = []
         updates: list[dict[str, FloatArray]] = []
         outcomes: list[ClusterOutcome] = []

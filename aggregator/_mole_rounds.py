@@ -61,7 +61,7 @@ from fedhft.sdk._mole_participant import MoLEParticipant, MoLERelease, encode_re
 from fedhft.sdk._mole_trainer import upload_blocks
 
 from ._assignment import assign_experts
-from ._federation import ClusterOutcome, RoundSummary, cohort_session
+from ._federation import ClusterOutcome, RoundSummary, SumError, check_sums, cohort_session
 from ._inprocess import OrganizationRun, RoundRecord, secure_sum
 from ._store import AggregatorStore
 from .errors import RoundError
@@ -258,13 +258,20 @@ class MoLECoordinator:
         participants: Sequence[str],
         results: Mapping[int, AggregateResult],
         skipped: Mapping[int, Mapping[str, int]] | None = None,
+        sum_error: SumError | None = None,
     ) -> RoundSummary:
         """Set every aggregated block to its holders' secure average; report the rest.
 
         ``results`` and ``skipped`` are keyed by session (only 0), as the server has them.
+        Every sum is checked against its bounds first (`check_sums`).
+
+        Raises:
+            SumOutOfBoundsError: a sum no honest contributors can produce; nothing of the
+                round is applied.
         """
         if set(results) != {0}:
             raise RoundError(f"round {round_number} needs the one FedAMoLE secure sum (0)")
+        check_sums(self.consortium, results, self.shapes, sum_error)
         result = results[0]
         for block_id, block_sum in result.blocks.items():
             if block_id not in self.shapes:

@@ -66,7 +66,7 @@ from fedhft.protocol import (
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, released_model_hash
-from fedhft.protocol.errors import CohortTooSmallError, ProtocolError
+from fedhft.protocol.errors import CohortTooSmallError, ProtocolError, SumOutOfBoundsError
 from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, tier_mask
 
 from ._assignment import InfeasibleAssignmentError
@@ -591,13 +591,43 @@ class AggregatorServer:
                 reason = f"cluster {failed[0].cluster}: {failed[0].aborted}"
                 return self._abort(attempt, reason, _Outcome.RETRY)
         results = {cluster: session.result() for cluster, session in sessions.items()}
-        summary = self.coordinator.apply(
-            round_number=attempt.round,
-            participants=list(participants),
-            results=results,
-            skipped={cluster: session.skipped for cluster, session in sessions.items()},
-        )
+        try:
+            summary = self.coordinator.apply(
+                round_number=attempt.round,
+                participants=list(participants),
+                results=results,
+                skipped={cluster: session.skipped for cluster, session in sessions.items()},
+                sum_error=(
+                    self.ckks_context.parameters.error_bound
+                    if self.ckks_context is not None
+                    else None
+                ),
+            )
+        except SumOutOfBoundsError as error:
+            return self._reject_sum(attempt, results, error)
         return self._complete(attempt, summary)
+
+    def _reject_sum(
+        self, attempt: Attempt, results: Mapping[int, Any], error: SumOutOfBoundsError
+    ) -> _Outcome:
+        """Abort the attempt without applying anything, and log which bound failed.
+
+        Notes:
+            The logged event names the block and the bound, never a value: the sum is a
+            public output, but the log need not carry it to show what was refused.
+        """
+        cluster = error.cluster if error.cluster is not None else min(results)
+        self.audit.append(
+            EventType.SUM_REJECTED,
+            {
+                "round": attempt.round,
+                "cluster": cluster,
+                "attempt": attempt.attempt,
+                "block": error.block,
+                "bound": error.bound,
+            },
+        )
+        return self._abort(attempt, f"sum rejected, nothing applied: {error}", _Outcome.RETRY)
 
     def _complete(self, attempt: Attempt, summary: RoundSummary) -> _Outcome:
         with self.store_lock:

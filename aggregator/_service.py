@@ -413,14 +413,14 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         return pb.StageAck(
             session=session.ref,
             stage=header.stage,
-            receipt=self._receipt(attempt, session, header.stage, organization, payload, digest),
+            receipt=self._receipt(attempt, session, header, organization, payload, digest),
         )
 
     def _receipt(
         self,
         attempt: Attempt,
         session: AggregationSession,
-        stage: int,
+        header: pb.StageHeader,
         organization: str,
         payload: bytes,
         digest: str,
@@ -431,10 +431,14 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             server=server.credentials.name,
             organization=organization,
             session=session.ref,
-            stage=stage,  # type: ignore[arg-type]
+            stage=header.stage,
             payload_bytes=len(payload),
             payload_sha256=bytes.fromhex(digest),
             accepted_at_unix_ms=int(time.time() * 1000),
+            # The uploader's audit-log head and round spend, as it declared them: signing
+            # them binds its history up to this upload (audit/FORMAT.md, Receipts).
+            audit_head_sha256=header.audit_head_sha256,
+            spend_sha256=header.spend_sha256,
         )
         receipt = sign_receipt(server.credentials.identity_key, statement)
         with server.store_lock:

@@ -41,6 +41,7 @@ class EventType(StrEnum):
     # The aggregation server's own log.
     UPLOAD_ACCEPTED = "upload_accepted"
     ROUND_AGGREGATED = "round_aggregated"
+    SUM_REJECTED = "sum_rejected"
 
 
 MECHANISMS: Final = frozenset({"dp-sgd", "gaussian"})
@@ -212,6 +213,12 @@ REQUIRED_FIELDS: Final[dict[str, dict[str, FieldCheck]]] = {
         "upload_sha256": _is_hex64,
     },
     EventType.ROUND_AGGREGATED: {"round": _is_round, "cluster": _is_round},
+    EventType.SUM_REJECTED: {
+        "round": _is_round,
+        "cluster": _is_round,
+        "block": _is_text,
+        "bound": _is_text,
+    },
 }
 
 

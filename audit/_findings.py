@@ -46,6 +46,8 @@ class Check(StrEnum):
     UPLOAD_MISSING = "upload-missing"
     RECEIPT_SIGNATURE = "receipt-signature"
     KEY = "key"
+    BOUND_HISTORY = "bound-history"
+    NOISE_MULTIPLIER = "noise-multiplier"
 
 
 @dataclass(frozen=True)

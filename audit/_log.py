@@ -91,6 +91,7 @@ class AuditLog:
         self._last_time = last_time
         self._lock = threading.Lock()
         self._broken = False
+        self._round_spends: dict[int, str] = {}
 
     @classmethod
     def open(
@@ -162,6 +163,8 @@ class AuditLog:
         except BaseException:
             os.close(fd)
             raise
+        for entry in chain.records:
+            log._note(entry.record)
         if torn is not None:
             os.ftruncate(fd, torn.offset)
             os.fsync(fd)
@@ -239,7 +242,26 @@ class AuditLog:
             self._last_seq = record.seq
             self._head = record.digest()
             self._last_time = record.time
+            self._note(record)
             return record
+
+    def spend_sha256(self, round_number: int) -> str | None:
+        """Hash of the last DP-SGD `privacy_spend` record of ``round_number``, if any.
+
+        An upload of that round is post-processing of that spend; the client sends this
+        hash with the upload so the server's receipt binds it (FORMAT.md §5, Receipts).
+        """
+        with self._lock:
+            return self._round_spends.get(round_number)
+
+    def _note(self, record: Record) -> None:
+        payload = record.payload
+        if (
+            record.event == EventType.PRIVACY_SPEND
+            and payload.get("mechanism") == "dp-sgd"
+            and type(payload.get("round")) is int
+        ):
+            self._round_spends[int(payload["round"])] = record.digest()
 
     def close(self) -> None:
         """Release the lock and close the file; appending afterwards raises."""

@@ -96,6 +96,7 @@ def upload_accepted_payload(receipt: Receipt) -> dict[str, object]:
         "organization": receipt.organization,
         "upload_sha256": receipt.upload_sha256,
         "receipt_sig": receipt.sig,
+        **receipt.bound_history(),
     }
 
 

@@ -17,6 +17,7 @@ Notes:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class Receipt:
     """Hex Ed25519 signature over `signing_message()`."""
     sid: str | None = None
     """Hex secure-aggregation session id, when the receipt is bound to one."""
+    audit_head_sha256: str | None = None
+    """Hash of the uploader's last audit record when it uploaded (its `update_committed`)."""
+    spend_sha256: str | None = None
+    """Hash of the uploader's DP-SGD `privacy_spend` record of the round."""
 
     def __post_init__(self) -> None:
         problems = _field_problems(
@@ -61,6 +66,10 @@ class Receipt:
             server=self.server,
             sid=self.sid,
         )
+        for name in ("audit_head_sha256", "spend_sha256"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not _HEX64.fullmatch(value)):
+                problems.append(f"`{name}` must be 64 lower-case hex digits or absent")
         if self.sig and _HEX128.fullmatch(self.sig) is None:
             problems.append("`sig` must be 128 lower-case hex digits")
         if problems:
@@ -75,7 +84,21 @@ class Receipt:
             "server": self.server,
             "sid": self.sid,
             "upload_sha256": self.upload_sha256,
+            **self.bound_history(),
         }
+
+    def bound_history(self) -> dict[str, JSONValue]:
+        """The uploader's log head and round spend this receipt binds (those present).
+
+        Absent ones are left out of the signed fields, so receipts made before these
+        fields existed still verify.
+        """
+        bound: dict[str, JSONValue] = {}
+        if self.audit_head_sha256 is not None:
+            bound["audit_head_sha256"] = self.audit_head_sha256
+        if self.spend_sha256 is not None:
+            bound["spend_sha256"] = self.spend_sha256
+        return bound
 
     def signing_message(self) -> bytes:
         """The exact bytes the signature covers."""
@@ -93,6 +116,7 @@ class Receipt:
         }
         if self.sid is not None:
             payload["sid"] = self.sid
+        payload.update(self.bound_history())
         return payload
 
     @classmethod
@@ -117,6 +141,8 @@ class Receipt:
             server=fields["server"],  # type: ignore[arg-type]
             sig=sig,
             sid=sid,  # type: ignore[arg-type]
+            audit_head_sha256=payload.get("audit_head_sha256"),  # type: ignore[arg-type]
+            spend_sha256=payload.get("spend_sha256"),  # type: ignore[arg-type]
         )
 
 
@@ -153,11 +179,15 @@ def sign_receipt(
     organization: str,
     upload_sha256: str,
     sid: str | bytes | None = None,
+    audit_head_sha256: str | None = None,
+    spend_sha256: str | None = None,
 ) -> Receipt:
     """Sign a receipt for one accepted upload with the server's identity key.
 
     ``upload_sha256`` is the hex SHA-256 of the masked upload exactly as received;
-    ``sid`` (hex or bytes) binds the receipt to one secure-aggregation session.
+    ``sid`` (hex or bytes) binds the receipt to one secure-aggregation session;
+    ``audit_head_sha256`` and ``spend_sha256``, as the uploader declared them, bind its
+    audit log up to the upload.
     """
     sid_hex = sid.hex() if isinstance(sid, bytes | bytearray) else sid
     unsigned = Receipt(
@@ -168,17 +198,11 @@ def sign_receipt(
         server=key_fingerprint(server_key.public_key()),
         sig="",
         sid=sid_hex,
+        audit_head_sha256=audit_head_sha256,
+        spend_sha256=spend_sha256,
     )
     signature = server_key.sign(unsigned.signing_message())
-    return Receipt(
-        round=round,
-        cluster=cluster,
-        organization=organization,
-        upload_sha256=upload_sha256,
-        server=unsigned.server,
-        sig=signature.hex(),
-        sid=sid_hex,
-    )
+    return dataclasses.replace(unsigned, sig=signature.hex())
 
 
 def verify_receipt(server_public_key: Ed25519PublicKey, receipt: Receipt) -> None:
@@ -230,7 +254,18 @@ def aggregation_receipt_from_wire(
         "receipt_sig": bytes(receipt.signature).hex(),
         "receipt_statement": bytes(receipt.statement).hex(),
         "sid": bytes(statement.session.session_id).hex(),
+        **_bound_history(statement),
     }
+
+
+def _bound_history(statement: Any) -> dict[str, JSONValue]:
+    """The uploader's log head and round spend a statement binds (present ones only)."""
+    bound: dict[str, JSONValue] = {}
+    for name in ("audit_head_sha256", "spend_sha256"):
+        value = bytes(getattr(statement, name))
+        if value:
+            bound[name] = value.hex()
+    return bound
 
 
 def upload_accepted_from_wire(receipt: Any) -> dict[str, JSONValue]:
@@ -246,6 +281,7 @@ def upload_accepted_from_wire(receipt: Any) -> dict[str, JSONValue]:
         "upload_sha256": bytes(statement.payload_sha256).hex(),
         "receipt_sig": bytes(receipt.signature).hex(),
         "sid": bytes(statement.session.session_id).hex(),
+        **_bound_history(statement),
     }
 
 
@@ -291,15 +327,13 @@ def verify_receipt_payload(server_public_key: Ed25519PublicKey, payload: Mapping
         "organization": statement.organization,
         "upload_sha256": bytes(statement.payload_sha256).hex(),
         "sid": bytes(statement.session.session_id).hex(),
+        **_bound_history(statement),
     }
     differing = sorted(
         name for name, value in signed.items() if name in payload and payload[name] != value
     )
-    differing += [
-        name
-        for name in ("round", "cluster", "organization", "upload_sha256")
-        if name not in payload
-    ]
+    required = ("round", "cluster", "organization", "upload_sha256", *_bound_history(statement))
+    differing += [name for name in required if name not in payload]
     if differing:
         raise ReceiptError(
             f"the logged receipt fields {differing} differ from what the server signed"

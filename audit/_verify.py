@@ -12,12 +12,22 @@
 - uploads: every `update_committed` comes after a spend for its round and has a matching
   server receipt (in the client log, or accepted in the server log), every receipt and
   every server `upload_accepted` for this organization matches a committed upload, and
-  every receipt's signature verifies with the server's key.
+  every receipt's signature verifies with the server's key;
+- bound history (with the server's log): every log head and round spend the server
+  signed into a receipt is a record of the client's log, the head being that upload's
+  `update_committed` and the spend a `privacy_spend` of its round;
+- the policy (when given): each DP-SGD spend's σ is the policy's, or for ``auto`` the σ
+  the client's own solver (`fedhft.sdk.auto_noise_multiplier`) finds for the logged
+  sample rate and steps, leaving room for the log's one-shot Gaussian releases.
 
 Notes:
     A hash chain cannot by itself reveal that its last records were cut off at a line
-    boundary. Two things do: the receipts in the server's log (an accepted upload the
-    client log lacks), and a head hash an auditor noted earlier (``expected_head``).
+    boundary, nor that its own party rewrote and re-signed it. The server's log does:
+    each receipt binds the hash of the client's record at that upload (rewriting any
+    earlier record changes it) and its spend record, and an upload the server accepted
+    whose receipt the client log lacks, with no later bound head to show the log went
+    on, is a truncated tail. A head hash an auditor noted earlier (``expected_head``)
+    catches truncation too.
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ from ._findings import Check, EpsilonPoint, Finding, Severity, VerificationRepor
 from ._keys import key_fingerprint
 from ._receipts import verify_receipt_payload
 from .errors import ReceiptError
+
+_SIGMA_RTOL = 1e-6
+"""σ from the same solver on the same inputs agrees to float rounding."""
 
 UploadKey = tuple[int, int, str]
 """(round, cluster, upload_sha256): what a commitment, a receipt and an acceptance share."""
@@ -90,6 +103,8 @@ def verify_log(
         report.budget_delta = policy.privacy.delta
         _check_policy_records(chain, policy, source, report)
     _check_privacy(chain, policy, source, report, epsilon_rtol, epsilon_check)
+    if policy is not None:
+        _check_noise_multipliers(chain, policy, source, report)
 
     server_chain: ChainResult | None = None
     if server_log is not None:
@@ -108,8 +123,181 @@ def verify_log(
                     severity=Severity.WARNING,
                 )
             )
+    if server_chain is not None:
+        _check_bound_history(chain, server_chain, source, report)
     _check_uploads(chain, server_chain, server_public_key, source, report)
     return report
+
+
+def _accepted(chain: ChainResult, server_chain: ChainResult) -> list[LoggedRecord]:
+    """The server's valid `upload_accepted` records for the client log's party."""
+    return [
+        entry
+        for entry in _of(server_chain, EventType.UPLOAD_ACCEPTED)
+        if entry.record.payload["organization"] == chain.party
+    ]
+
+
+def _bound_heads(chain: ChainResult, server_chain: ChainResult | None) -> dict[str, int]:
+    """Client record hash → its seq, for every log head the server's receipts bind."""
+    if server_chain is None:
+        return {}
+    seqs = {entry.record.digest(): entry.record.seq for entry in chain.records}
+    heads = (e.record.payload.get("audit_head_sha256") for e in _accepted(chain, server_chain))
+    return {head: seqs[head] for head in heads if isinstance(head, str) and head in seqs}
+
+
+def _check_bound_history(
+    chain: ChainResult, server_chain: ChainResult, source: str, report: VerificationReport
+) -> None:
+    """Every log head and spend the server signed must be in the client log, as what the
+    receipt says it is."""
+    by_digest = {entry.record.digest(): entry for entry in chain.records}
+    server_source = report.server_log_path or "server log"
+    # Once the server log shows receipts binding history at all, an upload whose receipt
+    # binds none was sent by a client that withheld its head: its history is unpinned.
+    binding_in_use = any(
+        "audit_head_sha256" in entry.record.payload
+        for entry in _of(server_chain, EventType.UPLOAD_ACCEPTED)
+    )
+    for accepted in _accepted(chain, server_chain):
+        payload = accepted.record.payload
+        round_number, cluster, upload = _upload_key(payload)
+        label = f"round {round_number}, cluster {cluster}"
+
+        def finding(message: str, accepted: LoggedRecord = accepted) -> None:
+            report.findings.append(
+                Finding(
+                    server_source,
+                    Check.BOUND_HISTORY,
+                    message,
+                    line=accepted.line,
+                    seq=accepted.record.seq,
+                )
+            )
+
+        head = payload.get("audit_head_sha256")
+        if head is None and binding_in_use:
+            finding(
+                f"the receipt for {label} binds no log head of `{chain.party}`, though the "
+                "server's other receipts do: the client withheld it, so this log's history "
+                "up to that upload is not pinned"
+            )
+        if isinstance(head, str):
+            entry = by_digest.get(head)
+            if entry is None:
+                finding(
+                    f"the receipt for {label} binds the client log head {head[:16]}..., which "
+                    f"no record of {source} has: the log was rewritten or truncated after "
+                    "that upload"
+                )
+            elif (
+                entry.record.event != EventType.UPDATE_COMMITTED
+                or not _valid(entry)
+                or (_upload_key(entry.record.payload) != (round_number, cluster, upload))
+            ):
+                finding(
+                    f"the receipt for {label} binds client record seq {entry.record.seq}, "
+                    "which is not the update_committed of that upload"
+                )
+        spend = payload.get("spend_sha256")
+        if isinstance(spend, str):
+            entry = by_digest.get(spend)
+            if entry is None:
+                finding(
+                    f"the receipt for {label} binds the round's privacy_spend record "
+                    f"{spend[:16]}..., which {source} does not hold: the spend was rewritten"
+                )
+            elif (
+                entry.record.event != EventType.PRIVACY_SPEND
+                or entry.record.payload.get("round") != round_number
+            ):
+                finding(
+                    f"the receipt for {label} binds client record seq {entry.record.seq}, "
+                    f"which is not a privacy_spend of round {round_number}"
+                )
+
+
+def _policy_noise_multiplier(
+    policy: OrganizationPolicy, payload: Mapping[str, Any], reserved: list[Mapping[str, Any]]
+) -> float | None:
+    """σ the policy implies for a DP-SGD spend with the logged rate and steps: the fixed
+    value, or `auto` re-solved by the client's own solver; None if it cannot be solved."""
+    privacy = policy.privacy
+    if privacy.noise_multiplier != "auto":
+        return float(privacy.noise_multiplier)
+    # Imported here: the SDK pulls in torch, which the rest of verification never needs.
+    from fedhft.sdk import BudgetExhaustedError, auto_noise_multiplier
+    from fedhft.sdk._privacy import MechanismRecord
+
+    records = tuple(
+        MechanismRecord(
+            round=int(r["round"]),
+            mechanism="gaussian",
+            noise_multiplier=float(r["noise_multiplier"]),
+            sample_rate=float(r["sample_rate"]),
+            steps=int(r["steps"]),
+            max_grad_norm=r["max_grad_norm"],
+            noise_source=r["noise_source"],
+        )
+        for r in reserved
+    )
+    try:
+        return auto_noise_multiplier(
+            policy,
+            sample_rate=float(payload["sample_rate"]),
+            steps_per_round=int(payload["steps"]),
+            reserved=records,
+        )
+    except (BudgetExhaustedError, ValueError, ArithmeticError):
+        return None
+
+
+def _check_noise_multipliers(
+    chain: ChainResult, policy: OrganizationPolicy, source: str, report: VerificationReport
+) -> None:
+    """Each DP-SGD spend's σ (and steps) must be what the policy implies."""
+    spends = _of(chain, EventType.PRIVACY_SPEND)
+    reserved = [e.record.payload for e in spends if e.record.payload["mechanism"] == "gaussian"]
+    solved: dict[tuple[float, int], float | None] = {}
+    local_steps = policy.training.local_steps
+    for entry in spends:
+        payload = entry.record.payload
+        if payload["mechanism"] != "dp-sgd":
+            continue
+
+        def finding(message: str, entry: LoggedRecord = entry) -> None:
+            report.findings.append(
+                Finding(
+                    source, Check.NOISE_MULTIPLIER, message, line=entry.line, seq=entry.record.seq
+                )
+            )
+
+        if local_steps is not None and int(payload["steps"]) != local_steps:
+            finding(
+                f"round {payload['round']} logs {payload['steps']} DP-SGD steps; the policy's "
+                f"training.local_steps is {local_steps}"
+            )
+        key = (float(payload["sample_rate"]), int(payload["steps"]))
+        if key not in solved:
+            solved[key] = _policy_noise_multiplier(policy, payload, reserved)
+        expected = solved[key]
+        logged = float(payload["noise_multiplier"])
+        if expected is None:
+            finding(
+                f"round {payload['round']}: no σ fits the policy's budget at the logged sample "
+                f"rate {key[0]:g} and {key[1]} steps, yet σ = {logged:.6g} was logged"
+            )
+        elif not math.isclose(logged, expected, rel_tol=_SIGMA_RTOL):
+            source_of = (
+                "`auto` re-solved for the logged sample rate and steps"
+                if policy.privacy.noise_multiplier == "auto"
+                else "the policy's noise_multiplier"
+            )
+            finding(
+                f"round {payload['round']} logs σ = {logged:.6g}, but {source_of} gives "
+                f"{expected:.6g}: the spend record does not match the policy"
+            )
 
 
 def _valid(entry: LoggedRecord) -> bool:
@@ -324,6 +512,7 @@ def _check_uploads(
             for e in _of(server_chain, EventType.UPLOAD_ACCEPTED)
             if e.record.payload["organization"] == party
         ]
+    bound_heads = _bound_heads(chain, server_chain)
     spend_rounds: dict[int, int] = {}
     for entry in _of(chain, EventType.PRIVACY_SPEND):
         spend_rounds.setdefault(int(entry.record.payload["round"]), entry.record.seq)
@@ -402,15 +591,26 @@ def _check_uploads(
                 located.entry,
             )
         elif not has_receipt:
+            # A later record the server bound proves the log went on past this upload
+            # without its receipt (a crash before it arrived); without one, the receipt
+            # may as well have been cut off the end of the log.
+            went_on = any(seq > located.entry.record.seq for seq in bound_heads.values())
             report.findings.append(
                 Finding(
                     source,
                     Check.RECEIPT_MISSING,
                     f"committed upload ({label}) was accepted by the server, but the client "
-                    "log holds no receipt for it (crash before the receipt arrived?)",
+                    "log holds no receipt for it"
+                    + (
+                        " (the log went on past it: a crash before the receipt arrived?)"
+                        if went_on
+                        else "; nothing the server bound comes later, so the log may have "
+                        "been truncated after the upload (or the client crashed before "
+                        "logging the receipt and never uploaded again)"
+                    ),
                     line=located.entry.line,
                     seq=located.entry.record.seq,
-                    severity=Severity.WARNING,
+                    severity=Severity.WARNING if went_on else Severity.ERROR,
                 )
             )
     # The other direction: receipts and acceptances must match a commitment.

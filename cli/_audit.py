@@ -46,11 +46,18 @@ LogArgument = Annotated[
 ]
 ServerLogOption = Annotated[
     Path | None,
-    typer.Option("--server-log", help="The aggregation server's audit log, to cross-check."),
+    typer.Option(
+        "--server-log",
+        help="The aggregation server's audit log: cross-checks uploads and the log heads "
+        "and spends its receipts bind (catches rewritten or truncated history).",
+    ),
 ]
 PolicyOption = Annotated[
     Path | None,
-    typer.Option("--policy", help="The organization's policy file (budget, δ, accountant)."),
+    typer.Option(
+        "--policy",
+        help="The organization's policy file (budget, δ, accountant, σ: `auto` re-solved).",
+    ),
 ]
 CertsOption = Annotated[
     Path | None,
@@ -211,7 +218,7 @@ def verify(
         ),
     ] = EpsilonCheck.EVERY,
 ) -> None:
-    """Verify chain, signatures, ε (recomputed), budget and receipts of an audit log."""
+    """Verify chain, signatures, ε (recomputed), budget, σ and receipts of an audit log."""
     inputs = _resolve_inputs(log, server_log, policy, certs, key, server_key)
     report = verify_log(
         log,

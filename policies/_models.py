@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import CoreSchema
 
+from ._clip import honest_update_bound
+
 Identifier = Annotated[
     str,
     Field(
@@ -338,6 +340,13 @@ class LocalTrainingSpec(_Frozen):
 
     learning_rate: float = Field(default=5e-3, gt=0, le=10)
     head_learning_rate: float | None = Field(default=None, gt=0, le=10)
+    max_local_steps: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        description="The most DP-SGD steps an organization takes in a round, for deriving "
+        "`secure_aggregation.clip`; longer training is clipped to that bound.",
+    )
 
 
 class SecureAggregationSpec(_Frozen):
@@ -368,7 +377,10 @@ class SecureAggregationSpec(_Frozen):
         default=8.0,
         gt=0,
         le=1e6,
-        description="Bound on every coordinate of an uploaded update; clients clip to it.",
+        description="Bound on every coordinate of an uploaded update Δ; clients clip to it "
+        "and the server refuses sums beyond it. Omitted in a consortium file: derived from "
+        "`training` (`policies._clip.honest_update_bound`), except under fedamole, which "
+        "sums parameters rather than updates; given: an explicit override.",
     )
     scale: float = Field(
         default=2.0**20,
@@ -488,6 +500,29 @@ class ConsortiumConfig(_Frozen):
             )
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _derive_clip(self) -> ConsortiumConfig:
+        """Fill in `secure_aggregation.clip` from `training` when the file omits it.
+
+        The derived value is then part of the configuration (and of its hash) like an
+        explicit one, so every party computes and checks the same bound.
+        """
+        spec = self.secure_aggregation
+        # FedAMoLE sums expert parameters themselves, not updates: their bound is not
+        # what one round of training can move, so it keeps the explicit default.
+        if "clip" not in spec.model_fields_set and self.method is not Method.FEDAMOLE:
+            training = self.training
+            derived = honest_update_bound(
+                learning_rate=max(training.learning_rate, training.head_learning_rate or 0.0),
+                steps=training.max_local_steps,
+            )
+            # The model is frozen; this runs once, inside validation, before anyone
+            # can hold a reference to the half-built object.
+            object.__setattr__(
+                self, "secure_aggregation", spec.model_copy(update={"clip": derived})
+            )
         return self
 
     def takes_sketches(self, round_number: int) -> bool:

@@ -29,6 +29,9 @@ from .errors import InvalidInputError, QuantizationOverflowError, SessionParamsE
 
 Words = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
 
+PACKED_WEIGHT_BOUND = 1.0
+"""The largest row weight ``π·m`` a packed block carries; the encoded range covers it."""
+
 _FLOAT_EXACT = 2**53
 """Sums of levels stay below this, so they convert to float64 without rounding."""
 
@@ -53,10 +56,17 @@ class FixedPoint:
     def for_sum(cls, *, clip: float, scale: float, max_contributors: int) -> FixedPoint:
         """The narrowest modulus (2^32, else 2^64) in which a sum of that many values fits.
 
+        The encoded range is ``±max(clip, PACKED_WEIGHT_BOUND)``: a session's inputs are
+        packed blocks (`_blocks`) whose row weights lie in ``[0, 1]`` whatever the clip
+        of the weighted values, which may be smaller.
+
         Raises:
             QuantizationOverflowError: even 64-bit words (or float64 decoding) cannot hold
                 ``max_contributors · ⌈clip·scale⌉``; lower the scale or the clip bound.
         """
+        if not (math.isfinite(clip) and clip > 0):
+            raise SessionParamsError(f"`clip` must be a finite number > 0, got {clip}")
+        clip = max(clip, PACKED_WEIGHT_BOUND)
         probe = cls(clip=clip, scale=scale, bits=64)
         bound = max_contributors * probe.max_level
         if bound < 2**31:

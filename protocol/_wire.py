@@ -271,6 +271,10 @@ def validate_stage_header(
         raise InvalidEnvelopeError("`header.session` is missing")
     validate_session_ref(header.session, expected=expected_session, field="header.session")
     validate_stage(header.stage, expected=expected_stages, field="header.stage")
+    for name in ("audit_head_sha256", "spend_sha256"):
+        value = getattr(header, name)
+        if value:
+            _check_length(value, 32, f"header.{name}")
 
 
 def validate_stage_request(request: pb.StageRequest, *, expected_session: pb.SessionRef) -> None:

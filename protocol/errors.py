@@ -158,5 +158,20 @@ class QuantizationOverflowError(ProtocolError, OverflowError):
 # --------------------------------------------------------------------------- homomorphic mode
 
 
+class SumOutOfBoundsError(ProtocolError, ValueError):
+    """A secure sum lies outside what its contributors' clipped inputs can reach.
+
+    Honest inputs cannot produce it: some contributor sent an out-of-range input (the
+    masked ring wraps around, so a flipped byte becomes a large value). The sum must not
+    be applied. The message names the block and the bound, never a value.
+    """
+
+    def __init__(self, message: str, *, block: str, bound: str, cluster: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+        self.bound = bound
+        self.cluster = cluster
+
+
 class CKKSParametersError(ProtocolError, ValueError):
     """No 128-bit secure CKKS parameter set meets the request, or a given set is unsafe."""

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedhft.audit import EventType, ReceiptError, refusal_payload
+from fedhft.audit import AuditLog, EventType, ReceiptError, Record, refusal_payload
 from fedhft.audit._receipts import aggregation_receipt_from_wire
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import (
@@ -366,21 +366,27 @@ def _send(run: ClusterRun, index: int, previous: list[bytes] | None, round_numbe
         )
         return
     digest = hashlib.sha256(payload).hexdigest()
+    header = pb.StageHeader(session=run.ref, stage=step.stage)  # type: ignore[arg-type]
     if step.receipted and context.audit is not None:
-        context.audit.append(
+        committed = context.audit.append(
             EventType.UPDATE_COMMITTED,
             {"round": round_number, "cluster": run.cluster, "upload_sha256": digest},
         )
-    ack = context.connection.upload(
-        pb.StageHeader(session=run.ref, stage=step.stage),  # type: ignore[arg-type]
-        payload,
-        timeout=context.rpc_timeout_s,
-    )
+        # The server signs these into the receipt: the log's head (this commitment) and
+        # the round's spend, so the organization cannot later rewrite what led here.
+        if isinstance(context.audit, AuditLog) and isinstance(committed, Record):
+            header.audit_head_sha256 = bytes.fromhex(committed.digest())
+            spend = context.audit.spend_sha256(round_number)
+            if spend is not None:
+                header.spend_sha256 = bytes.fromhex(spend)
+    ack = context.connection.upload(header, payload, timeout=context.rpc_timeout_s)
     if step.receipted:
-        _log_receipt(run, ack, digest)
+        _log_receipt(run, ack, digest, header)
 
 
-def _log_receipt(run: ClusterRun, ack: pb.StageAck, digest: str) -> None:
+def _log_receipt(
+    run: ClusterRun, ack: pb.StageAck, digest: str, header: pb.StageHeader | None = None
+) -> None:
     context = run.context
     if not ack.HasField("receipt"):
         raise ForgedReceiptError("the server accepted an input upload without a receipt")
@@ -396,8 +402,12 @@ def _log_receipt(run: ClusterRun, ack: pb.StageAck, digest: str) -> None:
         "organization": context.organization,
         "upload_sha256": digest,
         "sid": bytes(run.ref.session_id).hex(),
+        "audit_head_sha256": bytes(header.audit_head_sha256).hex() or None
+        if header is not None
+        else None,
+        "spend_sha256": bytes(header.spend_sha256).hex() or None if header is not None else None,
     }
-    differing = sorted(name for name, value in expected.items() if payload[name] != value)
+    differing = sorted(name for name, value in expected.items() if payload.get(name) != value)
     if differing:
         raise ForgedReceiptError(f"the server's receipt names other {differing}")
     if context.audit is not None:

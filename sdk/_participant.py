@@ -26,6 +26,7 @@ from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 from fedhft.policies import Method
+from fedhft.protocol._blocks import clip_packed
 
 from ._codec import safetensors_metadata
 from ._data import TextDataset
@@ -220,12 +221,13 @@ class RoundParticipant:
     ) -> dict[str, FloatArray]:
         """The vectors this organization puts into one cluster's secure sum.
 
-        Only blocks of the session are sent; values are clipped to the session's bound
-        (post-processing of the DP output).
+        Only blocks of the session are sent; each is clipped to the session's bound
+        (`clip_packed`: ``|Δ| ≤ clip`` on the kept rows, weights in ``[0, 1]``), which is
+        post-processing of the DP output and what the server checks the sum against.
         """
         vectors = update.vectors(cluster)
         return {
-            block_id: np.clip(vectors[block_id], -clip, clip)
+            block_id: clip_packed(vectors[block_id], *update.shapes[block_id], clip)
             for block_id in block_lengths
             if block_id in vectors
         }

@@ -23,7 +23,7 @@ from fedhft.aggregator import AggregatorServer, ServerOptions
 from fedhft.aggregator._federation import decode_clusters
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import init_ca, issue_organization, issue_server
-from fedhft.protocol._blocks import row_average
+from fedhft.protocol._blocks import clip_packed, row_average
 from fedhft.sdk import (
     ClientReport,
     ClusterAdapters,
@@ -249,7 +249,7 @@ def assert_per_row_averages(
                 np.testing.assert_array_equal(after.states[j][block_id], start)
                 continue
             rows, cols = holders[0].shapes[block_id]
-            plain = sum(np.clip(u.vectors(j)[block_id], -clip, clip) for u in holders)
+            plain = sum(clip_packed(u.vectors(j)[block_id], rows, cols, clip) for u in holders)
             average, has_weight = row_average(np.asarray(plain), rows, cols)
             expected = np.array(start)
             expected[has_weight] += average[has_weight]

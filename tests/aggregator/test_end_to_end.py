@@ -6,6 +6,7 @@ of the test process, the server in the same process, and every message crosses g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,6 +87,15 @@ def test_masking_rounds_move_clusters_by_the_clear_per_row_averages(tmp_path: Pa
         )
         assert verified.ok, [f.message for f in verified.errors]
         assert verified.checked_receipts == 4
+        # Every receipt binds the organization's log head (its update_committed) and the
+        # round's spend record, so the server's log pins this log's history.
+        accepted = [
+            p
+            for p in _events(tmp_path / "server" / "audit.jsonl", "upload_accepted")
+            if p["organization"] == org
+        ]
+        assert len(accepted) == 4
+        assert all("audit_head_sha256" in p and "spend_sha256" in p for p in accepted)
 
 
 def test_a_client_killed_after_sharing_keys_drops_out(tmp_path: Path) -> None:
@@ -119,6 +129,58 @@ def test_a_client_killed_after_sharing_keys_drops_out(tmp_path: Path) -> None:
     step = 1.0 / config.secure_aggregation.scale
     assert assert_per_row_averages(
         config, spy.released[1], models[1], survivors, tolerance_per_holder=step
+    )
+
+
+@pytest.mark.slow
+def test_a_corrupted_masked_upload_is_refused_over_grpc_and_nothing_applied(
+    tmp_path: Path,
+) -> None:
+    """A malicious organization corrupts its masked upload of round 1's first attempt
+    (a ring wrap-around that makes a row's summed weight negative, as flipped bytes
+    can). The server refuses the sums before applying anything, logs `sum_rejected` with
+    the block and the bound, and retries; the round then moves the model by the honest
+    per-row averages, and no signed record claims the corrupted attempt was applied."""
+    config = fast_consortium(rounds=1)
+    pki = provision(tmp_path / "pki")
+    attacker = "bank-b"
+    original = SecAggClient.mask_input
+    corrupted: list[int] = []
+
+    def corrupt(self: SecAggClient, relayed: object, inputs: object) -> object:
+        masked = original(self, relayed, inputs)  # type: ignore[arg-type]
+        if self.organization != attacker or corrupted:
+            return masked
+        corrupted.append(1)
+        blocks = []
+        for block, words in masked.blocks:
+            words = np.array(words)
+            modulus = 1 << (words.dtype.itemsize * 8)
+            # The last word is the block's last row weight: subtract (n + 1) units.
+            shift = (len(ORGS) + 1) * int(config.secure_aggregation.scale)
+            words[-1] = words.dtype.type((int(words[-1]) - shift) % modulus)
+            blocks.append((block, words))
+        return dataclasses.replace(masked, blocks=tuple(blocks))
+
+    SecAggClient.mask_input = corrupt  # type: ignore[method-assign,assignment]
+    try:
+        with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
+            run = start_federation(config, pki, server.address, tmp_path / "clients")
+            run.join()
+            assert server.wait(5)
+    finally:
+        SecAggClient.mask_input = original  # type: ignore[method-assign]
+    assert run.errors == {} and corrupted == [1]
+    server_log = tmp_path / "server" / "audit.jsonl"
+    rejected = _events(server_log, "sum_rejected")
+    assert len(rejected) == 1
+    assert rejected[0]["round"] == 1 and rejected[0]["attempt"] == 1
+    assert "row weights" in str(rejected[0]["bound"])
+    assert all(p["attempt"] != 1 for p in _events(server_log, "round_aggregated"))
+    models = stored_models(tmp_path / "server")
+    step = 1.0 / config.secure_aggregation.scale
+    assert assert_per_row_averages(
+        config, spy.released[1], models[1], spy.updates[1], tolerance_per_holder=step
     )
 
 

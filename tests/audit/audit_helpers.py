@@ -3,14 +3,15 @@
 `write_federation` writes the two logs an honest run produces: per round, the client
 joins, records its DP-SGD spend (ε from an Opacus accountant stepped as the trainer
 steps it), commits the hash of its masked upload; the server accepts it and signs a
-receipt, which the client logs.
+receipt binding the client's log head (that commitment) and the round's spend record,
+which the client logs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +38,8 @@ SERVER = "aggregator"
 SpendPlan = list[tuple[float, float, int]]
 """(σ, q, steps) of each round's DP-SGD."""
 
-DEFAULT_PLAN: SpendPlan = [(1.1, 0.01, 20), (1.1, 0.01, 20), (1.3, 0.02, 10)]
+DEFAULT_PLAN: SpendPlan = [(1.1, 0.01, 20), (1.1, 0.01, 20), (1.1, 0.02, 20)]
+"""The policy's σ and local steps every round (`make_policy`); the data grew in round 2."""
 
 
 def fixed_key(label: str) -> Ed25519PrivateKey:
@@ -97,8 +99,15 @@ def write_federation(
     noise_source: str = "secure",
     start: datetime | None = None,
     server_party: str = SERVER,
+    receipt_lost_in_rounds: Collection[int] = (),
+    head_withheld_in_rounds: Collection[int] = (),
 ) -> Federation:
-    """Write an honest client log and server log for ``plan``; ε from Opacus' RDP."""
+    """Write an honest client log and server log for ``plan``; ε from Opacus' RDP.
+
+    In ``receipt_lost_in_rounds`` the server accepts the upload but the client never
+    logs the receipt (it crashed before the receipt arrived) and goes on. In
+    ``head_withheld_in_rounds`` the client sends no log head or spend with its upload.
+    """
     client_path, server_path = folder / "client.jsonl", folder / "server.jsonl"
     opacus_accountant = RDPAccountant()
     epsilons: list[float] = []
@@ -118,7 +127,7 @@ def write_federation(
                 opacus_accountant.step(noise_multiplier=sigma, sample_rate=rate)
             epsilon = opacus_accountant.get_epsilon(delta=delta)
             epsilons.append(epsilon)
-            client.append(
+            spend = client.append(
                 EventType.PRIVACY_SPEND,
                 {
                     "round": round_number,
@@ -135,14 +144,23 @@ def write_federation(
             )
             upload = hashlib.sha256(f"masked upload {round_number}".encode()).hexdigest()
             uploads.append(upload)
-            client.append(
+            committed = client.append(
                 EventType.UPDATE_COMMITTED, update_committed_payload(round_number, 0, upload)
             )
             receipt = sign_receipt(
-                server_key, round=round_number, cluster=0, organization=ORG, upload_sha256=upload
+                server_key,
+                round=round_number,
+                cluster=0,
+                organization=ORG,
+                upload_sha256=upload,
+                audit_head_sha256=None
+                if round_number in head_withheld_in_rounds
+                else committed.digest(),
+                spend_sha256=None if round_number in head_withheld_in_rounds else spend.digest(),
             )
             server.append(EventType.UPLOAD_ACCEPTED, upload_accepted_payload(receipt))
-            client.append(EventType.AGGREGATION_RECEIPT, receipt.to_payload())
+            if round_number not in receipt_lost_in_rounds:
+                client.append(EventType.AGGREGATION_RECEIPT, receipt.to_payload())
             server.append(EventType.ROUND_AGGREGATED, {"round": round_number, "cluster": 0})
     return Federation(client_path, server_path, epsilons, uploads)
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from audit_helpers import Federation, lines_of, write_federation, write_lines
+from audit_helpers import Federation, lines_of, rewrite_log, write_federation, write_lines
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
@@ -192,3 +192,64 @@ def test_console_script_exit_code(federation: Federation, certs: Path) -> None:
     )  # fmt: skip
     assert completed.returncode == 1
     assert "[sequence]" in completed.stdout and "[chain]" in completed.stdout
+
+
+def _quadruple_sigma_and_resign(path: Path, key: Ed25519PrivateKey) -> None:
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+
+    def edit(documents: list[dict[str, object]]) -> None:
+        for document in documents:
+            payload = document["payload"]
+            assert isinstance(payload, dict)
+            if document["event"] == "privacy_spend":
+                payload["noise_multiplier"] *= 4
+                for _ in range(payload["steps"]):
+                    accountant.step(
+                        noise_multiplier=payload["noise_multiplier"],
+                        sample_rate=payload["sample_rate"],
+                    )
+                payload["epsilon_after"] = accountant.get_epsilon(delta=payload["delta"])
+
+    rewrite_log(path, key, edit)
+
+
+def test_verify_exits_one_for_sigma_rewritten_by_the_organization(
+    federation: Federation,
+    certs: Path,
+    policy_file: Path,
+    client_key: Ed25519PrivateKey,
+) -> None:
+    """σ × 4 in every spend, ε recomputed and the log re-signed with the organization's
+    own key: exit 1 with --server-log and --policy, naming the bound history and σ."""
+    _quadruple_sigma_and_resign(federation.client_log, client_key)
+    result = runner.invoke(
+        app,
+        [
+            "audit", "verify", str(federation.client_log),
+            "--server-log", str(federation.server_log),
+            "--policy", str(policy_file),
+            "--certs", str(certs),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "[bound-history]" in result.output
+    assert "[noise-multiplier]" in result.output
+
+
+def test_verify_exits_one_for_a_dropped_last_record_with_the_server_log(
+    federation: Federation, certs: Path
+) -> None:
+    """The last record cut off at a line boundary: exit 1 against the server's log."""
+    write_lines(federation.client_log, lines_of(federation.client_log)[:-1])
+    result = runner.invoke(
+        app,
+        [
+            "audit", "verify", str(federation.client_log),
+            "--server-log", str(federation.server_log),
+            "--certs", str(certs),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "[receipt-missing]" in result.output

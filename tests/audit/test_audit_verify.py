@@ -22,6 +22,7 @@ from audit_helpers import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
 
 from fedhft.audit import (
     AuditLog,
@@ -32,6 +33,7 @@ from fedhft.audit import (
     VerificationReport,
     privacy_spend_payload,
     sign_receipt,
+    upload_accepted_payload,
     verify_log,
 )
 from fedhft.policies import OrganizationPolicy
@@ -55,7 +57,13 @@ def _verify(
 
 
 def _errors(report: VerificationReport) -> set[tuple[Check, int | None]]:
-    return {(finding.check, finding.seq) for finding in report.errors}
+    """Errors other than the server log's bound-history check (see `_rewrites_exposed`)."""
+    return {(f.check, f.seq) for f in report.errors if f.check is not Check.BOUND_HISTORY}
+
+
+def _rewrites_exposed(report: VerificationReport) -> bool:
+    """Whether the server's receipts show that the client log was rewritten or cut."""
+    return any(f.check is Check.BOUND_HISTORY for f in report.errors)
 
 
 def _seq_of(path: Path, event: str, nth: int = 0) -> int:
@@ -108,6 +116,10 @@ def test_real_local_dp_sgd_training_log_verifies(tmp_path: Path) -> None:
     )
     client_key, server_key = fixed_key("real-client"), fixed_key("real-server")
     policy = make_policy(noise_multiplier=1.2, epsilon=8.0)
+    # One epoch of 256 records in expected batches of 32: 8 steps per round.
+    policy = policy.model_copy(
+        update={"training": policy.training.model_copy(update={"local_steps": 8})}
+    )
     delta = policy.privacy.delta
     client_path, server_path = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
     steps_so_far = 0
@@ -150,17 +162,20 @@ def test_real_local_dp_sgd_training_log_verifies(tmp_path: Path) -> None:
                 for after, old in zip(model.parameters(), before, strict=True)
             )
             upload = hashlib.sha256(update).hexdigest()
-            client.append(
+            committed = client.append(
                 EventType.UPDATE_COMMITTED,
                 {"round": round_number, "cluster": 0, "upload_sha256": upload},
             )
             receipt = sign_receipt(
-                server_key, round=round_number, cluster=0, organization=ORG, upload_sha256=upload
+                server_key,
+                round=round_number,
+                cluster=0,
+                organization=ORG,
+                upload_sha256=upload,
+                audit_head_sha256=committed.digest(),
+                spend_sha256=client.spend_sha256(round_number),
             )
-            server.append(
-                EventType.UPLOAD_ACCEPTED,
-                {"round": round_number, "cluster": 0, "organization": ORG, "upload_sha256": upload},
-            )
+            server.append(EventType.UPLOAD_ACCEPTED, upload_accepted_payload(receipt))
             client.append(EventType.AGGREGATION_RECEIPT, receipt.to_payload())
     report = verify_log(
         client_path,
@@ -263,6 +278,7 @@ def test_lowered_epsilon_is_caught_even_with_a_valid_chain(
     rewrite_log(federation.client_log, client_key, lower)
     report = _verify(federation, client_key, server_key)
     assert _errors(report) == {(Check.EPSILON_RECOMPUTED, seq), (Check.EPSILON_DECREASED, seq)}
+    assert _rewrites_exposed(report)
     message = next(f.message for f in report.errors if f.check is Check.EPSILON_RECOMPUTED)
     assert "under-reports" in message
 
@@ -361,8 +377,11 @@ def test_truncation_at_a_record_boundary_is_caught_by_the_server_log(
     lines = lines_of(federation.client_log)
     write_lines(federation.client_log, lines[:-4])
     report = _verify(federation, client_key, server_key)
+    # The last upload's receipt binds a head and a spend the log no longer has.
     assert [(f.check, f.source) for f in report.errors] == [
-        (Check.UPLOAD_MISSING, str(federation.server_log))
+        (Check.BOUND_HISTORY, str(federation.server_log)),
+        (Check.BOUND_HISTORY, str(federation.server_log)),
+        (Check.UPLOAD_MISSING, str(federation.server_log)),
     ]
     headed = verify_log(
         federation.client_log, public_key=client_key.public_key(), expected_head=head
@@ -440,6 +459,7 @@ def test_spend_must_be_logged_before_the_upload(
     rewrite_log(federation.client_log, client_key, reorder)
     report = _verify(federation, client_key, server_key)
     assert _errors(report) == {(Check.SPEND_BEFORE_UPLOAD, spend_seq)}
+    assert _rewrites_exposed(report)
 
 
 def test_pseudo_random_noise_is_a_warning_not_a_failure(
@@ -495,3 +515,117 @@ def test_any_single_byte_change_is_detected(
         assert not report.ok
     finally:
         federation.client_log.write_bytes(original)
+
+
+# ------------------------------------------------------------------ the organization's own history
+
+
+def _quadruple_sigma(documents: list[dict[str, Any]]) -> None:
+    """σ × 4 in every spend, ε recomputed as Opacus' RDP accountant would for it: a
+    self-consistent history the organization re-signs with its own key."""
+    accountant = RDPAccountant()
+    for document in documents:
+        payload = document["payload"]
+        if document["event"] != "privacy_spend":
+            continue
+        payload["noise_multiplier"] *= 4
+        for _ in range(payload["steps"]):
+            accountant.step(
+                noise_multiplier=payload["noise_multiplier"], sample_rate=payload["sample_rate"]
+            )
+        payload["epsilon_after"] = accountant.get_epsilon(delta=payload["delta"])
+
+
+def test_sigma_rewritten_and_resigned_by_the_organization_is_caught(
+    federation: Federation,
+    client_key: Ed25519PrivateKey,
+    server_key: Ed25519PrivateKey,
+    policy: OrganizationPolicy,
+) -> None:
+    """The review's attack: σ × 4 in every spend, ε recomputed, the log re-signed and
+    re-chained with the organization's own key. ε recomputation cannot see it (the
+    history is consistent); the server's receipts, which bind the log head and the spend
+    record of every upload, do, and so does σ checked against the policy."""
+    rewrite_log(federation.client_log, client_key, _quadruple_sigma)
+    without_server = verify_log(federation.client_log, public_key=client_key.public_key())
+    assert without_server.ok  # the chain, signatures and ε all check out
+
+    report = _verify(federation, client_key, server_key)
+    bound = [f for f in report.errors if f.check is Check.BOUND_HISTORY]
+    assert len(bound) == 2 * len(DEFAULT_PLAN)  # every head and every spend signed
+    assert all(f.source == str(federation.server_log) for f in bound)
+    assert not any(f.check is Check.EPSILON_RECOMPUTED for f in report.findings)
+
+    against_policy = verify_log(
+        federation.client_log, public_key=client_key.public_key(), policy=policy
+    )
+    sigma_findings = [f for f in against_policy.errors if f.check is Check.NOISE_MULTIPLIER]
+    assert [f.seq for f in sigma_findings] == [
+        _seq_of(federation.client_log, "privacy_spend", n) for n in range(len(DEFAULT_PLAN))
+    ]
+
+
+def test_auto_sigma_is_re_solved_by_the_clients_solver(
+    tmp_path: Path, client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """With `noise_multiplier: auto` the verifier re-solves σ for each spend's logged rate
+    and steps with the SDK's own solver: an honest auto log verifies, the σ × 4 rewrite
+    does not."""
+    from fedhft.sdk import auto_noise_multiplier
+
+    policy = make_policy(noise_multiplier="auto")
+    plan = [
+        (auto_noise_multiplier(policy, sample_rate=rate, steps_per_round=20), rate, 20)
+        for rate in (0.01, 0.01, 0.02)
+    ]
+    federation = write_federation(tmp_path, client_key, server_key, policy, plan)
+    assert _verify(federation, client_key, server_key, policy).findings == []
+    rewrite_log(federation.client_log, client_key, _quadruple_sigma)
+    report = verify_log(federation.client_log, public_key=client_key.public_key(), policy=policy)
+    assert {f.check for f in report.errors} == {Check.NOISE_MULTIPLIER}
+    assert "auto" in report.errors[0].message
+
+
+def test_dropping_the_last_record_fails_against_the_server_log(
+    federation: Federation, client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """The review's truncation: the last record (the final receipt) dropped. The chain
+    is intact, but the server signed a receipt for that upload and nothing it bound
+    comes later in the log: an error, not a warning."""
+    write_lines(federation.client_log, lines_of(federation.client_log)[:-1])
+    report = _verify(federation, client_key, server_key)
+    assert not report.ok
+    assert [(f.check, f.seq) for f in report.errors] == [
+        (Check.RECEIPT_MISSING, _seq_of(federation.client_log, "update_committed", 2))
+    ]
+
+
+def test_a_missing_receipt_before_later_bound_records_is_only_a_warning(
+    tmp_path: Path, client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """A receipt missing in the middle, while the server bound later records of the
+    log, is what a crash between upload and receipt leaves (the log went on): a
+    warning. Here the client logs round 0 without its receipt and goes on honestly."""
+    honest = write_federation(
+        tmp_path, client_key, server_key, make_policy(), receipt_lost_in_rounds={0}
+    )
+    report = _verify(honest, client_key, server_key)
+    assert report.ok
+    assert [(f.check, f.severity) for f in report.findings] == [
+        (Check.RECEIPT_MISSING, Severity.WARNING)
+    ]
+
+
+def test_an_upload_whose_receipt_binds_no_head_is_an_error_once_binding_is_in_use(
+    tmp_path: Path, client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """A (modified) client that withholds its log head for one upload, while the server's
+    other receipts bind theirs, leaves that part of its history unpinned: an error."""
+    federation = write_federation(
+        tmp_path, client_key, server_key, make_policy(), head_withheld_in_rounds={1}
+    )
+    report = _verify(federation, client_key, server_key)
+    assert [(f.check, f.source) for f in report.errors] == [
+        (Check.BOUND_HISTORY, str(federation.server_log))
+    ]
+    assert "withheld" in report.errors[0].message

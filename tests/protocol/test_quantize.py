@@ -122,3 +122,14 @@ def test_sum_out_of_range_is_detected() -> None:
     garbage = np.array([123_456_789], dtype=np.uint32)
     with pytest.raises(QuantizationOverflowError, match="did not cancel"):
         fixed.dequantize_sum(garbage, contributors=3)
+
+
+def test_a_clip_below_one_still_encodes_the_row_weights() -> None:
+    """Packed blocks carry row weights up to 1 whatever the clip of their values, so the
+    encoded range is at least ±1: a weight of 1 at clip 0.25 round-trips."""
+    fixed = FixedPoint.for_sum(clip=0.25, scale=2.0**20, max_contributors=3)
+    assert fixed.clip == 1.0
+    words = fixed.quantize(np.array([1.0, 0.25, -0.25]))
+    np.testing.assert_allclose(
+        fixed.dequantize_sum(words, contributors=1), [1.0, 0.25, -0.25], atol=fixed.step
+    )

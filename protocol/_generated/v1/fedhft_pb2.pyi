@@ -257,6 +257,8 @@ class ReceiptStatement(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
     PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_SHA256_FIELD_NUMBER: _builtins.int
+    SPEND_SHA256_FIELD_NUMBER: _builtins.int
     consortium: _builtins.str
     server: _builtins.str
     organization: _builtins.str
@@ -265,6 +267,15 @@ class ReceiptStatement(_message.Message):
     payload_sha256: _builtins.bytes
     """32 bytes"""
     accepted_at_unix_ms: _builtins.int
+    audit_head_sha256: _builtins.bytes
+    """What the organization's audit log held when it uploaded, as its `StageHeader`
+    declared it (empty when it keeps no log): the SHA-256 of its last record (the
+    `update_committed` of this upload) and of the round's DP-SGD `privacy_spend`.
+    Signing them binds the organization's history up to this upload (audit/FORMAT.md).
+    32 bytes or empty
+    """
+    spend_sha256: _builtins.bytes
+    """32 bytes or empty"""
     @_builtins.property
     def session(self) -> Global___SessionRef: ...
     def __init__(
@@ -278,10 +289,12 @@ class ReceiptStatement(_message.Message):
         payload_bytes: _builtins.int = ...,
         payload_sha256: _builtins.bytes = ...,
         accepted_at_unix_ms: _builtins.int = ...,
+        audit_head_sha256: _builtins.bytes = ...,
+        spend_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at_unix_ms", b"accepted_at_unix_ms", "consortium", b"consortium", "organization", b"organization", "payload_bytes", b"payload_bytes", "payload_sha256", b"payload_sha256", "server", b"server", "session", b"session", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at_unix_ms", b"accepted_at_unix_ms", "audit_head_sha256", b"audit_head_sha256", "consortium", b"consortium", "organization", b"organization", "payload_bytes", b"payload_bytes", "payload_sha256", b"payload_sha256", "server", b"server", "session", b"session", "spend_sha256", b"spend_sha256", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -896,7 +909,16 @@ class StageHeader(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_SHA256_FIELD_NUMBER: _builtins.int
+    SPEND_SHA256_FIELD_NUMBER: _builtins.int
     stage: Global___Stage.ValueType
+    audit_head_sha256: _builtins.bytes
+    """Input uploads only: the uploader's audit-log head and round spend (see
+    `ReceiptStatement`), which the server signs into the receipt.
+    32 bytes or empty
+    """
+    spend_sha256: _builtins.bytes
+    """32 bytes or empty"""
     @_builtins.property
     def session(self) -> Global___SessionRef: ...
     def __init__(
@@ -904,10 +926,12 @@ class StageHeader(_message.Message):
         *,
         session: Global___SessionRef | None = ...,
         stage: Global___Stage.ValueType = ...,
+        audit_head_sha256: _builtins.bytes = ...,
+        spend_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head_sha256", b"audit_head_sha256", "session", b"session", "spend_sha256", b"spend_sha256", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
