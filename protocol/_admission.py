@@ -227,16 +227,16 @@ class RejectionLog:
                     budget.reported_at = now
         if line:
             self._logger.warning(
-                "refused %s %s from %s: %s%s",
-                one_line(status, 40),
+                "%s from %s ended with %s: %s%s",
                 one_line(method, 80),
                 identity,
+                one_line(status, 40),
                 one_line(reason),
-                f" ({left_out} earlier refusals from it not logged)" if left_out else "",
+                f" ({left_out} earlier ones not logged)" if left_out else "",
             )
         elif left_out:
             self._logger.warning(
-                "%d refusals from %s not logged (more than %g lines a second)",
+                "%d failed calls from %s not logged (more than %g lines a second)",
                 left_out,
                 identity,
                 self._per_second,

@@ -58,7 +58,7 @@ def test_a_burst_of_refusals_logs_the_burst_then_reports_the_rest() -> None:
     clock.now = 1.0
     _refuse(log)
     assert len(records) == 21
-    assert "480 earlier refusals" in records[-1].getMessage()
+    assert "480 earlier ones not logged" in records[-1].getMessage()
 
 
 def test_suppressed_refusals_are_reported_while_a_flood_goes_on() -> None:
@@ -69,7 +69,7 @@ def test_suppressed_refusals_are_reported_while_a_flood_goes_on() -> None:
         clock.now = step * 0.1
         _refuse(log)
     reports = [r.getMessage() for r in records if "not logged" in r.getMessage()]
-    assert reports and all("refusals from bank-a not logged" in r for r in reports)
+    assert reports and all("failed calls from bank-a not logged" in r for r in reports)
     assert sum(int(r.split()[0]) for r in reports) + 1 <= 100
 
 
@@ -80,7 +80,8 @@ def test_each_identity_has_its_own_budget() -> None:
     for _ in range(50):
         _refuse(log, "bank-a")
     _refuse(log, "clin-a")
-    assert [r.getMessage().split(" from ")[1].split(":")[0] for r in records][-1] == "clin-a"
+    assert len(records) == 4
+    assert " from clin-a ended with " in records[-1].getMessage()
 
 
 def test_a_refusal_line_is_one_short_printable_line() -> None:
