@@ -10,6 +10,7 @@ Every test starts its own server on 127.0.0.1 with a free port and stops it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -570,6 +571,22 @@ def test_unexpected_errors_are_internal_without_their_text(
     assert error.details() == "internal server error"
     assert "hunter-2" not in caplog.text
     assert "RuntimeError" in caplog.text
+
+
+def test_an_unexpected_error_is_logged_in_one_line_with_its_place(
+    running: Running, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A servicer bug is logged once, in one line naming the call, the caller and the line
+    it was raised at: no traceback, no text of the error."""
+    caplog.set_level(logging.DEBUG)
+    with create_channel(pki.st_mary, running.bound.address, "localhost") as channel:
+        _refusal(lambda: _stub(channel).AwaitRound(pb.RoundRequest(), timeout=TIMEOUT))
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    line = record.getMessage()
+    assert record.exc_info is None and "\n" not in line
+    assert "/fedhft.v1.Aggregator/AwaitRound from st-mary ended with INTERNAL" in line
+    assert "RuntimeError at test_transport.py:" in line
+    assert "hunter-2" not in caplog.text
 
 
 def test_a_servicers_own_abort_keeps_its_status(running: Running, pki: Pki) -> None:
