@@ -79,8 +79,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         return peer_organization(context, ca_certificate=self._ca, enrolled=self._enrolled)
 
     def _wait(self, context: Any, wait_ms: int, ready: Callable[[], bool]) -> None:
-        """Wait until ``ready()`` holds, ``wait_ms`` passed, the caller went away (its
-        call no longer holds a worker and a slot of its quota) or the server is stopping."""
+        """Wait until ``ready()`` holds, ``wait_ms`` passed, the caller left or we stop.
+
+        A caller that cancelled its long poll or went away gets the worker and the slot
+        of its quota back at once (within a second), not after ``wait_ms``.
+        """
         server = self._server
         deadline = time.time() + min(wait_ms, server.options.max_wait_ms) / 1000
         with server.changed:

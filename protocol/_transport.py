@@ -348,9 +348,15 @@ class EnrollmentInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 self._quota.acquire(identity)
             except FedHFTError as error:
                 self._refuse(context, method, identity, error)
-        watched = self._idle.watch(context.cancel) if streaming and self._idle else None
+        idle = self._idle
+        watched = idle.watch(context.cancel) if streaming and idle is not None else None
+
+        def unwatch() -> None:
+            if watched is not None and idle is not None:
+                idle.unwatch(watched)
+
         try:
-            yield _Call(watched)
+            yield _Call(watched, unwatch)
         except GeneratorExit:
             # gRPC stopped reading a response stream: the caller or the idle watch
             # cancelled it; only the latter is a refusal.
@@ -368,8 +374,7 @@ class EnrollmentInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             if code is not None and code != grpc.StatusCode.OK:
                 self._log(code.name, method, identity, _ended_by(context, None))
         finally:
-            if watched is not None and self._idle is not None:
-                self._idle.unwatch(watched)
+            unwatch()
             if self._quota is not None:
                 self._quota.release(identity)
 
@@ -391,22 +396,29 @@ _IDLE_MESSAGE: Final = (
 class _Call:
     """What a guarded behaviour needs of its admission: the idle watch of its stream."""
 
-    __slots__ = ("watched",)
+    __slots__ = ("_unwatch", "watched")
 
-    def __init__(self, watched: WatchedStream | None) -> None:
+    def __init__(self, watched: WatchedStream | None, unwatch: Callable[[], None]) -> None:
         self.watched = watched
+        self._unwatch = unwatch
 
     def touch(self) -> None:
         if self.watched is not None:
             self.watched.touch()
 
-    def requests(self, requests: Iterator[Any]) -> Iterator[Any]:
-        """A request stream whose messages are checked and reset the idle deadline."""
+    def requests(self, requests: Iterator[Any], *, then_unwatch: bool) -> Iterator[Any]:
+        """A request stream whose messages are checked and reset the idle deadline.
+
+        With `then_unwatch`, the idle deadline ends with the request stream: what the
+        server does with a complete upload is its own time, not the caller's silence.
+        """
         try:
             for request in requests:
                 _check_parsed(request)
                 self.touch()
                 yield request
+            if then_unwatch:
+                self._unwatch()
         except grpc.RpcError:
             # gRPC raises a bare RpcError from a request stream whose call was cancelled.
             if self.watched is not None and self.watched.expired:
@@ -492,15 +504,16 @@ def _guarded(handler: Any, admitted: Callable[[Any, bool], Any]) -> Any:
     else:
         behaviour, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
     request_streaming = bool(handler.request_streaming)
-    streaming = request_streaming or bool(handler.response_streaming)
+    response_streaming = bool(handler.response_streaming)
+    streaming = request_streaming or response_streaming
 
     def checked(request: Any, call: _Call) -> Any:
         if request_streaming:
-            return call.requests(request)
+            return call.requests(request, then_unwatch=not response_streaming)
         _check_parsed(request)
         return request
 
-    if handler.response_streaming:
+    if response_streaming:
 
         def responses(request: Any, context: Any) -> Iterator[Any]:
             with admitted(context, streaming) as call:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from runtime_helpers import TINY, fast_consortium, provision, running_server
 
 from fedhft.aggregator import ServerOptions
+from fedhft.aggregator.errors import AggregatorError
 from fedhft.protocol import PROTOCOL_VERSION, Credentials, create_channel, load_credentials
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
@@ -199,3 +200,15 @@ def test_garbage_requests_log_one_rate_limited_line_each(
     # report interval (the defaults of `RejectionLog`).
     bound = 20 + 1.0 * elapsed + elapsed / 10.0 + 2
     assert 1 <= len(records) <= bound, (len(records), elapsed)
+
+
+def test_a_worker_pool_smaller_than_the_quotas_is_refused() -> None:
+    """Workers must outnumber every organization's quota together, or some organizations
+    could hold them all; the error names the fields and the smallest allowed value."""
+    assert ServerOptions(max_calls_per_organization=4).worker_threads(4) > 16
+    with pytest.raises(AggregatorError, match=r"`max_workers` is 16.*set it above 16"):
+        ServerOptions(max_calls_per_organization=4, max_workers=16).worker_threads(4)
+    with pytest.raises(AggregatorError, match="`max_calls_per_organization` must be >= 1"):
+        ServerOptions(max_calls_per_organization=0).worker_threads(4)
+    with pytest.raises(AggregatorError, match="`stream_idle_timeout_s` must be > 0"):
+        ServerOptions(stream_idle_timeout_s=0).worker_threads(4)
