@@ -107,7 +107,9 @@ def test_flooding_organizations_cannot_stall_another(tmp_path: Path) -> None:
                     request = pb.RoundRequest(after_round=1_000_000, wait_ms=300_000)
                     flood[org].append(stub.AwaitRound.future(request, timeout=600))
             calls = IDLE_STREAMS + LONG_POLLS
-            assert calls * len(FLOODERS) > 64  # The pool's size before quotas existed.
+            # More than the pool holds now, and than it held before quotas existed (64).
+            assert calls > server.options.worker_threads(len(server.enrolled_organizations))
+            assert calls * len(FLOODERS) > 64
             _wait_for(
                 lambda: all(sum(f.done() for f in flood[o]) >= calls - QUOTA for o in FLOODERS),
                 SETTLE_S,
