@@ -623,3 +623,50 @@ def test_bound_server_address_formats_ipv6() -> None:
     """IPv6 hosts are bracketed in the address a channel dials."""
     assert BoundServer(server=None, host="::1", port=5000).address == "[::1]:5000"
     assert BoundServer(server=None, host="127.0.0.1", port=5000).address == "127.0.0.1:5000"
+
+
+# --------------------------------------------------------------------------- idle streams
+
+
+class _EndlessModel(pb_grpc.AggregatorServicer):  # type: ignore[misc]
+    """Streams model chunks for as long as the caller reads them."""
+
+    @translate_errors
+    def DownloadModel(self, request: pb.ModelRequest, context: Any) -> Iterator[pb.ModelChunk]:
+        yield pb.ModelChunk(header=pb.ModelHeader(round=request.round, format="safetensors"))
+        chunk = bytes(CHUNK)
+        while True:
+            yield pb.ModelChunk(chunk=pb.Chunk(data=chunk))
+
+
+def test_a_download_the_caller_stops_reading_is_cancelled(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A response stream that can send nothing more (its caller stopped reading) is
+    cancelled after the idle deadline, and the cancellation is logged in one line."""
+    caplog.set_level(logging.DEBUG)
+    interceptor = EnrollmentInterceptor(ENROLLED, stream_idle_timeout_s=0.3)
+    bound = create_server(pki.server, port=0, interceptors=[interceptor])
+    pb_grpc.add_AggregatorServicer_to_server(_EndlessModel(), bound.server)
+    bound.start()
+    try:
+        with create_channel(pki.st_mary, bound.address, "localhost") as channel:
+            stream = _stub(channel).DownloadModel(pb.ModelRequest(round=1), timeout=120)
+            assert next(stream).HasField("header")
+            # Stop reading until the server gave up; then what was buffered drains and
+            # the stream ends with the server's cancellation.
+            _wait_for_line(caplog, "DownloadModel from st-mary ended with CANCELLED")
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in stream:
+                    pass
+    finally:
+        bound.stop(None)
+    assert ended.value.code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
+
+
+def _wait_for_line(caplog: pytest.LogCaptureFixture, text: str, bound_s: float = 60.0) -> None:
+    """Wait until a log line holds `text`, at most `bound_s` seconds (the caller checks)."""
+    end = time.monotonic() + bound_s
+    while text not in caplog.text and time.monotonic() < end:
+        time.sleep(0.05)
+    assert text in caplog.text
