@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import logging
 import os
 import traceback
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -68,7 +67,6 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 
 RETRYABLE_STATUSES: Final = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"})
 
-_LOG = logging.getLogger(__name__)
 _UNAUTHENTICATED: Final = "<unauthenticated>"
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -361,7 +359,8 @@ class EnrollmentInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             # gRPC stopped reading a response stream: the caller or the idle watch
             # cancelled it; only the latter is a refusal.
             if watched is not None and watched.expired:
-                self._log("CANCELLED", method, identity, IdleStreamError(_IDLE_MESSAGE))
+                idle_error = IdleStreamError(_IDLE_MESSAGE)
+                self._log(status_code_for(idle_error).name, method, identity, idle_error)
             raise
         except Exception as error:
             if context.code() is None:

@@ -73,7 +73,7 @@ class PeerQuotaError(ProtocolError, RuntimeError):
 
 class IdleStreamError(ProtocolError, TimeoutError):
     """A stream moved no message for longer than the server's idle deadline; the server
-    cancelled it (DEADLINE_EXCEEDED in the server's log; the caller sees CANCELLED)."""
+    cancelled it (logged as DEADLINE_EXCEEDED; the caller sees CANCELLED)."""
 
 
 class CallCancelledError(ProtocolError, ConnectionError):
