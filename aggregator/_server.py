@@ -79,6 +79,8 @@ from .errors import AggregatorError, RoundError
 _LOG = logging.getLogger("fedhft.aggregator")
 
 _RECENT_ATTEMPTS: Final = 3
+_SPARE_WORKERS: Final = 8
+"""Worker threads beyond every organization's quota: they answer refused calls."""
 _PERMANENT_REFUSALS: Final = frozenset(
     {pb.REFUSAL_REASON_BUDGET_EXHAUSTED, pb.REFUSAL_REASON_POLICY_INCOMPATIBLE}
 )
@@ -99,7 +101,16 @@ class ServerOptions:
         poll_interval_ms: how soon clients are told to ask again.
         max_wait_ms: the longest a long-polling call is held.
         max_message_bytes: gRPC message limit (larger payloads are chunked).
-        max_workers: gRPC worker threads (each long poll holds one).
+        max_calls_per_organization: the most calls one organization may have in flight
+            (long polls and streams included); more are refused with
+            RESOURCE_EXHAUSTED before they reach the servicer. An SDK client makes one
+            call at a time.
+        stream_idle_timeout_s: an upload or download stream that moves no message for
+            this long is cancelled, and its organization's slot freed.
+        max_workers: gRPC worker threads (each call in flight holds one). Default:
+            ``max_calls_per_organization`` for every enrolled organization plus 8 spare
+            threads, so that all organizations but one, each at its quota, still leave
+            the last its whole quota; a smaller number is refused.
         tiny_config: overrides of the tiny test model (``model.source: tiny`` only).
     """
 
@@ -110,8 +121,32 @@ class ServerOptions:
     poll_interval_ms: int = 250
     max_wait_ms: int = 20_000
     max_message_bytes: int = 16 * 1024 * 1024
-    max_workers: int = 64
+    max_calls_per_organization: int = 8
+    stream_idle_timeout_s: float = 60.0
+    max_workers: int | None = None
     tiny_config: Mapping[str, Any] | None = None
+
+    def worker_threads(self, organizations: int) -> int:
+        """The gRPC worker pool for `organizations` enrolled organizations (see above)."""
+        if self.max_calls_per_organization < 1:
+            raise AggregatorError(
+                f"`max_calls_per_organization` must be >= 1, got {self.max_calls_per_organization}"
+            )
+        if not self.stream_idle_timeout_s > 0:
+            raise AggregatorError(
+                f"`stream_idle_timeout_s` must be > 0, got {self.stream_idle_timeout_s}"
+            )
+        quotas = organizations * self.max_calls_per_organization
+        if self.max_workers is None:
+            return quotas + _SPARE_WORKERS
+        if self.max_workers <= quotas:
+            raise AggregatorError(
+                f"`max_workers` is {self.max_workers}, but {organizations} organizations "
+                f"with `max_calls_per_organization` {self.max_calls_per_organization} may "
+                f"hold {quotas} workers; set it above {quotas} (or leave it unset) so that "
+                "no organizations can take every worker"
+            )
+        return self.max_workers
 
 
 @dataclass
@@ -238,11 +273,13 @@ class AggregatorServer:
             port=port,
             host=host,
             max_message_bytes=self.options.max_message_bytes,
-            max_workers=self.options.max_workers,
+            max_workers=self.options.worker_threads(len(self.enrolled_organizations)),
             interceptors=[
                 EnrollmentInterceptor(
                     self.enrolled_organizations,
                     ca_certificate=self.credentials.ca_certificate,
+                    max_calls_per_peer=self.options.max_calls_per_organization,
+                    stream_idle_timeout_s=self.options.stream_idle_timeout_s,
                 )
             ],
         )

@@ -78,12 +78,16 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def _caller(self, context: Any) -> str:
         return peer_organization(context, ca_certificate=self._ca, enrolled=self._enrolled)
 
-    def _wait(self, wait_ms: int, ready: Callable[[], bool]) -> None:
-        """Wait until ``ready()`` holds, ``wait_ms`` passed or the server is stopping."""
+    def _wait(self, context: Any, wait_ms: int, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()`` holds, ``wait_ms`` passed, the caller left or we stop.
+
+        A caller that cancelled its long poll or went away gets the worker and the slot
+        of its quota back at once (within a second), not after ``wait_ms``.
+        """
         server = self._server
         deadline = time.time() + min(wait_ms, server.options.max_wait_ms) / 1000
         with server.changed:
-            while not ready() and not server.stopping:
+            while not ready() and not server.stopping and context.is_active():
                 remaining = deadline - time.time()
                 if remaining <= 0:
                     return
@@ -192,7 +196,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 attempt is not None and attempt.round > request.after_round
             )
 
-        self._wait(request.wait_ms, announced)
+        self._wait(context, request.wait_ms, announced)
         with server.changed:
             final, attempt = server.final, server.attempt
         if final is not None:
@@ -351,7 +355,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         def ended() -> bool:
             return server.attempt is not attempt or attempt.phase == "aborted"
 
-        self._wait(request.wait_ms, lambda: ended() or request.cluster in attempt.sessions)
+        self._wait(context, request.wait_ms, lambda: ended() or request.cluster in attempt.sessions)
         found = attempt.sessions.get(request.cluster)
         if attempt.phase == "aborted" or (ended() and found is None):
             return pb.SessionAnnouncement(status=pb.SESSION_STATUS_ABORTED)
@@ -469,7 +473,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             status, _ = session.broadcast(organization, request.stage)
             return status != pb.STAGE_STATUS_PENDING
 
-        self._wait(request.wait_ms, relayed)
+        self._wait(context, request.wait_ms, relayed)
         status, payloads = session.broadcast(organization, request.stage)
         return pb.StageBroadcast(
             status=status,  # type: ignore[arg-type]

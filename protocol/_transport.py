@@ -7,7 +7,10 @@ certificate, with one from another CA, or with a server certificate never reache
 servicer (the caller sees UNAVAILABLE, the handshake failure). The organization is then
 read from the verified certificate's ``fedhft://org/<id>`` URI SAN
 (`peer_organization`), never from a request field, and checked against the enrolled list
-(`EnrollmentInterceptor`, PERMISSION_DENIED when not enrolled).
+(`EnrollmentInterceptor`, PERMISSION_DENIED when not enrolled). The same interceptor
+holds each organization to a quota of calls in flight, cancels streams that went
+silent (`fedhft.protocol._admission`) and logs every refused call in one rate-limited
+line.
 
 Typed errors become precise gRPC statuses (`status_code_for`, `translate_errors`); on the
 client side `remote_error` turns a failed call back into a typed `RemoteError` that says
@@ -21,15 +24,18 @@ Notes:
 
     Status details are the typed errors' messages, which by the project's rule never
     contain secrets. Any other exception is reported as INTERNAL with a fixed message and
-    logged by type and traceback only, because its text could quote data it was
-    processing.
+    logged by its type and the line it was raised at only, because its text could quote
+    data it was processing. A request that does not parse is refused (INVALID_ARGUMENT)
+    by the interceptor instead of reaching gRPC's own deserializer error path, which
+    logs a full traceback per request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-import logging
+import os
 import traceback
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent import futures
@@ -41,15 +47,19 @@ from cryptography import x509
 
 from fedhft.errors import FedHFTError
 
+from ._admission import CallQuota, IdleWatch, RejectionLog, WatchedStream
 from ._certificates import organization_in_certificate, verify_tls_client_certificate
 from ._pki import Credentials, Role
 from .errors import (
+    CallCancelledError,
     CertificateVerificationError,
     CredentialsError,
+    IdleStreamError,
     PeerNotEnrolledError,
     RemoteError,
     TransportError,
     UnauthenticatedPeerError,
+    UndecodableRequestError,
 )
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
@@ -57,7 +67,7 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 
 RETRYABLE_STATUSES: Final = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"})
 
-_LOG = logging.getLogger(__name__)
+_UNAUTHENTICATED: Final = "<unauthenticated>"
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -70,6 +80,10 @@ _STATUS_BY_ERROR: Final[dict[str, str]] = {
     "PeerNotEnrolledError": "PERMISSION_DENIED",
     "CertificateVerificationError": "PERMISSION_DENIED",
     "MessageTooLargeError": "RESOURCE_EXHAUSTED",
+    "PeerQuotaError": "RESOURCE_EXHAUSTED",
+    "IdleStreamError": "DEADLINE_EXCEEDED",
+    "CallCancelledError": "CANCELLED",
+    "UndecodableRequestError": "INVALID_ARGUMENT",
     "ChunkIntegrityError": "DATA_LOSS",
     "InvalidEnvelopeError": "INVALID_ARGUMENT",
     "WrongRoundError": "FAILED_PRECONDITION",
@@ -268,10 +282,32 @@ def peer_organization(
 
 
 class EnrollmentInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses every call from an organization that is not enrolled, before any servicer.
+    """Admits calls before any servicer runs: enrolled organizations only, within quota.
 
-    `enrolled` is a collection of organization ids, or a function returning the current
-    one (so enrollment can change while the server runs).
+    Each call is checked, in order: the caller's certificate names an enrolled
+    organization (else PERMISSION_DENIED); that organization has fewer than
+    `max_calls_per_peer` calls in flight (else RESOURCE_EXHAUSTED); its request parses
+    (else INVALID_ARGUMENT). A stream that moves no message for `stream_idle_timeout_s`
+    seconds is cancelled. Every call that ends with an error status is logged in one
+    line by `rejections` (status, method, organization, reason), rate-limited per
+    organization.
+
+    Args:
+        enrolled: a collection of organization ids, or a function returning the current
+            one (so enrollment can change while the server runs).
+        ca_certificate: given, the client certificate is verified again against it.
+        max_calls_per_peer: the most calls one organization may have in flight; None
+            for no limit.
+        stream_idle_timeout_s: how long a stream may move no message before it is
+            cancelled; None for no limit.
+        rejections: where refused calls are logged (default: a new `RejectionLog`).
+
+    Notes:
+        gRPC hands an interceptor only the method and the metadata of a call, not its
+        TLS peer, so the checks run first thing on the worker thread that gRPC picked,
+        and a refused call gives that thread back at once. A server whose pool holds
+        every organization's quota plus spare threads therefore always has a thread for
+        each organization (see `fedhft.protocol._admission`).
     """
 
     def __init__(
@@ -279,26 +315,185 @@ class EnrollmentInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         enrolled: Collection[str] | Callable[[], Collection[str]],
         *,
         ca_certificate: x509.Certificate | None = None,
+        max_calls_per_peer: int | None = None,
+        stream_idle_timeout_s: float | None = None,
+        rejections: RejectionLog | None = None,
     ) -> None:
         self._enrolled = enrolled
         self._ca_certificate = ca_certificate
+        self._quota = None if max_calls_per_peer is None else CallQuota(max_calls_per_peer)
+        self._idle = None if stream_idle_timeout_s is None else IdleWatch(stream_idle_timeout_s)
+        self.rejections = rejections or RejectionLog()
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        return _guarded(handler, self._authorize)
+        return _guarded(handler, functools.partial(self._admitted, str(details.method)))
 
-    def _authorize(self, context: Any) -> None:
+    @contextlib.contextmanager
+    def _admitted(self, method: str, context: Any, streaming: bool) -> Iterator[_Call]:
+        """Admit one call for the duration of the `with` block, or refuse it."""
         enrolled = self._enrolled() if callable(self._enrolled) else self._enrolled
         try:
-            peer_organization(context, ca_certificate=self._ca_certificate, enrolled=enrolled)
-        except FedHFTError as exc:
-            abort_with(context, exc)
+            identity = peer_organization(
+                context, ca_certificate=self._ca_certificate, enrolled=enrolled
+            )
+        except FedHFTError as error:
+            self._refuse(context, method, _claimed_organization(context), error)
+        if self._quota is not None:
+            try:
+                self._quota.acquire(identity)
+            except FedHFTError as error:
+                self._refuse(context, method, identity, error)
+        idle = self._idle
+        watched = idle.watch(context.cancel) if streaming and idle is not None else None
+
+        def unwatch() -> None:
+            if watched is not None and idle is not None:
+                idle.unwatch(watched)
+
+        try:
+            yield _Call(watched, unwatch)
+        except GeneratorExit:
+            # gRPC stopped reading a response stream: the caller or the idle watch
+            # cancelled it; only the latter is a refusal.
+            if watched is not None and watched.expired:
+                idle_error = IdleStreamError(_IDLE_MESSAGE)
+                self._log(status_code_for(idle_error).name, method, identity, idle_error)
+            raise
+        except Exception as error:
+            if context.code() is None:
+                # The servicer raised without ending the call (no `translate_errors`).
+                self._refuse(context, method, identity, error)
+            self._log(context.code().name, method, identity, _ended_by(context, error))
+            raise
+        else:
+            code = context.code()
+            if code is not None and code != grpc.StatusCode.OK:
+                self._log(code.name, method, identity, _ended_by(context, None))
+        finally:
+            unwatch()
+            if self._quota is not None:
+                self._quota.release(identity)
+
+    def _refuse(self, context: Any, method: str, identity: str, error: BaseException) -> NoReturn:
+        self._log(status_code_for(error).name, method, identity, _ended_by(context, error))
+        abort_with(context, error)
+
+    def _log(self, status: str, method: str, identity: str, reason: str | BaseException) -> None:
+        text = reason if isinstance(reason, str) else str(reason)
+        self.rejections.record(status=status, method=method, identity=identity, reason=text)
 
 
-def _guarded(handler: Any, authorize: Callable[[Any], None]) -> Any:
-    """`handler` with `authorize(context)` run before its behaviour, for all four kinds."""
+_IDLE_MESSAGE: Final = (
+    "the stream moved no message within the server's idle deadline "
+    "(`stream_idle_timeout_s`); it was cancelled"
+)
+
+
+class _Call:
+    """What a guarded behaviour needs of its admission: the idle watch of its stream."""
+
+    __slots__ = ("_unwatch", "watched")
+
+    def __init__(self, watched: WatchedStream | None, unwatch: Callable[[], None]) -> None:
+        self.watched = watched
+        self._unwatch = unwatch
+
+    def touch(self) -> None:
+        if self.watched is not None:
+            self.watched.touch()
+
+    def requests(self, requests: Iterator[Any], *, then_unwatch: bool) -> Iterator[Any]:
+        """A request stream whose messages are checked and reset the idle deadline.
+
+        With `then_unwatch`, the idle deadline ends with the request stream: what the
+        server does with a complete upload is its own time, not the caller's silence.
+        """
+        try:
+            for request in requests:
+                _check_parsed(request)
+                self.touch()
+                yield request
+            if then_unwatch:
+                self._unwatch()
+        except grpc.RpcError:
+            # gRPC raises a bare RpcError from a request stream whose call was cancelled.
+            if self.watched is not None and self.watched.expired:
+                raise IdleStreamError(_IDLE_MESSAGE) from None
+            raise CallCancelledError("the caller cancelled the call or went away") from None
+
+
+class _Undecodable:
+    """Stands for a request message that did not parse (see `_lenient`)."""
+
+    __slots__ = ("message_type",)
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, giving an `_Undecodable` instead of raising.
+
+    gRPC logs a deserializer's exception with its full traceback, once per request.
+    """
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    undecodable = _Undecodable(str(getattr(descriptor, "full_name", "the method's request")))
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # Any parse failure is the peer's; see the docstring.
+            return undecodable
+
+    return deserialize
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise UndecodableRequestError(
+            f"the request does not parse as a {request.message_type} message; send the "
+            "method's request type"
+        )
+
+
+def _claimed_organization(context: Any) -> str:
+    """The organization a refused caller's certificate names, for the log only."""
+    try:
+        return organization_in_certificate(peer_certificate(context))
+    except FedHFTError:
+        return _UNAUTHENTICATED
+
+
+def _ended_by(context: Any, error: BaseException | None) -> str:
+    """Why a call ended: its status details, and where an unexpected error came from."""
+    details = context.details()
+    text = details.decode("utf-8", "replace") if isinstance(details, bytes) else str(details or "")
+    cause = error if isinstance(error, FedHFTError) else getattr(error, "__cause__", None)
+    if isinstance(cause, FedHFTError):
+        return text or str(cause)
+    if cause is not None:
+        return f"{text or 'internal server error'} ({_where(cause)})"
+    return text
+
+
+def _where(error: BaseException) -> str:
+    """``TypeError at _service.py:120 in Hello``: the type and the innermost frame only."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__
+    frame = frames[-1]
+    place = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    return f"{type(error).__name__} at {place} in {frame.name}"
+
+
+def _guarded(handler: Any, admitted: Callable[[Any, bool], Any]) -> Any:
+    """`handler` run inside ``admitted(context, streaming)``, for all four kinds."""
     if handler.unary_unary is not None:
         behaviour, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
     elif handler.unary_stream is not None:
@@ -307,24 +502,35 @@ def _guarded(handler: Any, authorize: Callable[[Any], None]) -> Any:
         behaviour, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
     else:
         behaviour, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    request_streaming = bool(handler.request_streaming)
+    response_streaming = bool(handler.response_streaming)
+    streaming = request_streaming or response_streaming
 
-    if handler.response_streaming:
+    def checked(request: Any, call: _Call) -> Any:
+        if request_streaming:
+            return call.requests(request, then_unwatch=not response_streaming)
+        _check_parsed(request)
+        return request
 
-        def streaming(request: Any, context: Any) -> Iterator[Any]:
-            authorize(context)
-            yield from behaviour(request, context)
+    if response_streaming:
 
-        wrapped: Callable[[Any, Any], Any] = streaming
+        def responses(request: Any, context: Any) -> Iterator[Any]:
+            with admitted(context, streaming) as call:
+                for response in behaviour(checked(request, call), context):
+                    call.touch()
+                    yield response
+
+        wrapped: Callable[[Any, Any], Any] = responses
     else:
 
         def unary(request: Any, context: Any) -> Any:
-            authorize(context)
-            return behaviour(request, context)
+            with admitted(context, streaming) as call:
+                return behaviour(checked(request, call), context)
 
         wrapped = unary
     return factory(
         wrapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_lenient(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -346,7 +552,12 @@ def status_code_for(error: BaseException) -> Any:
 def abort_with(context: Any, error: BaseException) -> NoReturn:
     """End the call with the status of `error`; fedhft errors keep their message."""
     details = str(error) if isinstance(error, FedHFTError) else "internal server error"
-    context.abort(status_code_for(error), details)
+    try:
+        context.abort(status_code_for(error), details)
+    except Exception as aborted:
+        # gRPC ends the call by raising; the error that ended it rides along as the
+        # cause, so that `EnrollmentInterceptor` can log where an unexpected one came from.
+        raise aborted from error
     raise AssertionError("grpc.ServicerContext.abort returned")  # pragma: no cover
 
 
@@ -354,23 +565,16 @@ def translate_errors(method: Callable[_P, _T]) -> Callable[_P, _T]:
     """Decorate a servicer method so typed errors end the call with their gRPC status.
 
     The method's last positional argument must be the ``context``; generator methods
-    (server streaming) are supported. Unexpected exceptions are logged here and reported
-    as INTERNAL with a fixed message.
+    (server streaming) are supported. Unexpected exceptions are reported as INTERNAL with
+    a fixed message. Nothing is logged here: `EnrollmentInterceptor` logs every call that
+    ends with an error status in one rate-limited line, unexpected errors by their type
+    and the line they were raised at (never their text, which could quote the data).
     """
 
     def handle(context: Any, error: Exception) -> NoReturn:
         if context.code() is not None:
             # The servicer already ended the call with `context.abort`; keep its status.
             raise error
-        if not isinstance(error, FedHFTError):
-            # Log where it failed but not the message, which could quote the data.
-            frames = "".join(traceback.format_tb(error.__traceback__))
-            _LOG.error(
-                "servicer %s failed with %s at\n%s",
-                method.__qualname__,
-                type(error).__name__,
-                frames,
-            )
         abort_with(context, error)
 
     if inspect.isgeneratorfunction(method):

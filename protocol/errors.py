@@ -66,6 +66,25 @@ class ConsortiumMismatchError(ProtocolError, ValueError):
     """The peer holds another consortium configuration (hash) (FAILED_PRECONDITION)."""
 
 
+class PeerQuotaError(ProtocolError, RuntimeError):
+    """The caller already has as many calls in flight as one organization may hold
+    (RESOURCE_EXHAUSTED)."""
+
+
+class IdleStreamError(ProtocolError, TimeoutError):
+    """A stream moved no message for longer than the server's idle deadline; the server
+    cancelled it (logged as DEADLINE_EXCEEDED; the caller sees CANCELLED)."""
+
+
+class CallCancelledError(ProtocolError, ConnectionError):
+    """The caller cancelled the call, or went away, while the server was serving it
+    (CANCELLED)."""
+
+
+class UndecodableRequestError(ProtocolError, ValueError):
+    """A request message does not parse as the method's request type (INVALID_ARGUMENT)."""
+
+
 class TransportError(ProtocolError, OSError):
     """A server cannot listen on its address, or a channel cannot be set up."""
 

@@ -10,6 +10,7 @@ Every test starts its own server on 127.0.0.1 with a free port and stops it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -572,6 +573,22 @@ def test_unexpected_errors_are_internal_without_their_text(
     assert "RuntimeError" in caplog.text
 
 
+def test_an_unexpected_error_is_logged_in_one_line_with_its_place(
+    running: Running, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A servicer bug is logged once, in one line naming the call, the caller and the line
+    it was raised at: no traceback, no text of the error."""
+    caplog.set_level(logging.DEBUG)
+    with create_channel(pki.st_mary, running.bound.address, "localhost") as channel:
+        _refusal(lambda: _stub(channel).AwaitRound(pb.RoundRequest(), timeout=TIMEOUT))
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    line = record.getMessage()
+    assert record.exc_info is None and "\n" not in line
+    assert "/fedhft.v1.Aggregator/AwaitRound from st-mary ended with INTERNAL" in line
+    assert "RuntimeError at test_transport.py:" in line
+    assert "hunter-2" not in caplog.text
+
+
 def test_a_servicers_own_abort_keeps_its_status(running: Running, pki: Pki) -> None:
     """`translate_errors` leaves a status the servicer set with `context.abort` untouched."""
     with create_channel(pki.st_mary, running.bound.address, "localhost") as channel:
@@ -606,3 +623,50 @@ def test_bound_server_address_formats_ipv6() -> None:
     """IPv6 hosts are bracketed in the address a channel dials."""
     assert BoundServer(server=None, host="::1", port=5000).address == "[::1]:5000"
     assert BoundServer(server=None, host="127.0.0.1", port=5000).address == "127.0.0.1:5000"
+
+
+# --------------------------------------------------------------------------- idle streams
+
+
+class _EndlessModel(pb_grpc.AggregatorServicer):  # type: ignore[misc]
+    """Streams model chunks for as long as the caller reads them."""
+
+    @translate_errors
+    def DownloadModel(self, request: pb.ModelRequest, context: Any) -> Iterator[pb.ModelChunk]:
+        yield pb.ModelChunk(header=pb.ModelHeader(round=request.round, format="safetensors"))
+        chunk = bytes(CHUNK)
+        while True:
+            yield pb.ModelChunk(chunk=pb.Chunk(data=chunk))
+
+
+def test_a_download_the_caller_stops_reading_is_cancelled(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A response stream that can send nothing more (its caller stopped reading) is
+    cancelled after the idle deadline, and the cancellation is logged in one line."""
+    caplog.set_level(logging.DEBUG)
+    interceptor = EnrollmentInterceptor(ENROLLED, stream_idle_timeout_s=0.3)
+    bound = create_server(pki.server, port=0, interceptors=[interceptor])
+    pb_grpc.add_AggregatorServicer_to_server(_EndlessModel(), bound.server)
+    bound.start()
+    try:
+        with create_channel(pki.st_mary, bound.address, "localhost") as channel:
+            stream = _stub(channel).DownloadModel(pb.ModelRequest(round=1), timeout=120)
+            assert next(stream).HasField("header")
+            # Stop reading until the server gave up; then what was buffered drains and
+            # the stream ends with the server's cancellation.
+            _wait_for_line(caplog, "DownloadModel from st-mary ended with DEADLINE_EXCEEDED")
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in stream:
+                    pass
+    finally:
+        bound.stop(None)
+    assert ended.value.code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
+
+
+def _wait_for_line(caplog: pytest.LogCaptureFixture, text: str, bound_s: float = 60.0) -> None:
+    """Wait until a log line holds `text`, at most `bound_s` seconds (the caller checks)."""
+    end = time.monotonic() + bound_s
+    while text not in caplog.text and time.monotonic() < end:
+        time.sleep(0.05)
+    assert text in caplog.text
