@@ -309,6 +309,7 @@ def simulate(
                     str(root / "server" / "state"),
                     "--port-file",
                     str(port_file),
+                    "--new-run",
                     "--join-timeout",
                     "300",
                     "--exit-after-finish",
