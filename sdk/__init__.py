@@ -54,7 +54,9 @@ from ._update import MaskedUpdate as MaskedUpdate
 from ._update import UpdateError as UpdateError
 from .errors import BudgetExhaustedError as BudgetExhaustedError
 from .errors import DataError as DataError
+from .errors import EvidenceError as EvidenceError
 from .errors import LedgerError as LedgerError
+from .errors import RunMismatchError as RunMismatchError
 from .errors import SdkError as SdkError
 from .errors import ServerUnreachableError as ServerUnreachableError
 
@@ -67,6 +69,7 @@ __all__ = [
     "ClientReport",
     "ClusterAdapters",
     "DataError",
+    "EvidenceError",
     "FederatedClient",
     "GradSampleMode",
     "LedgerError",
@@ -88,6 +91,7 @@ __all__ = [
     "RetryPolicy",
     "RoundOutcome",
     "RoundStats",
+    "RunMismatchError",
     "SdkError",
     "SecureGaussian",
     "ServerUnreachableError",
