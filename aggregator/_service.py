@@ -352,6 +352,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         validate_session_request(
             request, expected_round=attempt.round, clusters=attempt.model.clusters.k
         )
+        if request.run_id and request.run_id != attempt.run_id:
+            # The client joined an attempt this server no longer runs (it restarted).
+            return pb.SessionAnnouncement(status=pb.SESSION_STATUS_ABORTED)
 
         def ended() -> bool:
             return server.attempt is not attempt or attempt.phase == "aborted"

@@ -286,6 +286,8 @@ def validate_session_request(
 ) -> None:
     """Check an `AwaitSession` request: the current round and an existing cluster."""
     validate_round(request.round, expected=expected_round)
+    if request.run_id and _RUN_ID.fullmatch(request.run_id) is None:
+        raise InvalidEnvelopeError(f"`run_id` is malformed: {request.run_id!r:.80}")
     if request.cluster >= clusters:
         raise InvalidEnvelopeError(
             f"`cluster` must be below {clusters} (the round's clusters), got {request.cluster}"

@@ -671,7 +671,7 @@ class FederatedClient:
         self, announcement: pb.RoundAnnouncement, cluster: int, update: MaskedUpdate
     ) -> ClusterRun | None:
         """Wait for cluster ``cluster``'s session, check it, and prepare this side of it."""
-        session = self._await_session(int(announcement.round), cluster)
+        session = self._await_session(int(announcement.round), cluster, announcement.run_id)
         if session is None:
             return None
         trainer = self._trainer()
@@ -694,12 +694,17 @@ class FederatedClient:
             )
         return self._ckks_run(params, session, announcement, cluster, update, context)
 
-    def _await_session(self, round_number: int, cluster: int) -> pb.SessionAnnouncement | None:
-        """The session of ``cluster`` in ``round_number`` once ready, or None without one."""
+    def _await_session(
+        self, round_number: int, cluster: int, run_id: str = ""
+    ) -> pb.SessionAnnouncement | None:
+        """The session of ``cluster`` in ``round_number`` (of attempt ``run_id``, when
+        given) once ready, or None without one."""
         while True:
             session: pb.SessionAnnouncement = self._connection().unary(
                 "AwaitSession",
-                pb.SessionRequest(round=round_number, cluster=cluster, wait_ms=self.wait_ms),
+                pb.SessionRequest(
+                    round=round_number, cluster=cluster, wait_ms=self.wait_ms, run_id=run_id
+                ),
                 timeout=self.rpc_timeout_s + self.wait_ms / 1000,
             )
             validate_session_announcement(

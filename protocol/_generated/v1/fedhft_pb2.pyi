@@ -815,19 +815,25 @@ class SessionRequest(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     cluster: _builtins.int
     wait_ms: _builtins.int
+    run_id: _builtins.str
+    """The attempt the client joined (`RoundAnnouncement.run_id`): a server whose open
+    attempt is another one (it restarted and redoes the round) answers ABORTED at once.
+    """
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
         cluster: _builtins.int = ...,
         wait_ms: _builtins.int = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "round", b"round", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "round", b"round", "run_id", b"run_id", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
