@@ -226,6 +226,13 @@ class AggregatorServer:
         state_dir: the SQLite state and the server's audit log; reuse it to resume.
         host, port: where to listen (port 0 picks a free port, see `port`).
         options: timeouts and limits.
+        new_run: start a new run with a new run id in ``state_dir``, which must not
+            hold a state yet. Without it the state must be the intact state of a run:
+            a missing, empty or damaged one is refused, never replaced by a new run.
+
+    Raises:
+        StateError: the state is missing (and ``new_run`` is false), damaged, belongs
+            to another configuration, or exists although ``new_run`` is true.
 
     Use `start()`, then `wait()` until the run finished, then `stop()`; or use the
     object as a context manager.
@@ -240,6 +247,7 @@ class AggregatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         options: ServerOptions | None = None,
+        new_run: bool = False,
     ) -> None:
         if (
             consortium.method is Method.FEDAMOLE
@@ -283,7 +291,11 @@ class AggregatorServer:
                 )
             ],
         )
-        self.store = AggregatorStore(self.state_dir)
+        try:
+            self.store = self._open_store(new_run=new_run)
+        except BaseException:
+            self.bound.stop(None)
+            raise
         try:
             self._open_state()
         except BaseException:
@@ -312,12 +324,21 @@ class AggregatorServer:
 
     # ------------------------------------------------------------------ setup
 
+    def _open_store(self, *, new_run: bool) -> AggregatorStore:
+        """A new run's state (only when asked for) or the checked state of the run."""
+        if new_run:
+            return AggregatorStore.create(
+                self.state_dir,
+                consortium=self.consortium.consortium,
+                config_hash=self.config_hash.hex(),
+                run_id=f"{self.consortium.consortium}-{secrets.token_hex(8)}",
+            )
+        return AggregatorStore(self.state_dir)
+
     def _open_state(self) -> None:
-        """Bind the SQLite state to this run, restore the model, open the audit log."""
+        """Check the state belongs to this config, restore the model, open the audit log."""
         self.run_id = self.store.bind(
-            consortium=self.consortium.consortium,
-            config_hash=self.config_hash.hex(),
-            run_id=f"{self.consortium.consortium}-{secrets.token_hex(4)}",
+            consortium=self.consortium.consortium, config_hash=self.config_hash.hex()
         )
         for round_number, attempt in self.store.abort_open_attempts():
             _LOG.warning(
@@ -783,6 +804,7 @@ def serve(
     port: int = 0,
     port_file: str | os.PathLike[str] | None = None,
     options: ServerOptions | None = None,
+    new_run: bool = False,
 ) -> AggregatorServer:
     """Start an aggregation server and return it (running); see `AggregatorServer`.
 
@@ -796,6 +818,7 @@ def serve(
         host=host,
         port=port,
         options=options,
+        new_run=new_run,
     ).start()
     if port_file is not None:
         atomic_write(port_file, f"{server.port}\n".encode())

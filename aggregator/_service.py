@@ -181,6 +181,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             server_identity_certificate=_der(server.credentials.identity_certificate),
             organization=organization,
             current_round=current,
+            run_id=server.run_id,
         )
 
     # ------------------------------------------------------------------ rounds
@@ -204,7 +205,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         if attempt is not None and attempt.round > request.after_round:
             return self._open_announcement(attempt)
         return pb.RoundAnnouncement(
-            status=pb.ROUND_STATUS_PENDING, retry_after_ms=server.options.poll_interval_ms
+            status=pb.ROUND_STATUS_PENDING,
+            retry_after_ms=server.options.poll_interval_ms,
+            server_run_id=server.run_id,
         )
 
     def _open_announcement(self, attempt: Attempt) -> pb.RoundAnnouncement:
@@ -229,6 +232,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             join_deadline_unix_ms=attempt.join_deadline_unix_ms,
             retry_after_ms=self._server.options.poll_interval_ms,
             mole=self._mole_plan(),
+            server_run_id=self._server.run_id,
         )
 
     def _mole_plan(self) -> pb.MoLEPlan | None:
@@ -247,6 +251,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             model_hash=final.model_hash,
             clusters=final.clusters.k,
             mole=self._mole_plan(),
+            server_run_id=self._server.run_id,
         )
 
     @translate_errors
@@ -351,6 +356,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         validate_session_request(
             request, expected_round=attempt.round, clusters=attempt.model.clusters.k
         )
+        if request.run_id and request.run_id != attempt.run_id:
+            # The client joined an attempt this server no longer runs (it restarted).
+            return pb.SessionAnnouncement(status=pb.SESSION_STATUS_ABORTED)
 
         def ended() -> bool:
             return server.attempt is not attempt or attempt.phase == "aborted"

@@ -15,7 +15,9 @@ Notes:
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,19 +26,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedhft._files import fsync_folder
+
 from .errors import StateError
 
 SCHEMA_VERSION = 1
+STATE_FILE = "state.sqlite"
+_META_KEYS = ("config_hash", "consortium", "run_id", "schema")
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS enrollment (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE enrollment (
     organization TEXT PRIMARY KEY,
     identity_certificate BLOB NOT NULL,
     sealing_certificate BLOB NOT NULL,
     enrolled_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS attempts (
+CREATE TABLE attempts (
     round INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('open', 'completed', 'aborted')),
@@ -45,11 +52,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     summary TEXT,
     PRIMARY KEY (round, attempt)
 );
-CREATE TABLE IF NOT EXISTS models (
+CREATE TABLE models (
     round INTEGER PRIMARY KEY,
     state BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS stage_progress (
+CREATE TABLE stage_progress (
     round INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
     cluster INTEGER NOT NULL,
@@ -60,12 +67,12 @@ CREATE TABLE IF NOT EXISTS stage_progress (
     received_at REAL NOT NULL,
     PRIMARY KEY (round, attempt, cluster, stage, organization)
 );
-CREATE TABLE IF NOT EXISTS sketches (
+CREATE TABLE sketches (
     organization TEXT PRIMARY KEY,
     round INTEGER NOT NULL,
     sketch TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS receipts (
+CREATE TABLE receipts (
     round INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
     cluster INTEGER NOT NULL,
@@ -86,17 +93,180 @@ class EnrolledOrganization:
     sealing_certificate: bytes
 
 
+def check_state(path: Path, db: sqlite3.Connection) -> None:
+    """Refuse a state that is not a complete, intact run: raises `StateError`.
+
+    Checked in order: the file is an SQLite database (`quick_check` passes), every
+    table holds exactly the columns of this schema version, the run identity is
+    recorded, the completed rounds are 1..n without a gap, and each has its model.
+
+    Notes:
+        A state that fails any check is refused rather than repaired or replaced: an
+        empty database or a dropped table would otherwise become a new run or a run
+        that looks finished, serving a model no round produced.
+    """
+    problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise _damaged(path, f"SQLite's integrity check reports {problems[0]!r:.200}")
+    expected = _expected_columns()
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        raise StateError(
+            f"{path} is an empty database: the server's state was lost. Restore the "
+            "--state folder from backup to resume the run; to start a new run instead, "
+            "use an empty --state folder with --new-run"
+        )
+    for table, columns in expected.items():
+        found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+        if found != columns:
+            what = "is missing" if not found else f"has columns {list(found)}"
+            raise _damaged(path, f"table {table!r} {what}, expected columns {list(columns)}")
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    missing = [key for key in _META_KEYS if key not in meta]
+    if missing:
+        raise _damaged(path, f"the run identity lacks {missing}")
+    if meta["schema"] != str(SCHEMA_VERSION):
+        raise StateError(
+            f"{path}: state schema {meta['schema']!r} is not supported by this fedhft, "
+            f"which reads schema {SCHEMA_VERSION}; run the fedhft version that wrote it"
+        )
+    completed = [
+        int(row[0])
+        for row in db.execute(
+            "SELECT DISTINCT round FROM attempts WHERE status = 'completed' ORDER BY round"
+        )
+    ]
+    if completed != list(range(1, len(completed) + 1)):
+        raise _damaged(path, f"the completed rounds {completed} are not 1..n")
+    models = {int(row[0]) for row in db.execute("SELECT round FROM models")}
+    lost = sorted(set(completed) - models)
+    if lost:
+        raise _damaged(path, f"rounds {lost} are marked completed but their models are missing")
+    last = completed[-1] if completed else 0
+    if max(models, default=0) != last:
+        raise _damaged(
+            path, f"a model of round {max(models)} is stored but round {last} is the last completed"
+        )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open an existing state file, refusing one that is missing, empty or not SQLite."""
+    if not path.is_file():
+        raise StateError(
+            f"no server state at {path}. To resume a run, restore its --state folder from "
+            "backup; to start a new run, pass --new-run (`new_run=True`)"
+        )
+    with path.open("rb") as handle:
+        header = handle.read(len(_SQLITE_HEADER))
+    if not header:
+        raise StateError(
+            f"{path} is empty (0 bytes): the server's state was lost or truncated. "
+            "Restore the --state folder from backup; a new run needs an empty --state "
+            "folder and --new-run"
+        )
+    if header != _SQLITE_HEADER:
+        raise _damaged(path, "it is not an SQLite database (overwritten?)")
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
+def _damaged(path: Path, detail: str) -> StateError:
+    return StateError(
+        f"{path} is damaged: {detail}. The server will not resume from it nor start a new "
+        "run over it; restore the --state folder from backup"
+    )
+
+
+def _side_files(path: Path) -> tuple[Path, Path]:
+    """SQLite's write-ahead log and shared-memory files next to ``path``."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+@functools.cache
+def _expected_columns() -> dict[str, tuple[str, ...]]:
+    """Every table of this schema version and its columns, from `_SCHEMA` itself."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {
+            name: tuple(row[1] for row in db.execute(f"PRAGMA table_info({name})"))
+            for name in names
+        }
+    finally:
+        db.close()
+
+
 class AggregatorStore:
-    """The server's SQLite state (``state.sqlite`` under the `--state` folder)."""
+    """The server's SQLite state (``state.sqlite`` under the `--state` folder).
+
+    Open an existing state with ``AggregatorStore(folder)`` and start a new run's with
+    `AggregatorStore.create`: a missing, empty, damaged or incomplete state is never
+    taken for a new run (see `check_state`).
+    """
 
     def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder) / "state.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed round survives power loss, not only a process crash.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self.path = Path(folder) / STATE_FILE
+        self._db = _connect(self.path)
+        try:
+            check_state(self.path, self._db)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed round survives power loss, not only a process crash.
+            self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise _damaged(self.path, str(error)) from error
+        except BaseException:
+            self._db.close()
+            raise
+
+    @classmethod
+    def create(
+        cls, folder: str | Path, *, consortium: str, config_hash: str, run_id: str
+    ) -> AggregatorStore:
+        """Start a new run's state in ``folder``; refuses a folder that holds one.
+
+        The database is built under a temporary name and renamed into place once its
+        tables and its run identity are committed, so a crash leaves no state or a
+        complete one, never an empty database that a later start could mistake for a
+        new run.
+
+        Raises:
+            StateError: ``folder`` already holds a state (or its SQLite side files).
+        """
+        path = Path(folder) / STATE_FILE
+        taken = [p for p in (path, *_side_files(path)) if p.exists()]
+        if taken:
+            raise StateError(
+                f"{taken[0]} exists: this --state folder already holds a run. Start the "
+                "server without --new-run to resume it, or choose an empty --state folder "
+                "for a new run"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        building = path.with_name(f".{STATE_FILE}.new")
+        for leftover in (building, *_side_files(building)):
+            leftover.unlink(missing_ok=True)
+        db = sqlite3.connect(building, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("schema", str(SCHEMA_VERSION)),
+                    ("consortium", consortium),
+                    ("config_hash", config_hash),
+                    ("run_id", run_id),
+                ],
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        os.replace(building, path)
+        fsync_folder(path.parent)
+        return cls(folder)
 
     def close(self) -> None:
         """Close the database."""
@@ -114,30 +284,16 @@ class AggregatorStore:
 
     # ------------------------------------------------------------------ identity
 
-    def bind(self, *, consortium: str, config_hash: str, run_id: str) -> str:
-        """Bind the state to one consortium config; returns the run id in force.
+    def bind(self, *, consortium: str, config_hash: str) -> str:
+        """The run id of this state, after checking it belongs to this consortium config.
 
-        A fresh state takes ``run_id``; an existing one keeps its own and refuses a
-        different consortium or configuration, so a restart never mixes two runs.
+        Raises:
+            StateError: the state belongs to another consortium or configuration.
         """
-        with self._transaction() as db:
-            rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if not rows:
-                db.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [
-                        ("schema", str(SCHEMA_VERSION)),
-                        ("consortium", consortium),
-                        ("config_hash", config_hash),
-                        ("run_id", run_id),
-                    ],
-                )
-                return run_id
-        if rows.get("schema") != str(SCHEMA_VERSION):
-            raise StateError(f"{self.path}: state schema {rows.get('schema')} is not supported")
-        if rows.get("consortium") != consortium or rows.get("config_hash") != config_hash:
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if rows["consortium"] != consortium or rows["config_hash"] != config_hash:
             raise StateError(
-                f"{self.path}: this state belongs to consortium {rows.get('consortium')!r} "
+                f"{self.path}: this state belongs to consortium {rows['consortium']!r} "
                 "with another configuration; use a new --state folder for a new run"
             )
         return str(rows["run_id"])

@@ -8,7 +8,8 @@ class AggregatorError(FedHFTError):
 
 
 class StateError(AggregatorError, RuntimeError):
-    """The state folder cannot be used (another consortium's state, a newer schema)."""
+    """The state folder cannot be used: missing without ``--new-run``, empty, damaged,
+    incomplete, another consortium's, or of another schema version."""
 
 
 class RoundError(AggregatorError, RuntimeError):

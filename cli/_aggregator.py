@@ -2,8 +2,10 @@
 
 It listens with mutual TLS, runs the consortium's rounds and keeps every piece of state
 in SQLite under ``--state``: stop it (Ctrl-C, SIGTERM) or kill it at any moment and
-start it again on the same folder to resume. After the last round it keeps serving the
-final model until stopped (or for ``--exit-after-finish`` seconds).
+start it again on the same folder to resume. A new run is started only with
+``--new-run`` on an empty folder; a missing, empty or damaged state is refused with one
+line naming the file and what to do, never replaced by a new run. After the last round
+it keeps serving the final model until stopped (or for ``--exit-after-finish`` seconds).
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def serve_command(
     retry_pause: Annotated[
         float, typer.Option("--retry-pause", help="Pause before a failed round is retried.")
     ] = 5.0,
+    new_run: Annotated[
+        bool,
+        typer.Option(
+            "--new-run",
+            help="Start a new run in an empty --state folder (without it: resume the run there).",
+        ),
+    ] = False,
     exit_after_finish: Annotated[
         float | None,
         typer.Option("--exit-after-finish", help="Exit this many seconds after the last round."),
@@ -78,6 +87,7 @@ def serve_command(
             port=port,
             port_file=port_file,
             options=options,
+            new_run=new_run,
         )
     except FedHFTError as error:
         _fail(error)

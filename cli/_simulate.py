@@ -333,6 +333,7 @@ def simulate(
                     str(root / "server" / "state"),
                     "--port-file",
                     str(port_file),
+                    "--new-run",
                     "--join-timeout",
                     "300",
                     "--exit-after-finish",

@@ -74,6 +74,7 @@ from ._wire import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._wire import parse_certificate as parse_certificate
 from ._wire import sign_receipt as sign_receipt
 from ._wire import validate_hello_request as validate_hello_request
+from ._wire import validate_hello_response as validate_hello_response
 from ._wire import validate_join_request as validate_join_request
 from ._wire import validate_model_header as validate_model_header
 from ._wire import validate_model_request as validate_model_request
@@ -187,6 +188,7 @@ __all__ = [
     "status_code_for",
     "translate_errors",
     "validate_hello_request",
+    "validate_hello_response",
     "validate_join_request",
     "validate_model_header",
     "validate_model_request",

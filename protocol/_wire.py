@@ -290,6 +290,8 @@ def validate_session_request(
 ) -> None:
     """Check an `AwaitSession` request: the current round and an existing cluster."""
     validate_round(request.round, expected=expected_round)
+    if request.run_id and _RUN_ID.fullmatch(request.run_id) is None:
+        raise InvalidEnvelopeError(f"`run_id` is malformed: {request.run_id!r:.80}")
     if request.cluster >= clusters:
         raise InvalidEnvelopeError(
             f"`cluster` must be below {clusters} (the round's clusters), got {request.cluster}"
@@ -312,11 +314,21 @@ def validate_model_request(request: pb.ModelRequest, *, latest_round: int, clust
 # --------------------------------------------------------------------------- responses
 
 
+def validate_hello_response(response: pb.HelloResponse) -> None:
+    """Check the run id of a `HelloResponse` a client received (the rest is checked
+    against the client's own configuration and CA)."""
+    if _RUN_ID.fullmatch(response.run_id) is None:
+        raise InvalidEnvelopeError(f"`run_id` is malformed: {response.run_id!r:.80}")
+
+
 def validate_round_announcement(announcement: pb.RoundAnnouncement) -> None:
     """Check a `RoundAnnouncement` a client received (shapes, ids, masks)."""
     status = announcement.status
     if status not in (pb.ROUND_STATUS_OPEN, pb.ROUND_STATUS_PENDING, pb.ROUND_STATUS_FINISHED):
         raise InvalidEnvelopeError(f"`status` must be a known round status, got {status}")
+    server_run = announcement.server_run_id
+    if server_run and _RUN_ID.fullmatch(server_run) is None:
+        raise InvalidEnvelopeError(f"`server_run_id` is malformed: {server_run!r:.80}")
     if status != pb.ROUND_STATUS_OPEN:
         return
     validate_round(announcement.round)

@@ -54,8 +54,10 @@ from ._update import MaskedUpdate as MaskedUpdate
 from ._update import UpdateError as UpdateError
 from .errors import BudgetExhaustedError as BudgetExhaustedError
 from .errors import DataError as DataError
+from .errors import EvidenceError as EvidenceError
 from .errors import LedgerError as LedgerError
 from .errors import LedgerMissingError as LedgerMissingError
+from .errors import RunMismatchError as RunMismatchError
 from .errors import SdkError as SdkError
 from .errors import ServerUnreachableError as ServerUnreachableError
 
@@ -68,6 +70,7 @@ __all__ = [
     "ClientReport",
     "ClusterAdapters",
     "DataError",
+    "EvidenceError",
     "FederatedClient",
     "GradSampleMode",
     "LedgerError",
@@ -90,6 +93,7 @@ __all__ = [
     "RetryPolicy",
     "RoundOutcome",
     "RoundStats",
+    "RunMismatchError",
     "SdkError",
     "SecureGaussian",
     "ServerUnreachableError",

@@ -74,6 +74,7 @@ from fedhft.protocol import (
     SecAggClient,
     SessionParams,
     load_credentials,
+    validate_hello_response,
     validate_model_header,
     validate_round_announcement,
     validate_session_announcement,
@@ -106,6 +107,7 @@ from ._client_sessions import (
     peer_identities,
     run_sessions,
 )
+from ._client_state import Evidence, check_evidence, check_server_run, record_evidence
 from ._codec import decode_clusters
 from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
@@ -117,7 +119,7 @@ from ._participant import RoundParticipant
 from ._round_files import EnteredSums
 from ._trainer import LocalTrainer
 from ._update import MaskedUpdate
-from .errors import BudgetExhaustedError
+from .errors import BudgetExhaustedError, RunMismatchError
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]
@@ -257,6 +259,12 @@ class FederatedClient:
         self.wait_ms = wait_ms
         self.rpc_timeout_s = rpc_timeout_s
         self.max_message_bytes = max_message_bytes
+        self.evidence = Evidence(
+            ledger_path=None if non_private_baseline else Path(self.policy.privacy.ledger_path),
+            audit_path=Path(self.policy.audit.log_path) if audit else None,
+        )
+        check_evidence(self.state_dir, self.evidence)
+        self.run_id: str | None = None
 
         self.audit_log: AuditLog | None = None
         if audit:
@@ -359,10 +367,21 @@ class FederatedClient:
                 timeout=self.rpc_timeout_s,
             )
             self.server_identity = self._verify_server(response)
+            validate_hello_response(response)
+            participant = self._round_participant()
+            check_server_run(
+                self.state_dir,
+                server=self.server,
+                run_id=response.run_id,
+                server_completed=int(response.current_round),
+                client_completed=0 if participant is None else participant.completed_round,
+            )
+            self.run_id = response.run_id
         except BaseException:
             connection.close()
             raise
         self.connection = connection
+        record_evidence(self.state_dir, self.evidence)
         _LOG.info("%s enrolled with the aggregation server at %s", self.organization, self.server)
 
     def _verify_server(self, response: pb.HelloResponse) -> Ed25519PublicKey:
@@ -390,13 +409,15 @@ class FederatedClient:
         )
 
     def close(self) -> None:
-        """Close the channel and the audit log."""
+        """Close the channel and the audit log; record how far the evidence reaches."""
         if self.connection is not None:
             self.connection.close()
             self.connection = None
         if self.audit_log is not None:
             self.audit_log.close()
             self.audit_log = None
+        if self.run_id is not None:
+            record_evidence(self.state_dir, self.evidence)
 
     def __enter__(self) -> FederatedClient:
         return self
@@ -457,6 +478,13 @@ class FederatedClient:
                 timeout=self.rpc_timeout_s + self.wait_ms / 1000,
             )
             validate_round_announcement(announcement)
+            if announcement.server_run_id and announcement.server_run_id != self.run_id:
+                raise RunMismatchError(
+                    f"the server at {self.server} now runs run "
+                    f"{announcement.server_run_id!r}, not {self.run_id!r} it ran when this "
+                    "client connected: its state was reset or replaced while the client "
+                    "waited. Ask the operator to restore the server's --state folder"
+                )
             if announcement.status == pb.ROUND_STATUS_FINISHED:
                 return announcement
             if announcement.status == pb.ROUND_STATUS_OPEN:
@@ -655,7 +683,7 @@ class FederatedClient:
         self, announcement: pb.RoundAnnouncement, cluster: int, update: MaskedUpdate
     ) -> ClusterRun | None:
         """Wait for cluster ``cluster``'s session, check it, and prepare this side of it."""
-        session = self._await_session(int(announcement.round), cluster)
+        session = self._await_session(int(announcement.round), cluster, announcement.run_id)
         if session is None:
             return None
         trainer = self._trainer()
@@ -687,12 +715,17 @@ class FederatedClient:
             entered=participant.files.entered_sums(),
         )
 
-    def _await_session(self, round_number: int, cluster: int) -> pb.SessionAnnouncement | None:
-        """The session of ``cluster`` in ``round_number`` once ready, or None without one."""
+    def _await_session(
+        self, round_number: int, cluster: int, run_id: str = ""
+    ) -> pb.SessionAnnouncement | None:
+        """The session of ``cluster`` in ``round_number`` (of attempt ``run_id``, when
+        given) once ready, or None without one."""
         while True:
             session: pb.SessionAnnouncement = self._connection().unary(
                 "AwaitSession",
-                pb.SessionRequest(round=round_number, cluster=cluster, wait_ms=self.wait_ms),
+                pb.SessionRequest(
+                    round=round_number, cluster=cluster, wait_ms=self.wait_ms, run_id=run_id
+                ),
                 timeout=self.rpc_timeout_s + self.wait_ms / 1000,
             )
             validate_session_announcement(

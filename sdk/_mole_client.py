@@ -319,7 +319,7 @@ class MoLEClientRounds:
         self, announcement: pb.RoundAnnouncement, upload: dict[str, FloatArray]
     ) -> MaskingRun | None:
         client = self.client
-        session = client._await_session(int(announcement.round), 0)
+        session = client._await_session(int(announcement.round), 0, announcement.run_id)
         if session is None:
             return None
         params = decode_session(session.session_params)

@@ -65,3 +65,14 @@ class DataError(SdkError, ValueError):
 
 class ServerUnreachableError(SdkError, ConnectionError):
     """The aggregation server stayed unreachable through every reconnection attempt."""
+
+
+class RunMismatchError(SdkError, RuntimeError):
+    """The server runs another run than this organization's state records, or holds
+    fewer completed rounds than this organization saw completed (its state was reset or
+    restored from elsewhere)."""
+
+
+class EvidenceError(SdkError, RuntimeError):
+    """The privacy ledger or audit log cannot be written, or is not the file (or no
+    longer holds the records) this organization's state recorded last time."""

@@ -89,11 +89,17 @@ def federation_data() -> dict[str, OrganizationData]:
 
 @contextmanager
 def running_server(
-    config: ConsortiumConfig, pki: Pki, state: Path, options: ServerOptions = FAST
+    config: ConsortiumConfig,
+    pki: Pki,
+    state: Path,
+    options: ServerOptions = FAST,
+    *,
+    new_run: bool = True,
 ) -> Iterator[AggregatorServer]:
-    """A started aggregation server, stopped on exit."""
+    """A started aggregation server (of a new run unless ``new_run`` is false), stopped on
+    exit."""
     server = AggregatorServer(
-        config, credentials=pki.server, state_dir=state, options=options
+        config, credentials=pki.server, state_dir=state, options=options, new_run=new_run
     ).start()
     try:
         yield server

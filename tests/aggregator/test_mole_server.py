@@ -266,5 +266,5 @@ def test_server_refuses_fedamole_in_ckks_mode(tmp_path: Path) -> None:
     )
     pki = provision(tmp_path / "pki")
     with pytest.raises(AggregatorError, match="masking"):
-        AggregatorServer(config, credentials=pki.server, state_dir=tmp_path / "state")
+        AggregatorServer(config, credentials=pki.server, state_dir=tmp_path / "state", new_run=True)
     assert not (tmp_path / "state").exists()

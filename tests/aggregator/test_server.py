@@ -123,7 +123,11 @@ def open_round(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenRound]:
         tiny_config=TINY,
     )
     server = AggregatorServer(
-        fast_consortium(), credentials=pki.server, state_dir=root / "state", options=options
+        fast_consortium(),
+        credentials=pki.server,
+        state_dir=root / "state",
+        options=options,
+        new_run=True,
     ).start()
     credentials = {org: load_credentials(pki.org(org)) for org in ORGS}
     channels = {org: create_channel(credentials[org], server.address, "localhost") for org in ORGS}
@@ -474,7 +478,9 @@ def test_stopped_server_resumes_and_each_round_is_spent_once(tmp_path: Path) -> 
     state = tmp_path / "server"
     clients = tmp_path / "clients"
     with spying() as spy:
-        first = AggregatorServer(config, credentials=pki.server, state_dir=state, options=FAST)
+        first = AggregatorServer(
+            config, credentials=pki.server, state_dir=state, options=FAST, new_run=True
+        )
         first.start()
         port = first.port
         run = start_federation(config, pki, first.address, clients)
@@ -541,7 +547,7 @@ def test_killed_server_process_resumes_and_each_round_is_spent_once(tmp_path: Pa
     port_file = tmp_path / "port"
     clients = tmp_path / "clients"
 
-    def serve(port: int) -> subprocess.Popen[bytes]:
+    def serve(port: int, *new_run: str) -> subprocess.Popen[bytes]:
         command = [
             sys.executable,
             "-c",
@@ -564,10 +570,11 @@ def test_killed_server_process_resumes_and_each_round_is_spent_once(tmp_path: Pa
             "120",
             "--retry-pause",
             "0.2",
+            *new_run,
         ]
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    first = serve(0)
+    first = serve(0, "--new-run")
     try:
         deadline = time.time() + 120
         while not port_file.exists() and time.time() < deadline:
@@ -624,7 +631,9 @@ def test_taken_port_fails_before_the_state_is_opened(tmp_path: Path) -> None:
     """A second server on a taken port fails at once and leaves its state untouched."""
     pki = provision(tmp_path / "pki")
     config = fast_consortium()
-    first = AggregatorServer(config, credentials=pki.server, state_dir=tmp_path / "a", options=FAST)
+    first = AggregatorServer(
+        config, credentials=pki.server, state_dir=tmp_path / "a", options=FAST, new_run=True
+    )
     try:
         with pytest.raises(TransportError, match="cannot listen"):
             AggregatorServer(
@@ -633,6 +642,7 @@ def test_taken_port_fails_before_the_state_is_opened(tmp_path: Path) -> None:
                 state_dir=tmp_path / "b",
                 port=first.port,
                 options=FAST,
+                new_run=True,
             )
         assert not (tmp_path / "b" / "state.sqlite").exists()
     finally:
@@ -643,7 +653,11 @@ def test_state_of_another_configuration_is_refused(tmp_path: Path) -> None:
     """A state folder keeps its configuration: another consortium file cannot resume it."""
     pki = provision(tmp_path / "pki")
     AggregatorServer(
-        fast_consortium(), credentials=pki.server, state_dir=tmp_path / "state", options=FAST
+        fast_consortium(),
+        credentials=pki.server,
+        state_dir=tmp_path / "state",
+        options=FAST,
+        new_run=True,
     ).stop()
     with pytest.raises(StateError, match="new --state folder"):
         AggregatorServer(

@@ -1,9 +1,12 @@
-"""The aggregation server's SQLite state: binding, enrollment, atomic round commits."""
+"""The aggregation server's SQLite state: binding, enrollment, atomic round commits, and
+the refusal of a missing, empty, damaged or incomplete state."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,20 +15,24 @@ from fedhft.aggregator._store import AggregatorStore
 from fedhft.aggregator.errors import StateError
 
 
+def _new(folder: Path, run_id: str = "run-a") -> AggregatorStore:
+    return AggregatorStore.create(folder, consortium="c", config_hash="h1", run_id=run_id)
+
+
 def test_state_refuses_another_configuration(tmp_path: Path) -> None:
     """A state folder keeps its run id and refuses a different consortium config."""
-    store = AggregatorStore(tmp_path)
-    assert store.bind(consortium="c", config_hash="h1", run_id="run-a") == "run-a"
+    store = _new(tmp_path)
+    assert store.bind(consortium="c", config_hash="h1") == "run-a"
     store.close()
     again = AggregatorStore(tmp_path)
-    assert again.bind(consortium="c", config_hash="h1", run_id="run-b") == "run-a"
+    assert again.bind(consortium="c", config_hash="h1") == "run-a"
     with pytest.raises(StateError, match="new --state folder"):
-        again.bind(consortium="c", config_hash="h2", run_id="run-c")
+        again.bind(consortium="c", config_hash="h2")
 
 
 def test_enrollment_reports_changed_certificates(tmp_path: Path) -> None:
     """Enrolling the same certificates twice is a no-op; new ones replace and are reported."""
-    store = AggregatorStore(tmp_path)
+    store = _new(tmp_path)
     assert store.enroll("org-a", b"id1", b"seal1") is True
     assert store.enroll("org-a", b"id1", b"seal1") is False
     assert store.enroll("org-a", b"id2", b"seal1") is True
@@ -34,7 +41,7 @@ def test_enrollment_reports_changed_certificates(tmp_path: Path) -> None:
 
 def test_round_completes_once(tmp_path: Path) -> None:
     """A completed round stores its model and cannot be opened or completed again."""
-    store = AggregatorStore(tmp_path)
+    store = _new(tmp_path)
     store.set_initial_model(b"m0")
     attempt = store.begin_attempt(1)
     store.complete_attempt(1, attempt, b"m1", {"participants": 3})
@@ -51,7 +58,7 @@ def test_crash_mid_round_is_aborted_and_retried(tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
         "from fedhft.aggregator._store import AggregatorStore\n"
-        "s = AggregatorStore(sys.argv[1])\n"
+        "s = AggregatorStore.create(sys.argv[1], consortium='c', config_hash='h', run_id='r')\n"
         "s.set_initial_model(b'm0')\n"
         "s.begin_attempt(1)\n"
         "os._exit(9)\n"
@@ -70,10 +77,98 @@ def test_crash_mid_round_is_aborted_and_retried(tmp_path: Path) -> None:
 def test_sketches_survive_a_restart_exactly(tmp_path: Path) -> None:
     """Kept sketches come back bit for bit after reopening; the latest one per
     organization counts."""
-    store = AggregatorStore(tmp_path)
+    store = _new(tmp_path)
     store.save_sketch("org-a", 1, [0.1, -0.2, 1 / 3])
     store.save_sketch("org-b", 1, [1.0, 0.0, 0.0])
     store.save_sketch("org-b", 2, [0.0, 1.0, 0.0])
     store.close()
     again = AggregatorStore(tmp_path)
     assert again.sketches() == {"org-a": (0.1, -0.2, 1 / 3), "org-b": (0.0, 1.0, 0.0)}
+
+
+def _three_rounds(folder: Path) -> None:
+    """A closed state whose run completed rounds 1 to 3."""
+    store = _new(folder)
+    store.set_initial_model(b"m0")
+    for round_number in (1, 2, 3):
+        store.complete_attempt(round_number, store.begin_attempt(round_number), b"m", {})
+    store.close()
+
+
+def _sql(statement: str) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        with sqlite3.connect(path) as db:
+            db.execute(statement)
+        db.close()
+
+    return damage
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _torn_page(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[2 * page + 8 : 3 * page] = bytes(page - 8)  # A b-tree page's cells zeroed.
+    path.write_bytes(bytes(data))
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "empty file": (lambda path: path.write_bytes(b""), "is empty"),
+    "garbage": (lambda path: path.write_bytes(b"\x13garbage" * 4096), "not an SQLite database"),
+    "truncated": (_truncate, "integrity check|malformed"),
+    "torn page": (_torn_page, "integrity check|malformed"),
+    "models dropped": (_sql("DROP TABLE models"), "table 'models' is missing"),
+    "column dropped": (_sql("ALTER TABLE receipts DROP COLUMN receipt"), "table 'receipts' has"),
+    "models deleted": (_sql("DELETE FROM models"), r"rounds \[1, 2, 3\] .* models are missing"),
+    "round 2 lost": (_sql("DELETE FROM attempts WHERE round = 2"), r"not 1\.\.n"),
+    "run id lost": (_sql("DELETE FROM meta WHERE key = 'run_id'"), "run identity lacks"),
+    "schema-less": (_sql("DROP TABLE meta"), "table 'meta' is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_state_is_refused_never_reset(tmp_path: Path, damage: str) -> None:
+    """Each damage to a state with three completed rounds is a `StateError` naming the
+    file and backup, at open and at create: never a new run or a silent restart."""
+    _three_rounds(tmp_path)
+    path = tmp_path / "state.sqlite"
+    harm, message = DAMAGE[damage]
+    harm(path)
+    with pytest.raises(StateError, match=message) as refused:
+        AggregatorStore(tmp_path)
+    assert str(path) in str(refused.value)
+    assert "backup" in str(refused.value)
+    with pytest.raises(StateError, match="already holds a run"):
+        _new(tmp_path, run_id="run-b")
+
+
+def test_empty_database_is_not_a_new_run(tmp_path: Path) -> None:
+    """An SQLite file without tables (state lost) is refused, not taken for a new run."""
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("DROP TABLE t")
+    db.close()
+    with pytest.raises(StateError, match="empty database"):
+        AggregatorStore(tmp_path)
+
+
+def test_missing_state_needs_an_explicit_new_run(tmp_path: Path) -> None:
+    """Without a state file the store refuses to open; only `create` starts a run."""
+    with pytest.raises(StateError, match="--new-run"):
+        AggregatorStore(tmp_path / "state")
+    assert not (tmp_path / "state" / "state.sqlite").exists()
+    store = _new(tmp_path / "state")
+    assert store.bind(consortium="c", config_hash="h1") == "run-a"
+    assert store.completed_rounds() == 0
+
+
+def test_intact_state_with_completed_rounds_resumes(tmp_path: Path) -> None:
+    """The checks pass on an intact state, which resumes where it stopped."""
+    _three_rounds(tmp_path)
+    store = AggregatorStore(tmp_path)
+    assert store.completed_rounds() == 3
+    assert store.latest_model() == (3, b"m")

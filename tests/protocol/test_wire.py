@@ -17,6 +17,7 @@ from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import (
     sign_receipt,
     status_code_for,
+    validate_hello_response,
     validate_join_request,
     validate_model_header,
     validate_round_announcement,
@@ -180,6 +181,7 @@ def test_well_formed_round_announcement_passes() -> None:
         ({"model_hash": bytes(16)}, InvalidEnvelopeError),
         ({"clusters": 0}, InvalidEnvelopeError),
         ({"run_id": "no spaces"}, InvalidEnvelopeError),
+        ({"server_run_id": "no spaces"}, InvalidEnvelopeError),
         ({"blocks": [pb.BlockLayout(block_id="a", rows=0, cols=4)]}, InvalidEnvelopeError),
         ({"blocks": [pb.BlockLayout(block_id="a b", rows=1, cols=4)]}, InvalidEnvelopeError),
         (
@@ -201,6 +203,7 @@ def test_well_formed_round_announcement_passes() -> None:
         "hash",
         "clusters",
         "run-id",
+        "server-run-id",
         "zero-rows",
         "block-id",
         "repeated-block",
@@ -215,6 +218,14 @@ def test_malformed_round_announcements_are_refused(
     """Every inconsistent shape, id or hash in an announcement raises its typed error."""
     with pytest.raises(error):
         validate_round_announcement(_announcement(**changes))
+
+
+def test_hello_response_needs_a_well_formed_run_id() -> None:
+    """A `HelloResponse` without a run id, or with a malformed one, is refused."""
+    validate_hello_response(pb.HelloResponse(run_id="tiny-test-0123abcd"))
+    for run_id in ("", "no spaces", "x" * 200):
+        with pytest.raises(InvalidEnvelopeError, match="run_id"):
+            validate_hello_response(pb.HelloResponse(run_id=run_id))
 
 
 def _session_announcement(**changes: Any) -> pb.SessionAnnouncement:

@@ -576,3 +576,225 @@ def test_new_organization_starts_at_zero(tmp_path: Path, pki: dict[str, Credenti
         assert client.trainer is not None and client.trainer.ledger is not None
         assert client.trainer.ledger.records == () and client.trainer.ledger.spent() == 0.0
     assert Path(policy(ORG, tmp_path).privacy.ledger_path).exists()
+
+
+# --------------------------------------------------------------------------- run identity
+
+
+def _hello_server(
+    client: FederatedClient,
+    pki: dict[str, Credentials],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    run_id: str,
+    current_round: int,
+    announcement: pb.RoundAnnouncement,
+) -> ScriptedServer:
+    """Let `connect()` reach a scripted server that answers `Hello` with ``run_id``; it
+    gives up (`TimeoutError`) after 20 polls instead of letting a test wait forever."""
+    from cryptography.hazmat.primitives import serialization
+
+    polls: list[int] = []
+
+    def await_round(_: Any) -> pb.RoundAnnouncement:
+        polls.append(1)
+        if len(polls) > 20:
+            raise TimeoutError("the client kept waiting for a round")
+        return announcement
+
+    server = ScriptedServer(
+        {
+            "Hello": lambda _: pb.HelloResponse(
+                protocol="fedhft.v1",
+                consortium=client.consortium.consortium,
+                consortium_config_hash=client.config_hash,
+                server_identity_certificate=pki["server"].identity_certificate.public_bytes(
+                    serialization.Encoding.DER
+                ),
+                organization=ORG,
+                current_round=current_round,
+                run_id=run_id,
+            ),
+            "AwaitRound": await_round,
+        }
+    )
+    monkeypatch.setattr("fedhft.sdk._client.Connection", lambda *a, **k: server)
+    return server
+
+
+def _pending(server_run_id: str = "") -> pb.RoundAnnouncement:
+    return pb.RoundAnnouncement(
+        status=pb.ROUND_STATUS_PENDING, retry_after_ms=1, server_run_id=server_run_id
+    )
+
+
+def test_server_of_another_run_stops_the_client(
+    tmp_path: Path, pki: dict[str, Credentials], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose state belongs to run A stops with `RunMismatchError` naming both
+    runs when the server answers with run B (state reset or restored from elsewhere)."""
+    from fedhft.sdk import RunMismatchError
+
+    with _client(tmp_path, pki) as client:
+        _hello_server(
+            client,
+            pki,
+            monkeypatch,
+            run_id="tiny-test-aaaa",
+            current_round=0,
+            announcement=_pending("tiny-test-aaaa"),
+        )
+        client.connect()
+    with _client(tmp_path, pki) as client:
+        _hello_server(
+            client,
+            pki,
+            monkeypatch,
+            run_id="tiny-test-bbbb",
+            current_round=0,
+            announcement=_pending("tiny-test-bbbb"),
+        )
+        with pytest.raises(RunMismatchError, match="tiny-test-bbbb") as refused:
+            client.run_round()
+        assert "tiny-test-aaaa" in str(refused.value)
+        assert "reset or restored" in str(refused.value)
+
+
+def test_server_that_lost_completed_rounds_stops_the_client(
+    tmp_path: Path, pki: dict[str, Credentials], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that saw 3 rounds completed, facing a server whose state holds none,
+    stops with an error instead of polling for round 4 forever."""
+    from fedhft.sdk import RunMismatchError
+
+    with _client(tmp_path, pki) as client:
+        assert client.participant is not None
+        client.participant.completed_round = 3  # As its state files say after round 3.
+        _hello_server(
+            client,
+            pki,
+            monkeypatch,
+            run_id="tiny-test-aaaa",
+            current_round=0,
+            announcement=_pending(),
+        )
+        with pytest.raises(RunMismatchError, match="holds 0 completed rounds"):
+            client.run_round()
+
+
+def test_server_replaced_while_the_client_waits_stops_it(
+    tmp_path: Path, pki: dict[str, Credentials], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restarted on another run while a connected client long-polls: the
+    announcements name the new run and the client stops instead of waiting."""
+    from fedhft.sdk import RunMismatchError
+
+    with _client(tmp_path, pki) as client:
+        _hello_server(
+            client,
+            pki,
+            monkeypatch,
+            run_id="tiny-test-aaaa",
+            current_round=0,
+            announcement=_pending("tiny-test-cccc"),
+        )
+        with pytest.raises(RunMismatchError, match="tiny-test-cccc"):
+            client.run_round()
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def test_unwritable_ledger_or_audit_log_is_refused_at_start(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """A ledger or audit log path the OS will not write (its folder is a regular file;
+    the path is a folder) is an `EvidenceError` naming it, before anything runs."""
+    from fedhft.sdk import EvidenceError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    (tmp_path / "a-folder").mkdir()
+    cases = {
+        "ledger_path": blocker / "ledger.json",
+        "log_path": blocker / "audit.jsonl",
+    }
+    for field, path in cases.items():
+        org_policy = policy(ORG, tmp_path / field)
+        section = "privacy" if field == "ledger_path" else "audit"
+        changed = org_policy.model_copy(
+            update={section: getattr(org_policy, section).model_copy(update={field: str(path)})}
+        )
+        with pytest.raises(EvidenceError, match="cannot be written") as refused:
+            _client(tmp_path / field, pki, changed)
+        assert str(path) in str(refused.value)
+    directory_policy = policy(ORG, tmp_path / "dir")
+    directory_policy = directory_policy.model_copy(
+        update={
+            "audit": directory_policy.audit.model_copy(
+                update={"log_path": str(tmp_path / "a-folder")}
+            )
+        }
+    )
+    with pytest.raises(EvidenceError, match="cannot be written"):
+        _client(tmp_path / "dir", pki, directory_policy)
+
+
+def _started_and_stopped(
+    tmp_path: Path, pki: dict[str, Credentials], monkeypatch: Any, *, round_number: int, size: int
+) -> None:
+    """A client that connected to run A, spent privacy for a round and stopped."""
+    with _client(tmp_path, pki) as client:
+        _hello_server(
+            client,
+            pki,
+            monkeypatch,
+            run_id="tiny-test-aaaa",
+            current_round=0,
+            announcement=_pending("tiny-test-aaaa"),
+        )
+        client.connect()
+        assert client.trainer is not None and client.trainer.ledger is not None
+        client.trainer.ledger.commit(client.trainer.mechanism_record(round_number, size))
+
+
+def test_rolled_back_or_swapped_evidence_is_refused_at_start(
+    tmp_path: Path, pki: dict[str, Credentials], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting on an older copy of the audit log or ledger than last time, or another
+    organization state's, is refused; the same files (grown after a crash) start."""
+    from fedhft.sdk import EvidenceError
+
+    _started_and_stopped(tmp_path, pki, monkeypatch, round_number=1, size=40)
+    audit = Path(policy(ORG, tmp_path).audit.log_path)
+    ledger = Path(policy(ORG, tmp_path).privacy.ledger_path)
+    older_audit = audit.read_bytes()  # A backup taken now is older than what follows.
+
+    # The same files, grown since the record (as after a crash): accepted, recorded anew.
+    _started_and_stopped(tmp_path, pki, monkeypatch, round_number=2, size=40)
+    saved_audit, saved_ledger = audit.read_bytes(), ledger.read_bytes()
+    assert len(saved_audit.splitlines()) > len(older_audit.splitlines())
+
+    audit.write_bytes(older_audit)  # The older backup restored.
+    with pytest.raises(EvidenceError, match=r"audit log .* rolled back or replaced"):
+        _client(tmp_path, pki)
+    audit.write_bytes(saved_audit)
+
+    # Another organization state's ledger, same path: its records differ.
+    other = tmp_path / "other"
+    for round_number in (1, 2):
+        _started_and_stopped(other, pki, monkeypatch, round_number=round_number, size=20)
+    ledger.write_bytes(Path(policy(ORG, other).privacy.ledger_path).read_bytes())
+    stamped = json.loads(ledger.read_bytes())
+    assert stamped["records"] != json.loads(saved_ledger)["records"]
+    with pytest.raises(EvidenceError, match=r"privacy ledger .* records differ"):
+        _client(tmp_path, pki)
+    ledger.write_bytes(saved_ledger)
+
+    # The policy points at another audit log than last time.
+    moved = policy(ORG, tmp_path)
+    moved = moved.model_copy(
+        update={"audit": moved.audit.model_copy(update={"log_path": str(tmp_path / "new.jsonl")})}
+    )
+    with pytest.raises(EvidenceError, match="used the audit log"):
+        _client(tmp_path, pki, moved)

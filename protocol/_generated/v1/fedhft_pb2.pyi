@@ -377,6 +377,7 @@ class HelloResponse(_message.Message):
     SERVER_IDENTITY_CERTIFICATE_FIELD_NUMBER: _builtins.int
     ORGANIZATION_FIELD_NUMBER: _builtins.int
     CURRENT_ROUND_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     protocol: _builtins.str
     consortium: _builtins.str
     consortium_config_hash: _builtins.bytes
@@ -385,6 +386,9 @@ class HelloResponse(_message.Message):
     organization: _builtins.str
     """the caller, as the server authenticated it"""
     current_round: _builtins.int
+    """rounds the server's state holds as completed"""
+    run_id: _builtins.str
+    """the run of the server's state, fixed at its creation"""
     def __init__(
         self,
         *,
@@ -394,10 +398,11 @@ class HelloResponse(_message.Message):
         server_identity_certificate: _builtins.bytes = ...,
         organization: _builtins.str = ...,
         current_round: _builtins.int = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consortium", b"consortium", "consortium_config_hash", b"consortium_config_hash", "current_round", b"current_round", "organization", b"organization", "protocol", b"protocol", "server_identity_certificate", b"server_identity_certificate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consortium", b"consortium", "consortium_config_hash", b"consortium_config_hash", "current_round", b"current_round", "organization", b"organization", "protocol", b"protocol", "run_id", b"run_id", "server_identity_certificate", b"server_identity_certificate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,6 +502,7 @@ class RoundAnnouncement(_message.Message):
     JOIN_DEADLINE_UNIX_MS_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     MOLE_FIELD_NUMBER: _builtins.int
+    SERVER_RUN_ID_FIELD_NUMBER: _builtins.int
     status: Global___RoundStatus.ValueType
     round: _builtins.int
     run_id: _builtins.str
@@ -508,6 +514,10 @@ class RoundAnnouncement(_message.Message):
     warmup: _builtins.bool
     join_deadline_unix_ms: _builtins.int
     retry_after_ms: _builtins.int
+    server_run_id: _builtins.str
+    """The run of the server's state (`HelloResponse.run_id`), in every status; `run_id`
+    above names the open attempt, and is the run's id only when finished.
+    """
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockLayout]: ...
     @_builtins.property
@@ -531,10 +541,11 @@ class RoundAnnouncement(_message.Message):
         join_deadline_unix_ms: _builtins.int = ...,
         retry_after_ms: _builtins.int = ...,
         mole: Global___MoLEPlan | None = ...,
+        server_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mole", b"mole"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "clusters", b"clusters", "consortium_config_hash", b"consortium_config_hash", "join_deadline_unix_ms", b"join_deadline_unix_ms", "model_hash", b"model_hash", "mole", b"mole", "retry_after_ms", b"retry_after_ms", "round", b"round", "run_id", b"run_id", "status", b"status", "tier_masks", b"tier_masks", "warmup", b"warmup"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "clusters", b"clusters", "consortium_config_hash", b"consortium_config_hash", "join_deadline_unix_ms", b"join_deadline_unix_ms", "model_hash", b"model_hash", "mole", b"mole", "retry_after_ms", b"retry_after_ms", "round", b"round", "run_id", b"run_id", "server_run_id", b"server_run_id", "status", b"status", "tier_masks", b"tier_masks", "warmup", b"warmup"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -817,19 +828,25 @@ class SessionRequest(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     cluster: _builtins.int
     wait_ms: _builtins.int
+    run_id: _builtins.str
+    """The attempt the client joined (`RoundAnnouncement.run_id`): a server whose open
+    attempt is another one (it restarted and redoes the round) answers ABORTED at once.
+    """
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
         cluster: _builtins.int = ...,
         wait_ms: _builtins.int = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "round", b"round", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "round", b"round", "run_id", b"run_id", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
