@@ -17,7 +17,10 @@ advisory lock on a sidecar ``.lock`` file (POSIX).
 ε = 0 only for an organization with no sign of earlier participation (round files in its
 state folder, rounds or spends in its audit log); otherwise it raises
 :class:`LedgerMissingError` naming the evidence and the recovery, `PrivacyLedger.rebuild`
-from the verified audit log's spend records (``fedhft ledger rebuild``).
+from the verified audit log's spend records (``fedhft ledger rebuild``). At `Hello` the
+client also checks the server's view (`check_server_participation`): a round in which
+the server accepted this organization's upload must have its DP-SGD spend in the
+ledger, which stops an organization that lost ledger, state folder and audit log alike.
 
 Notes:
     A ledger recreated at zero would let an organization that spent its budget train
