@@ -165,6 +165,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 organization, request.identity_certificate, request.sealing_certificate
             )
             current = server.store.completed_rounds()
+            uploaded = server.store.upload_rounds(
+                organization, input_stages=[STAGE_NAMES[stage] for stage in INPUT_STAGES]
+            )
         if changed:
             server.audit.append(
                 EventType.KEY_EVENT,
@@ -182,6 +185,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             organization=organization,
             current_round=current,
             run_id=server.run_id,
+            # What the server knows of the caller's participation, so that a client
+            # whose ledger lost spend is stopped even when nothing local remembers it.
+            rounds_uploaded=uploaded,
         )
 
     # ------------------------------------------------------------------ rounds

@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,6 +510,20 @@ class AggregatorStore:
             "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?)",
             (round_number, attempt, cluster, organization, upload_sha256, receipt),
         )
+
+    def upload_rounds(self, organization: str, *, input_stages: Collection[str]) -> list[int]:
+        """The rounds (ascending) in which an input of ``organization`` was accepted.
+
+        Any attempt counts: a receipt was signed, or a stage in ``input_stages`` was
+        recorded (a crash can fall between the two).
+        """
+        rows = self._db.execute(
+            "SELECT round FROM receipts WHERE organization = ? UNION "
+            "SELECT round FROM stage_progress WHERE organization = ? "
+            "AND stage IN (SELECT value FROM json_each(?)) ORDER BY round",
+            (organization, organization, json.dumps(sorted(input_stages))),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
     def receipts(self, round_number: int) -> list[tuple[int, int, str, str]]:
         """``(attempt, cluster, organization, upload_sha256)`` of a round's receipts."""

@@ -6,8 +6,14 @@ is used. Every `privacy_spend` record (DP-SGD rounds and one-shot Gaussian relea
 becomes one ledger record, so the rebuilt ledger's ε is the audit log's. An existing
 ledger is never replaced without ``--force``.
 
-Exit status: 0 when the ledger was written, 1 when the audit log fails verification or
-the ε of the rebuilt ledger disagrees with it, 2 when the inputs cannot be used.
+With ``--state`` the rebuilt records are checked against the client's evidence record
+(`fedhft.sdk._client_state`): a rebuild from the complete audit log reproduces the lost
+ledger's records exactly and the client starts on it; one from an older audit log is
+refused before anything is written.
+
+Exit status: 0 when the ledger was written, 1 when the audit log fails verification, the
+ε of the rebuilt ledger disagrees with it or the rebuilt ledger lacks releases the state
+folder recorded, 2 when the inputs cannot be used.
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ from fedhft.audit._accounting import epsilon_tolerance
 from fedhft.audit._chain import check_chain
 from fedhft.audit._events import payload_problems
 from fedhft.policies import Accountant
-from fedhft.sdk import LedgerError, MechanismRecord, PrivacyLedger, compute_epsilon
+from fedhft.sdk import (
+    EvidenceError,
+    LedgerError,
+    MechanismRecord,
+    PrivacyLedger,
+    compute_epsilon,
+)
+from fedhft.sdk._client_state import check_rebuilt_ledger
 
 from ._audit import (
     CertsOption,
@@ -60,11 +73,21 @@ def rebuild(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing ledger file.")
     ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="The client's state folder: the rebuilt ledger must hold every release "
+            "its evidence record remembers (refused before writing otherwise).",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild the privacy ledger from the spend records of a verified audit log.
 
     A log cut off at a record boundary still verifies on its own; pass the server's log
-    (``--server-log``) or a head hash noted earlier (``--expect-head``) to catch that.
+    (``--server-log``) or a head hash noted earlier (``--expect-head``) to catch that, and
+    the client's state folder (``--state``) to check the rebuilt records against the
+    releases it recorded.
     """
     inputs = _resolve_inputs(audit_log, server_log, policy, certs, key, server_key)
     organization_policy = inputs.policy
@@ -117,6 +140,12 @@ def rebuild(
             err=True,
         )
         raise typer.Exit(code=1)
+    if state is not None:
+        try:
+            check_rebuilt_ledger(state, path, records)
+        except EvidenceError as error:
+            typer.echo(f"FAILED: {error}; no ledger written", err=True)
+            raise typer.Exit(code=1) from error
     try:
         ledger = PrivacyLedger.rebuild(
             path,

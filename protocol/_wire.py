@@ -315,10 +315,20 @@ def validate_model_request(request: pb.ModelRequest, *, latest_round: int, clust
 
 
 def validate_hello_response(response: pb.HelloResponse) -> None:
-    """Check the run id of a `HelloResponse` a client received (the rest is checked
-    against the client's own configuration and CA)."""
+    """Check the run id and the rounds uploaded of a `HelloResponse` a client received
+    (the rest is checked against the client's own configuration and CA)."""
     if _RUN_ID.fullmatch(response.run_id) is None:
         raise InvalidEnvelopeError(f"`run_id` is malformed: {response.run_id!r:.80}")
+    # An upload can be in the round after the last completed one (still open).
+    latest = min(int(response.current_round) + 1, MAX_ROUND)
+    previous = 0
+    for round_number in response.rounds_uploaded:
+        if not previous < round_number <= latest:
+            raise InvalidEnvelopeError(
+                f"`rounds_uploaded` must be ascending distinct rounds 1 to {latest} "
+                f"(`current_round` + 1), got {round_number} after {previous}"
+            )
+        previous = round_number
 
 
 def validate_round_announcement(announcement: pb.RoundAnnouncement) -> None:

@@ -111,7 +111,7 @@ from ._client_state import Evidence, check_evidence, check_server_run, record_ev
 from ._codec import decode_clusters
 from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
-from ._ledger import open_organization_ledger
+from ._ledger import PrivacyLedger, check_server_participation, open_organization_ledger
 from ._mixture import ClusterAdapters
 from ._mole_client import MoLEClientRounds
 from ._mole_participant import MoLEParticipant
@@ -119,7 +119,7 @@ from ._participant import RoundParticipant
 from ._round_files import EnteredSums
 from ._trainer import LocalTrainer
 from ._update import MaskedUpdate
-from .errors import BudgetExhaustedError, RunMismatchError
+from .errors import BudgetExhaustedError, LedgerMissingError, RunMismatchError
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]
@@ -202,7 +202,9 @@ class FederatedClient:
     Raises:
         CredentialsError: the credentials are not this organization's.
         LedgerMissingError: the privacy ledger is missing although the state folder or
-            the audit log shows earlier rounds (`fedhft ledger rebuild` restores it).
+            the audit log shows earlier rounds (`fedhft ledger rebuild` restores it);
+            from `connect()` (and `run_round()`): the server accepted uploads in rounds
+            the ledger holds no DP-SGD spend for.
     """
 
     def __init__(
@@ -277,7 +279,11 @@ class FederatedClient:
             self.audit_log.append(EventType.POLICY_LOADED, policy_loaded_payload(self.policy))
         self.violations = compatibility_violations(self.policy, self.consortium)
         # A lost ledger is refused here, before any trainer could start one at ε = 0
-        # (FedAMoLE's trainer then opens the file this call checked or created).
+        # (FedAMoLE's trainer then opens the file this call checked or created). A
+        # ledger created now is checked against the server's view at `Hello`.
+        self._ledger_created = (
+            not non_private_baseline and not Path(self.policy.privacy.ledger_path).exists()
+        )
         ledger = (
             None
             if self.violations or non_private_baseline
@@ -368,6 +374,7 @@ class FederatedClient:
             )
             self.server_identity = self._verify_server(response)
             validate_hello_response(response)
+            self._check_server_participation(response)
             participant = self._round_participant()
             check_server_run(
                 self.state_dir,
@@ -383,6 +390,29 @@ class FederatedClient:
         self.connection = connection
         record_evidence(self.state_dir, self.evidence)
         _LOG.info("%s enrolled with the aggregation server at %s", self.organization, self.server)
+
+    def _check_server_participation(self, response: pb.HelloResponse) -> None:
+        """Stop when the server saw uploads in rounds the ledger holds no spend for.
+
+        Runs at every `Hello`, before any round is trained. A ledger this client created
+        at ε = 0 is removed on refusal, so the next start does not take it for a new
+        organization's.
+        """
+        ledger = self._ledger()
+        if ledger is None:
+            return
+        try:
+            check_server_participation(
+                ledger,
+                response.rounds_uploaded,
+                server=self.server,
+                audit_log=self.evidence.audit_path,
+                state_dir=self.state_dir,
+            )
+        except LedgerMissingError:
+            if self._ledger_created:
+                ledger.discard_unused()
+            raise
 
     def _verify_server(self, response: pb.HelloResponse) -> Ed25519PublicKey:
         if response.organization != self.organization:
@@ -874,6 +904,12 @@ class FederatedClient:
         )
 
     # ------------------------------------------------------------------ accessors
+
+    def _ledger(self) -> PrivacyLedger | None:
+        """The trainer's privacy ledger (``None`` without one: baseline or refused policy)."""
+        if self.mole is not None:
+            return self.mole.trainer.ledger
+        return None if self.trainer is None else self.trainer.ledger
 
     def _round_participant(self) -> RoundParticipant | MoLEParticipant | None:
         """The participant whose files record this organization's completed rounds."""

@@ -27,12 +27,14 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedhft._files import atomic_write
 
+from ._privacy import MechanismRecord
 from .errors import EvidenceError, RunMismatchError
 
 SERVER_RUN_FILE = "server-run.json"
@@ -83,6 +85,46 @@ def check_evidence(state_dir: Path, evidence: Evidence) -> None:
                 f"recorded: {problem}. It was rolled back or replaced; restore the latest "
                 f"copy from backup (a rolled-back privacy ledger forgets spent privacy)"
             )
+
+
+def check_rebuilt_ledger(
+    state_dir: Path, ledger_path: Path, records: Sequence[MechanismRecord]
+) -> None:
+    """Before a rebuilt ledger is written: it holds every release ``state_dir`` recorded.
+
+    A rebuild from the complete audit log reproduces the lost ledger's records exactly
+    (one per `privacy_spend`, in order), so it passes `check_evidence` unchanged. A
+    rebuild from an older or cut audit log would hold fewer releases than the ledger
+    had; it is refused here, before writing, rather than at the client's next start.
+
+    Notes:
+        The evidence record is checked, never rewritten to fit the rebuilt ledger:
+        re-recording would accept exactly the rolled-back spend the record exists to
+        catch, since a log cut at a record boundary still verifies on its own.
+
+    Raises:
+        EvidenceError: the state folder used another ledger file, or recorded releases
+            the rebuilt records do not begin with.
+    """
+    recorded = _read_json(state_dir / EVIDENCE_FILE)
+    entry = None if recorded is None else recorded.get("ledger")
+    if entry is None:
+        return
+    before = Path(entry["path"])
+    if ledger_path.resolve() != before:
+        raise EvidenceError(
+            f"this organization's state ({state_dir}) used the privacy ledger {before}, not "
+            f"{ledger_path}: rebuild it to {before} (`--out`), or use that policy"
+        )
+    problem = _records_problem([record.model_dump(mode="json") for record in records], entry)
+    if problem:
+        raise EvidenceError(
+            f"the ledger rebuilt from the audit log does not hold the releases this "
+            f"organization's state ({state_dir}) recorded: {problem}. The audit log is older "
+            "than the lost ledger (restored from an older backup, or cut); rebuild from the "
+            "latest copy of the audit log. If none holds them, that spend cannot be "
+            "reconstructed: treat this organization's privacy budget as spent"
+        )
 
 
 def record_evidence(state_dir: Path, evidence: Evidence) -> None:
@@ -165,6 +207,10 @@ def _ledger_problem(path: Path, entry: dict[str, Any]) -> str:
     records = _ledger_records(path)
     if records is None:
         return ""  # Missing or unreadable: `PrivacyLedger.open` reports it precisely.
+    return _records_problem(records, entry)
+
+
+def _records_problem(records: list[Any], entry: dict[str, Any]) -> str:
     if len(records) < int(entry["records"]):
         return f"it holds {len(records)} records, {entry['records']} were recorded"
     if _records_digest(records[: int(entry["records"])]) != entry["records_sha256"]:

@@ -17,7 +17,10 @@ advisory lock on a sidecar ``.lock`` file (POSIX).
 ε = 0 only for an organization with no sign of earlier participation (round files in its
 state folder, rounds or spends in its audit log); otherwise it raises
 :class:`LedgerMissingError` naming the evidence and the recovery, `PrivacyLedger.rebuild`
-from the verified audit log's spend records (``fedhft ledger rebuild``).
+from the verified audit log's spend records (``fedhft ledger rebuild``). At `Hello` the
+client also checks the server's view (`check_server_participation`): a round in which
+the server accepted this organization's upload must have its DP-SGD spend in the
+ledger, which stops an organization that lost ledger, state folder and audit log alike.
 
 Notes:
     A ledger recreated at zero would let an organization that spent its budget train
@@ -34,7 +37,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +256,19 @@ class PrivacyLedger:
             ledger._write(records, ledger.spent())
         return ledger
 
+    def discard_unused(self) -> bool:
+        """Delete the ledger file if it still holds no release; returns whether it did.
+
+        For a client that created this ledger at ε = 0 and then learned that it had
+        taken part before (`check_server_participation`): an empty file left behind
+        would pass for a new organization's ledger at the next start.
+        """
+        with _exclusive_lock(self._path):
+            if not self._path.exists() or self._read():
+                return False
+            self._path.unlink()
+            return True
+
     # ------------------------------------------------------------------ reading
 
     @property
@@ -452,3 +468,44 @@ def open_organization_ledger(
             evidence=evidence,
         )
     return open_ledger(create=True)
+
+
+def check_server_participation(
+    ledger: PrivacyLedger,
+    rounds_uploaded: Iterable[int],
+    *,
+    server: str,
+    audit_log: str | Path | None,
+    state_dir: str | Path,
+) -> None:
+    """The ledger holds a DP-SGD spend for every round the server accepted an upload in.
+
+    ``rounds_uploaded`` is the server's view (`HelloResponse.rounds_uploaded`). An
+    upload leaves the organization only after its round's DP-SGD spend is committed
+    (DESIGN §3), so a round the server saw without a spend in the ledger means the
+    ledger lost that spend: the organization lost its ledger (and perhaps its state
+    folder and audit log too) and would otherwise start again at a lower ε.
+
+    Raises:
+        LedgerMissingError: rounds the server saw have no DP-SGD spend in the ledger;
+            the message names them, the ledger and the recovery.
+    """
+    spent = {record.round for record in ledger.records if record.mechanism == "dp-sgd"}
+    unaccounted = sorted(set(rounds_uploaded) - spent)
+    if not unaccounted:
+        return
+    seen = (
+        f"the server at {server} accepted uploads of {ledger.organization} in rounds {unaccounted}"
+    )
+    log = audit_log if audit_log is not None else "AUDIT_LOG"
+    raise LedgerMissingError(
+        f"{seen}, but the privacy ledger {ledger.path} (`privacy.ledger_path`) holds no "
+        "DP-SGD spend for them: the ledger was lost or replaced, and starting from it would "
+        "forget privacy already spent. Nothing was trained. Restore the ledger from backup, "
+        "or rebuild it from the audit log (restored from backup if it was lost): `fedhft "
+        f"ledger rebuild --audit-log {log} --policy POLICY.yaml --certs CERTS_DIR --state "
+        f"{state_dir} --force`. If no copy of the ledger or the audit log survives, this "
+        "spend cannot be reconstructed locally: treat this organization's privacy budget as "
+        "spent and take no further part in this run",
+        evidence=(seen,),
+    )

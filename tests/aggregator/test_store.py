@@ -53,6 +53,44 @@ def test_round_completes_once(tmp_path: Path) -> None:
         store.complete_attempt(1, attempt, b"m1-again", {})
 
 
+def test_upload_rounds_are_the_rounds_with_an_accepted_input_of_that_organization(
+    tmp_path: Path,
+) -> None:
+    """Rounds with a receipt or a recorded input stage of the organization, in any
+    attempt and across a restart; key stages, other organizations' inputs do not count."""
+    store = _new(tmp_path)
+    inputs = ("ckks_input", "masked_input")
+    assert store.upload_rounds("org-a", input_stages=inputs) == []
+    for round_number, attempt, stage, organization in (
+        (1, 1, "advertise", "org-a"),  # Keys only: the round's attempt was aborted.
+        (1, 2, "masked_input", "org-a"),
+        (2, 1, "masked_input", "org-b"),
+        (3, 1, "ckks_input", "org-a"),
+    ):
+        store.record_stage(
+            round_number=round_number,
+            attempt=attempt,
+            cluster=0,
+            stage=stage,
+            organization=organization,
+            payload_sha256="00" * 32,
+            payload=None,
+        )
+    store.record_receipt(
+        round_number=4,
+        attempt=1,
+        cluster=1,
+        organization="org-a",
+        upload_sha256="00" * 32,
+        receipt=b"r",
+    )
+    store.close()
+    again = AggregatorStore(tmp_path)
+    assert again.upload_rounds("org-a", input_stages=inputs) == [1, 3, 4]
+    assert again.upload_rounds("org-b", input_stages=inputs) == [2]
+    assert again.upload_rounds("org-c", input_stages=inputs) == []
+
+
 def test_crash_mid_round_is_aborted_and_retried(tmp_path: Path) -> None:
     """An attempt left open by a killed process is aborted at restart, the model unchanged."""
     script = (

@@ -106,3 +106,40 @@ def test_rebuild_refuses_a_tampered_log_and_an_existing_ledger(tmp_path: Path) -
     tampered = runner.invoke(app, args)
     assert tampered.exit_code == 1, tampered.output
     assert not ledger_path.exists()
+
+
+def test_rebuild_with_the_state_folder_refuses_an_older_audit_log_and_the_client_starts(
+    tmp_path: Path,
+) -> None:
+    """With `--state`: a rebuild from an audit log cut before round 2's spend (an older
+    backup) is refused before writing; the complete log reproduces the recorded records,
+    so the client's evidence check accepts the rebuilt ledger. An older ledger is not."""
+    from fedhft.sdk import EvidenceError
+    from fedhft.sdk._client_state import Evidence, check_evidence, record_evidence
+
+    org_policy, policy_file, key_file, _ = _spent(tmp_path)
+    ledger_path = Path(org_policy.privacy.ledger_path)
+    log = Path(org_policy.audit.log_path)
+    state = tmp_path / "state"
+    evidence = Evidence(ledger_path=ledger_path, audit_path=log)
+    record_evidence(state, evidence)  # As the client does at `Hello` and at close.
+    ledger_path.unlink()
+    lines = log.read_bytes().splitlines(keepends=True)
+    spends = [i for i, line in enumerate(lines) if b'"privacy_spend"' in line]
+    older = tmp_path / "older-audit.jsonl"
+    older.write_bytes(b"".join(lines[: spends[1]]))
+    args = ["ledger", "rebuild", "--policy", str(policy_file), "--key", str(key_file)]
+    args += ["--state", str(state)]
+    refused = runner.invoke(app, [*args, "--audit-log", str(older)])
+    assert refused.exit_code == 1, refused.output
+    assert "holds 1 records, 2 were recorded" in refused.output
+    assert not ledger_path.exists()
+    rebuilt = runner.invoke(app, [*args, "--audit-log", str(log)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    check_evidence(state, evidence)
+    kept = ledger_path.read_bytes()
+    ledger_path.unlink()
+    assert runner.invoke(app, [*args[:-2], "--audit-log", str(older)]).exit_code == 0
+    with pytest.raises(EvidenceError, match="rolled back"):
+        check_evidence(state, evidence)
+    ledger_path.write_bytes(kept)

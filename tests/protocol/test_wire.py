@@ -228,6 +228,21 @@ def test_hello_response_needs_a_well_formed_run_id() -> None:
             validate_hello_response(pb.HelloResponse(run_id=run_id))
 
 
+@pytest.mark.parametrize(
+    "rounds", [(0,), (2, 1), (1, 1), (4,)], ids=["zero", "descending", "repeated", "future"]
+)
+def test_hello_response_rounds_uploaded_must_be_ascending_known_rounds(
+    rounds: tuple[int, ...],
+) -> None:
+    """`rounds_uploaded` lists distinct rounds 1 to `current_round` + 1 in ascending order."""
+    run = "tiny-test-0123abcd"
+    validate_hello_response(pb.HelloResponse(run_id=run, current_round=2, rounds_uploaded=[1, 3]))
+    with pytest.raises(InvalidEnvelopeError, match="rounds_uploaded"):
+        validate_hello_response(
+            pb.HelloResponse(run_id=run, current_round=2, rounds_uploaded=rounds)
+        )
+
+
 def _session_announcement(**changes: Any) -> pb.SessionAnnouncement:
     fields: dict[str, Any] = {
         "status": pb.SESSION_STATUS_READY,

@@ -589,6 +589,7 @@ def _hello_server(
     run_id: str,
     current_round: int,
     announcement: pb.RoundAnnouncement,
+    rounds_uploaded: tuple[int, ...] = (),
 ) -> ScriptedServer:
     """Let `connect()` reach a scripted server that answers `Hello` with ``run_id``; it
     gives up (`TimeoutError`) after 20 polls instead of letting a test wait forever."""
@@ -614,6 +615,7 @@ def _hello_server(
                 organization=ORG,
                 current_round=current_round,
                 run_id=run_id,
+                rounds_uploaded=rounds_uploaded,
             ),
             "AwaitRound": await_round,
         }
@@ -700,6 +702,61 @@ def test_server_replaced_while_the_client_waits_stops_it(
         )
         with pytest.raises(RunMismatchError, match="tiny-test-cccc"):
             client.run_round()
+
+
+def test_server_view_of_uploaded_rounds_stops_a_client_whose_ledger_lacks_them(
+    tmp_path: Path, pki: dict[str, Credentials], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing local remembers rounds 1-2 but the server accepted uploads in them: the
+    client stops at `Hello` (no round asked for) with the rounds, the ledger and the
+    recovery, and removes the ε = 0 ledger it created, so the next start is refused too.
+    A ledger holding round 1 only is refused naming round 2; one holding both starts."""
+    ledger_path = Path(policy(ORG, tmp_path).privacy.ledger_path)
+    for _ in range(2):
+        with _client(tmp_path, pki) as client:
+            assert ledger_path.exists()  # Created at ε = 0: no local evidence of rounds.
+            server = _hello_server(
+                client,
+                pki,
+                monkeypatch,
+                run_id="tiny-test-aaaa",
+                current_round=2,
+                announcement=_pending("tiny-test-aaaa"),
+                rounds_uploaded=(1, 2),
+            )
+            with pytest.raises(LedgerMissingError) as refused:
+                client.run_round()
+        message = str(refused.value)
+        assert "rounds [1, 2]" in message and str(ledger_path) in message
+        assert "fedhft ledger rebuild" in message and "treat" in message
+        assert [name for name, _ in server.requests] == ["Hello"]
+        assert not ledger_path.exists()
+        assert not (tmp_path / "state" / "evidence.json").exists()
+        assert not (tmp_path / "state" / "server-run.json").exists()
+
+    with _client(tmp_path, pki) as client:
+        assert client.trainer is not None and client.trainer.ledger is not None
+        client.trainer.ledger.commit(client.trainer.mechanism_record(1, 40))
+    for held, outcome in (((1,), "refused"), ((1, 2), "started")):
+        with _client(tmp_path, pki) as client:
+            assert client.trainer is not None and client.trainer.ledger is not None
+            if len(client.trainer.ledger.records) < len(held):
+                client.trainer.ledger.commit(client.trainer.mechanism_record(2, 40))
+            _hello_server(
+                client,
+                pki,
+                monkeypatch,
+                run_id="tiny-test-aaaa",
+                current_round=2,
+                announcement=_pending("tiny-test-aaaa"),
+                rounds_uploaded=(1, 2),
+            )
+            if outcome == "refused":
+                with pytest.raises(LedgerMissingError, match=r"rounds \[2\]"):
+                    client.connect()
+                assert ledger_path.exists()  # Not created by this start: kept.
+            else:
+                client.connect()
 
 
 # --------------------------------------------------------------------------- evidence

@@ -405,3 +405,69 @@ def test_gdp_cannot_enforce_a_ledgers_budget(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="cannot enforce a budget"):
         open_ledger(tmp_path / "ledger.json", accountant=Accountant.GDP)
     assert not (tmp_path / "ledger.json").exists()
+
+
+# --------------------------------------------------------------------------- server's view
+
+
+def _gaussian(round_: int) -> MechanismRecord:
+    return MechanismRecord(
+        round=round_,
+        mechanism="gaussian",
+        noise_multiplier=2.0,
+        sample_rate=1.0,
+        steps=1,
+        noise_source=NoiseSource.SECURE,
+    )
+
+
+@given(
+    spent=st.sets(st.integers(1, 12)),
+    released=st.sets(st.integers(1, 12)),
+    uploaded=st.sets(st.integers(1, 12)),
+)
+def test_server_view_refuses_exactly_the_uploaded_rounds_without_a_dp_sgd_spend(
+    spent: set[int], released: set[int], uploaded: set[int]
+) -> None:
+    """Any rounds the server saw uploads in and any ledger: refused iff some uploaded round
+    has no DP-SGD record (a Gaussian release of that round does not count), naming
+    exactly those rounds."""
+    from fedhft.sdk._ledger import check_server_participation
+    from fedhft.sdk.errors import LedgerMissingError
+
+    records = (*(dp_sgd(r) for r in sorted(spent)), *(_gaussian(r) for r in sorted(released)))
+    ledger = PrivacyLedger(
+        Path("ledger.json"),
+        organization=ORG,
+        accountant=Accountant.RDP,
+        delta=DELTA,
+        epsilon_budget=8.0,
+        records=records,
+    )
+    missing = sorted(uploaded - spent)
+
+    def check() -> None:
+        check_server_participation(
+            ledger, sorted(uploaded), server="s:1", audit_log=None, state_dir="state"
+        )
+
+    if not missing:
+        check()
+        return
+    with pytest.raises(LedgerMissingError) as refused:
+        check()
+    assert f"rounds {missing}" in str(refused.value)
+    assert "treat this organization's privacy budget as spent" in str(refused.value)
+
+
+def test_discard_unused_removes_only_an_empty_ledger(tmp_path: Path) -> None:
+    """`discard_unused` deletes a ledger with no release and keeps one that has any."""
+    empty = open_ledger(tmp_path / "empty.json")
+    assert empty.discard_unused() is True and not empty.path.exists()
+    assert empty.discard_unused() is False
+    spent = open_ledger(tmp_path / "spent.json")
+    spent.commit(dp_sgd(1))
+    stale = open_ledger(tmp_path / "spent.json")
+    assert open_ledger(tmp_path / "fresh.json").records == ()
+    assert spent.discard_unused() is False and stale.discard_unused() is False
+    assert spent.path.exists()

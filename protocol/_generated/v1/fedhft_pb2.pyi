@@ -378,6 +378,7 @@ class HelloResponse(_message.Message):
     ORGANIZATION_FIELD_NUMBER: _builtins.int
     CURRENT_ROUND_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    ROUNDS_UPLOADED_FIELD_NUMBER: _builtins.int
     protocol: _builtins.str
     consortium: _builtins.str
     consortium_config_hash: _builtins.bytes
@@ -389,6 +390,14 @@ class HelloResponse(_message.Message):
     """rounds the server's state holds as completed"""
     run_id: _builtins.str
     """the run of the server's state, fixed at its creation"""
+    @_builtins.property
+    def rounds_uploaded(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The rounds (ascending, distinct) in which the server accepted a secure-sum input
+        from the caller, in any attempt of this run. Each such upload left the organization
+        after its DP-SGD spend for the round was committed to its privacy ledger, so a
+        ledger without a spend for one of them has lost spend (DESIGN §3).
+        """
+
     def __init__(
         self,
         *,
@@ -399,10 +408,11 @@ class HelloResponse(_message.Message):
         organization: _builtins.str = ...,
         current_round: _builtins.int = ...,
         run_id: _builtins.str = ...,
+        rounds_uploaded: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consortium", b"consortium", "consortium_config_hash", b"consortium_config_hash", "current_round", b"current_round", "organization", b"organization", "protocol", b"protocol", "run_id", b"run_id", "server_identity_certificate", b"server_identity_certificate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consortium", b"consortium", "consortium_config_hash", b"consortium_config_hash", "current_round", b"current_round", "organization", b"organization", "protocol", b"protocol", "rounds_uploaded", b"rounds_uploaded", "run_id", b"run_id", "server_identity_certificate", b"server_identity_certificate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
