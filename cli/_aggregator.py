@@ -11,11 +11,12 @@ it keeps serving the final model until stopped (or for ``--exit-after-finish`` s
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -64,6 +65,20 @@ def serve_command(
         float | None,
         typer.Option("--exit-after-finish", help="Exit this many seconds after the last round."),
     ] = None,
+    max_calls_per_organization: Annotated[
+        int | None,
+        typer.Option(
+            "--max-calls-per-organization",
+            help="Calls one organization may have in flight, more are refused (default 8).",
+        ),
+    ] = None,
+    stream_idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--stream-idle-timeout",
+            help="Seconds a stream may stay idle before it is cancelled (default 60).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a consortium's federated rounds until stopped."""
     from fedhft.aggregator import ServerOptions, serve
@@ -71,6 +86,21 @@ def serve_command(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
+    limits: dict[str, Any] = {}
+    if max_calls_per_organization is not None:
+        if max_calls_per_organization < 1:
+            _fail(
+                "`--max-calls-per-organization` must be a whole number > 0, got "
+                f"{max_calls_per_organization}; pass a positive count or leave it out"
+            )
+        limits["max_calls_per_organization"] = max_calls_per_organization
+    if stream_idle_timeout is not None:
+        if not (math.isfinite(stream_idle_timeout) and stream_idle_timeout > 0):
+            _fail(
+                "`--stream-idle-timeout` must be a finite number of seconds > 0, got "
+                f"{stream_idle_timeout}; pass a positive number or leave it out"
+            )
+        limits["stream_idle_timeout_s"] = stream_idle_timeout
     try:
         consortium = load_consortium_config(config)
         options = ServerOptions(
@@ -78,6 +108,7 @@ def serve_command(
             train_timeout_s=train_timeout,
             stage_timeout_s=stage_timeout,
             retry_pause_s=retry_pause,
+            **limits,
         )
         server = serve(
             consortium,
@@ -111,6 +142,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _fail(error: FedHFTError) -> NoReturn:
+def _fail(error: FedHFTError | str) -> NoReturn:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(code=1)
