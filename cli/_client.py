@@ -59,6 +59,13 @@ def run_command(
     ] = None,
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
+    max_record_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-record-bytes",
+            help="Refuse a data record (row or line) over this many bytes (default 1 MiB).",
+        ),
+    ] = None,
 ) -> None:
     """Join the federation's rounds until the server announces the end."""
     from fedhft.policies import Method, load_consortium_config, load_organization_policy
@@ -70,12 +77,24 @@ def run_command(
     )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    record_cap: dict[str, int] = {}
+    if max_record_bytes is not None:
+        if max_record_bytes < 1:
+            _fail(
+                f"`--max-record-bytes` must be a whole number of bytes >= 1, got "
+                f"{max_record_bytes}; pass a positive size or leave it out (1 MiB)"
+            )
+        record_cap["max_record_bytes"] = max_record_bytes
     try:
         organization_policy = load_organization_policy(policy)
         consortium_config = load_consortium_config(consortium)
         names = [name.strip() for name in labels.split(",")] if labels else None
         train = load_dataset_file(
-            data, label_names=names, text_column=text_column, label_column=label_column
+            data,
+            label_names=names,
+            text_column=text_column,
+            label_column=label_column,
+            **record_cap,
         )
         evaluation = (
             load_dataset_file(
@@ -83,6 +102,7 @@ def run_command(
                 label_names=train.label_names,
                 text_column=text_column,
                 label_column=label_column,
+                **record_cap,
             )
             if test is not None
             else None
@@ -139,6 +159,6 @@ def _print(result: ClientReport) -> None:
     Console().print(table)
 
 
-def _fail(error: Exception) -> NoReturn:
+def _fail(error: Exception | str) -> NoReturn:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(code=1)
