@@ -161,15 +161,16 @@ def check_sums(
     """
     spec = consortium.secure_aggregation
     for cluster in sorted(results):
-        if isinstance(results[cluster], RefusedSums):
-            refused = results[cluster].refused
+        result = results[cluster]
+        if isinstance(result, RefusedSums):
+            refused = result.refused
             raise SumOutOfBoundsError(
                 f"cluster {cluster}: {refused}",
                 block=refused.block,
                 bound=refused.bound,
                 cluster=cluster,
             )
-        for block_id, block_sum in sorted(results[cluster].blocks.items()):
+        for block_id, block_sum in sorted(result.blocks.items()):
             if block_id not in shapes:
                 raise RoundError(f"the secure sum carries unknown block {block_id!r}")
             n = block_sum.count

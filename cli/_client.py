@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -77,7 +77,7 @@ def run_command(
     )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    record_cap: dict[str, int] = {}
+    record_cap: dict[str, Any] = {}
     if max_record_bytes is not None:
         if max_record_bytes < 1:
             _fail(
