@@ -184,7 +184,6 @@ def test_a_corrupted_masked_upload_is_refused_over_grpc_and_nothing_applied(
     )
 
 
-@pytest.mark.slow
 def test_a_sum_outside_the_ring_range_is_audited_as_rejected_over_grpc(tmp_path: Path) -> None:
     """A malicious organization adds a quarter of the ring to one word of its masked
     upload in round 1's first attempt, so the unmasked sum decodes beyond the levels the
