@@ -130,9 +130,9 @@ def cohort_session(
 
 @dataclass(frozen=True, eq=False)
 class RefusedSums(AggregateResult):
-    """A session whose unmasked sums were refused before they could be decoded (a block
-    beyond the ring range its contributors can reach): it releases no block, and
-    `check_sums` reports ``refused`` like any other broken bound."""
+    """A session whose unmasked sum of a block decoded beyond the ring range its
+    contributors can reach (`fedhft.protocol.SecAggServer.finish_unmask`): it releases
+    no block, and `check_sums` reports ``refused`` like any other broken bound."""
 
     refused: SumOutOfBoundsError
 
