@@ -11,7 +11,6 @@ it keeps serving the final model until stopped (or for ``--exit-after-finish`` s
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from fedhft.errors import FedHFTError
+
+from ._options import positive_int, positive_seconds
 
 aggregator_app = typer.Typer(
     help="The consortium's aggregation server (gRPC over mutual TLS).",
@@ -69,6 +70,8 @@ def serve_command(
         int | None,
         typer.Option(
             "--max-calls-per-organization",
+            parser=positive_int("--max-calls-per-organization", default="8"),
+            metavar="N",
             help="Calls one organization may have in flight, more are refused (default 8).",
         ),
     ] = None,
@@ -76,6 +79,8 @@ def serve_command(
         float | None,
         typer.Option(
             "--stream-idle-timeout",
+            parser=positive_seconds("--stream-idle-timeout", default="60"),
+            metavar="SECONDS",
             help="Seconds a stream may stay idle before it is cancelled (default 60).",
         ),
     ] = None,
@@ -86,20 +91,11 @@ def serve_command(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
+    # Left out, a limit keeps the server's default (`ServerOptions`).
     limits: dict[str, Any] = {}
     if max_calls_per_organization is not None:
-        if max_calls_per_organization < 1:
-            _fail(
-                "`--max-calls-per-organization` must be a whole number > 0, got "
-                f"{max_calls_per_organization}; pass a positive count or leave it out"
-            )
         limits["max_calls_per_organization"] = max_calls_per_organization
     if stream_idle_timeout is not None:
-        if not (math.isfinite(stream_idle_timeout) and stream_idle_timeout > 0):
-            _fail(
-                "`--stream-idle-timeout` must be a finite number of seconds > 0, got "
-                f"{stream_idle_timeout}; pass a positive number or leave it out"
-            )
         limits["stream_idle_timeout_s"] = stream_idle_timeout
     try:
         consortium = load_consortium_config(config)
@@ -142,6 +138,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _fail(error: FedHFTError | str) -> NoReturn:
+def _fail(error: FedHFTError) -> NoReturn:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(code=1)

@@ -205,17 +205,21 @@ def test_serve_passes_the_call_quota_and_stream_idle_timeout_to_the_server(
     [
         ("--max-calls-per-organization", "0"),
         ("--max-calls-per-organization", "-2"),
+        ("--max-calls-per-organization", "2.5"),
+        ("--max-calls-per-organization", "many"),
         ("--stream-idle-timeout", "0"),
         ("--stream-idle-timeout", "-1"),
         ("--stream-idle-timeout", "nan"),
         ("--stream-idle-timeout", "inf"),
+        ("--stream-idle-timeout", "soon"),
     ],
 )
 def test_serve_refuses_a_bad_limit_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: str, value: str
 ) -> None:
-    """A limit that is not positive (or not finite) is refused before the server starts,
-    in one line naming the option, the allowed values and the value given."""
+    """A limit that is not a number, not positive or not finite is refused before the
+    server starts, in one line naming the option, the allowed values and the value
+    given."""
     code, output, seen = _serve_options(tmp_path, monkeypatch, flag, value)
     assert code == 1 and seen == []
     lines = output.strip().splitlines()
@@ -291,11 +295,12 @@ def test_client_run_loads_normal_files_with_the_default_record_cap(
     assert len(dataset) == 3  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", ["0", "-5"])
+@pytest.mark.parametrize("value", ["0", "-5", "1MiB", "1e6"])
 def test_client_run_refuses_a_record_cap_that_is_not_positive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    """A record cap below 1 byte is refused in one line naming the option."""
+    """A record cap below 1 byte, or not a whole number, is refused in one line naming
+    the option."""
     data = _data_with_a_long_record(tmp_path)
     code, output, loaded = _client_run_data(
         tmp_path, monkeypatch, data, "--max-record-bytes", value
@@ -303,4 +308,5 @@ def test_client_run_refuses_a_record_cap_that_is_not_positive(
     assert code == 1 and loaded == []
     lines = output.strip().splitlines()
     assert len(lines) == 1, output
-    assert "--max-record-bytes" in lines[0] and value in lines[0] and ">= 1" in lines[0]
+    assert lines[0].startswith("error: `--max-record-bytes` must be a whole number > 0")
+    assert repr(value) in lines[0]
