@@ -128,6 +128,15 @@ def cohort_session(
     return params, skipped
 
 
+@dataclass(frozen=True, eq=False)
+class RefusedSums(AggregateResult):
+    """A session whose unmasked sum of a block decoded beyond the ring range its
+    contributors can reach (`fedhft.protocol.SecAggServer.finish_unmask`): it releases
+    no block, and `check_sums` reports ``refused`` like any other broken bound."""
+
+    refused: SumOutOfBoundsError
+
+
 SumError = Callable[[int], float]
 """Contributors → bound on the total rounding error of one coordinate of their sum."""
 
@@ -144,12 +153,24 @@ def check_sums(
     ``sum_error`` defaults to the masking mode's: one quantization step per contributor
     (plus float64 slack).
 
+    A cluster whose session already refused its sums (`RefusedSums`) is reported the
+    same way.
+
     Raises:
         SumOutOfBoundsError: the first block out of bounds; nothing may be applied.
     """
     spec = consortium.secure_aggregation
     for cluster in sorted(results):
-        for block_id, block_sum in sorted(results[cluster].blocks.items()):
+        result = results[cluster]
+        if isinstance(result, RefusedSums):
+            refused = result.refused
+            raise SumOutOfBoundsError(
+                f"cluster {cluster}: {refused}",
+                block=refused.block,
+                bound=refused.bound,
+                cluster=cluster,
+            )
+        for block_id, block_sum in sorted(result.blocks.items()):
             if block_id not in shapes:
                 raise RoundError(f"the secure sum carries unknown block {block_id!r}")
             n = block_sum.count

@@ -53,8 +53,11 @@ from fedhft.protocol.errors import (
     MalformedMessageError,
     ProtocolError,
     StageError,
+    SumOutOfBoundsError,
     ThresholdError,
 )
+
+from ._federation import RefusedSums
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -258,7 +261,20 @@ class MaskingSession(AggregationSession):
         if stage == pb.STAGE_CONSISTENCY:
             request = server.finish_consistency().encode()
             return {org: [request] for org in server.participants}
-        self._result = server.finish_unmask()
+        try:
+            self._result = server.finish_unmask()
+        except SumOutOfBoundsError as refused:
+            # A sum beyond the ring range is a refused sum like any other bound: the
+            # session completes with nothing to apply, and the bound check before applying
+            # (`_federation.check_sums`) reports it, so the server logs `sum_rejected`.
+            self._result = RefusedSums(
+                sid=self.params.sid,
+                blocks={},
+                skipped={},
+                survivors=(),
+                dropped=(),
+                refused=refused,
+            )
         # Everyone invited learns that the session completed (the sum is not relayed:
         # the next round's model carries it).
         return {org: [] for org in self.params.roster}

@@ -15,11 +15,13 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from fedhft.errors import FedHFTError
+
+from ._options import positive_int, positive_seconds
 
 aggregator_app = typer.Typer(
     help="The consortium's aggregation server (gRPC over mutual TLS).",
@@ -64,6 +66,24 @@ def serve_command(
         float | None,
         typer.Option("--exit-after-finish", help="Exit this many seconds after the last round."),
     ] = None,
+    max_calls_per_organization: Annotated[
+        int | None,
+        typer.Option(
+            "--max-calls-per-organization",
+            parser=positive_int("--max-calls-per-organization", default="8"),
+            metavar="N",
+            help="Calls one organization may have in flight, more are refused (default 8).",
+        ),
+    ] = None,
+    stream_idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--stream-idle-timeout",
+            parser=positive_seconds("--stream-idle-timeout", default="60"),
+            metavar="SECONDS",
+            help="Seconds a stream may stay idle before it is cancelled (default 60).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a consortium's federated rounds until stopped."""
     from fedhft.aggregator import ServerOptions, serve
@@ -71,6 +91,12 @@ def serve_command(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
+    # Left out, a limit keeps the server's default (`ServerOptions`).
+    limits: dict[str, Any] = {}
+    if max_calls_per_organization is not None:
+        limits["max_calls_per_organization"] = max_calls_per_organization
+    if stream_idle_timeout is not None:
+        limits["stream_idle_timeout_s"] = stream_idle_timeout
     try:
         consortium = load_consortium_config(config)
         options = ServerOptions(
@@ -78,6 +104,7 @@ def serve_command(
             train_timeout_s=train_timeout,
             stage_timeout_s=stage_timeout,
             retry_pause_s=retry_pause,
+            **limits,
         )
         server = serve(
             consortium,

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from fedhft.errors import FedHFTError
+
+from ._options import positive_int
 
 if TYPE_CHECKING:
     from fedhft.sdk import ClientReport
@@ -59,6 +61,15 @@ def run_command(
     ] = None,
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
+    max_record_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-record-bytes",
+            parser=positive_int("--max-record-bytes", default="1 MiB"),
+            metavar="N",
+            help="Refuse a data record (row or line) over this many bytes (default 1 MiB).",
+        ),
+    ] = None,
 ) -> None:
     """Join the federation's rounds until the server announces the end."""
     from fedhft.policies import Method, load_consortium_config, load_organization_policy
@@ -70,12 +81,20 @@ def run_command(
     )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Left out, the cap is `load_dataset_file`'s default.
+    record_cap: dict[str, Any] = {}
+    if max_record_bytes is not None:
+        record_cap["max_record_bytes"] = max_record_bytes
     try:
         organization_policy = load_organization_policy(policy)
         consortium_config = load_consortium_config(consortium)
         names = [name.strip() for name in labels.split(",")] if labels else None
         train = load_dataset_file(
-            data, label_names=names, text_column=text_column, label_column=label_column
+            data,
+            label_names=names,
+            text_column=text_column,
+            label_column=label_column,
+            **record_cap,
         )
         evaluation = (
             load_dataset_file(
@@ -83,6 +102,7 @@ def run_command(
                 label_names=train.label_names,
                 text_column=text_column,
                 label_column=label_column,
+                **record_cap,
             )
             if test is not None
             else None

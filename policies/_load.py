@@ -12,12 +12,13 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ._models import ConsortiumConfig, OrganizationPolicy
+from ._models import ConsortiumConfig, OrganizationPolicy, PrivacyBudget, TierSpec
 from .errors import PolicyError
 
 MAX_POLICY_BYTES = 1024 * 1024
@@ -61,26 +62,102 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[
     return sorted(models[0].model_fields) if models else None
 
 
+_Loc = tuple[int | str, ...]
+"""A field's path in a validation error: names, dict keys and list indices."""
+
+_UNION_FORMS: dict[tuple[type[BaseModel], str], str] = {
+    (PrivacyBudget, "noise_multiplier"): "a number > 0 or 'auto'",
+    (TierSpec, "layers"): "'all' or a list of layer indices (whole numbers)",
+}
+"""How to write each field whose type is a union of forms, for its one-line error."""
+
+
+def _union_field(model: type[BaseModel], loc: _Loc) -> tuple[int, str] | None:
+    """Where ``loc`` passes a field typed as a union of forms (`float | "auto"`): the
+    length of that field's path and the forms it allows; None elsewhere.
+
+    Pydantic reports such a field once per form, at the field's path plus the form's
+    tag (``privacy.noise_multiplier.float``), which the caller folds into one problem.
+    """
+    current: Any = model
+    for depth, part in enumerate(loc):
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            # A dict or list level (tiers, enrollment): ``part`` is a key or an index.
+            args = getattr(current, "__args__", ())
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not models:
+                return None
+            current = models[0]
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        forms = [a for a in get_args(field.annotation) if a is not type(None)]
+        if get_origin(field.annotation) in (Union, UnionType) and len(forms) > 1:
+            allowed = _UNION_FORMS.get((current, str(part)), " or ".join(map(str, forms)))
+            return depth + 1, allowed
+        current = field.annotation
+    return None
+
+
 def describe_validation_error(
     error: ValidationError, model: type[BaseModel], source: str
 ) -> list[str]:
-    """One line per problem: ``file: field.path: what is wrong (what is allowed)``."""
-    lines = []
+    """One line per problem: ``file: field.path: what is wrong (what is allowed)``.
+
+    A field typed as a union of forms (`noise_multiplier: float | "auto"`, `layers:
+    "all" | list[int]`) that matches none of them is one problem naming every form,
+    not one line per form. A value of a form's shape that fails inside it (a list of
+    layers with a text item) keeps only that form's problems, at their own paths.
+    """
+    entries: list[str | _Loc] = []
+    # Union fields by path: their allowed forms and each form's problems, in order.
+    unions: dict[_Loc, tuple[str, list[tuple[_Loc, Any]]]] = {}
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc)
-            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
-            lines.append(f"{source}: {path}: unknown field{hint}")
+        union = _union_field(model, loc)
+        if union is not None and len(loc) > union[0]:
+            depth, allowed = union
+            if loc[:depth] not in unions:
+                unions[loc[:depth]] = (allowed, [])
+                entries.append(loc[:depth])
+            # Drop the form's tag: ``layers.list[int].1`` is ``layers.1`` to the user.
+            unions[loc[:depth]][1].append((loc[:depth] + loc[depth + 1 :], item))
+        elif item["type"] == "extra_forbidden":
+            fields = _allowed_fields(model, loc)
+            hint = f"; allowed here: {', '.join(fields)}" if fields else ""
+            entries.append(f"{source}: {_path(loc)}: unknown field{hint}")
+        else:
+            entries.append(_problem(source, loc, _message(item), item))
+    lines: list[str] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            lines.append(entry)
             continue
-        message = str(item["msg"]).removeprefix("Value error, ")
-        shown = item.get("input")
-        got = ""
-        if item["type"] != "missing" and isinstance(shown, str | int | float | bool):
-            got = f", got {shown!r}"
-        lines.append(f"{source}: {path}: {message}{got}")
+        allowed, problems = unions[entry]
+        inside = [(loc, item) for loc, item in problems if len(loc) > len(entry)]
+        if inside:
+            lines += [_problem(source, loc, _message(item), item) for loc, item in inside]
+        else:
+            lines.append(_problem(source, entry, f"must be {allowed}", problems[0][1]))
     return lines
+
+
+def _path(loc: _Loc) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _message(item: Any) -> str:
+    return str(item["msg"]).removeprefix("Value error, ")
+
+
+def _problem(source: str, loc: _Loc, message: str, item: Any) -> str:
+    """``file: field.path: message, got <value>`` (the value only when it is a scalar)."""
+    shown = item.get("input")
+    got = ""
+    if item["type"] != "missing" and isinstance(shown, str | int | float | bool):
+        got = f", got {shown!r}"
+    return f"{source}: {_path(loc)}: {message}{got}"
 
 
 def _too_large(path: Path, size: int | None) -> PolicyError:

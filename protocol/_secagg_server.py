@@ -55,9 +55,11 @@ from .errors import (
     ForgedMessageError,
     MalformedMessageError,
     ProtocolError,
+    QuantizationOverflowError,
     ReconstructionError,
     SessionParamsError,
     StageError,
+    SumOutOfBoundsError,
     ThresholdError,
     UnmaskRuleError,
 )
@@ -460,7 +462,9 @@ class SecAggServer:
             ThresholdError: fewer than ``t`` responses, or some secret has fewer than
                 ``t`` shares; the session aborts and nothing is reconstructed.
             ReconstructionError: revealed shares are inconsistent with an advertised key.
-            QuantizationOverflowError: a sum decodes out of range (masks did not cancel).
+            SumOutOfBoundsError: a block's sum decodes beyond the levels its contributors
+                can reach (a forged input, or masks that did not cancel), naming the block
+                and the bound.
         """
         with self._lock:
             self._close(Stage.UNMASK, frozenset(self._responses), None)
@@ -571,7 +575,7 @@ class SecAggServer:
             blocks[block] = BlockSum(
                 block=block,
                 integer_sum=total,
-                sum=params.fixed_point.dequantize_sum(total, contributors=len(contributors)),
+                sum=_decode_sum(params, block, total, len(contributors)),
                 contributors=contributors,
             )
         skipped = {
@@ -603,3 +607,27 @@ class SecAggServer:
                 "revealed shares are wrong"
             )
         return secret
+
+
+def _decode_sum(
+    params: SessionParams, block: str, total: Words, contributors: int
+) -> npt.NDArray[np.float64]:
+    """The float sum of one unmasked block, refused as out of bounds when it lies beyond
+    the ring range ``contributors`` clipped values can reach.
+
+    Raises:
+        SumOutOfBoundsError: naming the block and the ring-range bound (never a value),
+            the way `fedhft.protocol._blocks.check_packed_sum` names its bounds, so the
+            server reports this refusal like any other.
+    """
+    try:
+        return params.fixed_point.dequantize_sum(total, contributors=contributors)
+    except QuantizationOverflowError:
+        levels = contributors * params.fixed_point.max_level
+        bound = f"ring range |sum| <= {contributors} * ceil(clip * scale) = {levels} levels"
+        raise SumOutOfBoundsError(
+            f"the sum of block {block!r} decodes beyond the {bound} that {contributors} "
+            "clipped inputs can reach; some input was forged or the masks did not cancel",
+            block=block,
+            bound=bound,
+        ) from None

@@ -184,6 +184,53 @@ def test_a_corrupted_masked_upload_is_refused_over_grpc_and_nothing_applied(
     )
 
 
+def test_a_sum_outside_the_ring_range_is_audited_as_rejected_over_grpc(tmp_path: Path) -> None:
+    """A malicious organization adds a quarter of the ring to one word of its masked
+    upload in round 1's first attempt, so the unmasked sum decodes beyond the levels the
+    contributors can reach. The attempt ends like every refused sum: nothing applied, a
+    `sum_rejected` record in the server's signed log naming the round, cluster, attempt,
+    block and the ring-range bound (no value), and the retried round moves the model by
+    the honest per-row averages."""
+    config = fast_consortium(rounds=1)
+    pki = provision(tmp_path / "pki")
+    attacker = "bank-b"
+    original = SecAggClient.mask_input
+    corrupted: list[int] = []
+
+    def corrupt(self: SecAggClient, relayed: object, inputs: object) -> object:
+        masked = original(self, relayed, inputs)  # type: ignore[arg-type]
+        if self.organization != attacker or corrupted:
+            return masked
+        corrupted.append(1)
+        block, words = masked.blocks[0]
+        words = np.array(words)
+        bits = words.dtype.itemsize * 8
+        words[0] = words.dtype.type((int(words[0]) + (1 << (bits - 2))) % (1 << bits))
+        return dataclasses.replace(masked, blocks=((block, words), *masked.blocks[1:]))
+
+    SecAggClient.mask_input = corrupt  # type: ignore[method-assign,assignment]
+    try:
+        with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
+            run = start_federation(config, pki, server.address, tmp_path / "clients")
+            run.join()
+            assert server.wait(5)
+    finally:
+        SecAggClient.mask_input = original  # type: ignore[method-assign]
+    assert run.errors == {} and corrupted == [1]
+    server_log = tmp_path / "server" / "audit.jsonl"
+    rejected = _events(server_log, "sum_rejected")
+    assert len(rejected) == 1
+    assert set(rejected[0]) == {"round", "cluster", "attempt", "block", "bound"}
+    assert rejected[0]["round"] == 1 and rejected[0]["attempt"] == 1
+    assert "ring" in str(rejected[0]["bound"])
+    assert all(p["attempt"] != 1 for p in _events(server_log, "round_aggregated"))
+    models = stored_models(tmp_path / "server")
+    step = 1.0 / config.secure_aggregation.scale
+    assert assert_per_row_averages(
+        config, spy.released[1], models[1], spy.updates[1], tolerance_per_holder=step
+    )
+
+
 def test_an_organization_out_of_budget_refuses_and_the_round_goes_on(tmp_path: Path) -> None:
     """An exhausted budget refuses every round (audited); the others complete both rounds."""
     config = fast_consortium()

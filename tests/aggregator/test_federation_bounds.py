@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,12 +20,20 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
 from fedhft.aggregator._federation import RoundCoordinator
+from fedhft.aggregator._sessions import MaskingSession
 from fedhft.policies import ConsortiumConfig
-from fedhft.protocol import AggregateResult, CKKSParameters, SecAggClient, run_secagg_in_process
+from fedhft.protocol import (
+    AggregateResult,
+    CKKSParameters,
+    SecAggClient,
+    decode_message,
+    run_secagg_in_process,
+)
+from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol._blocks import clip_packed, pack_block, row_average
 from fedhft.protocol._messages import MaskedInput
 from fedhft.protocol._secagg_server import BlockSum
-from fedhft.protocol.errors import QuantizationOverflowError, SumOutOfBoundsError
+from fedhft.protocol.errors import SumOutOfBoundsError
 
 ROWS, COLS = 3, 2
 BLOCK = "lora_b"
@@ -172,9 +181,9 @@ def test_flipped_bytes_never_move_a_coordinate_beyond_the_clip(
 
     try:
         coordinator, _ = _round(config, corrupt, monkeypatch)
-    except (SumOutOfBoundsError, QuantizationOverflowError):
+    except SumOutOfBoundsError:
         # Refused: by the apply path's bounds, or already when the sum decoded outside
-        # the ring's range for n contributors (the secure-aggregation session aborts).
+        # the ring's range for n contributors (reported as the same error).
         return
     moved = float(np.max(np.abs(coordinator.clusters.states[0][BLOCK])))
     target(moved)
@@ -228,4 +237,76 @@ def test_ckks_sums_are_checked_against_the_same_bounds() -> None:
             results={0: _ckks_result(forged)},
             sum_error=parameters.error_bound,
         )
+    np.testing.assert_array_equal(coordinator.clusters.states[0][BLOCK], np.zeros((ROWS, COLS)))
+
+
+def _session_round(
+    config: ConsortiumConfig, corrupt: Corruption, monkeypatch: pytest.MonkeyPatch
+) -> tuple[MaskingSession, AggregateResult]:
+    """One cluster's session as the server runs it (`MaskingSession`, stage by stage,
+    every message encoded), with the attacker's masked upload corrupted."""
+    coordinator = _coordinator(config)
+    params, _ = coordinator.session_params(
+        round_number=1, attempt=1, cluster=0, participants=dict.fromkeys(ORGS, "full")
+    )
+    inputs = _honest_inputs(params.clip)
+    honest_mask = SecAggClient.mask_input
+
+    def mask_input(self: SecAggClient, relayed: object, values: object) -> MaskedInput:
+        masked = honest_mask(self, relayed, values)  # type: ignore[arg-type]
+        if self.organization != ATTACKER:
+            return masked
+        blocks = tuple((b, corrupt(np.array(words))) for b, words in masked.blocks)
+        return dataclasses.replace(masked, blocks=blocks)
+
+    monkeypatch.setattr(SecAggClient, "mask_input", mask_input)
+    public = {org: key.public_key() for org, key in IDENTITIES.items()}
+    session = MaskingSession(params, peer_identities=public)
+    clients = {
+        org: SecAggClient(
+            params, organization=org, identity_key=IDENTITIES[org], peer_identities=public
+        )
+        for org in ORGS
+    }
+
+    def relayed(org: str, stage: int) -> Any:
+        status, payloads = session.broadcast(org, stage)
+        assert status == pb.STAGE_STATUS_READY
+        return decode_message(payloads[0])
+
+    steps: list[Callable[[str], Any]] = [
+        lambda org: clients[org].advertise_keys(),
+        lambda org: clients[org].share_keys(relayed(org, pb.STAGE_ADVERTISE_KEYS)),
+        lambda org: clients[org].mask_input(relayed(org, pb.STAGE_SHARE_KEYS), inputs[org]),
+        lambda org: clients[org].sign_survivors(relayed(org, pb.STAGE_MASKED_INPUT)),
+        lambda org: clients[org].unmask(relayed(org, pb.STAGE_CONSISTENCY)),
+    ]
+    for stage, step in zip(session.stages, steps, strict=True):
+        for org in ORGS:
+            session.accept(org, stage, step(org).encode())
+        session.close_stage()
+        assert session.aborted is None, f"the session aborted: {session.aborted}"
+    return session, session.result()
+
+
+def test_a_sum_outside_the_ring_range_is_refused_like_any_other_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attacker adds a quarter of the ring to one masked word, so the unmasked sum
+    decodes to a level beyond what four clipped inputs can reach. The server's session
+    does not abort with the reason only in its log: it ends like every refused sum, the
+    bound check before applying names the block and the ring-range bound (for the
+    server's `sum_rejected` record), and the adapter does not move."""
+    config = _config()
+
+    def corrupt(words: np.ndarray) -> np.ndarray:
+        return _ring_add(0, 1 << (words.dtype.itemsize * 8 - 2))(words)
+
+    session, result = _session_round(config, corrupt, monkeypatch)
+    assert session.finished
+    coordinator = _coordinator(config)
+    with pytest.raises(SumOutOfBoundsError) as caught:
+        coordinator.apply(round_number=1, participants=list(ORGS), results={0: result})
+    assert (caught.value.block, caught.value.cluster) == (BLOCK, 0)
+    assert "ring" in caught.value.bound and "levels" in caught.value.bound
     np.testing.assert_array_equal(coordinator.clusters.states[0][BLOCK], np.zeros((ROWS, COLS)))

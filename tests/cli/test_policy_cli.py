@@ -144,6 +144,20 @@ _HOSTILE = {
         lambda ex: _glen_with(ex, "batch_size: 32", "batch_size: true"),
         "training.batch_size: Input should be a valid integer, got True",
     ),
+    "boolean-noise-multiplier": (
+        lambda ex: _glen_with(ex, "noise_multiplier: auto", "noise_multiplier: true"),
+        "privacy.noise_multiplier: must be a number > 0 or 'auto', got True",
+    ),
+    "infinite-noise-multiplier": (
+        lambda ex: _glen_with(ex, "noise_multiplier: auto", "noise_multiplier: .inf"),
+        "privacy.noise_multiplier: must be a number > 0 or 'auto', got inf",
+    ),
+    "boolean-tier-layers": (
+        lambda ex: (
+            (ex / "consortium.yaml").read_text().replace("layers: all", "layers: true").encode()
+        ),
+        "tiers.full.layers: must be 'all' or a list of layer indices",
+    ),
     "latin-1": (
         lambda ex: (ex / "glen-clinic.yaml").read_text().replace("edge", "édge").encode("latin-1"),
         "not UTF-8 text (byte 0xe9 at offset",

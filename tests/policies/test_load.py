@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from importlib.resources import files
 from pathlib import Path
 
 import jsonschema
@@ -309,3 +311,101 @@ def test_sixty_megabyte_file_is_refused(tmp_path: Path) -> None:
         handle.truncate(60 * 1024 * 1024)
     (problem,) = _problems_of(path)
     assert problem.startswith(f"{path}: {60 * 1024 * 1024} bytes, more than the")
+
+
+EXAMPLES = Path(str(files("fedhft.policies") / "examples"))
+"""The example files (a module constant: Hypothesis tests take no function fixtures)."""
+
+_NOT_A_NOISE_MULTIPLIER = st.one_of(
+    st.booleans(),
+    st.none(),
+    st.sampled_from([math.inf, -math.inf, math.nan]),
+    st.text(max_size=8).filter(lambda text: text != "auto"),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_NOT_A_NOISE_MULTIPLIER)
+def test_a_bad_noise_multiplier_is_one_line_naming_its_forms(value: object) -> None:
+    """`privacy.noise_multiplier` is a number or `auto`: a value of neither form (a
+    boolean, a non-finite number, other text, a list, a mapping) is one problem, naming
+    the field and both allowed forms, not one line per form."""
+    data = yaml.safe_load((EXAMPLES / "glen-clinic.yaml").read_text())
+    data["privacy"]["noise_multiplier"] = value
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(data, OrganizationPolicy, "glen.yaml")
+    (problem,) = caught.value.problems
+    assert problem.startswith(
+        "glen.yaml: privacy.noise_multiplier: must be a number > 0 or 'auto'"
+    ), problem
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    value=st.one_of(
+        st.booleans(),
+        st.none(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(),
+        st.text(max_size=8).filter(lambda text: text != "all"),
+        st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    )
+)
+def test_a_bad_tier_layers_value_is_one_line_naming_its_forms(value: object) -> None:
+    """`tiers.<name>.layers` is `all` or a list of layer indices: any other value is one
+    problem naming the field and both forms."""
+    data = yaml.safe_load((EXAMPLES / "consortium.yaml").read_text())
+    data["tiers"]["edge"]["layers"] = value
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(data, ConsortiumConfig, "consortium.yaml")
+    (problem,) = caught.value.problems
+    assert problem.startswith(
+        "consortium.yaml: tiers.edge.layers: must be 'all' or a list of layer indices"
+    ), problem
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    layers=st.lists(
+        st.one_of(st.integers(-3, 3), st.booleans(), st.text(max_size=3), st.floats()),
+        min_size=1,
+        max_size=5,
+    ).filter(lambda items: not all(type(item) is int for item in items))
+)
+def test_a_layer_list_with_bad_items_names_each_item_once(layers: list[object]) -> None:
+    """A list given for `layers` is the list form: each item that is not a whole number
+    is one problem at its own index, with no line about the `all` form."""
+    data = yaml.safe_load((EXAMPLES / "consortium.yaml").read_text())
+    data["tiers"]["edge"]["layers"] = layers
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(data, ConsortiumConfig, "consortium.yaml")
+    bad = [i for i, item in enumerate(layers) if type(item) is not int]
+    assert [p.split(":")[1].strip() for p in caught.value.problems] == [
+        f"tiers.edge.layers.{i}" for i in bad
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "noise_multiplier: auto",
+            "noise_multiplier: true",
+            "privacy.noise_multiplier: must be a number > 0 or 'auto', got True",
+        ),
+        (
+            "noise_multiplier: auto",
+            "noise_multiplier: .inf",
+            "privacy.noise_multiplier: must be a number > 0 or 'auto', got inf",
+        ),
+    ],
+)
+def test_union_field_errors_from_a_file_are_one_line(
+    tmp_path: Path, examples_dir: Path, old: str, new: str, expected: str
+) -> None:
+    """Loading a file with `noise_multiplier: true` or `.inf` gives exactly one problem."""
+    path = tmp_path / "glen.yaml"
+    path.write_text(_glen(examples_dir, old, new))
+    assert _problems_of(path) == [f"{path}: {expected}"]
