@@ -390,8 +390,8 @@ class _RecordLines:
         if self._record_bytes > self._limit or cut_short:
             raise DataError(
                 f"{self._file} line {self.record_line}: record larger than "
-                f"max_record_bytes={self._limit}; pass a larger max_record_bytes= if such "
-                "records are intended"
+                f"max_record_bytes={self._limit}; if such records are intended, raise the cap "
+                "(`max_record_bytes=` in Python, `--max-record-bytes` on `fedhft client run`)"
             )
         return line
 
@@ -635,8 +635,9 @@ def load_from_disk(
         where = f"{folder} row {index}"
         if isinstance(text, str) and len(text.encode()) > max_record_bytes:
             raise DataError(
-                f"{where}: text larger than max_record_bytes={max_record_bytes}; pass a "
-                "larger max_record_bytes= if such records are intended"
+                f"{where}: text larger than max_record_bytes={max_record_bytes}; if such "
+                "records are intended, raise the cap (`max_record_bytes=` in Python, "
+                "`--max-record-bytes` on `fedhft client run`)"
             )
         if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
             label = class_names[label]
