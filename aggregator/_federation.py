@@ -300,7 +300,11 @@ class RoundCoordinator:
         references: list[dict[str, FloatArray]] = []
         for _ in range(k):
             reference: dict[str, FloatArray] = {}
-            for block_id, values in state.items():
+            # In block-id order: the state's own order is the model's in the server that
+            # started the run but the stored (sorted) one in a restarted server, and the
+            # redone round must release the model its first attempt announced.
+            for block_id in sorted(state):
+                values = state[block_id]
                 centre = base[block_id] if base is not None else np.zeros_like(values)
                 scale = float(np.std(centre)) if base is not None else 0.0
                 scale = scale if scale > 0 else 1e-3

@@ -508,13 +508,7 @@ class FederatedClient:
                 timeout=self.rpc_timeout_s + self.wait_ms / 1000,
             )
             validate_round_announcement(announcement)
-            if announcement.server_run_id and announcement.server_run_id != self.run_id:
-                raise RunMismatchError(
-                    f"the server at {self.server} now runs run "
-                    f"{announcement.server_run_id!r}, not {self.run_id!r} it ran when this "
-                    "client connected: its state was reset or replaced while the client "
-                    "waited. Ask the operator to restore the server's --state folder"
-                )
+            self._check_server_run(announcement)
             if announcement.status == pb.ROUND_STATUS_FINISHED:
                 return announcement
             if announcement.status == pb.ROUND_STATUS_OPEN:
@@ -522,6 +516,20 @@ class FederatedClient:
                 if (int(announcement.round), announcement.run_id) not in self._handled:
                     return announcement
             time.sleep(max(announcement.retry_after_ms, 50) / 1000)
+
+    def _check_server_run(self, announcement: pb.RoundAnnouncement) -> None:
+        """Stop when the announcement names another run than the server ran at `connect()`.
+
+        Raises:
+            RunMismatchError: the server's state was reset or replaced meanwhile.
+        """
+        if announcement.server_run_id and announcement.server_run_id != self.run_id:
+            raise RunMismatchError(
+                f"the server at {self.server} now runs run "
+                f"{announcement.server_run_id!r}, not {self.run_id!r} it ran when this "
+                "client connected: its state was reset or replaced while the client "
+                "waited. Ask the operator to restore the server's --state folder"
+            )
 
     def _complete_before(self, round_number: int) -> None:
         """A round after our pending one is announced: the pending one completed."""

@@ -39,7 +39,22 @@ def encode_clusters(clusters: ClusterAdapters) -> bytes:
         "clusters": str(clusters.k),
         "updates": json.dumps([u is not None for u in clusters.last_updates]),
     }
-    return bytes(save_arrays(arrays, metadata=metadata))
+    return canonical_safetensors(bytes(save_arrays(arrays, metadata=metadata)))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors blob) with its JSON header written in sorted key order.
+
+    safetensors writes the ``__metadata__`` map in hash-map order, which differs from
+    one call to the next: the same arrays and metadata gave different bytes, and so a
+    different hash. The header is rewritten sorted and space-padded to 8 bytes as the
+    format allows; the tensor data (offsets relative to the end of the header) is kept.
+    """
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    canonical += b" " * (-len(canonical) % 8)
+    return len(canonical).to_bytes(8, "little") + canonical + data[8 + header_len :]
 
 
 def decode_clusters(data: bytes) -> ClusterAdapters:

@@ -238,7 +238,12 @@ class MoLEClientRounds:
         return None
 
     def _await_assignment(self, announcement: pb.RoundAnnouncement) -> pb.RoundAnnouncement | None:
-        """The same attempt announced with the assignment, or None if it ended first."""
+        """The same attempt announced with the assignment, or None if it ended first.
+
+        Raises:
+            RunMismatchError: the server now runs another run (its state was reset or
+                replaced while this client waited), as `FederatedClient` checks it.
+        """
         client = self.client
         while True:
             again: pb.RoundAnnouncement = client._connection().unary(
@@ -249,6 +254,7 @@ class MoLEClientRounds:
                 timeout=client.rpc_timeout_s + client.wait_ms / 1000,
             )
             validate_round_announcement(again)
+            client._check_server_run(again)
             same = (again.round, again.run_id) == (announcement.round, announcement.run_id)
             if again.status == pb.ROUND_STATUS_OPEN and same:
                 if not again.mole.affinity_requested:

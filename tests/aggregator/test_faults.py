@@ -26,6 +26,8 @@ import pytest
 from runtime_helpers import (
     FAST,
     ORGS,
+    TINY,
+    ClientRun,
     Pki,
     assert_per_row_averages,
     fast_consortium,
@@ -40,11 +42,12 @@ from runtime_helpers import (
 from typer.testing import CliRunner
 
 from fedhft.aggregator import AggregatorServer
+from fedhft.aggregator._server import ReleasedModel
 from fedhft.aggregator._store import AggregatorStore
 from fedhft.aggregator.errors import StateError
 from fedhft.cli import app
 from fedhft.policies import ConsortiumConfig, dump_yaml, policy_hash
-from fedhft.sdk import PrivacyLedger, RunMismatchError
+from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, PrivacyLedger, RunMismatchError
 
 # Installed in the server process before the CLI runs: SIGKILL itself at one point of
 # one round, named by FEDHFT_KILL_AT as "<stage>:<round>".
@@ -185,18 +188,28 @@ def _spends(org: str, clients: Path) -> list[int]:
 
 
 # Two kills per run (round 1, then round 2 in the restarted process), named
-# "<stage>:<round>" as `_KILL_HOOK` reads them. Expected attempts: a round killed before
-# its commit is redone once; a committed one is not.
+# "<stage>:<round>" as `_KILL_HOOK` reads them; the two runs cover the four stages, the
+# announcement in round 1, where the clusters split. Expected attempts: a round killed
+# before its commit is redone once; a committed one is not.
 KILLS = {
-    "uploads-then-committed": (
-        ("uploads:1", "committed:2"),
+    "announced-then-committed": (
+        ("announced:1", "committed:2"),
         [(1, "aborted"), (1, "completed"), (2, "completed")],
     ),
-    "unmasked-then-uploads": (
-        ("unmasked:1", "uploads:2"),
+    "uploads-then-unmasked": (
+        ("uploads:1", "unmasked:2"),
         [(1, "aborted"), (1, "completed"), (2, "aborted"), (2, "completed")],
     ),
 }
+
+
+def _killed(process: subprocess.Popen[bytes], run: ClientRun) -> bool:
+    """Wait for the server to kill itself; False as soon as a client failed instead (a
+    client that stopped for good leaves the rest short of the cohort, retrying)."""
+    deadline = time.monotonic() + 300
+    while process.poll() is None and not run.errors and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return process.poll() == -signal.SIGKILL
 
 
 @pytest.mark.slow
@@ -219,7 +232,7 @@ def test_server_killed_at_each_stage_resumes_and_counts_each_round_once(
             processes.append(server.start(first_kill, "--new-run"))
             run = start_federation(config, pki, server.address, clients)
             for kill_at in (second_kill, "none:0"):
-                assert processes[-1].wait(300) == -signal.SIGKILL
+                assert _killed(processes[-1], run), run.errors
                 processes.append(server.start(kill_at))
             run.join(timeout=300)
     finally:
@@ -244,6 +257,58 @@ def test_server_killed_at_each_stage_resumes_and_counts_each_round_once(
             spy.updates[round_number],
             tolerance_per_holder=step,
         )
+
+
+def _announced_model(server: AggregatorServer) -> tuple[int, str, bytes]:
+    """The (round, attempt run id, model hash) the started server announces first."""
+    with server.changed:
+        assert server.changed.wait_for(lambda: server.attempt is not None, timeout=60)
+        attempt = server.attempt
+        assert attempt is not None
+        return attempt.round, attempt.run_id, attempt.model.model_hash
+
+
+def test_restarted_server_announces_the_model_the_killed_attempt_announced(
+    tmp_path: Path,
+) -> None:
+    """Round 1 splits the adapter into the K clusters. A server stopped right after
+    announcing it and restarted on its state (the split's input now read back from
+    SQLite), again and again, must announce the same model each time: a client of the
+    old attempt that fetches the model from the restarted server checks it against the
+    old announcement, and a mismatch stops that client for good."""
+    config = fast_consortium()
+    assert config.clustering.clusters > 1 and config.clustering.warmup_rounds == 0
+    pki = provision(tmp_path / "pki")
+    announced = []
+    for start in range(5):
+        server = AggregatorServer(
+            config,
+            credentials=pki.server,
+            state_dir=tmp_path / "s",
+            options=FAST,
+            new_run=start == 0,
+        ).start()
+        try:
+            announced.append(_announced_model(server))
+        finally:
+            server.stop(grace=0)
+    assert {round_number for round_number, _, _ in announced} == {1}
+    assert len({attempt for _, attempt, _ in announced}) == 5  # Redone as new attempts ...
+    assert len({model_hash for _, _, model_hash in announced}) == 1  # ... of one model.
+
+
+def test_a_released_model_is_the_same_bytes_each_time_it_is_encoded() -> None:
+    """The released model's hash binds its bytes, so encoding the same cluster adapters
+    twice (a restarted server does) must give the same bytes."""
+    config = fast_consortium()
+    coordinator_model = MaskedAdapterModel.from_consortium(config, tiny_config=TINY)
+    clusters = ClusterAdapters(
+        states=(coordinator_model.get_block_state(),) * 2,
+        last_updates=(None, coordinator_model.get_block_state()),
+        centroids=(),
+    )
+    hashes = {ReleasedModel.of(1, clusters).model_hash for _ in range(20)}
+    assert len(hashes) == 1
 
 
 # --------------------------------------------------------------------------- damaged state

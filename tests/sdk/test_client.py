@@ -855,3 +855,58 @@ def test_rolled_back_or_swapped_evidence_is_refused_at_start(
     )
     with pytest.raises(EvidenceError, match="used the audit log"):
         _client(tmp_path, pki, moved)
+
+
+def test_fedamole_client_waiting_for_its_assignment_stops_on_a_replaced_server(
+    tmp_path: Path, pki: dict[str, Credentials]
+) -> None:
+    """FedAMoLE round 1: after sending its affinity the client waits for the same
+    attempt to be announced with the expert assignment. A server restarted on another
+    run meanwhile (its announcements name run C, not A) stops it with
+    `RunMismatchError`, as the FedHFT path does, instead of polling for an assignment
+    the new run never makes."""
+    from fedhft.sdk import RunMismatchError, build_base_model
+
+    config = consortium(
+        method="fedamole",
+        clustering={"clusters": 1},
+        tiers={
+            "edge": {"layers": [-1], "modules": ["value"], "min_experts": 1, "max_experts": 2},
+            "full": {"layers": "all", "min_experts": 2, "max_experts": 3},
+        },
+        fedamole={"num_experts": 3, "holders_per_expert": 3},
+    )
+    data = synthetic_federation(num_organizations=1, samples_per_org=40, alpha=1.0, seed=3)[0]
+    with FederatedClient(
+        build_base_model(config.model, tiny_config=TINY),
+        data.train,
+        policy(ORG, tmp_path),
+        config,
+        credentials=pki[ORG].directory,
+        server="127.0.0.1:1",
+        server_name="localhost",
+        state_dir=tmp_path / "state",
+        seed=0,
+    ) as client:
+        assert client.mole is not None
+        client.run_id = "tiny-test-aaaa"  # As `connect()` recorded it.
+        polls: list[int] = []
+
+        def await_round(_: Any) -> pb.RoundAnnouncement:
+            polls.append(1)
+            if len(polls) > 20:
+                raise TimeoutError("the client kept waiting for its assignment")
+            return _pending("tiny-test-cccc")
+
+        client.connection = ScriptedServer({"AwaitRound": await_round})  # type: ignore[assignment]
+        sent = pb.RoundAnnouncement(
+            status=pb.ROUND_STATUS_OPEN,
+            round=1,
+            run_id="tiny-test-aaaa.a1",
+            server_run_id="tiny-test-aaaa",
+            mole=pb.MoLEPlan(num_experts=3, affinity_requested=True),
+        )
+        with pytest.raises(RunMismatchError, match="tiny-test-cccc") as refused:
+            client.mole._await_assignment(sent)
+        assert "tiny-test-aaaa" in str(refused.value)
+        assert len(polls) == 1  # Stopped at the first announcement of the other run.
