@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from fedhft.aggregator import ckks_ceremony
 from fedhft.aggregator._sketches import sketch_centroids
 from fedhft.aggregator._store import AggregatorStore
 from fedhft.audit import verify_log
-from fedhft.policies import OrganizationPolicy, SecureAggregationMode
+from fedhft.policies import ConsortiumConfig, OrganizationPolicy, SecureAggregationMode
 from fedhft.protocol import SecAggClient, load_credentials
 from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
 from fedhft.sdk._mixture import sketch_membership
@@ -132,6 +133,47 @@ def test_a_client_killed_after_sharing_keys_drops_out(tmp_path: Path) -> None:
     )
 
 
+Blocks = tuple[tuple[str, np.ndarray], ...]
+
+
+def _refused_then_retried(
+    tmp_path: Path, corrupt_blocks: Callable[[Blocks, ConsortiumConfig], Blocks]
+) -> list[dict[str, object]]:
+    """One round in which `bank-b` passes its first masked upload through
+    `corrupt_blocks`. Checks what every refused sum must leave: no client error, no
+    `round_aggregated` for the corrupted attempt, and a retried round that moves the
+    model by the honest per-row averages. Returns the server's `sum_rejected` records."""
+    config = fast_consortium(rounds=1)
+    pki = provision(tmp_path / "pki")
+    original = SecAggClient.mask_input
+    corrupted: list[int] = []
+
+    def corrupt(self: SecAggClient, relayed: object, inputs: object) -> object:
+        masked = original(self, relayed, inputs)  # type: ignore[arg-type]
+        if self.organization != "bank-b" or corrupted:
+            return masked
+        corrupted.append(1)
+        return dataclasses.replace(masked, blocks=corrupt_blocks(masked.blocks, config))
+
+    SecAggClient.mask_input = corrupt  # type: ignore[method-assign,assignment]
+    try:
+        with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
+            run = start_federation(config, pki, server.address, tmp_path / "clients")
+            run.join()
+            assert server.wait(5)
+    finally:
+        SecAggClient.mask_input = original  # type: ignore[method-assign]
+    assert run.errors == {} and corrupted == [1]
+    server_log = tmp_path / "server" / "audit.jsonl"
+    assert all(p["attempt"] != 1 for p in _events(server_log, "round_aggregated"))
+    models = stored_models(tmp_path / "server")
+    step = 1.0 / config.secure_aggregation.scale
+    assert assert_per_row_averages(
+        config, spy.released[1], models[1], spy.updates[1], tolerance_per_holder=step
+    )
+    return _events(server_log, "sum_rejected")
+
+
 @pytest.mark.slow
 def test_a_corrupted_masked_upload_is_refused_over_grpc_and_nothing_applied(
     tmp_path: Path,
@@ -141,47 +183,22 @@ def test_a_corrupted_masked_upload_is_refused_over_grpc_and_nothing_applied(
     can). The server refuses the sums before applying anything, logs `sum_rejected` with
     the block and the bound, and retries; the round then moves the model by the honest
     per-row averages, and no signed record claims the corrupted attempt was applied."""
-    config = fast_consortium(rounds=1)
-    pki = provision(tmp_path / "pki")
-    attacker = "bank-b"
-    original = SecAggClient.mask_input
-    corrupted: list[int] = []
 
-    def corrupt(self: SecAggClient, relayed: object, inputs: object) -> object:
-        masked = original(self, relayed, inputs)  # type: ignore[arg-type]
-        if self.organization != attacker or corrupted:
-            return masked
-        corrupted.append(1)
-        blocks = []
-        for block, words in masked.blocks:
+    def shrink_last_row_weight(blocks: Blocks, config: ConsortiumConfig) -> Blocks:
+        shifted = []
+        for block, words in blocks:
             words = np.array(words)
             modulus = 1 << (words.dtype.itemsize * 8)
             # The last word is the block's last row weight: subtract (n + 1) units.
             shift = (len(ORGS) + 1) * int(config.secure_aggregation.scale)
             words[-1] = words.dtype.type((int(words[-1]) - shift) % modulus)
-            blocks.append((block, words))
-        return dataclasses.replace(masked, blocks=tuple(blocks))
+            shifted.append((block, words))
+        return tuple(shifted)
 
-    SecAggClient.mask_input = corrupt  # type: ignore[method-assign,assignment]
-    try:
-        with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
-            run = start_federation(config, pki, server.address, tmp_path / "clients")
-            run.join()
-            assert server.wait(5)
-    finally:
-        SecAggClient.mask_input = original  # type: ignore[method-assign]
-    assert run.errors == {} and corrupted == [1]
-    server_log = tmp_path / "server" / "audit.jsonl"
-    rejected = _events(server_log, "sum_rejected")
+    rejected = _refused_then_retried(tmp_path, shrink_last_row_weight)
     assert len(rejected) == 1
     assert rejected[0]["round"] == 1 and rejected[0]["attempt"] == 1
     assert "row weights" in str(rejected[0]["bound"])
-    assert all(p["attempt"] != 1 for p in _events(server_log, "round_aggregated"))
-    models = stored_models(tmp_path / "server")
-    step = 1.0 / config.secure_aggregation.scale
-    assert assert_per_row_averages(
-        config, spy.released[1], models[1], spy.updates[1], tolerance_per_holder=step
-    )
 
 
 def test_a_sum_outside_the_ring_range_is_audited_as_rejected_over_grpc(tmp_path: Path) -> None:
@@ -191,44 +208,19 @@ def test_a_sum_outside_the_ring_range_is_audited_as_rejected_over_grpc(tmp_path:
     `sum_rejected` record in the server's signed log naming the round, cluster, attempt,
     block and the ring-range bound (no value), and the retried round moves the model by
     the honest per-row averages."""
-    config = fast_consortium(rounds=1)
-    pki = provision(tmp_path / "pki")
-    attacker = "bank-b"
-    original = SecAggClient.mask_input
-    corrupted: list[int] = []
 
-    def corrupt(self: SecAggClient, relayed: object, inputs: object) -> object:
-        masked = original(self, relayed, inputs)  # type: ignore[arg-type]
-        if self.organization != attacker or corrupted:
-            return masked
-        corrupted.append(1)
-        block, words = masked.blocks[0]
+    def add_a_quarter_ring(blocks: Blocks, config: ConsortiumConfig) -> Blocks:
+        block, words = blocks[0]
         words = np.array(words)
         bits = words.dtype.itemsize * 8
         words[0] = words.dtype.type((int(words[0]) + (1 << (bits - 2))) % (1 << bits))
-        return dataclasses.replace(masked, blocks=((block, words), *masked.blocks[1:]))
+        return ((block, words), *blocks[1:])
 
-    SecAggClient.mask_input = corrupt  # type: ignore[method-assign,assignment]
-    try:
-        with spying() as spy, running_server(config, pki, tmp_path / "server") as server:
-            run = start_federation(config, pki, server.address, tmp_path / "clients")
-            run.join()
-            assert server.wait(5)
-    finally:
-        SecAggClient.mask_input = original  # type: ignore[method-assign]
-    assert run.errors == {} and corrupted == [1]
-    server_log = tmp_path / "server" / "audit.jsonl"
-    rejected = _events(server_log, "sum_rejected")
+    rejected = _refused_then_retried(tmp_path, add_a_quarter_ring)
     assert len(rejected) == 1
     assert set(rejected[0]) == {"round", "cluster", "attempt", "block", "bound"}
     assert rejected[0]["round"] == 1 and rejected[0]["attempt"] == 1
     assert "ring" in str(rejected[0]["bound"])
-    assert all(p["attempt"] != 1 for p in _events(server_log, "round_aggregated"))
-    models = stored_models(tmp_path / "server")
-    step = 1.0 / config.secure_aggregation.scale
-    assert assert_per_row_averages(
-        config, spy.released[1], models[1], spy.updates[1], tolerance_per_holder=step
-    )
 
 
 def test_an_organization_out_of_budget_refuses_and_the_round_goes_on(tmp_path: Path) -> None:
