@@ -47,14 +47,16 @@ class TriageModel:
             return_tensors="pt",
         )
         if self.info["pooling"] == "cls":
-            return self.model(**batch).logits
+            plain: torch.Tensor = self.model(**batch).logits
+            return plain
         # Mean pooling: the LoRA layers are injected into `bert` and the trained head
         # replaces `classifier`, so the adapted modules are used directly.
-        classifier = self.model.base_model.model
+        classifier: Any = self.model.base_model.model
         hidden = classifier.bert(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return classifier.classifier(pooled)
+        logits: torch.Tensor = classifier.classifier(pooled)
+        return logits
 
     def predict(self, notes: Sequence[str]) -> list[str]:
         """The triage level of each note."""

@@ -68,11 +68,12 @@ def _example_module(name: str) -> ModuleType:
     return module
 
 
-def _consortium(path: Path) -> ConsortiumConfig:
-    """The example's consortium file, on the tiny model for a fast run."""
+def _consortium(path: Path, pooling: str) -> ConsortiumConfig:
+    """The example's consortium file with ``pooling``, on the tiny model for a fast run."""
     data: dict[str, Any] = yaml.safe_load((EXAMPLE / "policies" / "consortium.yaml").read_text())
+    data["model"]["pooling"] = pooling
     if not REAL:
-        data["model"] = {"source": "tiny", "num_labels": 4}
+        data["model"] = {"source": "tiny", "num_labels": 4, "pooling": pooling}
         data["rounds"] = 1
         data["secure_aggregation"]["stage_timeout_s"] = 20.0
     path.write_text(yaml.safe_dump(data))
@@ -103,14 +104,17 @@ def _fedhft_logits(model: MaskedAdapterModel, notes: list[str], max_length: int)
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
-def test_hospital_trains_with_fedhft_and_serves_without_it(tmp_path: Path) -> None:
+# mean: the example's own head, which predict.py computes in plain PyTorch; cls: the
+# plain `transformers` forward pass that predict.py uses for the other pooling.
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_hospital_trains_with_fedhft_and_serves_without_it(tmp_path: Path, pooling: str) -> None:
     make_data = _example_module("make_data.py")
     train = _example_module("train.py")
     samples = 400 if REAL else 48
     ca = init_ca("regional-triage", tmp_path / "pki" / "ca")
     issue_server(ca, "localhost", tmp_path / "pki" / "server")
     state = tmp_path / "state"
-    config = _consortium(tmp_path / "consortium.yaml")
+    config = _consortium(tmp_path / "consortium.yaml", pooling)
     policies, data = {}, {}
     for site, org in enumerate((HOSPITAL, *PEERS)):
         issue_organization(ca, org, tmp_path / "pki" / org)
