@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -51,6 +52,10 @@ from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedMode
 from transformers.utils import logging as hf_logging
 
 from fedhft.policies import ModelSpec
+
+_SEEDED_BUILD = threading.Lock()
+"""Held while a model is built under a seeded global generator: torch's global generator
+is one per process, so builds in two threads would otherwise interleave their draws."""
 
 # Never reach the Hugging Face hub: every load below is from a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -206,8 +211,9 @@ def build_base_model(
         tiny = _tiny_config(spec, tiny_config)
         tiny_class = _model_class(spec, tiny) or BertForSequenceClassification
         # A private copy of the global generator, so that building the model neither
-        # depends on nor disturbs the caller's random state.
-        with torch.random.fork_rng(devices=[]):
+        # depends on nor disturbs the caller's random state; the lock keeps two threads'
+        # builds from drawing from that one generator in turn.
+        with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model: PreTrainedModel = tiny_class(tiny)
     else:
@@ -222,7 +228,7 @@ def build_base_model(
         # These two transformers helpers lack annotations.
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         try:
-            with torch.random.fork_rng(devices=[]):
+            with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 loader = _model_class(spec, config) or AutoModelForSequenceClassification
                 model = loader.from_pretrained(location, config=config, local_files_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,16 @@ def test_mean_pooling_refuses_a_model_that_is_not_bert(tmp_path: Path) -> None:
         build_base_model(spec)
     own = build_base_model(spec.model_copy(update={"pooling": "cls"}))
     assert isinstance(own, DistilBert)
+
+
+def test_tiny_models_built_in_threads_are_the_single_threaded_model() -> None:
+    """Builds in concurrent threads draw from torch's one global generator in turn, so
+    each gets exactly the weights a build alone gets (the promise every process relies
+    on: one seed, one tiny base)."""
+    spec = ModelSpec(source="tiny", num_labels=4)
+    alone = build_base_model(spec).state_dict()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        built = list(pool.map(lambda _: build_base_model(spec).state_dict(), range(8)))
+    for state in built:
+        assert state.keys() == alone.keys()
+        assert all(torch.equal(state[name], alone[name]) for name in alone)
