@@ -131,15 +131,16 @@ def test_operator_runbook(tmp_path: Path, example_env: dict[str, str]) -> None:
 
 @pytest.mark.slow
 def test_bundle_refuses_a_stray_ca_key(tmp_path: Path, example_env: dict[str, str]) -> None:
-    """An operator who dropped the CA key into an organization's folder ships no bundle."""
+    """A CA key that ended up in an organization's credentials is not shipped."""
     ops = tmp_path / "consortium"
     env = {**example_env, "OPS_DIR": str(ops), "ORGANIZATIONS": "north-bank"}
     run_script(OPERATOR / "01-ca.sh", env=env, cwd=tmp_path)
     run_script(OPERATOR / "02-config.sh", env=env, cwd=tmp_path)
-    (ops / "pki" / "north-bank" / "backup.key").write_bytes(
+    (ops / "pki" / "north-bank" / "tls.key").write_bytes(
         (ops / "pki" / "ca" / "ca.key").read_bytes()
     )
     result = run_script(OPERATOR / "04-bundle.sh", "north-bank", env=env, cwd=tmp_path, check=False)
     assert result.returncode == 1
-    assert "is a copy of" in result.stderr
+    assert "held a copy of" in result.stderr
+    assert not (ops / "bundles" / "north-bank").exists()
     assert not (ops / "bundles" / "north-bank.tar.gz").exists()
