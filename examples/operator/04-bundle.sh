@@ -11,17 +11,24 @@ source "$(dirname "$0")/env.sh"
 for org in ${1:-$ORGANIZATIONS}; do
   bundle="$OPS_DIR/bundles/$org"
   rm -rf "$bundle" "$bundle.tar.gz"
-  mkdir -p "$bundle"
-  cp -rp "$OPS_DIR/pki/$org" "$bundle/credentials"
+  # Only the files `fedhft ca issue` writes, by name: nothing else in the folder leaves.
+  mkdir -p "$bundle/credentials"
+  for file in ca.crt tls.crt tls.key identity.crt identity.key sealing.crt sealing.key; do
+    cp -p "$OPS_DIR/pki/$org/$file" "$bundle/credentials/$file"
+  done
   cp "$OPS_DIR/consortium.yaml" "$bundle/consortium.yaml"
   sed -e "s|@ORGANIZATION@|$org|" -e "s|@CONSORTIUM@|$CONSORTIUM|" \
     "$HERE/policy-template.yaml" > "$bundle/policy.yaml"
   "$FEDHFT" policy check-compat "$bundle/policy.yaml" "$bundle/consortium.yaml"
   # A last check before anything leaves: the only private keys are the organization's.
-  for key in "$OPS_DIR"/pki/ca/*.key "$OPS_DIR"/pki/*/*.key; do
+  for key in "$OPS_DIR"/pki/*/*.key; do
     [[ "$key" == "$OPS_DIR/pki/$org/"* ]] && continue
     while IFS= read -r -d '' file; do
-      if cmp -s "$key" "$file"; then echo "error: $file is a copy of $key" >&2; exit 1; fi
+      if cmp -s "$key" "$file"; then
+        rm -rf "$bundle"
+        echo "error: the bundle of $org held a copy of $key; nothing written" >&2
+        exit 1
+      fi
     done < <(find "$bundle" -type f -print0)
   done
   tar -czf "$bundle.tar.gz" -C "$OPS_DIR/bundles" "$org"
