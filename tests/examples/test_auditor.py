@@ -104,6 +104,10 @@ def test_one_edited_record_fails_verification(
     )
     assert result.returncode == 1
     assert f"{log}:{index + 1}:" in result.stdout
+    # One edit, caught four ways: the record's signature, the next record's chain link,
+    # the recomputed ε, and the spend the server's receipts bind.
+    for check in ("[signature]", "[chain]", "[epsilon-recomputed]", "[bound-history]"):
+        assert check in result.stdout
     assert "the case folder changed since it was collected" in result.stderr
     document = json.loads((case / "reports" / ORG / "report.json").read_text())
     assert document["verification"]["ok"] is False
