@@ -31,6 +31,7 @@ from fedhft.sdk import (
     MaskedAdapterModel,
     MaskedUpdate,
     OrganizationData,
+    PrivacyLedger,
     RetryPolicy,
     synthetic_federation,
 )
@@ -285,3 +286,17 @@ __all__ = [
     "start_federation",
     "stored_models",
 ]
+
+
+def ledger_rounds(org: str, clients: Path) -> list[int]:
+    """The rounds in an organization's privacy ledger, in order (the ledger must exist)."""
+    privacy = policy(org, clients).privacy
+    ledger = PrivacyLedger.open(
+        privacy.ledger_path,
+        organization=org,
+        accountant=privacy.accountant,
+        delta=privacy.delta,
+        epsilon_budget=privacy.epsilon,
+        create=False,
+    )
+    return [record.round for record in ledger.records]

@@ -32,13 +32,14 @@ from runtime_helpers import (
     assert_per_row_averages,
     fast_consortium,
     federation_data,
+    ledger_rounds,
     make_client,
-    policy,
     provision,
     spying,
     start_federation,
     stored_models,
 )
+from state_damage import sql_damage, truncate_half
 from typer.testing import CliRunner
 
 from fedhft.aggregator import AggregatorServer
@@ -47,7 +48,7 @@ from fedhft.aggregator._store import AggregatorStore
 from fedhft.aggregator.errors import StateError
 from fedhft.cli import app
 from fedhft.policies import ConsortiumConfig, dump_yaml, policy_hash
-from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, PrivacyLedger, RunMismatchError
+from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, RunMismatchError
 
 # Installed in the server process before the CLI runs: SIGKILL itself at one point of
 # one round, named by FEDHFT_KILL_AT as "<stage>:<round>".
@@ -165,19 +166,6 @@ def _statuses(state: Path) -> list[tuple[int, str]]:
     return [(int(r), str(s)) for r, s in rows]
 
 
-def _ledger_rounds(org: str, clients: Path) -> list[int]:
-    privacy = policy(org, clients).privacy
-    ledger = PrivacyLedger.open(
-        privacy.ledger_path,
-        organization=org,
-        accountant=privacy.accountant,
-        delta=privacy.delta,
-        epsilon_budget=privacy.epsilon,
-        create=False,
-    )
-    return [record.round for record in ledger.records]
-
-
 def _spends(org: str, clients: Path) -> list[int]:
     lines = (clients / org / "audit.jsonl").read_text().splitlines()
     return [
@@ -244,7 +232,7 @@ def test_server_killed_at_each_stage_resumes_and_counts_each_round_once(
     assert _statuses(server.state) == expected
     for org in ORGS:
         assert run.reports[org].final_round == 2
-        assert _ledger_rounds(org, clients) == [1, 2]
+        assert ledger_rounds(org, clients) == [1, 2]
         assert _spends(org, clients) == [1, 2]
     models = stored_models(server.state)
     assert sorted(models) == [0, 1, 2]
@@ -314,24 +302,10 @@ def test_a_released_model_is_the_same_bytes_each_time_it_is_encoded() -> None:
 # --------------------------------------------------------------------------- damaged state
 
 
-def _sql(statement: str) -> Callable[[Path], None]:
-    def damage(path: Path) -> None:
-        with sqlite3.connect(path) as db:
-            db.execute(statement)
-        db.close()
-
-    return damage
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
 CORRUPTIONS: dict[str, Callable[[Path], None]] = {
     "empty file": lambda path: path.write_bytes(b""),
-    "models table dropped": _sql("DROP TABLE models"),
-    "truncated": _truncate,
+    "models table dropped": sql_damage("DROP TABLE models"),
+    "truncated": truncate_half,
     "overwritten with garbage": lambda path: path.write_bytes(os.urandom(64 * 1024)),
 }
 

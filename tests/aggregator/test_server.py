@@ -31,7 +31,7 @@ from runtime_helpers import (
     Pki,
     assert_per_row_averages,
     fast_consortium,
-    policy,
+    ledger_rounds,
     provision,
     running_server,
     spying,
@@ -61,7 +61,6 @@ from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from fedhft.protocol._session_codec import decode_session, released_model_hash
 from fedhft.protocol.errors import TransportError
-from fedhft.sdk import PrivacyLedger
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
@@ -507,25 +506,12 @@ def test_stopped_server_resumes_and_each_round_is_spent_once(tmp_path: Path) -> 
     attempts = [(a["round"], a["attempt"], a["status"]) for a in _attempts(state)]
     assert attempts == [(1, 1, "aborted"), (1, 2, "completed"), (2, 1, "completed")]
     for org in ORGS:
-        assert _ledger_rounds(org, clients) == [1, 2]
+        assert ledger_rounds(org, clients) == [1, 2]
     models = stored_models(state)
     step = 1.0 / config.secure_aggregation.scale
     assert assert_per_row_averages(
         config, spy.released[1], models[1], spy.updates[1], tolerance_per_holder=step
     )
-
-
-def _ledger_rounds(org: str, clients: Path) -> list[int]:
-    """The rounds in an organization's privacy ledger, in order."""
-    privacy = policy(org, clients).privacy
-    ledger = PrivacyLedger.open(
-        privacy.ledger_path,
-        organization=org,
-        accountant=privacy.accountant,
-        delta=privacy.delta,
-        epsilon_budget=privacy.epsilon,
-    )
-    return [record.round for record in ledger.records]
 
 
 def _attempts(state: Path) -> list[dict[str, Any]]:
@@ -611,7 +597,7 @@ def test_killed_server_process_resumes_and_each_round_is_spent_once(tmp_path: Pa
             if json.loads(line)["event"] == "privacy_spend"
         ]
         assert spends == [1, 2]
-        assert _ledger_rounds(org, clients) == [1, 2]
+        assert ledger_rounds(org, clients) == [1, 2]
 
 
 def _has_masked_inputs(state: Path) -> bool:

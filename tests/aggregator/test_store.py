@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from state_damage import sql_damage, torn_page, truncate_half
 
 from fedhft.aggregator._store import AggregatorStore
 from fedhft.aggregator.errors import StateError
@@ -133,38 +134,23 @@ def _three_rounds(folder: Path) -> None:
     store.close()
 
 
-def _sql(statement: str) -> Callable[[Path], None]:
-    def damage(path: Path) -> None:
-        with sqlite3.connect(path) as db:
-            db.execute(statement)
-        db.close()
-
-    return damage
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def _torn_page(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    page = 4096
-    data[2 * page + 8 : 3 * page] = bytes(page - 8)  # A b-tree page's cells zeroed.
-    path.write_bytes(bytes(data))
-
-
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "empty file": (lambda path: path.write_bytes(b""), "is empty"),
     "garbage": (lambda path: path.write_bytes(b"\x13garbage" * 4096), "not an SQLite database"),
-    "truncated": (_truncate, "integrity check|malformed"),
-    "torn page": (_torn_page, "integrity check|malformed"),
-    "models dropped": (_sql("DROP TABLE models"), "table 'models' is missing"),
-    "column dropped": (_sql("ALTER TABLE receipts DROP COLUMN receipt"), "table 'receipts' has"),
-    "models deleted": (_sql("DELETE FROM models"), r"rounds \[1, 2, 3\] .* models are missing"),
-    "round 2 lost": (_sql("DELETE FROM attempts WHERE round = 2"), r"not 1\.\.n"),
-    "run id lost": (_sql("DELETE FROM meta WHERE key = 'run_id'"), "run identity lacks"),
-    "schema-less": (_sql("DROP TABLE meta"), "table 'meta' is missing"),
+    "truncated": (truncate_half, "integrity check|malformed"),
+    "torn page": (torn_page, "integrity check|malformed"),
+    "models dropped": (sql_damage("DROP TABLE models"), "table 'models' is missing"),
+    "column dropped": (
+        sql_damage("ALTER TABLE receipts DROP COLUMN receipt"),
+        "table 'receipts' has",
+    ),
+    "models deleted": (
+        sql_damage("DELETE FROM models"),
+        r"rounds \[1, 2, 3\] .* models are missing",
+    ),
+    "round 2 lost": (sql_damage("DELETE FROM attempts WHERE round = 2"), r"not 1\.\.n"),
+    "run id lost": (sql_damage("DELETE FROM meta WHERE key = 'run_id'"), "run identity lacks"),
+    "schema-less": (sql_damage("DROP TABLE meta"), "table 'meta' is missing"),
 }
 
 
