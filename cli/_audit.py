@@ -71,6 +71,10 @@ KeyOption = Annotated[
     Path | None,
     typer.Option("--key", help="The organization's public key or certificate (overrides --certs)."),
 ]
+ExpectHeadOption = Annotated[
+    str | None,
+    typer.Option("--expect-head", help="A record hash noted earlier; the log must hold it."),
+]
 ServerKeyOption = Annotated[
     Path | None,
     typer.Option(
@@ -203,10 +207,7 @@ def verify(
     certs: CertsOption = None,
     key: KeyOption = None,
     server_key: ServerKeyOption = None,
-    expect_head: Annotated[
-        str | None,
-        typer.Option("--expect-head", help="A record hash noted earlier; the log must hold it."),
-    ] = None,
+    expect_head: ExpectHeadOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the verification report as JSON.")
     ] = False,

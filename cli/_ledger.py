@@ -39,6 +39,7 @@ from fedhft.sdk._client_state import check_rebuilt_ledger
 
 from ._audit import (
     CertsOption,
+    ExpectHeadOption,
     KeyOption,
     ServerKeyOption,
     ServerLogOption,
@@ -62,10 +63,7 @@ def rebuild(
     key: KeyOption = None,
     server_log: ServerLogOption = None,
     server_key: ServerKeyOption = None,
-    expect_head: Annotated[
-        str | None,
-        typer.Option("--expect-head", help="A record hash noted earlier; the log must hold it."),
-    ] = None,
+    expect_head: ExpectHeadOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Where to write the ledger; default `privacy.ledger_path`."),
