@@ -8,18 +8,25 @@ from ._assignment import solve_assignment as solve_assignment
 from ._ckks_setup import ckks_ceremony as ckks_ceremony
 from ._experts import ExpertAggregate as ExpertAggregate
 from ._experts import aggregate_mole_blocks as aggregate_mole_blocks
+from ._federation import RoundCoordinator as RoundCoordinator
+from ._federation import RoundSummary as RoundSummary
 from ._mole_rounds import MoLECoordinator as MoLECoordinator
 from ._mole_rounds import initial_mole_state as initial_mole_state
-from ._mole_rounds import run_fedamole_in_process as run_fedamole_in_process
 from ._server import AggregatorServer as AggregatorServer
 from ._server import ServerOptions as ServerOptions
 from ._server import serve as serve
+from .errors import AggregatorError as AggregatorError
+from .errors import RoundError as RoundError
 
 __all__ = [
+    "AggregatorError",
     "AggregatorServer",
     "ExpertAggregate",
     "InfeasibleAssignmentError",
     "MoLECoordinator",
+    "RoundCoordinator",
+    "RoundError",
+    "RoundSummary",
     "ServerOptions",
     "aggregate_mole_blocks",
     "assign_experts",
@@ -27,7 +34,6 @@ __all__ = [
     "ckks_ceremony",
     "initial_mole_state",
     "reverse_selection_scores",
-    "run_fedamole_in_process",
     "serve",
     "solve_assignment",
 ]

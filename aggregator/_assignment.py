@@ -2,7 +2,7 @@
 
 Implements the server side of FedAMoLE's data-driven architectures (Zhang et al., 2024;
 DESIGN §2.3). Input: each client's *noisy* per-expert affinity (a DP release, see
-`fedhft.sdk._affinity`; everything here is post-processing of it). Reverse selection:
+`fedhft.sdk.mole._affinity`; everything here is post-processing of it). Reverse selection:
 each *expert* chooses among clients, so the score of client ``i`` for expert ``e`` is
 expert ``e``'s affinity distribution over clients, ``S_ie / Σ_j S_je``. The assignment
 

@@ -29,7 +29,7 @@ from fedhft.protocol import (
     load_credentials,
     verify_sealing_certificate,
 )
-from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
+from fedhft.protocol.session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
 
 from .errors import AggregatorError
 

@@ -2,7 +2,7 @@
 
 Every organization contributes, for each MoLE block it holds (shared ``B``, router ``P``,
 its experts' ``B``, the head; ids from `fedhft.sdk.MoLEModel`), the block's values with
-one weight per row, packed as in `fedhft.protocol._blocks`. A single masking-mode session
+one weight per row, packed as in `fedhft.protocol.blocks`. A single masking-mode session
 (`run_secagg_in_process`) sums every block over its *supports* (the holders; the
 assignment is known to the server, so supports are public), and the server divides by
 the summed weights. A block with fewer holders than the consortium's minimum cohort is
@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedhft.policies import ConsortiumConfig
 from fedhft.protocol import SessionParams, default_threshold, run_secagg_in_process
-from fedhft.protocol._blocks import pack_block, packed_length, row_average
-from fedhft.protocol._graph import effective_degree
+from fedhft.protocol.blocks import pack_block, packed_length, row_average
+from fedhft.protocol.secagg.graph import effective_degree
 
 from .errors import RoundError
 

@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fedhft.model import ClusterAdapters
+from fedhft.model import decode_clusters as decode_clusters
+from fedhft.model import encode_clusters as encode_clusters
 from fedhft.policies import ConsortiumConfig, Method, policy_hash
 from fedhft.protocol import AggregateResult, SessionParams, default_threshold
-from fedhft.protocol._blocks import check_packed_sum, packed_length, row_average
-from fedhft.protocol._graph import effective_degree
+from fedhft.protocol.blocks import check_packed_sum, packed_length, row_average
 from fedhft.protocol.errors import CohortTooSmallError, SumOutOfBoundsError
-from fedhft.sdk import ClusterAdapters
-from fedhft.sdk._codec import decode_clusters as decode_clusters
-from fedhft.sdk._codec import encode_clusters as encode_clusters
+from fedhft.protocol.secagg.graph import effective_degree
 
 from ._sketches import sketch_centroids
 from .errors import RoundError
@@ -148,7 +148,7 @@ def check_sums(
     sum_error: SumError | None = None,
 ) -> None:
     """Refuse every cluster's sums unless each block is one its contributors' clipped
-    inputs can produce (`fedhft.protocol._blocks.check_packed_sum`).
+    inputs can produce (`fedhft.protocol.blocks.check_packed_sum`).
 
     ``sum_error`` defaults to the masking mode's: one quantization step per contributor
     (plus float64 slack).

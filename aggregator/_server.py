@@ -50,8 +50,9 @@ from typing import Any, Final
 import numpy as np
 from cryptography import x509
 
-from fedhft._files import atomic_write
 from fedhft.audit import AuditLog, EventType
+from fedhft.files import atomic_write
+from fedhft.model import ClusterAdapters, MaskedAdapterModel, tier_mask
 from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, policy_hash
 from fedhft.protocol import (
     CKKSServerContext,
@@ -65,9 +66,8 @@ from fedhft.protocol import (
 )
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
-from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, released_model_hash
 from fedhft.protocol.errors import CohortTooSmallError, ProtocolError, SumOutOfBoundsError
-from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, tier_mask
+from fedhft.protocol.session_codec import CKKS_PUBLIC_FILE, released_model_hash
 
 from ._assignment import InfeasibleAssignmentError
 from ._federation import RoundCoordinator, RoundSummary, decode_clusters, encode_clusters

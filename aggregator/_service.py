@@ -29,7 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fedhft.audit import EventType, key_fingerprint
-from fedhft.audit._receipts import upload_accepted_from_wire
+from fedhft.audit.receipts import upload_accepted_from_wire
+from fedhft.model import HEAD_WEIGHT
 from fedhft.protocol import (
     PROTOCOL_VERSION,
     iter_model,
@@ -47,14 +48,13 @@ from fedhft.protocol import (
 )
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
-from fedhft.protocol._session_codec import MODEL_FORMAT
 from fedhft.protocol.errors import (
     DuplicateMessageError,
     InvalidEnvelopeError,
     StageError,
     WrongRoundError,
 )
-from fedhft.sdk._adapters import HEAD_WEIGHT
+from fedhft.protocol.session_codec import MODEL_FORMAT
 
 from ._federation import RoundCoordinator
 from ._mole_rounds import MoLECoordinator, mole_plan, validate_affinity_upload

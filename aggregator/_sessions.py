@@ -39,15 +39,6 @@ from fedhft.protocol import (
     decode_message,
 )
 from fedhft.protocol import fedhft_pb2 as pb
-from fedhft.protocol._messages import (
-    EncryptedShares,
-    KeyAdvertisement,
-    MaskedInput,
-    Message,
-    SurvivorSignature,
-    UnmaskResponse,
-)
-from fedhft.protocol._session_codec import decode_block_sums, encode_session
 from fedhft.protocol.errors import (
     ForgedMessageError,
     MalformedMessageError,
@@ -56,6 +47,15 @@ from fedhft.protocol.errors import (
     SumOutOfBoundsError,
     ThresholdError,
 )
+from fedhft.protocol.secagg.messages import (
+    EncryptedShares,
+    KeyAdvertisement,
+    MaskedInput,
+    Message,
+    SurvivorSignature,
+    UnmaskResponse,
+)
+from fedhft.protocol.session_codec import decode_block_sums, encode_session
 
 from ._federation import RefusedSums
 

@@ -1,7 +1,7 @@
 """Cluster centroids from the organizations' DP sketches (``clustering.signal: sketch``).
 
 Each organization releases once, through an accounted Gaussian mechanism, the sum of its
-records' unit-norm sentence embeddings, scaled to unit norm (`fedhft.sdk._releases`).
+records' unit-norm sentence embeddings, scaled to unit norm (`fedhft.sdk.privacy._releases`).
 When the clusters split, the server groups these releases with k-means (Lloyd's
 algorithm, k-means++ seeding; `scipy.cluster.vq.kmeans2`) and publishes the K centroids
 with the cluster adapters; each organization then computes its own membership from its

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedhft._files import fsync_folder
+from fedhft.files import fsync_folder
 
 from .errors import StateError
 

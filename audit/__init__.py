@@ -6,8 +6,6 @@ verify`) on the exported logs and `fedhft audit report` for a compliance report.
 log format is specified in `audit/FORMAT.md` so that others can verify without fedhft.
 """
 
-from ._accounting import MechanismUse as MechanismUse
-from ._accounting import recompute_epsilon as recompute_epsilon
 from ._canonical import canonical_json as canonical_json
 from ._events import EventType as EventType
 from ._events import is_secret_name as is_secret_name
@@ -30,12 +28,8 @@ from ._payloads import round_joined_payload as round_joined_payload
 from ._payloads import update_committed_payload as update_committed_payload
 from ._payloads import upload_accepted_payload as upload_accepted_payload
 from ._payloads import upload_sha256 as upload_sha256
-from ._receipts import Receipt as Receipt
-from ._receipts import aggregation_receipt_from_wire as aggregation_receipt_from_wire
-from ._receipts import sign_receipt as sign_receipt
-from ._receipts import upload_accepted_from_wire as upload_accepted_from_wire
-from ._receipts import verify_receipt as verify_receipt
-from ._receipts import verify_receipt_payload as verify_receipt_payload
+from ._recompute import MechanismUse as MechanismUse
+from ._recompute import recompute_epsilon as recompute_epsilon
 from ._record import GENESIS_PREV as GENESIS_PREV
 from ._record import Record as Record
 from ._report import build_report as build_report
@@ -49,6 +43,12 @@ from .errors import KeyLoadError as KeyLoadError
 from .errors import ReceiptError as ReceiptError
 from .errors import SecretPayloadError as SecretPayloadError
 from .errors import TornTailError as TornTailError
+from .receipts import Receipt as Receipt
+from .receipts import aggregation_receipt_from_wire as aggregation_receipt_from_wire
+from .receipts import sign_receipt as sign_receipt
+from .receipts import upload_accepted_from_wire as upload_accepted_from_wire
+from .receipts import verify_receipt as verify_receipt
+from .receipts import verify_receipt_payload as verify_receipt_payload
 
 __all__ = [
     "GENESIS_PREV",

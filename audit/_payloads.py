@@ -13,7 +13,7 @@ from typing import Protocol
 
 from fedhft.policies import OrganizationPolicy, policy_hash
 
-from ._receipts import Receipt
+from .receipts import Receipt
 
 
 class MechanismRecordLike(Protocol):

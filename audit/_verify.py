@@ -44,13 +44,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedhft.policies import OrganizationPolicy, policy_hash
 
-from ._accounting import MechanismUse, epsilon_tolerance, recompute_epsilon
 from ._chain import ChainResult, LoggedRecord, check_chain
 from ._events import EventType, payload_problems
 from ._findings import Check, EpsilonPoint, Finding, Severity, VerificationReport
 from ._keys import key_fingerprint
-from ._receipts import verify_receipt_payload
+from ._recompute import MechanismUse, epsilon_tolerance, recompute_epsilon
 from .errors import ReceiptError
+from .receipts import verify_receipt_payload
 
 _SIGMA_RTOL = 1e-6
 """σ from the same solver on the same inputs agrees to float rounding."""
@@ -226,9 +226,9 @@ def _policy_noise_multiplier(
     privacy = policy.privacy
     if privacy.noise_multiplier != "auto":
         return float(privacy.noise_multiplier)
-    # Imported here: the SDK pulls in torch, which the rest of verification never needs.
-    from fedhft.sdk import BudgetExhaustedError, auto_noise_multiplier
-    from fedhft.sdk._privacy import MechanismRecord
+    # Imported here: the accountant pulls in Opacus and torch, which the rest of
+    # verification never needs.
+    from fedhft.accounting import BudgetExhaustedError, MechanismRecord, auto_noise_multiplier
 
     records = tuple(
         MechanismRecord(

@@ -30,10 +30,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fedhft.audit import AuditLog, EventType, sign_receipt, verify_log
-from fedhft.audit._accounting import MechanismUse, recompute_epsilon
 from fedhft.audit._canonical import sha256_hex
 from fedhft.audit._chain import check_chain
 from fedhft.audit._events import prepare_payload
+from fedhft.audit._recompute import MechanismUse, recompute_epsilon
 from fedhft.audit._record import GENESIS_PREV, sign_record
 
 ORG = "st-mary-hospital"

@@ -49,11 +49,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from fedhft.aggregator import InfeasibleAssignmentError, check_fedamole_feasible
 from fedhft.aggregator._federation import RoundCoordinator
-from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
 from fedhft.aggregator._mole_rounds import (
     MoLECoordinator,
     initial_mole_state,
-    run_fedamole_in_process,
 )
 from fedhft.errors import SecurityWarning
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
@@ -66,9 +64,10 @@ from fedhft.sdk import (
     synthetic_federation,
     tier_mask,
 )
-from fedhft.sdk._mole_participant import MoLEParticipant
-from fedhft.sdk._mole_trainer import MoLETrainer
 from fedhft.sdk._participant import RoundParticipant
+from fedhft.sdk.mole._participant import MoLEParticipant
+from fedhft.sdk.mole._trainer import MoLETrainer
+from fedhft.simulation import OrganizationRun, run_fedamole_in_process, run_federation_in_process
 
 TIERS = ("full", "full", "standard", "standard", "edge", "edge", "full", "standard")
 """Organization i's tier; domains alternate (even: clinical, odd: banking), so each

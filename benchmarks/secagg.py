@@ -68,8 +68,8 @@ from fedhft.protocol import (
     default_threshold,
     run_secagg_in_process,
 )
-from fedhft.protocol._graph import effective_degree
 from fedhft.protocol.errors import ThresholdError
+from fedhft.protocol.secagg.graph import effective_degree
 
 BLOCK_SIZE = 4096
 CLIP = 1.0

@@ -2,8 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import FedHFTError as FedHFTError
-from .errors import SecurityWarning as SecurityWarning
+from fedhft.errors import FedHFTError as FedHFTError
+from fedhft.errors import SecurityWarning as SecurityWarning
 
 try:
     __version__ = version("fedhft")

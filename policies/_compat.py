@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._models import ConsortiumConfig, Method, OrganizationPolicy
+from ._schema import ConsortiumConfig, Method, OrganizationPolicy
 from .errors import IncompatiblePolicyError
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ._models import ConsortiumConfig, OrganizationPolicy, PrivacyBudget, TierSpec
+from ._schema import ConsortiumConfig, OrganizationPolicy, PrivacyBudget, TierSpec
 from .errors import PolicyError
 
 MAX_POLICY_BYTES = 1024 * 1024

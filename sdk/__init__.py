@@ -1,15 +1,25 @@
 """The organization-side SDK: masked adapters, DP-SGD training, privacy ledger."""
 
-from ._accounted import AuditSink as AuditSink
-from ._adapters import AdapterError as AdapterError
-from ._adapters import Block as Block
-from ._adapters import MaskedAdapterModel as MaskedAdapterModel
-from ._adapters import export_peft as export_peft
-from ._adapters import get_block_state as get_block_state
-from ._adapters import set_block_state as set_block_state
-from ._adapters import tier_mask as tier_mask
-from ._affinity import AffinityRelease as AffinityRelease
-from ._affinity import release_affinity as release_affinity
+from fedhft.accounting import MechanismRecord as MechanismRecord
+from fedhft.accounting import auto_noise_multiplier as auto_noise_multiplier
+from fedhft.accounting import compute_epsilon as compute_epsilon
+from fedhft.accounting import solve_noise_multiplier as solve_noise_multiplier
+from fedhft.model import AdapterError as AdapterError
+from fedhft.model import Block as Block
+from fedhft.model import ClusterAdapters as ClusterAdapters
+from fedhft.model import MaskedAdapterModel as MaskedAdapterModel
+from fedhft.model import MixtureError as MixtureError
+from fedhft.model import MoLEModel as MoLEModel
+from fedhft.model import MoLERelease as MoLERelease
+from fedhft.model import build_base_model as build_base_model
+from fedhft.model import export_peft as export_peft
+from fedhft.model import get_block_state as get_block_state
+from fedhft.model import install_mole as install_mole
+from fedhft.model import load_tokenizer as load_tokenizer
+from fedhft.model import minilm_path as minilm_path
+from fedhft.model import set_block_state as set_block_state
+from fedhft.model import tier_mask as tier_mask
+
 from ._client import ClientReport as ClientReport
 from ._client import FederatedClient as FederatedClient
 from ._client import RoundOutcome as RoundOutcome
@@ -21,33 +31,11 @@ from ._data import load_dataset_file as load_dataset_file
 from ._data import load_from_disk as load_from_disk
 from ._data import load_jsonl as load_jsonl
 from ._data import synthetic_federation as synthetic_federation
-from ._dp import GradSampleMode as GradSampleMode
-from ._dp import PrivateStep as PrivateStep
-from ._dp import poisson_batch as poisson_batch
-from ._ledger import PrivacyLedger as PrivacyLedger
-from ._mixture import ClusterAdapters as ClusterAdapters
-from ._mixture import MixtureError as MixtureError
 from ._mixture import PersonalState as PersonalState
 from ._mixture import data_mask as data_mask
 from ._mixture import mixture_start as mixture_start
 from ._mixture import update_membership as update_membership
-from ._models import build_base_model as build_base_model
-from ._models import load_tokenizer as load_tokenizer
-from ._models import minilm_path as minilm_path
-from ._mole import MoLEModel as MoLEModel
-from ._mole import MoLEPrivateStep as MoLEPrivateStep
-from ._mole import install_mole as install_mole
-from ._mole_participant import MoLEParticipant as MoLEParticipant
-from ._mole_participant import MoLERelease as MoLERelease
-from ._mole_trainer import MoLETrainer as MoLETrainer
-from ._noise import NoiseSampler as NoiseSampler
-from ._noise import SecureGaussian as SecureGaussian
-from ._noise import noise_sampler as noise_sampler
-from ._noise import use_noise_sampler as use_noise_sampler
-from ._privacy import MechanismRecord as MechanismRecord
-from ._privacy import auto_noise_multiplier as auto_noise_multiplier
-from ._privacy import compute_epsilon as compute_epsilon
-from ._privacy import solve_noise_multiplier as solve_noise_multiplier
+from ._participant import RoundParticipant as RoundParticipant
 from ._trainer import LocalTrainer as LocalTrainer
 from ._trainer import RoundStats as RoundStats
 from ._update import MaskedUpdate as MaskedUpdate
@@ -60,8 +48,24 @@ from .errors import LedgerMissingError as LedgerMissingError
 from .errors import RunMismatchError as RunMismatchError
 from .errors import SdkError as SdkError
 from .errors import ServerUnreachableError as ServerUnreachableError
+from .mole._affinity import AffinityRelease as AffinityRelease
+from .mole._affinity import release_affinity as release_affinity
+from .mole._participant import MoLEParticipant as MoLEParticipant
+from .mole._private_step import MoLEPrivateStep as MoLEPrivateStep
+from .mole._trainer import MoLETrainer as MoLETrainer
+from .privacy._accounted_trainer import AccountedTrainer as AccountedTrainer
+from .privacy._accounted_trainer import AuditSink as AuditSink
+from .privacy._dp import GradSampleMode as GradSampleMode
+from .privacy._dp import PrivateStep as PrivateStep
+from .privacy._dp import poisson_batch as poisson_batch
+from .privacy._ledger import PrivacyLedger as PrivacyLedger
+from .privacy._noise import NoiseSampler as NoiseSampler
+from .privacy._noise import SecureGaussian as SecureGaussian
+from .privacy._noise import noise_sampler as noise_sampler
+from .privacy._noise import use_noise_sampler as use_noise_sampler
 
 __all__ = [
+    "AccountedTrainer",
     "AdapterError",
     "AffinityRelease",
     "AuditSink",
@@ -92,6 +96,7 @@ __all__ = [
     "PrivateStep",
     "RetryPolicy",
     "RoundOutcome",
+    "RoundParticipant",
     "RoundStats",
     "RunMismatchError",
     "SdkError",

@@ -53,6 +53,7 @@ from fedhft.audit import (
     refusal_payload,
     round_joined_payload,
 )
+from fedhft.model import ClusterAdapters, MaskedAdapterModel, decode_clusters
 from fedhft.policies import (
     ConsortiumConfig,
     IncompatiblePolicyError,
@@ -81,12 +82,6 @@ from fedhft.protocol import (
     verify_server_identity_certificate,
 )
 from fedhft.protocol import fedhft_pb2 as pb
-from fedhft.protocol._session_codec import (
-    CKKS_SEALED_FILE,
-    MODEL_FORMAT,
-    decode_session,
-    released_model_hash,
-)
 from fedhft.protocol.errors import (
     CertificateVerificationError,
     ChunkIntegrityError,
@@ -94,8 +89,13 @@ from fedhft.protocol.errors import (
     CredentialsError,
     RemoteError,
 )
+from fedhft.protocol.session_codec import (
+    CKKS_SEALED_FILE,
+    MODEL_FORMAT,
+    decode_session,
+    released_model_hash,
+)
 
-from ._adapters import MaskedAdapterModel
 from ._client_sessions import (
     ATTEMPT_OVER,
     CKKSRun,
@@ -108,18 +108,16 @@ from ._client_sessions import (
     run_sessions,
 )
 from ._client_state import Evidence, check_evidence, check_server_run, record_evidence
-from ._codec import decode_clusters
 from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
-from ._ledger import PrivacyLedger, check_server_participation, open_organization_ledger
-from ._mixture import ClusterAdapters
-from ._mole_client import MoLEClientRounds
-from ._mole_participant import MoLEParticipant
 from ._participant import RoundParticipant
 from ._round_files import EnteredSums
 from ._trainer import LocalTrainer
 from ._update import MaskedUpdate
 from .errors import BudgetExhaustedError, LedgerMissingError, RunMismatchError
+from .mole._client import MoLEClientRounds
+from .mole._participant import MoLEParticipant
+from .privacy._ledger import PrivacyLedger, check_server_participation, open_organization_ledger
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]

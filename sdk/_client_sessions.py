@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedhft.audit import AuditLog, EventType, ReceiptError, Record, refusal_payload
-from fedhft.audit._receipts import aggregation_receipt_from_wire
+from fedhft.audit.receipts import aggregation_receipt_from_wire
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import (
     AdvertisedKeys,
@@ -53,19 +53,19 @@ from fedhft.protocol import (
     verify_identity_certificate,
 )
 from fedhft.protocol import fedhft_pb2 as pb
-from fedhft.protocol._blocks import packed_length
-from fedhft.protocol._graph import effective_degree
-from fedhft.protocol._session_codec import encode_block_sums
+from fedhft.protocol.blocks import packed_length
 from fedhft.protocol.errors import (
     ConsortiumMismatchError,
     ForgedReceiptError,
     MalformedMessageError,
 )
+from fedhft.protocol.secagg.graph import effective_degree
+from fedhft.protocol.session_codec import encode_block_sums
 
-from ._accounted import AuditSink
 from ._connection import Connection
 from ._round_files import EnteredSums
 from .errors import SumAlreadyEnteredError
+from .privacy._accounted_trainer import AuditSink
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]

@@ -1,6 +1,6 @@
 """What an organization's state folder remembers about its run and its evidence.
 
-Two small records in ``state_dir``, each written atomically (`fedhft._files`):
+Two small records in ``state_dir``, each written atomically (`fedhft.files`):
 
 - ``server-run.json``: the run id of the server's state, taken at the first `Hello`.
   A server that later answers with another run id, or holds fewer completed rounds
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedhft._files import atomic_write
+from fedhft.accounting import MechanismRecord
+from fedhft.files import atomic_write
 
-from ._privacy import MechanismRecord
 from .errors import EvidenceError, RunMismatchError
 
 SERVER_RUN_FILE = "server-run.json"

@@ -29,14 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from .errors import SdkError
+from fedhft.model import ClusterAdapters, MixtureError
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
-
-
-class MixtureError(SdkError, ValueError):
-    """Cluster adapters, a membership vector or a personal state are inconsistent."""
 
 
 def _readonly(
@@ -57,77 +53,6 @@ def check_membership(pi: npt.ArrayLike, clusters: int) -> FloatArray:
     if abs(float(vector.sum()) - 1.0) > 1e-9:
         raise MixtureError(f"membership must sum to 1, got {float(vector.sum())!r}")
     return vector
-
-
-@dataclass(frozen=True)
-class ClusterAdapters:
-    """The K cluster adapters of a round, as the server released them.
-
-    Attributes:
-        states: per cluster, every block's value (``rows × cols``), head included.
-        last_updates: per cluster, its last aggregate update per block (the secure-sum
-            average it moved by), or None before its first aggregation.
-        centroids: per cluster, the centroid of the organizations' released sketches
-            (``clustering.signal: sketch``, from the split on), or empty.
-    """
-
-    states: tuple[Mapping[str, FloatArray], ...]
-    last_updates: tuple[Mapping[str, FloatArray] | None, ...] = ()
-    centroids: tuple[FloatArray, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.states:
-            raise MixtureError("cluster adapters need at least one cluster")
-        if not self.last_updates:
-            object.__setattr__(self, "last_updates", (None,) * len(self.states))
-        if len(self.last_updates) != len(self.states):
-            raise MixtureError(
-                f"{len(self.states)} clusters but {len(self.last_updates)} last updates"
-            )
-        reference = {b: np.shape(v) for b, v in self.states[0].items()}
-        for j, state in enumerate(self.states):
-            if {b: np.shape(v) for b, v in state.items()} != reference:
-                raise MixtureError(f"cluster {j} does not have the blocks and shapes of cluster 0")
-        for j, update in enumerate(self.last_updates):
-            if update is None:
-                continue
-            for block_id, values in update.items():
-                if block_id not in reference or np.shape(values) != reference[block_id]:
-                    raise MixtureError(
-                        f"last update of cluster {j}: block {block_id!r} is not a "
-                        "cluster block of the same shape"
-                    )
-        if self.centroids:
-            shapes = {np.shape(c) for c in self.centroids}
-            vectors = len(shapes) == 1 and len(next(iter(shapes))) == 1
-            if len(self.centroids) != len(self.states) or not vectors:
-                raise MixtureError(
-                    f"{len(self.states)} clusters need as many sketch centroids, all vectors "
-                    "of one length"
-                )
-        object.__setattr__(
-            self,
-            "states",
-            tuple({b: _readonly(v) for b, v in state.items()} for state in self.states),
-        )
-        object.__setattr__(self, "centroids", tuple(_readonly(c) for c in self.centroids))
-
-    @classmethod
-    def initial(cls, state: Mapping[str, FloatArray], clusters: int = 1) -> ClusterAdapters:
-        """``clusters`` identical copies of ``state`` with no previous update."""
-        if clusters < 1:
-            raise MixtureError(f"clusters must be >= 1, got {clusters}")
-        return cls(states=tuple(dict(state) for _ in range(clusters)))
-
-    @property
-    def k(self) -> int:
-        """Number of clusters."""
-        return len(self.states)
-
-    @property
-    def block_ids(self) -> tuple[str, ...]:
-        """Blocks every cluster carries."""
-        return tuple(self.states[0])
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ import numpy.typing as npt
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
+from fedhft.model import ClusterAdapters, safetensors_metadata
 from fedhft.policies import Method
-from fedhft.protocol._blocks import clip_packed
+from fedhft.protocol.blocks import clip_packed
 
-from ._codec import safetensors_metadata
 from ._data import TextDataset
-from ._mixture import ClusterAdapters, PersonalState, mixture_start
+from ._mixture import PersonalState, mixture_start
 from ._round_files import RoundFiles
 from ._trainer import LocalTrainer, RoundStats
 from ._update import MaskedUpdate

@@ -15,7 +15,7 @@ Notes:
     or an aborted round re-sends the *same* DP output instead of training again:
     re-sending a released output is post-processing, and the ledger shows each round's
     spend exactly once. An aborted round leaves the old personal state in force. Every
-    write is atomic (`fedhft._files.atomic_write`).
+    write is atomic (`fedhft.files.atomic_write`).
 
     Re-sending is safe only into the *same* sum. Two secure sums of one cluster over
     different sets of organizations, both holding this output, differ by the others'
@@ -39,7 +39,7 @@ import numpy.typing as npt
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
-from fedhft._files import atomic_write
+from fedhft.files import atomic_write
 
 from .errors import SumAlreadyEnteredError
 

@@ -37,16 +37,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedhft.accounting import MechanismRecord
+from fedhft.model import ClusterAdapters, MaskedAdapterModel, tier_blocks
 from fedhft.policies import ConsortiumConfig, Method, OrganizationPolicy, TierSpec
 
-from ._accounted import AccountedTrainer, AuditSink, Encoded
-from ._adapters import MaskedAdapterModel, tier_blocks
 from ._data import TextDataset
-from ._dp import DEFAULT_GRAD_SAMPLE_MODE, GradSampleMode, PrivateStep, poisson_batch
-from ._ledger import PrivacyLedger
 from ._mixture import (
     BoolArray,
-    ClusterAdapters,
     FloatArray,
     PersonalState,
     check_membership,
@@ -56,11 +53,13 @@ from ._mixture import (
     sketch_membership,
     update_membership,
 )
-from ._noise import noise_sampler
-from ._privacy import MechanismRecord
-from ._releases import gaussian_record, label_counts, log_label_prior, unit_sketch
 from ._update import MaskedUpdate
 from .errors import SdkError
+from .privacy._accounted_trainer import AccountedTrainer, AuditSink, Encoded
+from .privacy._dp import DEFAULT_GRAD_SAMPLE_MODE, GradSampleMode, PrivateStep, poisson_batch
+from .privacy._ledger import PrivacyLedger
+from .privacy._noise import noise_sampler
+from .privacy._releases import gaussian_record, label_counts, log_label_prior, unit_sketch
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The masked update an organization contributes to each cluster's secure sum.
 
 For cluster ``j`` and block ``b`` the organization contributes the packed vector
-``pack_block(π_j · m ⊙ Δ, π_j · m)`` (`fedhft.protocol._blocks`): the rows of its update
+``pack_block(π_j · m ⊙ Δ, π_j · m)`` (`fedhft.protocol.blocks`): the rows of its update
 it kept (data mask ``m``), weighted by its membership ``π_j``, followed by the per-row
 weights. Summed over a cohort, the server divides the two halves row by row and learns
 only the weighted average of each row (DESIGN §2.2); it learns neither the mask nor the
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from fedhft.protocol._blocks import pack_block, packed_length
+from fedhft.protocol.blocks import pack_block, packed_length
 
 from .errors import SdkError
 

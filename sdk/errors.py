@@ -6,33 +6,12 @@ leaf errors also subclass the fitting built-in so callers may catch either.
 
 from __future__ import annotations
 
+from fedhft.accounting import BudgetExhaustedError as BudgetExhaustedError
 from fedhft.errors import FedHFTError
 
 
 class SdkError(FedHFTError):
     """Base class of the errors raised by :mod:`fedhft.sdk`."""
-
-
-class BudgetExhaustedError(SdkError, RuntimeError):
-    """A DP release would take the organization past its privacy budget.
-
-    Raised *before* any training step or release, so nothing was spent.
-
-    Attributes:
-        spent: ε already recorded in the privacy ledger.
-        requested: ε the ledger would reach if the refused release were made.
-        budget: the policy's ε budget.
-    """
-
-    def __init__(self, *, spent: float, requested: float, budget: float) -> None:
-        self.spent = spent
-        self.requested = requested
-        self.budget = budget
-        super().__init__(
-            f"privacy budget exhausted: spent ε={spent:.4g}, this release would bring the "
-            f"total to ε={requested:.4g}, budget ε={budget:.4g}; refuse the round, raise "
-            f"`privacy.noise_multiplier`, or lower the local steps or sample rate"
-        )
 
 
 class LedgerError(SdkError, RuntimeError):

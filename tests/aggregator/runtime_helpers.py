@@ -23,7 +23,7 @@ from fedhft.aggregator import AggregatorServer, ServerOptions
 from fedhft.aggregator._federation import decode_clusters
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import init_ca, issue_organization, issue_server
-from fedhft.protocol._blocks import clip_packed, row_average
+from fedhft.protocol.blocks import clip_packed, row_average
 from fedhft.sdk import (
     ClientReport,
     ClusterAdapters,

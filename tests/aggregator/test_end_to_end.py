@@ -32,7 +32,7 @@ from fedhft.aggregator._store import AggregatorStore
 from fedhft.audit import verify_log
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy, SecureAggregationMode
 from fedhft.protocol import SecAggClient, load_credentials
-from fedhft.protocol._session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
+from fedhft.protocol.session_codec import CKKS_PUBLIC_FILE, CKKS_SEALED_FILE
 from fedhft.sdk._mixture import sketch_membership
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")

@@ -12,10 +12,10 @@ from fedhft.aggregator._federation import (
     decode_clusters,
     encode_clusters,
 )
-from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
-from fedhft.protocol._blocks import clip_packed, row_average
+from fedhft.protocol.blocks import clip_packed, row_average
 from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation, tier_mask
 from fedhft.sdk._participant import RoundParticipant
+from fedhft.simulation import OrganizationRun, run_federation_in_process
 
 Runs = dict[str, OrganizationRun]
 

@@ -2,7 +2,7 @@
 
 A malicious organization controls only its own masked upload. Whatever it changes there
 (a flipped byte wraps around in the fixed-point ring) arrives in the unmasked sum, which
-`RoundCoordinator.apply` checks against the bounds of `fedhft.protocol._blocks` before
+`RoundCoordinator.apply` checks against the bounds of `fedhft.protocol.blocks` before
 moving any cluster adapter.
 """
 
@@ -30,10 +30,10 @@ from fedhft.protocol import (
     run_secagg_in_process,
 )
 from fedhft.protocol import fedhft_pb2 as pb
-from fedhft.protocol._blocks import clip_packed, pack_block, row_average
-from fedhft.protocol._messages import MaskedInput
-from fedhft.protocol._secagg_server import BlockSum
+from fedhft.protocol.blocks import clip_packed, pack_block, row_average
 from fedhft.protocol.errors import SumOutOfBoundsError
+from fedhft.protocol.secagg._server import BlockSum
+from fedhft.protocol.secagg.messages import MaskedInput
 
 ROWS, COLS = 3, 2
 BLOCK = "lora_b"

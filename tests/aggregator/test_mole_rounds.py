@@ -12,11 +12,9 @@ import torch
 
 from fedhft.aggregator import assign_experts
 from fedhft.aggregator._federation import RoundCoordinator
-from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
 from fedhft.aggregator._mole_rounds import (
     MoLECoordinator,
     initial_mole_state,
-    run_fedamole_in_process,
 )
 from fedhft.aggregator.errors import RoundError
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
@@ -29,9 +27,10 @@ from fedhft.sdk import (
     synthetic_federation,
     tier_mask,
 )
-from fedhft.sdk._mole_participant import MoLEParticipant
-from fedhft.sdk._mole_trainer import MoLETrainer
 from fedhft.sdk._participant import RoundParticipant
+from fedhft.sdk.mole._participant import MoLEParticipant
+from fedhft.sdk.mole._trainer import MoLETrainer
+from fedhft.simulation import OrganizationRun, run_fedamole_in_process, run_federation_in_process
 
 
 @pytest.fixture(autouse=True)

@@ -40,7 +40,7 @@ from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from fedhft.protocol._transport import status_code_for
 from fedhft.sdk import FederatedClient, RetryPolicy, build_base_model
-from fedhft.sdk._mole_participant import MoLEParticipant, _decode_blocks
+from fedhft.sdk.mole._participant import MoLEParticipant, _decode_blocks
 
 DER = Encoding.DER
 TIERS = {

@@ -59,8 +59,8 @@ from fedhft.protocol import (
 )
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
-from fedhft.protocol._session_codec import decode_session, released_model_hash
 from fedhft.protocol.errors import TransportError
+from fedhft.protocol.session_codec import decode_session, released_model_hash
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 

@@ -11,10 +11,10 @@ import pytest
 from federation_helpers import TINY, consortium, policy
 
 from fedhft.aggregator._federation import RoundCoordinator, clusters_digest
-from fedhft.aggregator._inprocess import OrganizationRun, run_federation_in_process
 from fedhft.aggregator._sketches import sketch_centroids
 from fedhft.aggregator.errors import RoundError
-from fedhft.protocol._blocks import row_average
+from fedhft.model import decode_clusters, encode_clusters
+from fedhft.protocol.blocks import row_average
 from fedhft.sdk import (
     ClusterAdapters,
     LocalTrainer,
@@ -22,8 +22,8 @@ from fedhft.sdk import (
     synthetic_federation,
     tier_mask,
 )
-from fedhft.sdk._codec import decode_clusters, encode_clusters
 from fedhft.sdk._participant import RoundParticipant
+from fedhft.simulation._fedhft import OrganizationRun, run_federation_in_process
 
 SIX = {f"{d}-{i}": "full" if i % 2 else "edge" for i in range(3) for d in ("clin", "bank")}
 

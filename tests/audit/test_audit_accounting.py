@@ -92,7 +92,7 @@ def test_sdk_ledger_and_auditor_agree(plan: list[tuple[float, float, int]]) -> N
     """The SDK's `compute_epsilon` (the client's number) equals the auditor's value for
     every accountant, with the same rules (PRV grouped by σ and q on both sides), so
     honest logs never raise a finding."""
-    privacy = pytest.importorskip("fedhft.sdk._privacy")
+    privacy = pytest.importorskip("fedhft.accounting._records")
     from fedhft.policies import Accountant, NoiseSource
 
     records = [

@@ -10,13 +10,13 @@ from audit_helpers import fixed_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedhft.audit import Receipt, ReceiptError, key_fingerprint, sign_receipt, verify_receipt
-from fedhft.audit._receipts import (
+from fedhft.audit._record import SIGNING_CONTEXT
+from fedhft.audit.receipts import (
     RECEIPT_CONTEXT,
     aggregation_receipt_from_wire,
     upload_accepted_from_wire,
     verify_receipt_payload,
 )
-from fedhft.audit._record import SIGNING_CONTEXT
 
 UPLOAD = hashlib.sha256(b"masked upload").hexdigest()
 

@@ -16,8 +16,8 @@ from fedhft.audit import AuditLog, load_public_key, verify_log
 from fedhft.cli import app
 from fedhft.policies import OrganizationPolicy
 from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation, tier_mask
-from fedhft.sdk._ledger import open_organization_ledger
 from fedhft.sdk._participant import RoundParticipant
+from fedhft.sdk.privacy._ledger import open_organization_ledger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
 from federation_helpers import TINY, consortium, policy

@@ -31,7 +31,7 @@ from fedhft.policies import (
     policy_hash,
 )
 from fedhft.policies._load import MAX_POLICY_BYTES
-from fedhft.policies._models import SecureAggregationRequirements
+from fedhft.policies._schema import SecureAggregationRequirements
 
 
 def test_all_examples_load(examples_dir: Path) -> None:

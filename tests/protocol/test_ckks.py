@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol._ckks import (
+from fedhft.protocol.ckks._scheme import (
     CKKSCeremony,
     CKKSKeyring,
     CKKSParameters,

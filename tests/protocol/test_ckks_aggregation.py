@@ -11,20 +11,20 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol._ckks import (
+from fedhft.protocol.ckks._aggregation import (
+    CKKSAggregator,
+    CKKSClient,
+    CKKSSession,
+    run_ckks_in_process,
+)
+from fedhft.protocol.ckks._messages import CKKSEncryptedSum, CKKSUpload, EncryptedSegmentSum
+from fedhft.protocol.ckks._scheme import (
     CKKSCeremony,
     CKKSKeyring,
     CKKSParameters,
     CKKSServerContext,
     _build_context,
 )
-from fedhft.protocol._ckks_aggregation import (
-    CKKSAggregator,
-    CKKSClient,
-    CKKSSession,
-    run_ckks_in_process,
-)
-from fedhft.protocol._ckks_messages import CKKSEncryptedSum, CKKSUpload, EncryptedSegmentSum
 from fedhft.protocol.errors import (
     CohortTooSmallError,
     DuplicateMessageError,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol._ckks_packing import PackingLayout
+from fedhft.protocol.ckks._packing import PackingLayout
 from fedhft.protocol.errors import SessionParamsError
 
 ORGS = ("a", "b", "c", "d", "e")

@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol._graph import effective_degree, holder_graph, is_connected, neighbour_graph
+from fedhft.protocol.secagg.graph import (
+    effective_degree,
+    holder_graph,
+    is_connected,
+    neighbour_graph,
+)
 
 SID = b"\x11" * 32
 

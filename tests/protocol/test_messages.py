@@ -18,9 +18,9 @@ from fedhft.protocol import (
     decode_message,
     run_secagg_in_process,
 )
-from fedhft.protocol._messages import MAX_PARTIES, MessageKind
-from fedhft.protocol._shamir import MERSENNE_521
 from fedhft.protocol.errors import MalformedMessageError
+from fedhft.protocol.secagg._shamir import MERSENNE_521
+from fedhft.protocol.secagg.messages import MAX_PARTIES, MessageKind
 
 SID = bytes(range(32))
 HEADER_BYTES = 4 + 1 + 1 + 32 + 8 + 4

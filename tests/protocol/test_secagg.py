@@ -27,10 +27,10 @@ from fedhft.protocol import (
     run_secagg_in_process,
 )
 from fedhft.protocol._crypto import mask_words
-from fedhft.protocol._inprocess import SERVER
-from fedhft.protocol._masks import self_mask_key
-from fedhft.protocol._shamir import Share, reconstruct_secret
 from fedhft.protocol.errors import CohortTooSmallError, StageError, ThresholdError
+from fedhft.protocol.secagg._inprocess import SERVER
+from fedhft.protocol.secagg._masks import self_mask_key
+from fedhft.protocol.secagg._shamir import Share, reconstruct_secret
 
 EARLY_STAGES = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.MASKED_INPUT)
 """A party that drops at one of these stages sends no masked input."""

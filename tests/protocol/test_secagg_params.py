@@ -13,8 +13,8 @@ from secagg_helpers import CONFIG_HASH, MODEL_HASH, make_identities, make_params
 
 from fedhft.policies import SecureAggregationSpec
 from fedhft.protocol import SecAggClient, SecAggServer, SessionParams, default_threshold
-from fedhft.protocol._graph import effective_degree
 from fedhft.protocol.errors import CohortTooSmallError, SessionParamsError
+from fedhft.protocol.secagg.graph import effective_degree
 
 
 def _base(**overrides: Any) -> dict[str, Any]:

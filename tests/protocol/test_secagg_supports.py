@@ -37,16 +37,16 @@ from fedhft.protocol import (
     run_secagg_in_process,
 )
 from fedhft.protocol._crypto import load_agreement_key, mask_words
-from fedhft.protocol._graph import neighbour_graph
-from fedhft.protocol._inprocess import SERVER
-from fedhft.protocol._masks import (
+from fedhft.protocol.errors import CohortTooSmallError, ThresholdError, UnmaskRuleError
+from fedhft.protocol.secagg._inprocess import SERVER
+from fedhft.protocol.secagg._masks import (
     pairwise_mask_key,
     pairwise_seed,
     self_mask_key,
     subtracts_pairwise_mask,
 )
-from fedhft.protocol._shamir import Share, interpolate_at_zero
-from fedhft.protocol.errors import CohortTooSmallError, ThresholdError, UnmaskRuleError
+from fedhft.protocol.secagg._shamir import Share, interpolate_at_zero
+from fedhft.protocol.secagg.graph import neighbour_graph
 
 Words = np.ndarray
 

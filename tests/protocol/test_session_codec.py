@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from secagg_helpers import make_params, roster_of
 
 from fedhft.protocol import CKKSSession, SessionParams
-from fedhft.protocol._session_codec import (
+from fedhft.protocol.errors import MalformedMessageError
+from fedhft.protocol.session_codec import (
     MAX_ENCODED_BYTES,
     decode_block_sums,
     decode_session,
@@ -21,7 +22,6 @@ from fedhft.protocol._session_codec import (
     encode_session,
     released_model_hash,
 )
-from fedhft.protocol.errors import MalformedMessageError
 
 
 def _ckks_session(**changes: Any) -> CKKSSession:

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol._shamir import (
+from fedhft.protocol.errors import MalformedMessageError, ThresholdError
+from fedhft.protocol.secagg._shamir import (
     MERSENNE_521,
     SHARE_VALUE_BYTES,
     Share,
@@ -21,7 +22,6 @@ from fedhft.protocol._shamir import (
     share_from_coefficients,
     split_secret,
 )
-from fedhft.protocol.errors import MalformedMessageError, ThresholdError
 
 # A vector computed by hand. Secret 1234, threshold 3, f(x) = 1234 + 166·x + 94·x²:
 #   f(1) = 1234 + 166 + 94       = 1494

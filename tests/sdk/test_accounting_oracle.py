@@ -1,7 +1,7 @@
 """Every accountant that may enforce a budget never under-reports ε: checked against an
 independent implementation, the PLD accountant of Google's `dp-accounting` (Koskela et
 al. 2020; Doroshenko et al. 2022), on DP-SGD histories with one-shot Gaussian releases
-(fedhft.sdk._accounting, fedhft.sdk._privacy, fedhft.audit._accounting)."""
+(fedhft.accounting._analysis, fedhft.accounting._records, fedhft.audit._recompute)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fedhft.audit import recompute_epsilon
-from fedhft.audit._accounting import MechanismUse
+from fedhft.audit._recompute import MechanismUse
 from fedhft.policies import Accountant, NoiseSource, OrganizationPolicy, PrivacyBudget
 from fedhft.sdk import MechanismRecord, auto_noise_multiplier, compute_epsilon
 

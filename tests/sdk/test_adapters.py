@@ -1,4 +1,4 @@
-"""Frozen-A LoRA blocks, tier masks, per-block state and PEFT export (fedhft.sdk._adapters)."""
+"""Frozen-A LoRA blocks, tier masks, per-block state and PEFT export (fedhft.model._adapters)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from trainer_helpers import tiny_consortium
 
+from fedhft.model import HEAD_BIAS, HEAD_WEIGHT, frozen_a
 from fedhft.policies import ConsortiumConfig, PersonalizationSpec, TierSpec
 from fedhft.sdk import (
     AdapterError,
@@ -20,7 +21,6 @@ from fedhft.sdk import (
     set_block_state,
     tier_mask,
 )
-from fedhft.sdk._adapters import HEAD_BIAS, HEAD_WEIGHT, frozen_a
 
 LAYER0 = ["layer.0.attention.self.query", "layer.0.attention.self.value"]
 LAYER1 = ["layer.1.attention.self.query", "layer.1.attention.self.value"]

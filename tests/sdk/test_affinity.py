@@ -1,4 +1,4 @@
-"""Private per-expert affinity release for RSEA (fedhft.sdk._affinity)."""
+"""Private per-expert affinity release for RSEA (fedhft.sdk.mole._affinity)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
+from fedhft.model import MoLEModel
 from fedhft.policies import Accountant, AdapterSpec, ModelSpec, NoiseSource
 from fedhft.sdk import (
     BudgetExhaustedError,
@@ -19,8 +20,7 @@ from fedhft.sdk import (
     build_base_model,
     compute_epsilon,
 )
-from fedhft.sdk._affinity import AffinityRelease, record_affinities, release_affinity
-from fedhft.sdk._mole import MoLEModel
+from fedhft.sdk.mole._affinity import AffinityRelease, record_affinities, release_affinity
 
 ADAPTER = AdapterSpec(target_modules=["query", "value"], rank=4, alpha=8, a_seed=9)
 POOL = 5

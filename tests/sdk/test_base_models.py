@@ -1,4 +1,4 @@
-"""Base models loaded offline and the pooling their head reads (fedhft.sdk._models)."""
+"""Base models loaded offline and the pooling their head reads (fedhft.model._base)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from transformers import BertForSequenceClassification, DistilBertConfig
 from transformers import DistilBertForSequenceClassification as DistilBert
 
+from fedhft.model import MeanPoolingBertForSequenceClassification, base_skeleton
 from fedhft.policies import ModelSpec
 from fedhft.sdk import build_base_model, load_tokenizer
-from fedhft.sdk._models import MeanPoolingBertForSequenceClassification, base_skeleton
 
 TINY = ModelSpec(source="tiny", num_labels=3)
 

@@ -432,8 +432,8 @@ def test_server_view_refuses_exactly_the_uploaded_rounds_without_a_dp_sgd_spend(
     """Any rounds the server saw uploads in and any ledger: refused iff some uploaded round
     has no DP-SGD record (a Gaussian release of that round does not count), naming
     exactly those rounds."""
-    from fedhft.sdk._ledger import check_server_participation
     from fedhft.sdk.errors import LedgerMissingError
+    from fedhft.sdk.privacy._ledger import check_server_participation
 
     records = (*(dp_sgd(r) for r in sorted(spent)), *(_gaussian(r) for r in sorted(released)))
     ledger = PrivacyLedger(

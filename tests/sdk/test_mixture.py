@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhft.protocol._blocks import pack_block, row_average, unpack_block
+from fedhft.protocol.blocks import pack_block, row_average, unpack_block
 from fedhft.sdk import (
     ClusterAdapters,
     MaskedUpdate,

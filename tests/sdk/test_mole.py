@@ -1,4 +1,4 @@
-"""Mixture of LoRA experts: routing, plain-LoRA equivalence, DP-SGD (fedhft.sdk._mole)."""
+"""Mixture of LoRA experts: routing, plain-LoRA equivalence, DP-SGD (fedhft.model._mole)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from fedhft.policies import AdapterSpec, ModelSpec
-from fedhft.sdk import MaskedAdapterModel, SecureGaussian, build_base_model
-from fedhft.sdk._adapters import AdapterError, frozen_a
-from fedhft.sdk._mole import (
+from fedhft.model import (
+    AdapterError,
     MoLELinear,
     MoLEModel,
-    MoLEPrivateStep,
     expert_a,
     expert_block_id,
+    frozen_a,
     install_mole,
     router_block_id,
     shared_block_id,
 )
+from fedhft.policies import AdapterSpec, ModelSpec
+from fedhft.sdk import MaskedAdapterModel, SecureGaussian, build_base_model
+from fedhft.sdk.mole._private_step import MoLEPrivateStep
 
 ADAPTER = AdapterSpec(target_modules=["query", "value"], rank=4, alpha=8, a_seed=5)
 TINY = ModelSpec(source="tiny", num_labels=3)

@@ -14,18 +14,20 @@ from opacus.accountants import RDPAccountant
 from trainer_helpers import RecordingAudit
 
 from fedhft.errors import SecurityWarning
-from fedhft.policies import ConsortiumConfig, OrganizationPolicy
-from fedhft.sdk import BudgetExhaustedError, SdkError, build_base_model, synthetic_federation
-from fedhft.sdk import _releases as releases_module
-from fedhft.sdk._affinity import AffinityRelease, record_affinities
-from fedhft.sdk._mole import MoLEModel
-from fedhft.sdk._mole_participant import (
-    MoLEParticipant,
+from fedhft.model import (
+    ModelError,
+    MoLEModel,
     MoLERelease,
     decode_release,
     encode_release,
+    upload_blocks,
 )
-from fedhft.sdk._mole_trainer import MoLETrainer, upload_blocks
+from fedhft.policies import ConsortiumConfig, OrganizationPolicy
+from fedhft.sdk import BudgetExhaustedError, SdkError, build_base_model, synthetic_federation
+from fedhft.sdk.mole._affinity import AffinityRelease, record_affinities
+from fedhft.sdk.mole._participant import MoLEParticipant
+from fedhft.sdk.mole._trainer import MoLETrainer
+from fedhft.sdk.privacy import _releases as releases_module
 
 ORGS = ["org-a", "org-b", "org-c", "org-d"]
 DELTA = 1e-5
@@ -259,7 +261,7 @@ def test_release_round_trips_and_rejects_garbage() -> None:
     again = decode_release(encode_release(release))
     assert (again.round, again.experts, again.aggregated) == (3, (1, 2), frozenset({"a.shared"}))
     np.testing.assert_array_equal(again.states["a.shared"], release.states["a.shared"])
-    with pytest.raises(SdkError):
+    with pytest.raises(ModelError):
         decode_release(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
 
 

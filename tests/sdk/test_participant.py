@@ -14,10 +14,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.protocol import SecAggClient, SecAggServer, SessionParams
 from fedhft.protocol import fedhft_pb2 as pb
-from fedhft.protocol._ckks import CKKSCeremony, CKKSKeyring, CKKSParameters, CKKSServerContext
-from fedhft.protocol._ckks_aggregation import CKKSAggregator, CKKSClient, CKKSSession
-from fedhft.protocol._session_codec import decode_block_sums
+from fedhft.protocol.ckks._aggregation import CKKSAggregator, CKKSClient, CKKSSession
+from fedhft.protocol.ckks._scheme import (
+    CKKSCeremony,
+    CKKSKeyring,
+    CKKSParameters,
+    CKKSServerContext,
+)
 from fedhft.protocol.errors import CohortTooSmallError, ThresholdError
+from fedhft.protocol.session_codec import decode_block_sums
 from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation, tier_mask
 from fedhft.sdk._client_sessions import CKKSRun, MaskingRun
 from fedhft.sdk._participant import FloatArray, RoundParticipant

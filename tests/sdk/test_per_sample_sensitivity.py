@@ -1,6 +1,6 @@
 """Per-record sensitivity of every trainer's DP-SGD step: a record's per-sample gradient,
 as Opacus hands it to clipping, is a function of that record alone, whatever its
-Poisson batch-mates (fedhft.sdk._accounted, _dp, _mole)."""
+Poisson batch-mates (fedhft.sdk.privacy._accounted_trainer, _dp, _mole)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from trainer_helpers import ORG, tiny_consortium, tiny_policy
 
 from fedhft.policies import ConsortiumConfig, NoiseSource
 from fedhft.sdk import LocalTrainer, MaskedAdapterModel, TextDataset, build_base_model
-from fedhft.sdk._accounted import AccountedTrainer, Encoded
-from fedhft.sdk._dp import PrivateStep
-from fedhft.sdk._mole import MoLEPrivateStep
-from fedhft.sdk._mole_trainer import MoLETrainer
-from fedhft.sdk._noise import noise_sampler
+from fedhft.sdk.mole._private_step import MoLEPrivateStep
+from fedhft.sdk.mole._trainer import MoLETrainer
+from fedhft.sdk.privacy._accounted_trainer import AccountedTrainer, Encoded
+from fedhft.sdk.privacy._dp import PrivateStep
+from fedhft.sdk.privacy._noise import noise_sampler
 
 MAX_SEQ_LENGTH = 32
 # Per-sample gradients of one record in batches of other shapes differ only by float32

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from scipy import optimize
 from scipy.stats import norm
 
+from fedhft.accounting import PRV_EPS_ERROR, PRV_EPSILON_CUTOFF, epsilon_rdp
 from fedhft.policies import Accountant, NoiseSource, OrganizationPolicy
 from fedhft.sdk import (
     BudgetExhaustedError,
@@ -22,7 +23,6 @@ from fedhft.sdk import (
     compute_epsilon,
     solve_noise_multiplier,
 )
-from fedhft.sdk._accounting import PRV_EPS_ERROR, PRV_EPSILON_CUTOFF, epsilon_rdp
 
 pytestmark = [
     # Opacus's own accountants, run here as the reference, are chatty about numerics.

@@ -1,5 +1,5 @@
 """One-shot Gaussian releases: label prior, sketch, their accounting and their use
-(fedhft.sdk._releases, LocalTrainer releases, RoundParticipant keeping them)."""
+(fedhft.sdk.privacy._releases, LocalTrainer releases, RoundParticipant keeping them)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ from fedhft.sdk import (
 )
 from fedhft.sdk._mixture import MixtureError, sketch_membership
 from fedhft.sdk._participant import RoundParticipant
-from fedhft.sdk._releases import (
+from fedhft.sdk._trainer import LocalTrainer
+from fedhft.sdk.privacy._releases import (
     gaussian_record,
     gaussian_release,
     label_counts,
     log_label_prior,
     unit_sketch,
 )
-from fedhft.sdk._trainer import LocalTrainer
 
 CALIBRATED = {"head": "shared", "label_prior": "dp", "label_prior_noise_multiplier": 8.0}
 SKETCHED = {"clusters": 2, "warmup_rounds": 1, "signal": "sketch", "sketch_noise_multiplier": 10.0}
@@ -240,7 +240,7 @@ def test_label_prior_release_is_the_counts_plus_noise_of_its_sigma(
     tmp_path: Path, organization_data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The label prior leaves as counts + N(0, σ²) with the consortium's σ, nothing else."""
-    from fedhft.sdk import _releases
+    from fedhft.sdk.privacy import _releases
 
     sampler = FixedDraw(torch.tensor([1.5, -2.0, 0.25, 3.0], dtype=torch.float64))
     monkeypatch.setattr(_releases, "noise_sampler", lambda _source: sampler)

@@ -15,6 +15,7 @@ from torch import nn
 from trainer_helpers import ORG, RecordingAudit, tiny_consortium, tiny_policy
 
 from fedhft.errors import SecurityWarning
+from fedhft.model import HEAD_BIAS, HEAD_WEIGHT
 from fedhft.policies import (
     ConsortiumConfig,
     IncompatiblePolicyError,
@@ -38,8 +39,7 @@ from fedhft.sdk import (
     synthetic_federation,
     tier_mask,
 )
-from fedhft.sdk._accounted import macro_f1
-from fedhft.sdk._adapters import HEAD_BIAS, HEAD_WEIGHT
+from fedhft.sdk.privacy._accounted_trainer import macro_f1
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,21 @@
+"""Errors raised by the model layer both organizations and the server share."""
+
+from __future__ import annotations
+
+from fedhft.errors import FedHFTError
+
+
+class ModelError(FedHFTError):
+    """Base class of the errors raised by :mod:`fedhft.model`."""
+
+
+class AdapterError(ModelError, ValueError):
+    """A tier, block or adapter state does not fit the model."""
+
+
+class MixtureError(ModelError, ValueError):
+    """Cluster adapters, a membership vector or a personal state are inconsistent."""
+
+
+class ReleaseFormatError(ModelError, ValueError):
+    """Bytes that should hold a released model are not well formed."""

@@ -1,0 +1,266 @@
+"""Opacus DP-SGD on the trainable blocks of a `MaskedAdapterModel`.
+
+Implements one DP-SGD step (Abadi et al. 2016) with Opacus 1.6: per-sample gradients of
+the trainable parameters only (``B`` of the tier's blocks and the head), flat clipping
+of each example's gradient to ``max_grad_norm``, Gaussian noise of standard deviation
+``noise_multiplier · max_grad_norm`` drawn from the sampler the policy chose, and
+division by the *expected* batch size. Batches come from Poisson sampling: each record
+is in a batch independently with probability ``q`` (the sampling the RDP/PRV/GDP
+accountants assume).
+
+The pieces are the ones `opacus.PrivacyEngine.make_private` assembles (module
+validation, grad-sample hooks, the optimizer class for the grad-sample mode, the
+ghost-clipping loss), put together here so that the two things Opacus would draw from
+torch's predictable generator, the Poisson batches and the noise, come from the OS
+CSPRNG and from `fedhft.sdk.noise_sampler` instead.
+
+Notes:
+    PEFT is applied before Opacus attaches its hooks, and the hooks are attached after
+    the tier froze everything else, so Opacus only ever sees the trainable blocks.
+    A tier's row slice is enforced by zeroing the per-sample gradients of the frozen
+    rows *before* clipping (so the clipping norm sees exactly the trainable
+    coordinates), and the noise on those rows after noising (post-processing). Ghost
+    clipping computes norms without materialising per-sample gradients, so it cannot
+    honour a row slice; `PrivateStep` refuses that combination.
+
+    Poisson sampling draws 53-bit uniforms from ``os.urandom``: the batch composition
+    is part of the secret randomness of the mechanism (amplification by sampling), so
+    it must not be predictable either.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from opacus.grad_sample.utils import prepare_module
+from opacus.optimizers import DPOptimizer, get_optimizer_class
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from fedhft.model import AdapterError, MaskedAdapterModel
+
+from ._noise import NoiseSampler, use_noise_sampler
+
+GradSampleMode = Literal["hooks", "functorch", "ghost"]
+GRAD_SAMPLE_MODES: tuple[GradSampleMode, ...] = ("hooks", "functorch", "ghost")
+# Measured fastest with PEFT LoRA on the tiny model and on MiniLM (`python
+# benchmarks/dp_step.py --grad-sample-modes`; DP/non-private step time at the full tier,
+# two runs on a shared 2-core machine, hooks / functorch / ghost: tiny 1.24-1.29 / 1.61 /
+# 1.86-1.95, MiniLM 0.99-1.09 / 1.04-1.17 / 1.48-1.56).
+# Per-sample gradients of a rank-r B are small, so hooks pay one ordinary backward pass,
+# while ghost clipping pays two and functorch re-runs each layer under vmap.
+DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
+
+IndexArray = npt.NDArray[np.int64]
+
+_UNIFORM_BITS = 53
+
+
+def poisson_batch(num_records: int, sample_rate: float) -> IndexArray:
+    """Indices of one Poisson-sampled batch: each record in with probability `sample_rate`.
+
+    Uniforms are 53-bit fractions from ``os.urandom`` (a CSPRNG), so the batch is
+    unpredictable; the batch may be empty, as the accountant assumes.
+    """
+    if num_records < 1:
+        raise ValueError(f"num_records must be >= 1, got {num_records}")
+    if not 0.0 < sample_rate <= 1.0:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    raw = np.frombuffer(os.urandom(8 * num_records), dtype=np.uint64)
+    uniforms = (raw >> np.uint64(64 - _UNIFORM_BITS)).astype(np.float64) * 2.0**-_UNIFORM_BITS
+    return np.flatnonzero(uniforms < sample_rate).astype(np.int64)
+
+
+def dp_optimizer(
+    hooks: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    noise_sampler: NoiseSampler,
+    grad_sample_mode: GradSampleMode,
+) -> DPOptimizer:
+    """Opacus' flat-clipping DP optimizer over ``hooks``' module, noise from our sampler.
+
+    On any failure the per-sample-gradient hooks are removed again, so the model is left
+    as it was.
+    """
+    try:
+        # With Poisson sampling one forward/backward is one step; accumulating would
+        # change the sampling the accountant assumes.
+        hooks.forbid_grad_accumulation()
+        optimizer_class = get_optimizer_class(
+            clipping="flat", distributed=False, grad_sample_mode=grad_sample_mode
+        )
+        dp: DPOptimizer = optimizer_class(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+        )
+        # Never let a DP step draw noise from torch's predictable generator.
+        use_noise_sampler(dp, noise_sampler)
+    except BaseException:
+        hooks.remove_hooks()
+        raise
+    return dp
+
+
+def release_per_sample_state(hooks: Any, parameters: Iterable[nn.Parameter]) -> None:
+    """Remove Opacus' hooks and the per-sample state it leaves on ``parameters``."""
+    hooks.remove_hooks()
+    for parameter in parameters:
+        for attribute in ("grad_sample", "summed_grad", "_forward_counter"):
+            if hasattr(parameter, attribute):
+                delattr(parameter, attribute)
+        parameter.grad = None
+
+
+class PrivateStep:
+    """DP-SGD steps on a `MaskedAdapterModel` whose tier is already applied.
+
+    Use as a context manager (or call `close`): it attaches Opacus hooks to the model
+    and removes them on exit, so the same model can train again next round.
+    """
+
+    def __init__(
+        self,
+        model: MaskedAdapterModel,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        noise_sampler: NoiseSampler,
+        grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
+    ) -> None:
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise AdapterError(
+                f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"
+            )
+        if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
+            raise ValueError(
+                "noise_multiplier must be >= 0, max_grad_norm and expected_batch_size > 0"
+            )
+        self.model = model
+        self.mode = grad_sample_mode
+        self._row_masks: list[tuple[nn.Parameter, torch.Tensor]] = [
+            (model.parameter(b), torch.from_numpy(mask))
+            for b, mask in model.row_masks.items()
+            if not mask.all()
+        ]
+        if self._row_masks and grad_sample_mode == "ghost":
+            raise AdapterError(
+                "ghost clipping cannot honour a tier's row slice (row_fraction < 1); "
+                "use grad_sample_mode 'hooks'"
+            )
+        module = model.peft_model
+        module.train()
+        # Opacus' own compatibility check (BatchNorm and the like) before any hook.
+        ModuleValidator.validate(module, strict=True)
+        extra: dict[str, Any] = (
+            {"max_grad_norm": max_grad_norm} if grad_sample_mode == "ghost" else {}
+        )
+        self._hooks = prepare_module(
+            module,
+            grad_sample_mode,
+            wrap_model=False,
+            batch_first=True,
+            loss_reduction="mean",
+            **extra,
+        )
+        self.optimizer = dp_optimizer(
+            self._hooks,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            noise_sampler=noise_sampler,
+            grad_sample_mode=grad_sample_mode,
+        )
+        if self._row_masks:
+            self.optimizer.attach_step_hook(self._drop_noise_on_frozen_rows)
+        criterion = nn.CrossEntropyLoss(reduction="mean")
+        self._criterion: Callable[[torch.Tensor, torch.Tensor], Any] = (
+            DPLossFastGradientClipping(self._hooks, self.optimizer, criterion, "mean")
+            if grad_sample_mode == "ghost"
+            else criterion
+        )
+        self._closed = False
+
+    def step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> float:
+        """One DP-SGD step on one Poisson batch (possibly empty); returns its mean loss."""
+        if self._closed:
+            raise RuntimeError("this PrivateStep is closed")
+        self.model.peft_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if labels.numel() == 0:
+            self._empty_batch()
+            self.optimizer.step()
+            return float("nan")
+        with warnings.catch_warnings():
+            # Opacus' full backward hooks sit on modules whose inputs need no gradient
+            # (the frozen-A LoRA path); torch warns that the hook then sees only output
+            # gradients, which is all per-sample gradients of B and the head need.
+            warnings.filterwarnings(
+                "ignore", message="Full backward hook is firing", category=UserWarning
+            )
+            logits = self.model.logits(input_ids, attention_mask)
+            loss = self._criterion(logits, labels)
+            loss.backward()
+        value = float(loss.item())
+        if self.mode != "ghost":
+            self._mask_per_sample_gradients()
+        self.optimizer.step()
+        return value
+
+    def _empty_batch(self) -> None:
+        # An empty Poisson batch still costs a step and still gets its noise: the sum of
+        # no clipped gradients is zero.
+        for parameter in self.model.trainable_parameters():
+            if self.mode == "ghost":
+                parameter.grad = torch.zeros_like(parameter)
+            else:
+                # Opacus reads per-sample gradients from this attribute.
+                setattr(  # noqa: B010
+                    parameter,
+                    "grad_sample",
+                    torch.zeros((0, *parameter.shape), dtype=parameter.dtype),
+                )
+
+    def _mask_per_sample_gradients(self) -> None:
+        for parameter, mask in self._row_masks:
+            grad_sample = getattr(parameter, "grad_sample", None)
+            if isinstance(grad_sample, torch.Tensor):
+                grad_sample.mul_(
+                    mask.to(grad_sample.dtype).view(1, -1, *([1] * (grad_sample.dim() - 2)))
+                )
+
+    def _drop_noise_on_frozen_rows(self, _optimizer: object) -> None:
+        for parameter, mask in self._row_masks:
+            if parameter.grad is not None:
+                parameter.grad[~mask] = 0.0
+
+    def close(self) -> None:
+        """Remove the Opacus hooks and per-sample state from the model."""
+        if self._closed:
+            return
+        release_per_sample_state(self._hooks, self.model.peft_model.parameters())
+        self._closed = True
+
+    def __enter__(self) -> PrivateStep:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
