@@ -40,7 +40,7 @@ import numpy.typing as npt
 from fedhft.model import ClusterAdapters
 from fedhft.model import decode_clusters as decode_clusters
 from fedhft.model import encode_clusters as encode_clusters
-from fedhft.policies import ConsortiumConfig, Method, policy_hash
+from fedhft.policies import ConsortiumConfig, Method, consortium_hash
 from fedhft.protocol import AggregateResult, SessionParams, default_threshold
 from fedhft.protocol.blocks import check_packed_sum, packed_length, row_average
 from fedhft.protocol.errors import CohortTooSmallError, SumOutOfBoundsError
@@ -259,7 +259,7 @@ class RoundCoordinator:
     ) -> None:
         self.consortium = consortium
         self.run_id = run_id
-        self.config_hash = bytes.fromhex(policy_hash(consortium))
+        self.config_hash = bytes.fromhex(consortium_hash(consortium))
         self.shapes = {b: (int(v.shape[0]), int(v.shape[1])) for b, v in initial_state.items()}
         self.tier_blocks = {tier: tuple(blocks) for tier, blocks in tier_blocks.items()}
         self.clusters = (

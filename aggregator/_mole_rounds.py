@@ -44,7 +44,7 @@ from fedhft.model import (
     encode_clusters,
     upload_blocks,
 )
-from fedhft.policies import ConsortiumConfig, policy_hash
+from fedhft.policies import ConsortiumConfig, consortium_hash
 from fedhft.protocol import (
     AggregateResult,
     SessionParams,
@@ -121,7 +121,7 @@ class MoLECoordinator:
     ) -> None:
         self.consortium = consortium
         self.run_id = run_id
-        self.config_hash = bytes.fromhex(policy_hash(consortium))
+        self.config_hash = bytes.fromhex(consortium_hash(consortium))
         self.states: dict[str, FloatArray] = {
             b: np.array(v, dtype=np.float64) for b, v in initial_state.items()
         }

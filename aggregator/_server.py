@@ -53,7 +53,7 @@ from cryptography import x509
 from fedhft.audit import AuditLog, EventType
 from fedhft.files import atomic_write
 from fedhft.model import ClusterAdapters, MaskedAdapterModel, tier_mask
-from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, policy_hash
+from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, consortium_hash
 from fedhft.protocol import (
     CKKSServerContext,
     CKKSSession,
@@ -268,7 +268,7 @@ class AggregatorServer:
                 f"--server`), got those of organization {self.credentials.name!r}"
             )
         self.state_dir = Path(state_dir)
-        self.config_hash = bytes.fromhex(policy_hash(consortium))
+        self.config_hash = bytes.fromhex(consortium_hash(consortium))
         self.enrolled_organizations = tuple(consortium.enrolled())
         self.stage_timeout_s = (
             self.options.stage_timeout_s or consortium.secure_aggregation.stage_timeout_s

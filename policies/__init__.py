@@ -2,6 +2,7 @@
 
 from ._compat import compatibility_violations as compatibility_violations
 from ._compat import require_compatible as require_compatible
+from ._load import consortium_hash as consortium_hash
 from ._load import dump_yaml as dump_yaml
 from ._load import load_any as load_any
 from ._load import load_consortium_config as load_consortium_config
@@ -45,6 +46,7 @@ __all__ = [
     "TierSpec",
     "TrainingLimits",
     "compatibility_violations",
+    "consortium_hash",
     "dump_yaml",
     "load_any",
     "load_consortium_config",

@@ -341,7 +341,16 @@ def dump_yaml(policy: BaseModel) -> str:
     return yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)
 
 
-def policy_hash(policy: BaseModel) -> str:
-    """SHA-256 of the policy's canonical JSON, for audit records and session ids."""
-    canonical = policy.model_dump_json(round_trip=True).encode()
-    return hashlib.sha256(canonical).hexdigest()
+def _canonical_sha256(document: BaseModel) -> str:
+    return hashlib.sha256(document.model_dump_json(round_trip=True).encode()).hexdigest()
+
+
+def policy_hash(policy: OrganizationPolicy) -> str:
+    """SHA-256 of an organization policy's canonical JSON, for its audit records."""
+    return _canonical_sha256(policy)
+
+
+def consortium_hash(consortium: ConsortiumConfig) -> str:
+    """SHA-256 of a consortium configuration's canonical JSON: the configuration hash every
+    round announcement carries and every organization checks against its own file."""
+    return _canonical_sha256(consortium)

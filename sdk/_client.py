@@ -61,9 +61,9 @@ from fedhft.policies import (
     OrganizationPolicy,
     SecureAggregationMode,
     compatibility_violations,
+    consortium_hash,
     load_consortium_config,
     load_organization_policy,
-    policy_hash,
 )
 from fedhft.protocol import (
     PROTOCOL_VERSION,
@@ -254,7 +254,7 @@ class FederatedClient:
         self.dataset = dataset
         self.test_dataset = test_dataset
         self.state_dir = Path(state_dir)
-        self.config_hash = bytes.fromhex(policy_hash(self.consortium))
+        self.config_hash = bytes.fromhex(consortium_hash(self.consortium))
         self.retry = retry or RetryPolicy()
         self.wait_ms = wait_ms
         self.rpc_timeout_s = rpc_timeout_s

@@ -47,7 +47,7 @@ from fedhft.aggregator._server import ReleasedModel
 from fedhft.aggregator._store import AggregatorStore
 from fedhft.aggregator.errors import StateError
 from fedhft.cli import app
-from fedhft.policies import ConsortiumConfig, dump_yaml, policy_hash
+from fedhft.policies import ConsortiumConfig, consortium_hash, dump_yaml
 from fedhft.sdk import ClusterAdapters, MaskedAdapterModel, RunMismatchError
 
 # Installed in the server process before the CLI runs: SIGKILL itself at one point of
@@ -463,7 +463,7 @@ def test_restarted_server_names_its_run_and_ends_a_joined_attempt_it_no_longer_r
     der = serialization.Encoding.DER
     hello = pb.HelloRequest(
         protocol=PROTOCOL_VERSION,
-        consortium_config_hash=bytes.fromhex(policy_hash(config)),
+        consortium_config_hash=bytes.fromhex(consortium_hash(config)),
         identity_certificate=credentials.identity_certificate.public_bytes(der),
         sealing_certificate=credentials.sealing_certificate.public_bytes(der),  # type: ignore[union-attr]
     )

@@ -21,9 +21,9 @@ from example_helpers import EXAMPLES, free_port, run_script, running, stop, wait
 
 from fedhft.policies import (
     compatibility_violations,
+    consortium_hash,
     load_consortium_config,
     load_organization_policy,
-    policy_hash,
 )
 
 OPERATOR = EXAMPLES / "operator"
@@ -91,7 +91,7 @@ def test_operator_runbook(tmp_path: Path, example_env: dict[str, str]) -> None:
         assert stop(server) == 0
 
     run_script(OPERATOR / "04-bundle.sh", env=env, cwd=tmp_path)
-    old_hash = policy_hash(load_consortium_config(ops / "consortium.yaml"))
+    old_hash = consortium_hash(load_consortium_config(ops / "consortium.yaml"))
     all_keys = {path: path.read_bytes() for path in (ops / "pki").rglob("*.key")}
     assert len(all_keys) == 1 + 2 + 3 * len(ORGS)  # the CA's, the server's, three each
     for org in ORGS:
@@ -115,7 +115,7 @@ def test_operator_runbook(tmp_path: Path, example_env: dict[str, str]) -> None:
     run_script(OPERATOR / "05-remove-org.sh", "north-bank", env=env, cwd=tmp_path)
     config = load_consortium_config(ops / "consortium.yaml")
     assert [e.organization for e in config.enrollment] == ["st-mary-hospital", "city-clinic"]
-    new_hash = policy_hash(config)
+    new_hash = consortium_hash(config)
     assert new_hash != old_hash
     assert not (ops / "bundles" / "north-bank").exists()
     assert not (ops / "bundles" / "north-bank.tar.gz").exists()

@@ -30,7 +30,7 @@ from fedhft.policies import (
     ConsortiumConfig,
     IncompatiblePolicyError,
     OrganizationPolicy,
-    policy_hash,
+    consortium_hash,
 )
 from fedhft.protocol import (
     Credentials,
@@ -138,7 +138,7 @@ def _announcement(client: FederatedClient, **changes: Any) -> pb.RoundAnnounceme
         "blocks": blocks,
         "round": 1,
         "run_id": "run-1.a1",
-        "consortium_config_hash": bytes.fromhex(policy_hash(config)),
+        "consortium_config_hash": bytes.fromhex(consortium_hash(config)),
         "model_hash": hashlib.sha256(b"model").digest(),
         "clusters": 2,
         "tier_masks": masks,
