@@ -23,10 +23,13 @@ from typing import Annotated
 
 import typer
 
-from fedhft.audit import EventType, verify_log
-from fedhft.audit._chain import check_chain
-from fedhft.audit._events import payload_problems
-from fedhft.audit._recompute import epsilon_tolerance
+from fedhft.audit import (
+    EventType,
+    check_chain,
+    epsilon_tolerance,
+    payload_problems,
+    verify_log,
+)
 from fedhft.policies import Accountant
 from fedhft.sdk import (
     EvidenceError,
