@@ -7,6 +7,15 @@ so an auditor holding both logs can match them one to one: an upload the client
 committed to without a receipt, or a receipt for an upload the client never committed
 to, shows up as a finding in `verify_log`.
 
+A receipt comes in one of the two forms `audit/FORMAT.md` ("Receipts") specifies, and
+`verify_receipt_payload` verifies both. fedhft's gRPC server signs the wire form, a
+`fedhft.v1.ReceiptStatement` (`fedhft.protocol.sign_receipt`; logged through
+`aggregation_receipt_from_wire` and `upload_accepted_from_wire`). `Receipt` and
+`sign_receipt` here are the JSON form, signed over canonical JSON: no fedhft component
+writes it today, but it stays a documented, verifiable format (an aggregator written
+without protobuf can produce it, and the verifier's tests and benchmark build logs with
+it).
+
 Notes:
     The signed message is ``RECEIPT_CONTEXT || canonical(receipt fields without sig)``.
     The context string keeps a receipt signature from ever verifying as an audit-record
