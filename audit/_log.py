@@ -66,7 +66,7 @@ class AuditLog:
     Use `AuditLog.open(...)`, ideally as a context manager::
 
         with AuditLog.open("audit.jsonl", party_id="st-mary", signing_key=key) as log:
-            log.append(EventType.ROUND_JOINED, {"round": 3, "clusters": [0]})
+            log.append(EventType.ROUND_JOINED, round_joined_payload(3, clusters=[0]))
     """
 
     def __init__(
