@@ -29,12 +29,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedhft.protocol import SERVER_URI_PREFIX, server_in_certificate
+from fedhft.protocol.errors import CertificateVerificationError
+
 from .errors import KeyLoadError
 
 CA_FILE_NAMES = ("ca.crt", "ca.pem")
 SERVER_FILE_STEMS = ("server", "aggregator")
-ORGANIZATION_URI_PREFIX = "fedhft://org/"
-SERVER_URI_PREFIX = "fedhft://server/"
 
 
 def key_fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -127,12 +128,15 @@ def _ca_certificate(folder: Path) -> x509.Certificate | None:
     return None
 
 
-def _uris(certificate: x509.Certificate) -> list[str]:
+def _server_named(certificate: x509.Certificate | None) -> str | None:
+    """The host a certificate names as the server (`fedhft.protocol.certificate_holder`),
+    or None when it names anything else or nothing."""
+    if certificate is None:
+        return None
     try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return list(names.value.get_values_for_type(x509.UniformResourceIdentifier))
+        return server_in_certificate(certificate)
+    except CertificateVerificationError:
+        return None
 
 
 def _check_with_ca(
@@ -188,9 +192,7 @@ def find_party_key(certs_dir: str | Path, party: str, *, at: Sequence[datetime] 
     if ca_certificate is None:
         return party_key
     # The server keeps a log too; its certificate names it fedhft://server/<host>.
-    is_server = party_key.certificate is not None and (
-        SERVER_URI_PREFIX + party in _uris(party_key.certificate)
-    )
+    is_server = _server_named(party_key.certificate) == party
     return _check_with_ca(party_key, ca_certificate, name=party, server=is_server, at=at)
 
 
@@ -226,11 +228,9 @@ def find_server_key(
             certificate = _certificate_from(path.read_bytes())
             if certificate is None:
                 continue
-            for uri in _uris(certificate):
-                if uri.startswith(SERVER_URI_PREFIX):
-                    host = uri[len(SERVER_URI_PREFIX) :]
-                    if server is None or host == server.lower():
-                        servers.append((host, load_party_key(path)))
+            host = _server_named(certificate)
+            if host is not None and (server is None or host == server.lower()):
+                servers.append((host, load_party_key(path)))
         if len(servers) > 1:
             raise KeyLoadError(
                 f"{folder} holds several server certificates "
@@ -252,10 +252,5 @@ def find_server_key(
     if ca_certificate is None:
         return chosen
     if name is None:
-        uris = (
-            [u for u in _uris(chosen.certificate) if u.startswith(SERVER_URI_PREFIX)]
-            if (chosen.certificate is not None)
-            else []
-        )
-        name = uris[0][len(SERVER_URI_PREFIX) :] if uris else "server"
+        name = _server_named(chosen.certificate) or "server"
     return _check_with_ca(chosen, ca_certificate, name=name, server=True, at=at)

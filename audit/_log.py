@@ -39,6 +39,7 @@ from ._chain import check_chain
 from ._events import EventType, prepare_payload
 from ._findings import Check, Severity
 from ._keys import key_fingerprint
+from ._payloads import log_repaired_payload
 from ._record import GENESIS_PREV, Record, format_time, sign_record
 from .errors import AuditLogError, AuditPayloadError, TornTailError
 
@@ -65,7 +66,7 @@ class AuditLog:
     Use `AuditLog.open(...)`, ideally as a context manager::
 
         with AuditLog.open("audit.jsonl", party_id="st-mary", signing_key=key) as log:
-            log.append(EventType.ROUND_JOINED, {"round": 3, "clusters": [0]})
+            log.append(EventType.ROUND_JOINED, round_joined_payload(3, clusters=[0]))
     """
 
     def __init__(
@@ -170,11 +171,11 @@ class AuditLog:
             os.fsync(fd)
             log.append(
                 EventType.LOG_REPAIRED,
-                {
-                    "truncated_bytes": torn.length,
-                    "truncated_sha256": torn.sha256,
-                    "offset": torn.offset,
-                },
+                log_repaired_payload(
+                    truncated_bytes=torn.length,
+                    truncated_sha256=torn.sha256,
+                    offset=torn.offset,
+                ),
             )
         return log
 

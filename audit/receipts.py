@@ -7,6 +7,15 @@ so an auditor holding both logs can match them one to one: an upload the client
 committed to without a receipt, or a receipt for an upload the client never committed
 to, shows up as a finding in `verify_log`.
 
+A receipt comes in one of the two forms `audit/FORMAT.md` ("Receipts") specifies, and
+`verify_receipt_payload` verifies both. fedhft's gRPC server signs the wire form, a
+`fedhft.v1.ReceiptStatement` (`fedhft.protocol.sign_receipt`; logged through
+`aggregation_receipt_from_wire` and `upload_accepted_from_wire`). `Receipt` and
+`sign_receipt` here are the JSON form, signed over canonical JSON: no fedhft component
+writes it today, but it stays a documented, verifiable format (an aggregator written
+without protobuf can produce it, and the verifier's tests and benchmark build logs with
+it).
+
 Notes:
     The signed message is ``RECEIPT_CONTEXT || canonical(receipt fields without sig)``.
     The context string keeps a receipt signature from ever verifying as an audit-record
@@ -28,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ._canonical import JSONValue, canonical_json
 from ._keys import key_fingerprint
+from ._payloads import aggregation_receipt_payload, upload_accepted_fields
 from .errors import ReceiptError
 
 RECEIPT_CONTEXT: Final = b"fedhft/upload-receipt/v1\x00"
@@ -106,18 +116,16 @@ class Receipt:
 
     def to_payload(self) -> dict[str, JSONValue]:
         """The payload of the client's `aggregation_receipt` audit record."""
-        payload: dict[str, JSONValue] = {
-            "round": self.round,
-            "cluster": self.cluster,
-            "organization": self.organization,
-            "upload_sha256": self.upload_sha256,
-            "server": self.server,
-            "receipt_sig": self.sig,
-        }
-        if self.sid is not None:
-            payload["sid"] = self.sid
-        payload.update(self.bound_history())
-        return payload
+        return aggregation_receipt_payload(
+            round_number=self.round,
+            cluster=self.cluster,
+            organization=self.organization,
+            upload_sha256=self.upload_sha256,
+            server=self.server,
+            receipt_sig=self.sig,
+            sid=self.sid,
+            bound_history=self.bound_history(),
+        )
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, object]) -> Receipt:
@@ -245,17 +253,17 @@ def aggregation_receipt_from_wire(
     a client never logs a receipt the server did not sign.
     """
     statement = _verify_wire(server_public_key, receipt.statement, receipt.signature)
-    return {
-        "round": int(statement.session.round),
-        "cluster": int(statement.session.cluster),
-        "organization": statement.organization,
-        "upload_sha256": bytes(statement.payload_sha256).hex(),
-        "server": key_fingerprint(server_public_key),
-        "receipt_sig": bytes(receipt.signature).hex(),
-        "receipt_statement": bytes(receipt.statement).hex(),
-        "sid": bytes(statement.session.session_id).hex(),
-        **_bound_history(statement),
-    }
+    return aggregation_receipt_payload(
+        round_number=int(statement.session.round),
+        cluster=int(statement.session.cluster),
+        organization=statement.organization,
+        upload_sha256=bytes(statement.payload_sha256).hex(),
+        server=key_fingerprint(server_public_key),
+        receipt_sig=bytes(receipt.signature).hex(),
+        receipt_statement=bytes(receipt.statement).hex(),
+        sid=bytes(statement.session.session_id).hex(),
+        bound_history=_bound_history(statement),
+    )
 
 
 def _bound_history(statement: Any) -> dict[str, JSONValue]:
@@ -274,15 +282,15 @@ def upload_accepted_from_wire(receipt: Any) -> dict[str, JSONValue]:
 
     statement = fedhft_pb2.ReceiptStatement()
     statement.ParseFromString(receipt.statement)
-    return {
-        "round": int(statement.session.round),
-        "cluster": int(statement.session.cluster),
-        "organization": statement.organization,
-        "upload_sha256": bytes(statement.payload_sha256).hex(),
-        "receipt_sig": bytes(receipt.signature).hex(),
-        "sid": bytes(statement.session.session_id).hex(),
-        **_bound_history(statement),
-    }
+    return upload_accepted_fields(
+        round_number=int(statement.session.round),
+        cluster=int(statement.session.cluster),
+        organization=statement.organization,
+        upload_sha256=bytes(statement.payload_sha256).hex(),
+        receipt_sig=bytes(receipt.signature).hex(),
+        sid=bytes(statement.session.session_id).hex(),
+        bound_history=_bound_history(statement),
+    )
 
 
 def _verify_wire(server_public_key: Ed25519PublicKey, statement: bytes, signature: bytes) -> Any:

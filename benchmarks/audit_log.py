@@ -29,12 +29,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-from fedhft.audit import AuditLog, EventType, sign_receipt, verify_log
-from fedhft.audit._canonical import sha256_hex
-from fedhft.audit._chain import check_chain
-from fedhft.audit._events import prepare_payload
-from fedhft.audit._recompute import MechanismUse, recompute_epsilon
-from fedhft.audit._record import GENESIS_PREV, sign_record
+from fedhft.audit import (
+    GENESIS_PREV,
+    AuditLog,
+    EventType,
+    MechanismUse,
+    check_chain,
+    prepare_payload,
+    recompute_epsilon,
+    round_joined_payload,
+    sha256_hex,
+    sign_receipt,
+    sign_record,
+    update_committed_payload,
+    verify_log,
+)
 
 ORG = "st-mary-hospital"
 
@@ -101,7 +110,7 @@ def write_fedamole_log(path: Path, rounds: int, accountant: str) -> None:
     uses: list[MechanismUse] = []
     with AuditLog.open(path, party_id=ORG, signing_key=client) as log:
         for r in range(rounds):
-            log.append(EventType.ROUND_JOINED, {"round": r, "clusters": [0]})
+            log.append(EventType.ROUND_JOINED, round_joined_payload(r, [0]))
             for mechanism, sigma, rate, steps in (("dp-sgd", 1.0, 0.02, 40),
                                                   ("gaussian", 6.0, 1.0, 1)):  # fmt: skip
                 uses.append(MechanismUse(sigma, rate, steps))
@@ -111,9 +120,7 @@ def write_fedamole_log(path: Path, rounds: int, accountant: str) -> None:
                     _spend(r, mechanism, sigma, rate, steps, epsilon, accountant),
                 )
             upload = hashlib.sha256(f"{r}".encode()).hexdigest()
-            log.append(
-                EventType.UPDATE_COMMITTED, {"round": r, "cluster": 0, "upload_sha256": upload}
-            )
+            log.append(EventType.UPDATE_COMMITTED, update_committed_payload(r, 0, upload))
             receipt = sign_receipt(
                 server, round=r, cluster=0, organization=ORG, upload_sha256=upload
             )

@@ -21,14 +21,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedhft.audit import (
     KeyLoadError,
     VerificationReport,
+    build_report,
+    check_chain,
     find_party_key,
     find_server_key,
     load_public_key,
+    parse_time,
     verify_log,
+    write_report,
 )
-from fedhft.audit._chain import check_chain
-from fedhft.audit._record import parse_time
-from fedhft.audit._report import build_report, write_report
 from fedhft.policies import OrganizationPolicy, PolicyError, load_organization_policy
 
 

@@ -7,7 +7,7 @@ becomes one ledger record, so the rebuilt ledger's ε is the audit log's. An exi
 ledger is never replaced without ``--force``.
 
 With ``--state`` the rebuilt records are checked against the client's evidence record
-(`fedhft.sdk._client_state`): a rebuild from the complete audit log reproduces the lost
+(`fedhft.sdk.check_rebuilt_ledger`): a rebuild from the complete audit log reproduces the lost
 ledger's records exactly and the client starts on it; one from an older audit log is
 refused before anything is written.
 
@@ -23,19 +23,22 @@ from typing import Annotated
 
 import typer
 
-from fedhft.audit import EventType, verify_log
-from fedhft.audit._chain import check_chain
-from fedhft.audit._events import payload_problems
-from fedhft.audit._recompute import epsilon_tolerance
+from fedhft.audit import (
+    EventType,
+    check_chain,
+    epsilon_tolerance,
+    payload_problems,
+    verify_log,
+)
 from fedhft.policies import Accountant
 from fedhft.sdk import (
     EvidenceError,
     LedgerError,
     MechanismRecord,
     PrivacyLedger,
+    check_rebuilt_ledger,
     compute_epsilon,
 )
-from fedhft.sdk._client_state import check_rebuilt_ledger
 
 from ._audit import (
     CertsOption,

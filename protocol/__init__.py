@@ -1,7 +1,13 @@
 """Protocol code shared by client and server: secure aggregation and wire formats."""
 
+from ._certificates import ORGANIZATION_URI_PREFIX as ORGANIZATION_URI_PREFIX
+from ._certificates import SERVER_URI_PREFIX as SERVER_URI_PREFIX
+from ._certificates import Role as Role
 from ._certificates import certificate_fingerprint as certificate_fingerprint
+from ._certificates import certificate_holder as certificate_holder
+from ._certificates import holder_uri as holder_uri
 from ._certificates import organization_in_certificate as organization_in_certificate
+from ._certificates import server_in_certificate as server_in_certificate
 from ._certificates import verify_identity_certificate as verify_identity_certificate
 from ._certificates import verify_sealing_certificate as verify_sealing_certificate
 from ._certificates import verify_server_identity_certificate as verify_server_identity_certificate
@@ -18,7 +24,6 @@ from ._generated.v1 import fedhft_pb2 as fedhft_pb2
 from ._generated.v1 import fedhft_pb2_grpc as fedhft_pb2_grpc
 from ._pki import CertificateAuthority as CertificateAuthority
 from ._pki import Credentials as Credentials
-from ._pki import Role as Role
 from ._pki import init_ca as init_ca
 from ._pki import issue_organization as issue_organization
 from ._pki import issue_server as issue_server
@@ -107,7 +112,9 @@ from .secagg.messages import decode_message as decode_message
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "ORGANIZATION_URI_PREFIX",
     "PROTOCOL_VERSION",
+    "SERVER_URI_PREFIX",
     "AdvertisedKeys",
     "AggregateResult",
     "BlockSum",
@@ -158,12 +165,14 @@ __all__ = [
     "WrongRoundError",
     "abort_with",
     "certificate_fingerprint",
+    "certificate_holder",
     "create_channel",
     "create_server",
     "decode_message",
     "default_threshold",
     "fedhft_pb2",
     "fedhft_pb2_grpc",
+    "holder_uri",
     "init_ca",
     "issue_organization",
     "issue_server",
@@ -184,6 +193,7 @@ __all__ = [
     "run_ckks_in_process",
     "run_secagg_in_process",
     "seal_to",
+    "server_in_certificate",
     "sign_receipt",
     "status_code_for",
     "translate_errors",

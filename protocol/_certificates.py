@@ -11,7 +11,15 @@ server, fedhft identity, fedhft sealing); its URI SAN names exactly the expected
 (``fedhft://org/<id>`` or ``fedhft://server/<hostname>``); and its key has the expected
 type (P-256 for TLS, Ed25519 for identity, X25519 for sealing).
 
+This module is the one place that spells and parses those names (`certificate_holder`);
+the PKI that writes them, the transport, the SDK and the audit's key lookup all use it.
+
 Notes:
+    A certificate names its holder by exactly one URI SAN, and nothing else is
+    accepted: a second name (another organization, the server, a foreign URI) could let
+    one certificate pass for two holders, depending on which name a reader picks. The
+    consortium CA never writes more than one, so strictness costs nothing legitimate.
+
     The identity and sealing purposes are private extended key usages (UUID-based OIDs,
     ITU-T X.667). Because BoringSSL enforces extended key usage during the TLS handshake,
     an identity or sealing certificate cannot be used for TLS, and a TLS certificate is
@@ -23,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from enum import StrEnum
 from typing import Final
 
 from cryptography import x509
@@ -43,6 +52,21 @@ SEALING_KEY_USAGE: Final = x509.ObjectIdentifier("2.25.4835648542844211862209260
 """Extended key usage of X25519 sealing certificates."""
 IDENTIFIER: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Organization and consortium ids, as in `fedhft.policies`."""
+HOSTNAME: Final = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+"""Server host names as the CA writes them: lower-case DNS labels."""
+
+
+class Role(StrEnum):
+    """Who holds a credentials folder."""
+
+    ORGANIZATION = "organization"
+    SERVER = "server"
+
+
+_URI_PREFIXES: Final = {Role.ORGANIZATION: ORGANIZATION_URI_PREFIX, Role.SERVER: SERVER_URI_PREFIX}
+_NAME_GRAMMARS: Final = {Role.ORGANIZATION: IDENTIFIER, Role.SERVER: HOSTNAME}
 
 
 def now_utc() -> dt.datetime:
@@ -65,7 +89,7 @@ def verify_identity_certificate(
     not an identity certificate, or holds another kind of key.
     """
     _verify_leaf(certificate, ca_certificate, IDENTITY_KEY_USAGE, "identity", now)
-    _require_uri(certificate, ORGANIZATION_URI_PREFIX + organization, "identity")
+    _require_holder(certificate, Role.ORGANIZATION, organization, "identity")
     key = certificate.public_key()
     if not isinstance(key, Ed25519PublicKey):
         raise CertificateVerificationError("identity certificate does not hold an Ed25519 key")
@@ -81,7 +105,7 @@ def verify_server_identity_certificate(
 ) -> Ed25519PublicKey:
     """Like `verify_identity_certificate`, for the server `server` (it signs receipts)."""
     _verify_leaf(certificate, ca_certificate, IDENTITY_KEY_USAGE, "identity", now)
-    _require_uri(certificate, SERVER_URI_PREFIX + server.lower(), "identity")
+    _require_holder(certificate, Role.SERVER, server.lower(), "identity")
     key = certificate.public_key()
     if not isinstance(key, Ed25519PublicKey):
         raise CertificateVerificationError("identity certificate does not hold an Ed25519 key")
@@ -97,7 +121,7 @@ def verify_sealing_certificate(
 ) -> X25519PublicKey:
     """Check that `certificate` certifies `organization`'s X25519 sealing key; return it."""
     _verify_leaf(certificate, ca_certificate, SEALING_KEY_USAGE, "sealing", now)
-    _require_uri(certificate, ORGANIZATION_URI_PREFIX + organization, "sealing")
+    _require_holder(certificate, Role.ORGANIZATION, organization, "sealing")
     key = certificate.public_key()
     if not isinstance(key, X25519PublicKey):
         raise CertificateVerificationError("sealing certificate does not hold an X25519 key")
@@ -125,31 +149,64 @@ def verify_tls_server_certificate(
 ) -> str:
     """Check the server's TLS certificate; return the host name it is issued to."""
     _verify_leaf(certificate, ca_certificate, ExtendedKeyUsageOID.SERVER_AUTH, "TLS server", now)
+    return server_in_certificate(certificate)
+
+
+def holder_uri(role: Role, name: str) -> str:
+    """The URI SAN naming ``name`` as a ``role`` (``fedhft://org/<id>``, ...)."""
+    return _URI_PREFIXES[role] + name
+
+
+def certificate_holder(certificate: x509.Certificate) -> tuple[Role, str]:
+    """Who a certificate names: its single URI SAN, parsed strictly.
+
+    The certificate must carry exactly one URI SAN, ``fedhft://org/<id>`` with an
+    organization id or ``fedhft://server/<host>`` with a lower-case host name; anything
+    else (none, several, a foreign URI, a malformed name) is
+    `CertificateVerificationError`. This only reads the name; it verifies nothing.
+    """
     uris = uris_of(certificate)
-    servers = [uri[len(SERVER_URI_PREFIX) :] for uri in uris if uri.startswith(SERVER_URI_PREFIX)]
-    if len(servers) != 1:
-        raise CertificateVerificationError("TLS server certificate names no single fedhft server")
-    return servers[0]
+    if len(uris) != 1:
+        raise CertificateVerificationError(
+            f"certificate has {len(uris)} URI SANs; a consortium certificate names its holder "
+            f"by exactly one, {ORGANIZATION_URI_PREFIX}<id> or {SERVER_URI_PREFIX}<host>"
+        )
+    for role, prefix in _URI_PREFIXES.items():
+        name = uris[0].removeprefix(prefix)
+        if name != uris[0] and _NAME_GRAMMARS[role].fullmatch(name):
+            return role, name
+    raise CertificateVerificationError(
+        f"certificate URI SAN {uris[0]!r:.120} is neither {ORGANIZATION_URI_PREFIX}<id> "
+        f"(lower-case letters, digits, '-', '_') nor {SERVER_URI_PREFIX}<lower-case host>"
+    )
 
 
 def organization_in_certificate(certificate: x509.Certificate) -> str:
     """The organization id in a certificate's ``fedhft://org/<id>`` URI SAN.
 
-    This only reads the name; it does not verify the certificate. Use it on a peer
-    certificate the TLS layer has already verified against the consortium CA.
+    This only reads the name (strictly: `certificate_holder`); it does not verify the
+    certificate. Use it on a peer certificate the TLS layer has already verified
+    against the consortium CA.
     """
-    uris = uris_of(certificate)
-    organizations = [
-        uri[len(ORGANIZATION_URI_PREFIX) :]
-        for uri in uris
-        if uri.startswith(ORGANIZATION_URI_PREFIX)
-    ]
-    if len(organizations) != 1 or not IDENTIFIER.fullmatch(organizations[0]):
+    return _named(certificate, Role.ORGANIZATION)
+
+
+def server_in_certificate(certificate: x509.Certificate) -> str:
+    """The host name in a certificate's ``fedhft://server/<host>`` URI SAN.
+
+    Like `organization_in_certificate`, this only reads the name.
+    """
+    return _named(certificate, Role.SERVER)
+
+
+def _named(certificate: x509.Certificate, role: Role) -> str:
+    holder_role, name = certificate_holder(certificate)
+    if holder_role is not role:
         raise CertificateVerificationError(
-            "certificate names no single organization (expected one URI SAN "
-            f"{ORGANIZATION_URI_PREFIX}<id>)"
+            f"certificate names a {holder_role.value}, not a single {role.value} "
+            f"(expected one URI SAN {_URI_PREFIXES[role]}<name>)"
         )
-    return organizations[0]
+    return name
 
 
 def certificate_fingerprint(certificate: x509.Certificate) -> str:
@@ -193,11 +250,9 @@ def _verify_leaf(
         )
 
 
-def _require_uri(certificate: x509.Certificate, expected: str, kind: str) -> None:
-    uris = uris_of(certificate)
-    if uris != [expected]:
-        holder = expected.rsplit("/", 1)[-1]
-        raise CertificateVerificationError(f"{kind} certificate is not issued to {holder!r}")
+def _require_holder(certificate: x509.Certificate, role: Role, name: str, kind: str) -> None:
+    if uris_of(certificate) != [holder_uri(role, name)]:
+        raise CertificateVerificationError(f"{kind} certificate is not issued to {name!r}")
 
 
 def uris_of(certificate: x509.Certificate) -> list[str]:

@@ -31,9 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import re
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
@@ -49,21 +47,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._certificates import (
+    HOSTNAME,
     IDENTIFIER,
     IDENTITY_KEY_USAGE,
-    ORGANIZATION_URI_PREFIX,
     SEALING_KEY_USAGE,
-    SERVER_URI_PREFIX,
+    Role,
     certificate_fingerprint,
+    certificate_holder,
+    holder_uri,
     now_utc,
-    uris_of,
     verify_identity_certificate,
     verify_sealing_certificate,
     verify_server_identity_certificate,
     verify_tls_client_certificate,
     verify_tls_server_certificate,
 )
-from .errors import CredentialsError
+from .errors import CertificateVerificationError, CredentialsError
 
 CA_CERTIFICATE_FILE: Final = "ca.crt"
 CA_KEY_FILE: Final = "ca.key"
@@ -98,16 +97,6 @@ DEFAULT_LEAF_DAYS: Final = 825
 # Certificates start a few minutes in the past so a peer whose clock runs slightly behind
 # does not reject a certificate issued just now.
 _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
-)
-
-
-class Role(StrEnum):
-    """Who holds a credentials folder."""
-
-    ORGANIZATION = "organization"
-    SERVER = "server"
 
 
 # --------------------------------------------------------------------------- key objects
@@ -321,7 +310,7 @@ def issue_organization(
     directory = Path(out_dir)
     _refuse_existing(directory, _ORGANIZATION_FILES)
     uri: list[x509.GeneralName] = [
-        x509.UniformResourceIdentifier(ORGANIZATION_URI_PREFIX + organization)
+        x509.UniformResourceIdentifier(holder_uri(Role.ORGANIZATION, organization))
     ]
     tls_key = ec.generate_private_key(ec.SECP256R1())
     identity_key = Ed25519PrivateKey.generate()
@@ -350,7 +339,7 @@ def issue_server(
     as an IP SAN, and also 127.0.0.1 and ::1 when `hostname` is ``localhost``.
     """
     hostname = hostname.lower()
-    if not _HOSTNAME.fullmatch(hostname):
+    if not HOSTNAME.fullmatch(hostname):
         raise CredentialsError(
             f"`--server` must be a DNS host name (letters, digits, '-' and '.'), got {hostname!r}"
         )
@@ -365,7 +354,9 @@ def issue_server(
         addresses += [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
     directory = Path(out_dir)
     _refuse_existing(directory, _SERVER_FILES)
-    uri: list[x509.GeneralName] = [x509.UniformResourceIdentifier(SERVER_URI_PREFIX + hostname)]
+    uri: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(holder_uri(Role.SERVER, hostname))
+    ]
     names: list[x509.GeneralName] = [x509.DNSName(hostname), *uri]
     names += [x509.IPAddress(address) for address in dict.fromkeys(addresses)]
     tls_key = ec.generate_private_key(ec.SECP256R1())
@@ -509,12 +500,10 @@ def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
 
 
 def _holder_of(certificate: x509.Certificate, path: Path) -> tuple[Role, str]:
-    uris = uris_of(certificate)
-    if len(uris) == 1 and uris[0].startswith(ORGANIZATION_URI_PREFIX):
-        return Role.ORGANIZATION, uris[0][len(ORGANIZATION_URI_PREFIX) :]
-    if len(uris) == 1 and uris[0].startswith(SERVER_URI_PREFIX):
-        return Role.SERVER, uris[0][len(SERVER_URI_PREFIX) :]
-    raise CredentialsError(f"{path} names no fedhft organization or server")
+    try:
+        return certificate_holder(certificate)
+    except CertificateVerificationError as error:
+        raise CredentialsError(f"{path} names no fedhft organization or server: {error}") from None
 
 
 def _check_ca_certificate(certificate: x509.Certificate) -> None:

@@ -25,9 +25,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from ._encoding import Words
 from .errors import InvalidInputError, QuantizationOverflowError, SessionParamsError
-
-Words = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
 
 PACKED_WEIGHT_BOUND = 1.0
 """The largest row weight ``π·m`` a packed block carries; the encoded range covers it."""

@@ -48,8 +48,8 @@ from cryptography import x509
 from fedhft.errors import FedHFTError
 
 from ._admission import CallQuota, IdleWatch, RejectionLog, WatchedStream
-from ._certificates import organization_in_certificate, verify_tls_client_certificate
-from ._pki import Credentials, Role
+from ._certificates import Role, organization_in_certificate, verify_tls_client_certificate
+from ._pki import Credentials
 from .errors import (
     CallCancelledError,
     CertificateVerificationError,

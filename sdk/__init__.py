@@ -23,6 +23,7 @@ from fedhft.model import tier_mask as tier_mask
 from ._client import ClientReport as ClientReport
 from ._client import FederatedClient as FederatedClient
 from ._client import RoundOutcome as RoundOutcome
+from ._client_state import check_rebuilt_ledger as check_rebuilt_ledger
 from ._connection import RetryPolicy as RetryPolicy
 from ._data import OrganizationData as OrganizationData
 from ._data import TextDataset as TextDataset
@@ -106,6 +107,7 @@ __all__ = [
     "UpdateError",
     "auto_noise_multiplier",
     "build_base_model",
+    "check_rebuilt_ledger",
     "compute_epsilon",
     "data_mask",
     "export_peft",

@@ -75,6 +75,7 @@ from fedhft.protocol import (
     SecAggClient,
     SessionParams,
     load_credentials,
+    server_in_certificate,
     validate_hello_response,
     validate_model_header,
     validate_round_announcement,
@@ -121,7 +122,6 @@ from .privacy._ledger import PrivacyLedger, check_server_participation, open_org
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]
-_SERVER_URI = "fedhft://server/"
 
 OutcomeStatus = Literal["joined", "refused", "late", "aborted", "finished"]
 
@@ -422,18 +422,18 @@ class FederatedClient:
                 "the server runs another consortium configuration than this client's file"
             )
         certificate = x509.load_der_x509_certificate(response.server_identity_certificate)
-        names = [
-            uri[len(_SERVER_URI) :] for uri in _uris(certificate) if uri.startswith(_SERVER_URI)
-        ]
-        if len(names) != 1:
-            raise CertificateVerificationError("the server's identity certificate names no server")
-        if not _is_ip(self.server_name) and names[0] != self.server_name.lower():
+        try:
+            name = server_in_certificate(certificate)
+        except CertificateVerificationError as error:
             raise CertificateVerificationError(
-                f"the server's identity certificate is issued to {names[0]!r}, not "
-                f"{self.server_name!r}"
+                f"the server's identity certificate names no server: {error}"
+            ) from None
+        if not _is_ip(self.server_name) and name != self.server_name.lower():
+            raise CertificateVerificationError(
+                f"the server's identity certificate is issued to {name!r}, not {self.server_name!r}"
             )
         return verify_server_identity_certificate(
-            certificate, self.credentials.ca_certificate, names[0]
+            certificate, self.credentials.ca_certificate, name
         )
 
     def close(self) -> None:
@@ -950,14 +950,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _uris(certificate: x509.Certificate) -> list[str]:
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(uri) for uri in names.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
 def _der(certificate: x509.Certificate) -> bytes:

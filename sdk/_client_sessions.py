@@ -23,7 +23,6 @@ audit record.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -34,8 +33,16 @@ import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedhft.audit import AuditLog, EventType, ReceiptError, Record, refusal_payload
-from fedhft.audit.receipts import aggregation_receipt_from_wire
+from fedhft.audit import (
+    AuditLog,
+    EventType,
+    ReceiptError,
+    Record,
+    aggregation_receipt_from_wire,
+    refusal_payload,
+    update_committed_payload,
+    upload_sha256,
+)
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import (
     AdvertisedKeys,
@@ -365,12 +372,11 @@ def _send(run: ClusterRun, index: int, previous: list[bytes] | None, round_numbe
             timeout=context.rpc_timeout_s,
         )
         return
-    digest = hashlib.sha256(payload).hexdigest()
+    digest = upload_sha256(payload)
     header = pb.StageHeader(session=run.ref, stage=step.stage)  # type: ignore[arg-type]
     if step.receipted and context.audit is not None:
         committed = context.audit.append(
-            EventType.UPDATE_COMMITTED,
-            {"round": round_number, "cluster": run.cluster, "upload_sha256": digest},
+            EventType.UPDATE_COMMITTED, update_committed_payload(round_number, run.cluster, digest)
         )
         # The server signs these into the receipt: the log's head (this commitment) and
         # the round's spend, so the organization cannot later rewrite what led here.

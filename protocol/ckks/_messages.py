@@ -2,7 +2,8 @@
 
 Each message is a frozen dataclass with ``encode() -> bytes`` and a strict
 ``decode(bytes)``: ``magic ‖ version ‖ sid (32 bytes)`` followed by length-prefixed ids
-and ciphertexts (big-endian u32 lengths and counts). Lists of segments are ascending and
+and ciphertexts (big-endian u32 lengths and counts; ids as UTF-8 under
+`fedhft.protocol._encoding.CKKS_IDS`). Lists of segments are ascending and
 unique, sizes are capped before anything is allocated, and trailing bytes are refused;
 any violation is :class:`~fedhft.protocol.errors.MalformedMessageError`. Whether a
 message belongs to *this* session is for the client and server to check.
@@ -10,19 +11,18 @@ message belongs to *this* session is for the client and server to check.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Self
 
 import tenseal as ts
 
+from .._encoding import CKKS_IDS, MAX_ID_BYTES, ByteReader, ByteWriter
 from ..errors import MalformedMessageError, SessionParamsError
 from ._scheme import CKKSParameters
 
 SID_BYTES = 32
 _UPLOAD_MAGIC = b"FHCU\x01"  # fedhft CKKS upload, format version 1
 _SUM_MAGIC = b"FHCA\x01"  # fedhft CKKS encrypted aggregate, format version 1
-_MAX_ID_BYTES = 255
 MAX_PARTIES = 10_000
 _MAX_SEGMENTS = 100_000
 _MAX_CIPHERTEXTS = 1 << 22
@@ -32,74 +32,31 @@ def check_id(value: object, what: str) -> str:
     if (
         not isinstance(value, str)
         or not value
-        or len(value.encode("utf-8")) > _MAX_ID_BYTES
+        or len(value.encode("utf-8")) > MAX_ID_BYTES
         or not value.isprintable()
     ):
         raise SessionParamsError(f"{what} must be a printable string of 1 to 255 bytes")
     return value
 
 
-class _Writer:
-    def __init__(self, magic: bytes) -> None:
-        self._parts = [magic]
-
-    def u32(self, value: int) -> None:
-        self._parts.append(struct.pack(">I", value))
-
-    def raw(self, data: bytes) -> None:
-        self._parts.append(data)
-
-    def blob(self, data: bytes) -> None:
-        self.u32(len(data))
-        self._parts.append(data)
-
-    def text(self, value: str) -> None:
-        self.blob(value.encode("utf-8"))
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
+def _writer(magic: bytes) -> ByteWriter:
+    writer = ByteWriter(CKKS_IDS)
+    writer.raw(magic)
+    return writer
 
 
-class _Reader:
-    def __init__(self, data: bytes, magic: bytes, what: str) -> None:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise MalformedMessageError(f"{what} must be bytes")
-        self._data = memoryview(bytes(data))
-        self._what = what
-        self._at = 0
-        if bytes(self.raw(len(magic))) != magic:
-            raise MalformedMessageError(f"{what} does not start with its format marker")
+def _reader(data: bytes, magic: bytes, what: str) -> ByteReader:
+    reader = ByteReader(data, CKKS_IDS, what)
+    reader.expect(magic, f"{what} does not start with its format marker")
+    return reader
 
-    def raw(self, size: int) -> memoryview:
-        if self._at + size > len(self._data):
-            raise MalformedMessageError(f"{self._what} is truncated")
-        chunk = self._data[self._at : self._at + size]
-        self._at += size
-        return chunk
 
-    def u32(self) -> int:
-        value: int = struct.unpack(">I", self.raw(4))[0]
-        return value
-
-    def count(self, limit: int, what: str) -> int:
-        value = self.u32()
-        if value > limit:
-            raise MalformedMessageError(f"{self._what}: {what} {value} exceeds {limit}")
-        return value
-
-    def blob(self, limit: int, what: str) -> bytes:
-        return bytes(self.raw(self.count(limit, what)))
-
-    def text(self, what: str) -> str:
-        try:
-            value = self.blob(_MAX_ID_BYTES, what).decode("utf-8")
-            return check_id(value, what)
-        except (UnicodeDecodeError, SessionParamsError):
-            raise MalformedMessageError(f"{self._what}: {what} is not a valid id") from None
-
-    def done(self) -> None:
-        if self._at != len(self._data):
-            raise MalformedMessageError(f"{self._what} has trailing bytes")
+def _read_id(reader: ByteReader, what: str) -> str:
+    value = reader.text(what)
+    try:
+        return check_id(value, what)
+    except SessionParamsError:
+        raise MalformedMessageError(f"{what} is not a valid id") from None
 
 
 def _indices_ascending(indices: list[int], what: str) -> None:
@@ -117,7 +74,7 @@ class CKKSUpload:
 
     def encode(self) -> bytes:
         """Canonical bytes: ``"FHCU" ‖ version ‖ sid ‖ organization ‖ segments``."""
-        writer = _Writer(_UPLOAD_MAGIC)
+        writer = _writer(_UPLOAD_MAGIC)
         writer.raw(self.sid)
         writer.text(self.organization)
         writer.u32(len(self.segments))
@@ -131,9 +88,9 @@ class CKKSUpload:
     @classmethod
     def decode(cls, data: bytes, *, max_ciphertext_bytes: int) -> Self:
         """Strictly parse :meth:`encode`'s output; anything else is `MalformedMessageError`."""
-        reader = _Reader(data, _UPLOAD_MAGIC, "CKKS upload")
-        sid = bytes(reader.raw(SID_BYTES))
-        organization = reader.text("organization id")
+        reader = _reader(data, _UPLOAD_MAGIC, "CKKS upload")
+        sid = reader.raw(SID_BYTES)
+        organization = _read_id(reader, "organization id")
         segments = []
         for _ in range(reader.count(_MAX_SEGMENTS, "segment count")):
             index = reader.u32()
@@ -166,7 +123,7 @@ class CKKSEncryptedSum:
 
     def encode(self) -> bytes:
         """Canonical bytes: ``"FHCA" ‖ version ‖ sid ‖ released sums ‖ withheld indices``."""
-        writer = _Writer(_SUM_MAGIC)
+        writer = _writer(_SUM_MAGIC)
         writer.raw(self.sid)
         writer.u32(len(self.released))
         for segment in self.released:
@@ -185,13 +142,13 @@ class CKKSEncryptedSum:
     @classmethod
     def decode(cls, data: bytes, *, max_ciphertext_bytes: int) -> Self:
         """Strictly parse :meth:`encode`'s output; anything else is `MalformedMessageError`."""
-        reader = _Reader(data, _SUM_MAGIC, "CKKS encrypted sum")
-        sid = bytes(reader.raw(SID_BYTES))
+        reader = _reader(data, _SUM_MAGIC, "CKKS encrypted sum")
+        sid = reader.raw(SID_BYTES)
         released = []
         for _ in range(reader.count(_MAX_SEGMENTS, "segment count")):
             index = reader.u32()
             contributors = tuple(
-                reader.text("contributor id")
+                _read_id(reader, "contributor id")
                 for _ in range(reader.count(MAX_PARTIES, "contributor count"))
             )
             if list(contributors) != sorted(set(contributors)):

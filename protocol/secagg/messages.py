@@ -5,7 +5,8 @@ The encoding is canonical (one byte string per message, lists sorted and unique)
 self-contained, so a transport carries it opaquely and a signature over it is
 unambiguous. Layout: ``"FHSA" ‖ version ‖ kind ‖ sid (32) ‖ round (u64) ‖ cluster (u32)``
 followed by the message's fields; integers are big-endian, strings and byte strings
-length-prefixed, vectors little-endian words.
+length-prefixed, vectors little-endian words (`fedhft.protocol._encoding`, ids under
+`SECAGG_IDS`: a u8 length and ASCII).
 
 Decoding is strict: wrong magic, version or kind, out-of-range sizes, ids that are not
 identifiers, unsorted or repeated list entries, and trailing bytes all raise
@@ -17,15 +18,15 @@ from __future__ import annotations
 
 import itertools
 import re
-import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import ClassVar, Self, cast
+from typing import ClassVar, Self
 
 import numpy as np
-import numpy.typing as npt
 
 from .._crypto import KEY_BYTES, SIGNATURE_BYTES
+from .._encoding import SECAGG_IDS, ByteReader, ByteWriter
+from .._encoding import Words as Words
 from ..errors import MalformedMessageError
 from ._shamir import SHARE_VALUE_BYTES, decode_share_value, encode_share_value
 
@@ -46,8 +47,6 @@ ORGANIZATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 """Organization ids, as in `fedhft.policies` (lower-case letters, digits, '-', '_')."""
 BLOCK_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/#\[\]-]{0,254}")
 """Block ids: module paths with optional slice suffixes, at most 255 characters."""
-
-Words = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
 
 
 class Stage(StrEnum):
@@ -96,116 +95,20 @@ def check_block_id(value: str) -> str:
 # --------------------------------------------------------------------------- codec
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def raw(self, data: bytes) -> None:
-        self._parts.append(bytes(data))
-
-    def u8(self, value: int) -> None:
-        self._parts.append(struct.pack(">B", value))
-
-    def u16(self, value: int) -> None:
-        self._parts.append(struct.pack(">H", value))
-
-    def u32(self, value: int) -> None:
-        self._parts.append(struct.pack(">I", value))
-
-    def u64(self, value: int) -> None:
-        self._parts.append(struct.pack(">Q", value))
-
-    def text(self, value: str) -> None:
-        data = value.encode("ascii")
-        self.u8(len(data))
-        self._parts.append(data)
-
-    def blob(self, value: bytes) -> None:
-        self.u32(len(value))
-        self._parts.append(bytes(value))
-
-    def words(self, value: Words) -> None:
-        array = np.asarray(value)
-        if array.dtype not in (np.uint32, np.uint64) or array.ndim != 1:
-            raise MalformedMessageError("a masked block must be a 1-D uint32 or uint64 vector")
-        self.u32(array.size)
-        self._parts.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
+def _writer() -> ByteWriter:
+    return ByteWriter(SECAGG_IDS)
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise MalformedMessageError("a message must be bytes")
-        self._data = bytes(data)
-        self._pos = 0
+def _reader(data: bytes) -> ByteReader:
+    return ByteReader(data, SECAGG_IDS)
 
-    def raw(self, size: int) -> bytes:
-        end = self._pos + size
-        if end > len(self._data):
-            raise MalformedMessageError(
-                f"message truncated: needed {size} bytes at offset {self._pos}, "
-                f"{len(self._data) - self._pos} remain"
-            )
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
 
-    def u8(self) -> int:
-        value: int = struct.unpack(">B", self.raw(1))[0]
-        return value
+def _read_organization(reader: ByteReader, what: str = "organization id") -> str:
+    return check_organization_id(reader.text(what), what)
 
-    def u16(self) -> int:
-        value: int = struct.unpack(">H", self.raw(2))[0]
-        return value
 
-    def u32(self) -> int:
-        value: int = struct.unpack(">I", self.raw(4))[0]
-        return value
-
-    def u64(self) -> int:
-        value: int = struct.unpack(">Q", self.raw(8))[0]
-        return value
-
-    def count(self, limit: int, what: str) -> int:
-        value = self.u32()
-        if value > limit:
-            raise MalformedMessageError(f"{what}: {value} entries, at most {limit} allowed")
-        return value
-
-    def text(self) -> str:
-        data = self.raw(self.u8())
-        try:
-            return data.decode("ascii")
-        except UnicodeDecodeError:
-            raise MalformedMessageError("an id is not ASCII") from None
-
-    def organization(self, what: str = "organization id") -> str:
-        return check_organization_id(self.text(), what)
-
-    def block(self) -> str:
-        return check_block_id(self.text())
-
-    def blob(self, limit: int, what: str) -> bytes:
-        size = self.u32()
-        if size > limit:
-            raise MalformedMessageError(f"{what}: {size} bytes, at most {limit} allowed")
-        return self.raw(size)
-
-    def words(self, width_bits: int) -> Words:
-        size = self.count(MAX_BLOCK_WORDS, "block length")
-        dtype = np.dtype("<u4") if width_bits == 32 else np.dtype("<u8")
-        data = self.raw(size * dtype.itemsize)
-        array = np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)
-        return cast(Words, array)
-
-    def done(self) -> None:
-        if self._pos != len(self._data):
-            raise MalformedMessageError(
-                f"{len(self._data) - self._pos} unexpected trailing bytes after the message"
-            )
+def _read_block(reader: ByteReader) -> str:
+    return check_block_id(reader.text("block id"))
 
 
 def _sorted_unique(keys: list[str], what: str) -> None:
@@ -226,7 +129,7 @@ class _Message:
     round: int
     cluster: int
 
-    def _write_header(self, writer: _Writer) -> None:
+    def _write_header(self, writer: ByteWriter) -> None:
         if len(self.sid) != SID_BYTES:
             raise MalformedMessageError(f"a session id has {SID_BYTES} bytes")
         if not (0 <= self.round < 2**63 and 0 <= self.cluster < 2**32):
@@ -239,10 +142,9 @@ class _Message:
         writer.u32(self.cluster)
 
     @classmethod
-    def _read_header(cls, data: bytes) -> tuple[_Reader, bytes, int, int]:
-        reader = _Reader(data)
-        if reader.raw(4) != MAGIC:
-            raise MalformedMessageError("not a fedhft secure-aggregation message (bad magic)")
+    def _read_header(cls, data: bytes) -> tuple[ByteReader, bytes, int, int]:
+        reader = _reader(data)
+        reader.expect(MAGIC, "not a fedhft secure-aggregation message (bad magic)")
         version = reader.u8()
         if version != VERSION:
             raise MalformedMessageError(
@@ -259,12 +161,12 @@ class _Message:
 
     def encode(self) -> bytes:
         """The canonical bytes of this message."""
-        writer = _Writer()
+        writer = _writer()
         self._write_header(writer)
         self._write_body(writer)
         return writer.getvalue()
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         raise NotImplementedError
 
 
@@ -282,12 +184,12 @@ class KeyAdvertisement(_Message):
 
     def signed_payload(self) -> bytes:
         """The bytes the signature covers: the header and every field but the signature."""
-        writer = _Writer()
+        writer = _writer()
         self._write_header(writer)
         self._write_keys(writer)
         return writer.getvalue()
 
-    def _write_keys(self, writer: _Writer) -> None:
+    def _write_keys(self, writer: ByteWriter) -> None:
         check_organization_id(self.organization)
         if len(self.encryption_key) != KEY_BYTES or len(self.masking_key) != KEY_BYTES:
             raise MalformedMessageError(f"advertised public keys have {KEY_BYTES} bytes")
@@ -295,19 +197,19 @@ class KeyAdvertisement(_Message):
         writer.raw(self.encryption_key)
         writer.raw(self.masking_key)
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         self._write_keys(writer)
         if len(self.signature) != SIGNATURE_BYTES:
             raise MalformedMessageError(f"a signature has {SIGNATURE_BYTES} bytes")
         writer.raw(self.signature)
 
     @classmethod
-    def _read_fields(cls, reader: _Reader, sid: bytes, round_: int, cluster: int) -> Self:
+    def _read_fields(cls, reader: ByteReader, sid: bytes, round_: int, cluster: int) -> Self:
         return cls(
             sid,
             round_,
             cluster,
-            organization=reader.organization(),
+            organization=_read_organization(reader),
             encryption_key=reader.raw(KEY_BYTES),
             masking_key=reader.raw(KEY_BYTES),
             signature=reader.raw(SIGNATURE_BYTES),
@@ -330,7 +232,7 @@ class AdvertisedKeys(_Message):
 
     advertisements: tuple[KeyAdvertisement, ...]
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         organizations = [ad.organization for ad in self.advertisements]
         _sorted_unique(organizations, "advertisements")
         writer.u32(len(self.advertisements))
@@ -362,7 +264,7 @@ class EncryptedShares(_Message):
     shares: tuple[tuple[str, bytes], ...]
     """``(recipient, sealed bundle)`` pairs sorted by recipient."""
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         writer.text(check_organization_id(self.sender, "sender"))
         _write_sealed(writer, self.shares, "recipients")
 
@@ -370,7 +272,7 @@ class EncryptedShares(_Message):
     def decode(cls, data: bytes) -> Self:
         """Parse and validate the canonical bytes of this message."""
         reader, sid, round_, cluster = cls._read_header(data)
-        sender = reader.organization("sender")
+        sender = _read_organization(reader, "sender")
         shares = _read_sealed(reader, "recipients")
         reader.done()
         return cls(sid, round_, cluster, sender=sender, shares=shares)
@@ -386,7 +288,7 @@ class RelayedShares(_Message):
     shares: tuple[tuple[str, bytes], ...]
     """``(sender, sealed bundle)`` pairs sorted by sender."""
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         writer.text(check_organization_id(self.recipient, "recipient"))
         _write_sealed(writer, self.shares, "senders")
 
@@ -394,7 +296,7 @@ class RelayedShares(_Message):
     def decode(cls, data: bytes) -> Self:
         """Parse and validate the canonical bytes of this message."""
         reader, sid, round_, cluster = cls._read_header(data)
-        recipient = reader.organization("recipient")
+        recipient = _read_organization(reader, "recipient")
         shares = _read_sealed(reader, "senders")
         reader.done()
         return cls(sid, round_, cluster, recipient=recipient, shares=shares)
@@ -411,7 +313,7 @@ class MaskedInput(_Message):
     blocks: tuple[tuple[str, Words], ...]
     """``(block id, masked words)`` pairs sorted by block id."""
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         writer.text(check_organization_id(self.sender, "sender"))
         if self.bits not in (32, 64):
             raise MalformedMessageError(f"word width must be 32 or 64 bits, got {self.bits}")
@@ -428,12 +330,14 @@ class MaskedInput(_Message):
     def decode(cls, data: bytes) -> Self:
         """Parse and validate the canonical bytes of this message."""
         reader, sid, round_, cluster = cls._read_header(data)
-        sender = reader.organization("sender")
+        sender = _read_organization(reader, "sender")
         bits = reader.u8()
         if bits not in (32, 64):
             raise MalformedMessageError(f"word width must be 32 or 64 bits, got {bits}")
         count = reader.count(MAX_BLOCKS, "masked blocks")
-        blocks = tuple((reader.block(), reader.words(bits)) for _ in range(count))
+        blocks = tuple(
+            (_read_block(reader), reader.words(bits, MAX_BLOCK_WORDS)) for _ in range(count)
+        )
         reader.done()
         _sorted_unique([block for block, _ in blocks], "masked blocks")
         return cls(sid, round_, cluster, sender=sender, bits=bits, blocks=blocks)
@@ -448,7 +352,7 @@ class SurvivorAnnouncement(_Message):
 
     survivors: tuple[str, ...]
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         _write_organizations(writer, self.survivors, "survivors")
 
     def signed_payload(self) -> bytes:
@@ -473,7 +377,7 @@ class SurvivorSignature(_Message):
     sender: str
     signature: bytes
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         writer.text(check_organization_id(self.sender, "sender"))
         if len(self.signature) != SIGNATURE_BYTES:
             raise MalformedMessageError(f"a signature has {SIGNATURE_BYTES} bytes")
@@ -483,7 +387,7 @@ class SurvivorSignature(_Message):
     def decode(cls, data: bytes) -> Self:
         """Parse and validate the canonical bytes of this message."""
         reader, sid, round_, cluster = cls._read_header(data)
-        sender = reader.organization("sender")
+        sender = _read_organization(reader, "sender")
         signature = reader.raw(SIGNATURE_BYTES)
         reader.done()
         return cls(sid, round_, cluster, sender=sender, signature=signature)
@@ -505,7 +409,7 @@ class UnmaskRequest(_Message):
     signatures: tuple[tuple[str, bytes], ...]
     """``(signer, signature over the survivor announcement)`` pairs sorted by signer."""
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         _write_organizations(writer, self.survivors, "survivors")
         _write_organizations(writer, self.dropped, "dropped")
         _sorted_unique(list(self.blocks), "blocks")
@@ -526,11 +430,12 @@ class UnmaskRequest(_Message):
         reader, sid, round_, cluster = cls._read_header(data)
         survivors = _read_organizations(reader, "survivors")
         dropped = _read_organizations(reader, "dropped")
-        blocks = tuple(reader.block() for _ in range(reader.count(MAX_BLOCKS, "blocks")))
+        blocks = tuple(_read_block(reader) for _ in range(reader.count(MAX_BLOCKS, "blocks")))
         _sorted_unique(list(blocks), "blocks")
         count = reader.count(MAX_PARTIES, "signatures")
         signatures = tuple(
-            (reader.organization("signer"), reader.raw(SIGNATURE_BYTES)) for _ in range(count)
+            (_read_organization(reader, "signer"), reader.raw(SIGNATURE_BYTES))
+            for _ in range(count)
         )
         _sorted_unique([signer for signer, _ in signatures], "signatures")
         reader.done()
@@ -567,7 +472,7 @@ class UnmaskResponse(_Message):
             f"key_shares=<{len(self.key_shares)} hidden>)"
         )
 
-    def _write_body(self, writer: _Writer) -> None:
+    def _write_body(self, writer: ByteWriter) -> None:
         writer.text(check_organization_id(self.sender, "sender"))
         keys = [f"{owner}\x00{group:010d}" for owner, group, _ in self.self_mask_shares]
         _sorted_unique(keys, "self-mask shares")
@@ -586,11 +491,11 @@ class UnmaskResponse(_Message):
     def decode(cls, data: bytes) -> Self:
         """Parse and validate the canonical bytes of this message."""
         reader, sid, round_, cluster = cls._read_header(data)
-        sender = reader.organization("sender")
+        sender = _read_organization(reader, "sender")
         count = reader.count(MAX_PARTIES * 64, "self-mask shares")
         self_mask_shares = tuple(
             (
-                reader.organization("share owner"),
+                _read_organization(reader, "share owner"),
                 reader.u32(),
                 decode_share_value(reader.raw(SHARE_VALUE_BYTES)),
             )
@@ -601,7 +506,7 @@ class UnmaskResponse(_Message):
         count = reader.count(MAX_PARTIES, "key shares")
         key_shares = tuple(
             (
-                reader.organization("share owner"),
+                _read_organization(reader, "share owner"),
                 decode_share_value(reader.raw(SHARE_VALUE_BYTES)),
             )
             for _ in range(count)
@@ -637,7 +542,7 @@ class SharePayload:
 
     def encode(self) -> bytes:
         """Canonical bytes of the payload (encrypted before it leaves the client)."""
-        writer = _Writer()
+        writer = _writer()
         writer.text(check_organization_id(self.sender, "sender"))
         writer.text(check_organization_id(self.recipient, "recipient"))
         writer.raw(encode_share_value(self.key_share))
@@ -653,9 +558,9 @@ class SharePayload:
     @classmethod
     def decode(cls, data: bytes) -> Self:
         """Parse a decrypted payload strictly."""
-        reader = _Reader(data)
-        sender = reader.organization("sender")
-        recipient = reader.organization("recipient")
+        reader = _reader(data)
+        sender = _read_organization(reader, "sender")
+        recipient = _read_organization(reader, "recipient")
         key_share = decode_share_value(reader.raw(SHARE_VALUE_BYTES))
         count = reader.count(MAX_BLOCKS, "self-mask shares")
         shares = tuple(
@@ -716,21 +621,21 @@ def decode_message(data: bytes) -> Message:
     return message_type.decode(data)
 
 
-def _write_organizations(writer: _Writer, organizations: tuple[str, ...], what: str) -> None:
+def _write_organizations(writer: ByteWriter, organizations: tuple[str, ...], what: str) -> None:
     _sorted_unique(list(organizations), what)
     writer.u32(len(organizations))
     for organization in organizations:
         writer.text(check_organization_id(organization, what))
 
 
-def _read_organizations(reader: _Reader, what: str) -> tuple[str, ...]:
+def _read_organizations(reader: ByteReader, what: str) -> tuple[str, ...]:
     count = reader.count(MAX_PARTIES, what)
-    organizations = tuple(reader.organization(what) for _ in range(count))
+    organizations = tuple(_read_organization(reader, what) for _ in range(count))
     _sorted_unique(list(organizations), what)
     return organizations
 
 
-def _write_sealed(writer: _Writer, entries: tuple[tuple[str, bytes], ...], what: str) -> None:
+def _write_sealed(writer: ByteWriter, entries: tuple[tuple[str, bytes], ...], what: str) -> None:
     _sorted_unique([organization for organization, _ in entries], what)
     writer.u32(len(entries))
     for organization, sealed in entries:
@@ -740,10 +645,13 @@ def _write_sealed(writer: _Writer, entries: tuple[tuple[str, bytes], ...], what:
         writer.blob(sealed)
 
 
-def _read_sealed(reader: _Reader, what: str) -> tuple[tuple[str, bytes], ...]:
+def _read_sealed(reader: ByteReader, what: str) -> tuple[tuple[str, bytes], ...]:
     count = reader.count(MAX_PARTIES, what)
     entries = tuple(
-        (reader.organization(what), reader.blob(MAX_SEALED_SHARE_BYTES, "sealed share bundle"))
+        (
+            _read_organization(reader, what),
+            reader.blob(MAX_SEALED_SHARE_BYTES, "sealed share bundle"),
+        )
         for _ in range(count)
     )
     _sorted_unique([organization for organization, _ in entries], what)

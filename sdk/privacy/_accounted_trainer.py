@@ -26,6 +26,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedhft.accounting import MechanismRecord, auto_noise_multiplier
+from fedhft.audit import EventType, privacy_spend_payload, refusal_payload
 from fedhft.errors import SecurityWarning
 from fedhft.model import load_tokenizer
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy, require_compatible
@@ -237,15 +238,15 @@ class AccountedTrainer:
         except BudgetExhaustedError as refusal:
             if self.audit is not None:
                 self.audit.append(
-                    "refusal",
-                    {
-                        "round": round,
-                        "reason": "privacy budget exhausted",
-                        "mechanism": record.mechanism if record is not None else "dp-sgd",
-                        "spent": refusal.spent,
-                        "requested": refusal.requested,
-                        "budget": refusal.budget,
-                    },
+                    EventType.REFUSAL,
+                    refusal_payload(
+                        round,
+                        "privacy budget exhausted",
+                        mechanism=record.mechanism if record is not None else "dp-sgd",
+                        spent=refusal.spent,
+                        requested=refusal.requested,
+                        budget=refusal.budget,
+                    ),
                 )
             raise
         return record
@@ -279,19 +280,13 @@ class AccountedTrainer:
             return
         ledger = self._ledger()
         self.audit.append(
-            "privacy_spend",
-            {
-                "round": record.round,
-                "mechanism": record.mechanism,
-                "accountant": ledger.accountant.value,
-                "noise_multiplier": record.noise_multiplier,
-                "sample_rate": record.sample_rate,
-                "steps": record.steps,
-                "max_grad_norm": record.max_grad_norm,
-                "epsilon_after": epsilon_after,
-                "delta": ledger.delta,
-                "noise_source": record.noise_source.value,
-            },
+            EventType.PRIVACY_SPEND,
+            privacy_spend_payload(
+                record,
+                accountant=ledger.accountant.value,
+                epsilon_after=epsilon_after,
+                delta=ledger.delta,
+            ),
         )
 
     # ------------------------------------------------------------------ data
