@@ -22,7 +22,6 @@ from fedhft.model import tier_mask as tier_mask
 
 from ._client import ClientReport as ClientReport
 from ._client import FederatedClient as FederatedClient
-from ._client import RoundOutcome as RoundOutcome
 from ._connection import RetryPolicy as RetryPolicy
 from ._data import OrganizationData as OrganizationData
 from ._data import TextDataset as TextDataset
@@ -36,6 +35,7 @@ from ._mixture import data_mask as data_mask
 from ._mixture import mixture_start as mixture_start
 from ._mixture import update_membership as update_membership
 from ._participant import RoundParticipant as RoundParticipant
+from ._rounds import RoundOutcome as RoundOutcome
 from ._trainer import LocalTrainer as LocalTrainer
 from ._trainer import RoundStats as RoundStats
 from ._update import MaskedUpdate as MaskedUpdate
