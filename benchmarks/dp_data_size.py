@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import learning
 
 from fedhft.errors import SecurityWarning
+from fedhft.model import ClusterAdapters
 from fedhft.sdk import (
     LocalTrainer,
     MaskedAdapterModel,
@@ -53,7 +54,6 @@ from fedhft.sdk import (
     load_tokenizer,
     synthetic_federation,
 )
-from fedhft.sdk._mixture import ClusterAdapters
 
 ORGANIZATIONS = 4
 EPSILON = 8.0

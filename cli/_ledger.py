@@ -23,19 +23,14 @@ from typing import Annotated
 
 import typer
 
+from fedhft.accounting import MechanismRecord, compute_epsilon
 from fedhft.audit import EventType, verify_log
 from fedhft.audit._chain import check_chain
 from fedhft.audit._events import payload_problems
 from fedhft.audit._recompute import epsilon_tolerance
 from fedhft.policies import Accountant
-from fedhft.sdk import (
-    EvidenceError,
-    LedgerError,
-    MechanismRecord,
-    PrivacyLedger,
-    compute_epsilon,
-)
-from fedhft.sdk._client_state import check_rebuilt_ledger
+from fedhft.sdk import EvidenceError, LedgerError, PrivacyLedger
+from fedhft.sdk.privacy import check_rebuilt_ledger
 
 from ._audit import (
     CertsOption,
