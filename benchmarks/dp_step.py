@@ -5,7 +5,7 @@ On the pretrained all-MiniLM-L6-v2 weights (batch 32, sequence 64), for each tie
 step of the tier's frozen-A LoRA blocks and head:
 
 - non-private: forward, backward, Adam step (the baseline);
-- DP-SGD: the same through `fedhft.sdk.PrivateStep` (Opacus per-sample gradients,
+- DP-SGD: the same through `fedhft.sdk.privacy.PrivateStep` (Opacus per-sample gradients,
   clipping, Gaussian noise from the ChaCha20 `SecureGaussian`), i.e. what
   `LocalTrainer` runs for every Poisson batch (here a fixed batch of 32, the expected
   size, so that both sides do the same work).
@@ -114,7 +114,7 @@ def _stepper(mode: str, model: Any, consortium: Any, spec: dict[str, Any], batch
     from torch import nn
 
     from fedhft.policies import NoiseSource
-    from fedhft.sdk import PrivateStep, noise_sampler
+    from fedhft.sdk.privacy import PrivateStep, noise_sampler
 
     ids, mask, labels = batch
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=consortium.training.learning_rate)

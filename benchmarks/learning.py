@@ -54,19 +54,18 @@ from fedhft.aggregator._mole_rounds import (
     initial_mole_state,
 )
 from fedhft.errors import SecurityWarning
+from fedhft.model import tier_mask
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.sdk import (
     LocalTrainer,
     MaskedAdapterModel,
+    MoLETrainer,
     OrganizationData,
     build_base_model,
     load_tokenizer,
     synthetic_federation,
-    tier_mask,
 )
-from fedhft.sdk._participant import RoundParticipant
-from fedhft.sdk.mole._participant import MoLEParticipant
-from fedhft.sdk.mole._trainer import MoLETrainer
+from fedhft.sdk.participants import MoLEParticipant, RoundParticipant
 from fedhft.simulation import OrganizationRun, run_fedamole_in_process, run_federation_in_process
 
 TIERS = ("full", "full", "standard", "standard", "edge", "edge", "full", "standard")

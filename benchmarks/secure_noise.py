@@ -34,7 +34,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedhft.sdk import SecureGaussian
+from fedhft.sdk.privacy import SecureGaussian
 
 # Frozen-A LoRA on MiniLM: 6 layers x (query, value) x B of 384 x 8, plus a 384 x 4 head.
 MINILM_LORA_PARAMETERS = 6 * 2 * 384 * 8 + 384 * 4 + 4

@@ -23,6 +23,7 @@ from typing import Annotated
 
 import typer
 
+from fedhft.accounting import MechanismRecord, compute_epsilon
 from fedhft.audit import (
     EventType,
     check_chain,
@@ -31,14 +32,8 @@ from fedhft.audit import (
     verify_log,
 )
 from fedhft.policies import Accountant
-from fedhft.sdk import (
-    EvidenceError,
-    LedgerError,
-    MechanismRecord,
-    PrivacyLedger,
-    check_rebuilt_ledger,
-    compute_epsilon,
-)
+from fedhft.sdk import EvidenceError, LedgerError, PrivacyLedger
+from fedhft.sdk.privacy import check_rebuilt_ledger
 
 from ._audit import (
     CertsOption,

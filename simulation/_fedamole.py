@@ -19,7 +19,8 @@ import numpy.typing as npt
 from fedhft.aggregator import MoLECoordinator, RoundError, RoundSummary
 from fedhft.model import encode_release
 from fedhft.policies import ConsortiumConfig
-from fedhft.sdk import BudgetExhaustedError, MoLEParticipant
+from fedhft.sdk import BudgetExhaustedError
+from fedhft.sdk.participants import MoLEParticipant
 
 from ._fedhft import OrganizationRun, RoundRecord, secure_sum
 

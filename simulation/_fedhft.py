@@ -20,7 +20,9 @@ from fedhft.aggregator import RoundCoordinator, RoundSummary
 from fedhft.model import encode_clusters
 from fedhft.policies import ConsortiumConfig, Method
 from fedhft.protocol import AggregateResult, SessionParams, SessionStats, run_secagg_in_process
-from fedhft.sdk import AccountedTrainer, BudgetExhaustedError, RoundParticipant, TextDataset
+from fedhft.sdk import BudgetExhaustedError, TextDataset
+from fedhft.sdk.participants import RoundParticipant
+from fedhft.sdk.privacy import AccountedTrainer
 
 
 class _Participant(Protocol):

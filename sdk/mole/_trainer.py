@@ -214,7 +214,12 @@ class MoLETrainer(AccountedTrainer):
             )
         return self.model
 
-    def _mole(self) -> MoLEModel:
+    def assigned_model(self) -> MoLEModel:
+        """The model holding the experts of the last `set_experts` call.
+
+        Raises:
+            SdkError: no experts assigned yet.
+        """
         if self.model is None:
             raise SdkError("no experts assigned yet: call set_experts with the assignment")
         return self.model
@@ -235,7 +240,7 @@ class MoLETrainer(AccountedTrainer):
             SdkError: ``start`` does not carry exactly the held blocks.
         """
         started = time.perf_counter()
-        model = self._mole()
+        model = self.assigned_model()
         if set(start) != set(model.block_ids):
             raise SdkError(
                 "the round's start state must carry exactly the held blocks; the server "
@@ -324,5 +329,5 @@ class MoLETrainer(AccountedTrainer):
 
     def evaluate(self, dataset: TextDataset) -> dict[str, float]:
         """Accuracy and macro-F1 of the current (personalized) model on ``dataset``."""
-        model = self._mole()
+        model = self.assigned_model()
         return self._scores(model, model.model, dataset)

@@ -1,2 +1,33 @@
 """The organization's privacy machinery: the durable ledger, secure Gaussian noise, the
-DP-SGD step, one-shot Gaussian releases and the accounted trainer base."""
+DP-SGD step, one-shot Gaussian releases and the accounted trainer base.
+
+The public API of this sub-package is for fedhft's own packages (the simulation, the
+CLI's ledger commands, benchmarks); an organization's engineer needs only
+`fedhft.sdk.PrivacyLedger`.
+"""
+
+from .._client_state import check_rebuilt_ledger as check_rebuilt_ledger
+from ._accounted_trainer import AccountedTrainer as AccountedTrainer
+from ._accounted_trainer import AuditSink as AuditSink
+from ._dp import GradSampleMode as GradSampleMode
+from ._dp import PrivateStep as PrivateStep
+from ._dp import poisson_batch as poisson_batch
+from ._ledger import PrivacyLedger as PrivacyLedger
+from ._noise import NoiseSampler as NoiseSampler
+from ._noise import SecureGaussian as SecureGaussian
+from ._noise import noise_sampler as noise_sampler
+from ._noise import use_noise_sampler as use_noise_sampler
+
+__all__ = [
+    "AccountedTrainer",
+    "AuditSink",
+    "GradSampleMode",
+    "NoiseSampler",
+    "PrivacyLedger",
+    "PrivateStep",
+    "SecureGaussian",
+    "check_rebuilt_ledger",
+    "noise_sampler",
+    "poisson_batch",
+    "use_noise_sampler",
+]

@@ -4,7 +4,7 @@ The Gaussian mechanism (Dwork & Roth 2014, App. A; its Rényi DP in Mironov 2017
 statistic whose L2 sensitivity to adding or removing one record is at most ``C`` is
 released as ``statistic + N(0, (σ·C)² I)``. Its ledger record is ``(σ, q = 1, one step)``
 with mechanism ``gaussian``, composed with the organization's DP-SGD rounds by the same
-accountant (`fedhft.sdk.compute_epsilon`), so a policy's ε covers every release.
+accountant (`fedhft.accounting.compute_epsilon`), so a policy's ε covers every release.
 
 Three statistics are released this way, each at most once per organization:
 

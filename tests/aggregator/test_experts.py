@@ -14,7 +14,8 @@ from fedhft.aggregator import assign_experts
 from fedhft.aggregator._experts import aggregate_mole_blocks
 from fedhft.aggregator.errors import RoundError
 from fedhft.policies import Accountant, ConsortiumConfig
-from fedhft.sdk import MoLEModel, PrivacyLedger, build_base_model, release_affinity
+from fedhft.sdk import MoLEModel, PrivacyLedger, build_base_model
+from fedhft.sdk.mole import release_affinity
 
 ORGS = ["org-a", "org-b", "org-c", "org-d"]
 

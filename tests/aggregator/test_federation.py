@@ -12,8 +12,9 @@ from fedhft.aggregator._federation import (
     decode_clusters,
     encode_clusters,
 )
+from fedhft.model import tier_mask
 from fedhft.protocol.blocks import clip_packed, row_average
-from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation, tier_mask
+from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation
 from fedhft.sdk._participant import RoundParticipant
 from fedhft.simulation import OrganizationRun, run_federation_in_process
 

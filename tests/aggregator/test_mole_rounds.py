@@ -17,6 +17,7 @@ from fedhft.aggregator._mole_rounds import (
     initial_mole_state,
 )
 from fedhft.aggregator.errors import RoundError
+from fedhft.model import tier_mask
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import Stage
 from fedhft.sdk import (
@@ -25,7 +26,6 @@ from fedhft.sdk import (
     OrganizationData,
     build_base_model,
     synthetic_federation,
-    tier_mask,
 )
 from fedhft.sdk._participant import RoundParticipant
 from fedhft.sdk.mole._participant import MoLEParticipant

@@ -13,15 +13,9 @@ from federation_helpers import TINY, consortium, policy
 from fedhft.aggregator._federation import RoundCoordinator, clusters_digest
 from fedhft.aggregator._sketches import sketch_centroids
 from fedhft.aggregator.errors import RoundError
-from fedhft.model import decode_clusters, encode_clusters
+from fedhft.model import decode_clusters, encode_clusters, tier_mask
 from fedhft.protocol.blocks import row_average
-from fedhft.sdk import (
-    ClusterAdapters,
-    LocalTrainer,
-    MaskedAdapterModel,
-    synthetic_federation,
-    tier_mask,
-)
+from fedhft.sdk import ClusterAdapters, LocalTrainer, MaskedAdapterModel, synthetic_federation
 from fedhft.sdk._participant import RoundParticipant
 from fedhft.simulation._fedhft import OrganizationRun, run_federation_in_process
 

@@ -571,7 +571,7 @@ def test_auto_sigma_is_re_solved_by_the_clients_solver(
     """With `noise_multiplier: auto` the verifier re-solves σ for each spend's logged rate
     and steps with the SDK's own solver: an honest auto log verifies, the σ × 4 rewrite
     does not."""
-    from fedhft.sdk import auto_noise_multiplier
+    from fedhft.accounting import auto_noise_multiplier
 
     policy = make_policy(noise_multiplier="auto")
     plan = [

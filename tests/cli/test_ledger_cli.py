@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from fedhft.aggregator._federation import RoundCoordinator
 from fedhft.audit import AuditLog, load_public_key, verify_log
 from fedhft.cli import app
+from fedhft.model import tier_mask
 from fedhft.policies import OrganizationPolicy
-from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation, tier_mask
+from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation
 from fedhft.sdk._participant import RoundParticipant
 from fedhft.sdk.privacy._ledger import open_organization_ledger
 

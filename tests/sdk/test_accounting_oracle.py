@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from fedhft.accounting import MechanismRecord, auto_noise_multiplier, compute_epsilon
 from fedhft.audit import recompute_epsilon
 from fedhft.audit._recompute import MechanismUse
 from fedhft.policies import Accountant, NoiseSource, OrganizationPolicy, PrivacyBudget
-from fedhft.sdk import MechanismRecord, auto_noise_multiplier, compute_epsilon
 
 History = Sequence[tuple[float, float, int]]
 

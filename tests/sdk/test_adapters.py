@@ -10,17 +10,16 @@ import torch
 from peft import PeftModel
 from trainer_helpers import tiny_consortium
 
-from fedhft.model import HEAD_BIAS, HEAD_WEIGHT, frozen_a
-from fedhft.policies import ConsortiumConfig, PersonalizationSpec, TierSpec
-from fedhft.sdk import (
-    AdapterError,
-    MaskedAdapterModel,
-    build_base_model,
-    export_peft,
+from fedhft.model import (
+    HEAD_BIAS,
+    HEAD_WEIGHT,
+    frozen_a,
     get_block_state,
     set_block_state,
     tier_mask,
 )
+from fedhft.policies import ConsortiumConfig, PersonalizationSpec, TierSpec
+from fedhft.sdk import AdapterError, MaskedAdapterModel, build_base_model, export_peft
 
 LAYER0 = ["layer.0.attention.self.query", "layer.0.attention.self.value"]
 LAYER1 = ["layer.1.attention.self.query", "layer.1.attention.self.value"]

@@ -10,17 +10,12 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
+from fedhft.accounting import MechanismRecord, compute_epsilon
 from fedhft.model import MoLEModel
 from fedhft.policies import Accountant, AdapterSpec, ModelSpec, NoiseSource
-from fedhft.sdk import (
-    BudgetExhaustedError,
-    MechanismRecord,
-    PrivacyLedger,
-    SecureGaussian,
-    build_base_model,
-    compute_epsilon,
-)
+from fedhft.sdk import BudgetExhaustedError, PrivacyLedger, build_base_model
 from fedhft.sdk.mole._affinity import AffinityRelease, record_affinities, release_affinity
+from fedhft.sdk.privacy import SecureGaussian
 
 ADAPTER = AdapterSpec(target_modules=["query", "value"], rank=4, alpha=8, a_seed=9)
 POOL = 5

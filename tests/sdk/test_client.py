@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
 from federation_helpers import ORGS, TINY, consortium, policy
 
 from fedhft.aggregator._federation import RoundCoordinator
+from fedhft.model import tier_mask
 from fedhft.policies import (
     ConsortiumConfig,
     IncompatiblePolicyError,
@@ -54,7 +55,6 @@ from fedhft.sdk import (
     RetryPolicy,
     ServerUnreachableError,
     synthetic_federation,
-    tier_mask,
 )
 from fedhft.sdk._client_sessions import (
     MaskingRun,

@@ -15,15 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
+from fedhft.accounting import MechanismRecord, auto_noise_multiplier, compute_epsilon
 from fedhft.policies import Accountant, NoiseSource, OrganizationPolicy
-from fedhft.sdk import (
-    BudgetExhaustedError,
-    LedgerError,
-    MechanismRecord,
-    PrivacyLedger,
-    auto_noise_multiplier,
-    compute_epsilon,
-)
+from fedhft.sdk import BudgetExhaustedError, LedgerError, PrivacyLedger
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning")
 

@@ -10,17 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedhft.protocol.blocks import pack_block, row_average, unpack_block
-from fedhft.sdk import (
-    ClusterAdapters,
-    MaskedUpdate,
-    MixtureError,
+from fedhft.sdk import ClusterAdapters, MaskedUpdate, MixtureError, UpdateError
+from fedhft.sdk._mixture import (
     PersonalState,
-    UpdateError,
     data_mask,
     mixture_start,
+    personal_after_round,
     update_membership,
 )
-from fedhft.sdk._mixture import personal_after_round
 
 SHAPES = {"layer.0.value": (6, 3), "layer.1.value": (6, 3), "head.weight": (4, 5)}
 

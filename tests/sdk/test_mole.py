@@ -21,8 +21,9 @@ from fedhft.model import (
     shared_block_id,
 )
 from fedhft.policies import AdapterSpec, ModelSpec
-from fedhft.sdk import MaskedAdapterModel, SecureGaussian, build_base_model
+from fedhft.sdk import MaskedAdapterModel, build_base_model
 from fedhft.sdk.mole._private_step import MoLEPrivateStep
+from fedhft.sdk.privacy import SecureGaussian
 
 ADAPTER = AdapterSpec(target_modules=["query", "value"], rank=4, alpha=8, a_seed=5)
 TINY = ModelSpec(source="tiny", num_labels=3)

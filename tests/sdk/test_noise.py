@@ -23,7 +23,7 @@ from scipy import stats
 
 from fedhft import SecurityWarning
 from fedhft.policies import NoiseSource
-from fedhft.sdk import SecureGaussian, noise_sampler, use_noise_sampler
+from fedhft.sdk.privacy import SecureGaussian, noise_sampler, use_noise_sampler
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhft.aggregator._federation import RoundCoordinator
+from fedhft.model import tier_mask
 from fedhft.protocol import SecAggClient, SecAggServer, SessionParams
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol.ckks._aggregation import CKKSAggregator, CKKSClient, CKKSSession
@@ -23,7 +24,7 @@ from fedhft.protocol.ckks._scheme import (
 )
 from fedhft.protocol.errors import CohortTooSmallError, ThresholdError
 from fedhft.protocol.session_codec import decode_block_sums
-from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation, tier_mask
+from fedhft.sdk import LocalTrainer, MaskedAdapterModel, synthetic_federation
 from fedhft.sdk._client_sessions import CKKSRun, MaskingRun
 from fedhft.sdk._participant import FloatArray, RoundParticipant
 from fedhft.sdk._round_files import RoundFiles

@@ -14,15 +14,17 @@ from pydantic import ValidationError
 from scipy import optimize
 from scipy.stats import norm
 
-from fedhft.accounting import PRV_EPS_ERROR, PRV_EPSILON_CUTOFF, epsilon_rdp
-from fedhft.policies import Accountant, NoiseSource, OrganizationPolicy
-from fedhft.sdk import (
-    BudgetExhaustedError,
+from fedhft.accounting import (
+    PRV_EPS_ERROR,
+    PRV_EPSILON_CUTOFF,
     MechanismRecord,
     auto_noise_multiplier,
     compute_epsilon,
+    epsilon_rdp,
     solve_noise_multiplier,
 )
+from fedhft.policies import Accountant, NoiseSource, OrganizationPolicy
+from fedhft.sdk import BudgetExhaustedError
 
 pytestmark = [
     # Opacus's own accountants, run here as the reference, are chatty about numerics.

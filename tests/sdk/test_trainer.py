@@ -14,8 +14,9 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 from trainer_helpers import ORG, RecordingAudit, tiny_consortium, tiny_policy
 
+from fedhft.accounting import compute_epsilon
 from fedhft.errors import SecurityWarning
-from fedhft.model import HEAD_BIAS, HEAD_WEIGHT
+from fedhft.model import HEAD_BIAS, HEAD_WEIGHT, tier_mask
 from fedhft.policies import (
     ConsortiumConfig,
     IncompatiblePolicyError,
@@ -29,16 +30,12 @@ from fedhft.sdk import (
     LocalTrainer,
     MaskedAdapterModel,
     PrivacyLedger,
-    PrivateStep,
     SdkError,
     TextDataset,
-    compute_epsilon,
-    mixture_start,
-    noise_sampler,
-    poisson_batch,
     synthetic_federation,
-    tier_mask,
 )
+from fedhft.sdk._mixture import mixture_start
+from fedhft.sdk.privacy import PrivateStep, noise_sampler, poisson_batch
 from fedhft.sdk.privacy._accounted_trainer import macro_f1
 
 

@@ -13,8 +13,8 @@ A FedAMoLE round seen from the organization, on the wire:
    take part in the round's one masking-mode session, whose supports must be exactly the
    blocks this organization holds under the assignment (`check_masking_session`).
 
-Everything else — enrollment, retries, refusals, audit events, receipts — is the
-`FederatedClient`'s own.
+Everything else — enrollment, retries, waiting for announcements, the refusal and
+session wire operations of its `ClientContext` — is the `FederatedClient`'s own.
 
 Notes:
     The server sends every organization the whole pool's global values (averages of
@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -45,17 +44,12 @@ from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol.errors import ChunkIntegrityError, ConsortiumMismatchError, RemoteError
 from fedhft.protocol.session_codec import decode_session, released_model_hash
 
-from .._client_sessions import (
-    ATTEMPT_OVER,
-    MaskingRun,
-    run_sessions,
-)
+from .._client_sessions import ATTEMPT_OVER, MaskingRun, run_sessions
+from .._rounds import ClientContext, RoundMethod, RoundOutcome
 from ..errors import BudgetExhaustedError
+from ..privacy._ledger import PrivacyLedger
 from ._participant import MoLEParticipant
 from ._trainer import MoLETrainer
-
-if TYPE_CHECKING:
-    from .._client import FederatedClient, RoundOutcome
 
 _LOG = logging.getLogger("fedhft.sdk.client")
 FloatArray = npt.NDArray[np.float64]
@@ -63,44 +57,46 @@ FloatArray = npt.NDArray[np.float64]
 AFFINITY_VERSION = 1
 
 
-class MoLEClientRounds:
+class FedAMoLERounds(RoundMethod):
     """The FedAMoLE side of a `FederatedClient`: its trainer, participant and rounds.
 
     Args:
-        client: the `FederatedClient` (connection, policy, audit log, refusals).
+        context: the client's context (connection, policy, audit log, run state).
         base_model: the base sequence classifier; never modified (each MoLE model is
             installed into a copy).
     """
 
     def __init__(
         self,
-        client: FederatedClient,
+        context: ClientContext,
         base_model: PreTrainedModel,
         *,
         tokenizer: PreTrainedTokenizerBase | None,
         seed: int | None,
         non_private_baseline: bool,
     ) -> None:
-        if client.consortium.secure_aggregation.mode is not SecureAggregationMode.MASKING:
+        if context.consortium.secure_aggregation.mode is not SecureAggregationMode.MASKING:
             # Refused here, before any release: a CKKS session would be found only after
             # a round had been trained and spent.
             raise ConsortiumMismatchError("FedAMoLE runs with masking-mode secure aggregation only")
-        self.client = client
+        self.context = context
         pristine = copy.deepcopy(base_model)
         self.trainer = MoLETrainer(
-            client.policy,
-            client.consortium,
+            context.policy,
+            context.consortium,
             base_factory=lambda: copy.deepcopy(pristine),
-            audit=client.audit_log,
+            audit=context.audit_log,
             tokenizer=tokenizer,
             non_private_baseline=non_private_baseline,
             seed=seed,
         )
-        self.participant = MoLEParticipant(self.trainer, client.dataset, state_dir=client.state_dir)
+        self._participant = MoLEParticipant(
+            self.trainer, context.dataset, state_dir=context.state_dir
+        )
         pool = MoLEModel(
             copy.deepcopy(pristine),
-            client.consortium.adapter,
-            expert_ids=range(client.consortium.fedamole.num_experts),
+            context.consortium.adapter,
+            expert_ids=range(context.consortium.fedamole.num_experts),
         )
         self.pool_shapes = pool.block_shapes()
         del pool
@@ -109,15 +105,16 @@ class MoLEClientRounds:
 
     # ------------------------------------------------------------------ rounds
 
-    def run_round(self) -> RoundOutcome:
-        """Wait for the next FedAMoLE round (or the end) and do this organization's part."""
-        from .._client import RoundOutcome
+    @property
+    def participant(self) -> MoLEParticipant:
+        return self._participant
 
-        announcement = self.client._next_announcement()
+    @property
+    def ledger(self) -> PrivacyLedger | None:
+        return self.trainer.ledger
+
+    def take_part(self, announcement: pb.RoundAnnouncement) -> RoundOutcome:
         round_number = int(announcement.round)
-        if announcement.status == pb.ROUND_STATUS_FINISHED:
-            self._finish(announcement)
-            return RoundOutcome(round_number, "finished")
         self._check(announcement)
         if announcement.mole.affinity_requested:
             refused = self._send_affinity(announcement)
@@ -128,13 +125,13 @@ class MoLEClientRounds:
                 return RoundOutcome(round_number, "aborted", "the attempt ended before RSEA")
             announcement = ready
             self._check(announcement)
-        self.client._handled.add((round_number, announcement.run_id))
+        self.context.handled.add((round_number, announcement.run_id))
         assignment = {a.organization: tuple(a.experts) for a in announcement.mole.assignment}
-        experts = assignment.get(self.client.organization)
+        experts = assignment.get(self.context.organization)
         if experts is None:
             return RoundOutcome(round_number, "late", "this organization holds no experts")
         try:
-            return self._take_part(announcement, experts)
+            return self._contribute(announcement, experts)
         except RemoteError as error:
             if error.code not in ATTEMPT_OVER:
                 raise
@@ -143,13 +140,13 @@ class MoLEClientRounds:
 
     def _check(self, announcement: pb.RoundAnnouncement) -> None:
         """Refuse a round whose configuration, layout or assignment this client rejects."""
-        client = self.client
+        context = self.context
         round_number = int(announcement.round)
-        consortium = client.consortium
+        consortium = context.consortium
         plan = announcement.mole
         layout = {b.block_id: (b.rows, b.cols) for b in announcement.blocks}
         problem = ""
-        if announcement.consortium_config_hash != client.config_hash:
+        if announcement.consortium_config_hash != context.config_hash:
             problem = "the announced round uses another consortium configuration"
         elif (
             not announcement.HasField("mole") or plan.num_experts != consortium.fedamole.num_experts
@@ -161,18 +158,16 @@ class MoLEClientRounds:
             problem = _assignment_problem(plan, consortium.fedamole.num_experts)
         if problem:
             error = ConsortiumMismatchError(f"{problem}; refusing round {round_number}")
-            client._refuse(round_number, pb.REFUSAL_REASON_POLICY_INCOMPATIBLE, str(error))
+            context.refuse(round_number, pb.REFUSAL_REASON_POLICY_INCOMPATIBLE, str(error))
             raise error
 
     def _budget_refusal(self, round_number: int, *, with_affinity: bool) -> RoundOutcome | None:
         """Refuse (and audit) a round the budget does not allow; None when it fits."""
-        from .._client import RoundOutcome
-
         ledger = self.trainer.ledger
-        if ledger is None or self.participant.pending_upload(round_number) is not None:
+        if ledger is None or self._participant.pending_upload(round_number) is not None:
             return None
-        records = [self.trainer.mechanism_record(round_number, len(self.client.dataset))]
-        if with_affinity and not self.participant.affinity_released():
+        records = [self.trainer.mechanism_record(round_number, len(self.context.dataset))]
+        if with_affinity and not self._participant.affinity_released():
             records.insert(0, self.trainer.affinity_record(round_number))
         # The affinity release and the round must fit together, not each alone.
         requested = compute_epsilon(
@@ -180,7 +175,7 @@ class MoLEClientRounds:
         )
         if requested <= ledger.epsilon_budget:
             return None
-        self.client._refuse(
+        self.context.refuse(
             round_number,
             pb.REFUSAL_REASON_BUDGET_EXHAUSTED,
             "privacy budget exhausted",
@@ -195,13 +190,13 @@ class MoLEClientRounds:
         attempt = (int(announcement.round), announcement.run_id)
         if attempt in self.joined:
             return True
-        client = self.client
-        joined: pb.JoinResponse = client._connection().unary(
+        context = self.context
+        joined: pb.JoinResponse = context.require_connection().unary(
             "JoinRound",
             pb.JoinRequest(
-                round=announcement.round, participate=True, tier=client.policy.training.tier
+                round=announcement.round, participate=True, tier=context.policy.training.tier
             ),
-            timeout=client.rpc_timeout_s,
+            timeout=context.rpc_timeout_s,
         )
         if joined.accepted:
             self.joined.add(attempt)
@@ -209,8 +204,6 @@ class MoLEClientRounds:
 
     def _send_affinity(self, announcement: pb.RoundAnnouncement) -> RoundOutcome | None:
         """Round 1: join and upload the DP affinity release (released at most once)."""
-        from .._client import RoundOutcome
-
         round_number = int(announcement.round)
         refused = self._budget_refusal(round_number, with_affinity=True)
         if refused is not None:
@@ -218,13 +211,13 @@ class MoLEClientRounds:
         if not self._join(announcement):
             return RoundOutcome(round_number, "late", "the round's join phase had closed")
         try:
-            affinity = self.participant.affinity(round_number)
+            affinity = self._participant.affinity(round_number)
         except BudgetExhaustedError as refusal:
             # The trainer has audited the refusal; the server sees this one drop out.
-            self.client.rounds_refused.append(round_number)
+            self.context.rounds_refused.append(round_number)
             return RoundOutcome(round_number, "refused", str(refusal))
-        client = self.client
-        client._connection().unary(
+        context = self.context
+        context.require_connection().unary(
             "SubmitAffinity",
             pb.AffinityUpload(
                 version=AFFINITY_VERSION,
@@ -232,7 +225,7 @@ class MoLEClientRounds:
                 run_id=announcement.run_id,
                 affinity=[float(v) for v in affinity],
             ),
-            timeout=client.rpc_timeout_s,
+            timeout=context.rpc_timeout_s,
         )
         return None
 
@@ -243,17 +236,17 @@ class MoLEClientRounds:
             RunMismatchError: the server now runs another run (its state was reset or
                 replaced while this client waited), as `FederatedClient` checks it.
         """
-        client = self.client
+        context = self.context
         while True:
-            again: pb.RoundAnnouncement = client._connection().unary(
+            again: pb.RoundAnnouncement = context.require_connection().unary(
                 "AwaitRound",
                 pb.RoundRequest(
-                    after_round=self.participant.completed_round, wait_ms=client.wait_ms
+                    after_round=self._participant.completed_round, wait_ms=context.wait_ms
                 ),
-                timeout=client.rpc_timeout_s + client.wait_ms / 1000,
+                timeout=context.rpc_timeout_s + context.wait_ms / 1000,
             )
             validate_round_announcement(again)
-            client._check_server_run(again)
+            context.check_server_run(again)
             same = (again.round, again.run_id) == (announcement.round, announcement.run_id)
             if again.status == pb.ROUND_STATUS_OPEN and same:
                 if not again.mole.affinity_requested:
@@ -262,12 +255,10 @@ class MoLEClientRounds:
                 return None
             time.sleep(max(again.retry_after_ms, 50) / 1000)
 
-    def _take_part(
+    def _contribute(
         self, announcement: pb.RoundAnnouncement, experts: tuple[int, ...]
     ) -> RoundOutcome:
-        from .._client import RoundOutcome
-
-        client = self.client
+        context = self.context
         round_number = int(announcement.round)
         refused = self._budget_refusal(round_number, with_affinity=False)
         if refused is not None:
@@ -275,19 +266,20 @@ class MoLEClientRounds:
         if not self._join(announcement):
             return RoundOutcome(round_number, "late", "the round's join phase had closed")
         states = self._download(round_number, announcement.model_hash)
-        if client.audit_log is not None:
-            client.audit_log.append(EventType.ROUND_JOINED, round_joined_payload(round_number, [0]))
+        if context.audit_log is not None:
+            context.audit_log.append(
+                EventType.ROUND_JOINED, round_joined_payload(round_number, [0])
+            )
         release = self._release(round_number, experts, states, announcement.mole)
         try:
-            upload = self.participant.prepare(round_number, release)
+            upload = self._participant.prepare(round_number, release)
         except BudgetExhaustedError as refusal:
-            if round_number not in client.rounds_refused:
-                client.rounds_refused.append(round_number)
+            context.mark_refused(round_number)
             return RoundOutcome(round_number, "refused", str(refusal))
-        self.client._pending_round = round_number
+        context.pending_round = round_number
         run = self._session(announcement, upload)
         if run is not None and run_sessions([run], round_number):
-            client._mark_joined(round_number)
+            context.mark_joined(round_number)
             return RoundOutcome(round_number, "joined")
         return RoundOutcome(round_number, "aborted", "the session ended without this organization")
 
@@ -311,7 +303,7 @@ class MoLEClientRounds:
     def _download(self, round_number: int, model_hash: bytes) -> dict[str, FloatArray]:
         """The global state of ``round_number``, checked against the announced hash."""
         values = sum(rows * cols for rows, cols in self.pool_shapes.values())
-        part_hash, data = self.client._fetch_model(round_number, 0, values=values)
+        part_hash, data = self.context.fetch_model(round_number, 0, values=values)
         if released_model_hash([part_hash]) != model_hash:
             raise ChunkIntegrityError("the downloaded state is not the announced model")
         states = decode_clusters(data).states[0]
@@ -323,43 +315,41 @@ class MoLEClientRounds:
     def _session(
         self, announcement: pb.RoundAnnouncement, upload: dict[str, FloatArray]
     ) -> MaskingRun | None:
-        client = self.client
-        session = client._await_session(int(announcement.round), 0, announcement.run_id)
+        context = self.context
+        session = context.await_session(int(announcement.round), 0, announcement.run_id)
         if session is None:
             return None
         params = decode_session(session.session_params)
         if not isinstance(params, SessionParams):
             raise ConsortiumMismatchError("FedAMoLE runs in masking mode only")
-        model = self.trainer._mole()
-        context = client._session_context(
-            self.pool_shapes, upload_blocks(model.block_ids, client.consortium)
+        model = self.trainer.assigned_model()
+        session_context = context.session_context(
+            self.pool_shapes, upload_blocks(model.block_ids, context.consortium)
         )
-        return client._masking_run(
+        return context.masking_run(
             params,
             session,
             announcement,
             0,
-            context,
-            lambda lengths, clip: self.participant.contributions(
+            session_context,
+            lambda lengths, clip: self._participant.contributions(
                 upload, block_lengths=lengths, clip=clip
             ),
-            entered=self.participant.files.entered_sums(),
+            entered=self._participant.files.entered_sums(),
         )
 
     # ------------------------------------------------------------------ end
 
-    def _finish(self, announcement: pb.RoundAnnouncement) -> None:
-        client = self.client
+    def finish(self, announcement: pb.RoundAnnouncement) -> None:
+        context = self.context
         final_round = int(announcement.round)
-        client._complete_through(final_round)
-        client.final_round = final_round
-        experts = self.participant.experts
-        if experts is None or client.test_dataset is None:
+        experts = self._participant.experts
+        if experts is None or context.test_dataset is None:
             return
         states = self._download(final_round, announcement.model_hash)
         release = self._release(final_round + 1, experts, states, announcement.mole)
-        client.scores = self.participant.evaluate(client.test_dataset, release)
-        _LOG.info("%s: the run finished after round %d", client.organization, final_round)
+        context.scores = self._participant.evaluate(context.test_dataset, release)
+        _LOG.info("%s: the run finished after round %d", context.organization, final_round)
 
 
 def _assignment_problem(plan: pb.MoLEPlan, num_experts: int) -> str:
