@@ -31,6 +31,8 @@ from ._codec import canonical_safetensors as canonical_safetensors
 from ._codec import decode_clusters as decode_clusters
 from ._codec import encode_clusters as encode_clusters
 from ._codec import safetensors_metadata as safetensors_metadata
+from ._initial import initial_block_state as initial_block_state
+from ._initial import initial_mole_state as initial_mole_state
 from ._mole import MoLELinear as MoLELinear
 from ._mole import MoLEModel as MoLEModel
 from ._mole import expert_a as expert_a
@@ -75,6 +77,8 @@ __all__ = [
     "export_peft",
     "frozen_a",
     "get_block_state",
+    "initial_block_state",
+    "initial_mole_state",
     "install_mole",
     "load_tokenizer",
     "minilm_path",
