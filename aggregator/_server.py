@@ -52,7 +52,7 @@ from cryptography import x509
 
 from fedhft.audit import AuditLog, EventType
 from fedhft.files import atomic_write
-from fedhft.model import ClusterAdapters, MaskedAdapterModel, tier_mask
+from fedhft.model import ClusterAdapters, initial_block_state, tier_mask
 from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, consortium_hash
 from fedhft.protocol import (
     CKKSServerContext,
@@ -111,7 +111,6 @@ class ServerOptions:
             ``max_calls_per_organization`` for every enrolled organization plus 8 spare
             threads, so that all organizations but one, each at its quota, still leave
             the last its whole quota; a smaller number is refused.
-        tiny_config: overrides of the tiny test model (``model.source: tiny`` only).
     """
 
     join_timeout_s: float = 120.0
@@ -124,7 +123,6 @@ class ServerOptions:
     max_calls_per_organization: int = 8
     stream_idle_timeout_s: float = 60.0
     max_workers: int | None = None
-    tiny_config: Mapping[str, Any] | None = None
 
     def worker_threads(self, organizations: int) -> int:
         """The gRPC worker pool for `organizations` enrolled organizations (see above)."""
@@ -372,21 +370,18 @@ class AggregatorServer:
         return context
 
     def _coordinator(self) -> RoundCoordinator | MoLECoordinator:
-        tiny = self.options.tiny_config
         if self.consortium.method is Method.FEDAMOLE:
             return mole_coordinator_for_server(
-                self.consortium, run_id=self.run_id, store=self.store, tiny_config=tiny
+                self.consortium, run_id=self.run_id, store=self.store
             )
-        initial = MaskedAdapterModel.from_consortium(self.consortium, tiny_config=tiny)
-        tiers = {
-            tier: tier_mask(self.consortium, tier, tiny_config=tiny)
-            for tier in self.consortium.tiers
-        }
+        # The starting values and the tier masks come from the model's structure alone
+        # (`fedhft.model.initial_block_state`): the server never loads base weights.
+        tiers = {tier: tier_mask(self.consortium, tier) for tier in self.consortium.tiers}
         stored = self.store.latest_model()
         coordinator = RoundCoordinator(
             self.consortium,
             run_id=self.run_id,
-            initial_state=initial.get_block_state(),
+            initial_state=initial_block_state(self.consortium),
             tier_blocks=tiers,
             clusters=decode_clusters(stored[1]) if stored is not None else None,
         )
