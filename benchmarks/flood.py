@@ -103,7 +103,11 @@ def main() -> None:
             issue_organization(ca, org, root / org)
         options = ServerOptions(join_timeout_s=3600)
         server = AggregatorServer(
-            _consortium(), credentials=root / "server", state_dir=root / "state", options=options
+            _consortium(),
+            credentials=root / "server",
+            state_dir=root / "state",
+            options=options,
+            new_run=True,
         ).start()
         peer_credentials = load_credentials(root / PEER)
         hello = pb.HelloRequest(
