@@ -1,10 +1,12 @@
 """What organizations and the server must agree on about the model, and nothing else.
 
 The base model and its tokenizer, loaded offline; the frozen-A LoRA adapters cut into
-blocks (ids, order, tiers, `tier_mask`, the head blocks); the K cluster adapters the
-server releases and their byte format; FedAMoLE's mixture of LoRA experts, its block
-layout and its release format. `fedhft.sdk` trains these models; `fedhft.aggregator`
-only reads their layout and moves their block values (ARCHITECTURE.md).
+blocks (ids, order, tiers, `tier_mask`, the head blocks) and their public starting
+values (`initial_block_state`, `initial_mole_state`: from the model's structure, without
+its weights); the K cluster adapters the server releases and their byte format;
+FedAMoLE's mixture of LoRA experts, its block layout and its release format.
+`fedhft.sdk` trains these models; `fedhft.aggregator` only reads their layout and moves
+their block values (ARCHITECTURE.md).
 """
 
 from ._adapters import HEAD_BIAS as HEAD_BIAS
