@@ -1,5 +1,7 @@
 """The consortium's aggregation server."""
 
+from fedhft.model import initial_mole_state as initial_mole_state
+
 from ._assignment import InfeasibleAssignmentError as InfeasibleAssignmentError
 from ._assignment import assign_experts as assign_experts
 from ._assignment import check_fedamole_feasible as check_fedamole_feasible
@@ -11,7 +13,6 @@ from ._experts import aggregate_mole_blocks as aggregate_mole_blocks
 from ._federation import RoundCoordinator as RoundCoordinator
 from ._federation import RoundSummary as RoundSummary
 from ._mole_rounds import MoLECoordinator as MoLECoordinator
-from ._mole_rounds import initial_mole_state as initial_mole_state
 from ._server import AggregatorServer as AggregatorServer
 from ._server import ServerOptions as ServerOptions
 from ._server import serve as serve

@@ -1,7 +1,7 @@
 """FedAMoLE aggregation: each MoLE block averaged over its holders in one secure sum.
 
 Every organization contributes, for each MoLE block it holds (shared ``B``, router ``P``,
-its experts' ``B``, the head; ids from `fedhft.sdk.MoLEModel`), the block's values with
+its experts' ``B``, the head; ids from `fedhft.model.MoLEModel`), the block's values with
 one weight per row, packed as in `fedhft.protocol.blocks`. A single masking-mode session
 (`run_secagg_in_process`) sums every block over its *supports* (the holders; the
 assignment is known to the server, so supports are public), and the server divides by
@@ -26,10 +26,11 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedhft.policies import ConsortiumConfig
-from fedhft.protocol import SessionParams, default_threshold, run_secagg_in_process
-from fedhft.protocol.blocks import pack_block, packed_length, row_average
-from fedhft.protocol.secagg.graph import effective_degree
+from fedhft.protocol import run_secagg_in_process
+from fedhft.protocol.blocks import pack_block, row_average
+from fedhft.protocol.errors import CohortTooSmallError
 
+from ._federation import cohort_session
 from .errors import RoundError
 
 FloatArray = npt.NDArray[np.float64]
@@ -67,11 +68,6 @@ def aggregate_mole_blocks(
     """
     spec = consortium.secure_aggregation
     roster = sorted(states)
-    if len(roster) < spec.min_cohort:
-        raise RoundError(
-            f"round {round_number} has {len(roster)} FedAMoLE participants, fewer than the "
-            f"minimum cohort {spec.min_cohort}"
-        )
     supports: dict[str, set[str]] = {}
     shapes: dict[str, tuple[int, int]] = {}
     for org, blocks in states.items():
@@ -80,28 +76,23 @@ def aggregate_mole_blocks(
             if shapes.setdefault(block_id, (rows, cols)) != (rows, cols):
                 raise RoundError(f"holders of block {block_id!r} disagree on its shape")
             supports.setdefault(block_id, set()).add(org)
-    kept = {b: orgs for b, orgs in supports.items() if len(orgs) >= spec.min_cohort}
-    skipped = {b: len(orgs) for b, orgs in supports.items() if b not in kept}
-    if not kept:
-        raise RoundError(f"no MoLE block of round {round_number} has {spec.min_cohort} holders")
-    params = SessionParams(
-        run_id=run_id,
-        round=round_number,
-        cluster=0,
-        roster=roster,
-        config_hash=config_hash,
-        model_hash=model_hash,
-        threshold=max(
-            default_threshold(len(roster), spec.neighbours),
-            spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
-        ),
-        min_cohort=spec.min_cohort,
-        block_lengths={b: packed_length(*shapes[b]) for b in sorted(kept)},
-        block_supports={b: frozenset(kept[b]) for b in sorted(kept)},
-        clip=spec.clip,
-        scale=spec.scale,
-        neighbours=spec.neighbours,
-    )
+    try:
+        params, skipped = cohort_session(
+            consortium,
+            run_id=run_id,
+            round_number=round_number,
+            cluster=0,
+            roster=roster,
+            config_hash=config_hash,
+            model_hash=model_hash,
+            shapes=shapes,
+            supports=supports,
+        )
+    except CohortTooSmallError as error:
+        # The threshold, the cohort checks and the kept blocks are `cohort_session`'s,
+        # as for the server's FedAMoLE rounds; this function's callers expect RoundError.
+        raise RoundError(f"FedAMoLE: {error}") from error
+    kept = params.block_supports
     inputs = {
         org: {
             block_id: pack_block(

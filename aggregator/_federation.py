@@ -41,10 +41,9 @@ from fedhft.model import ClusterAdapters
 from fedhft.model import decode_clusters as decode_clusters
 from fedhft.model import encode_clusters as encode_clusters
 from fedhft.policies import ConsortiumConfig, Method, consortium_hash
-from fedhft.protocol import AggregateResult, SessionParams, default_threshold
+from fedhft.protocol import AggregateResult, SessionParams, session_threshold
 from fedhft.protocol.blocks import check_packed_sum, packed_length, row_average
 from fedhft.protocol.errors import CohortTooSmallError, SumOutOfBoundsError
-from fedhft.protocol.secagg.graph import effective_degree
 
 from ._sketches import sketch_centroids
 from .errors import RoundError
@@ -114,9 +113,8 @@ def cohort_session(
         roster=list(roster),
         config_hash=config_hash,
         model_hash=model_hash,
-        threshold=max(
-            default_threshold(len(roster), spec.neighbours),
-            spec.threshold(effective_degree(len(roster), spec.neighbours) + 1),
+        threshold=session_threshold(
+            len(roster), neighbours=spec.neighbours, at_least=spec.threshold
         ),
         min_cohort=spec.min_cohort,
         block_lengths={b: packed_length(*shapes[b]) for b in sorted(kept)},

@@ -33,15 +33,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from transformers import PreTrainedModel
 
 from fedhft.model import (
     ClusterAdapters,
-    MoLEModel,
     MoLERelease,
-    build_base_model,
     decode_clusters,
     encode_clusters,
+    initial_mole_state,
     upload_blocks,
 )
 from fedhft.policies import ConsortiumConfig, consortium_hash
@@ -68,19 +66,6 @@ FloatArray = npt.NDArray[np.float64]
 _EXPERT_BLOCK = re.compile(r"\.expert(\d+)$")
 
 
-def initial_mole_state(
-    consortium: ConsortiumConfig, base: PreTrainedModel | None = None
-) -> dict[str, FloatArray]:
-    """Every block's starting value for the whole pool: ``B`` zero, ``P`` and the head
-    from the consortium's public seed (what every organization's model starts from)."""
-    model = MoLEModel(
-        base if base is not None else build_base_model(consortium.model),
-        consortium.adapter,
-        expert_ids=range(consortium.fedamole.num_experts),
-    )
-    return model.get_state()
-
-
 def expert_of(block_id: str) -> int | None:
     """The pool expert a block belongs to, or None for shared, router and head blocks."""
     match = _EXPERT_BLOCK.search(block_id)
@@ -105,7 +90,8 @@ class MoLECoordinator:
     Args:
         consortium: the consortium configuration (method ``fedamole``).
         run_id: the training run (bound into session ids).
-        initial_state: every pool block's starting value (`initial_mole_state`).
+        initial_state: every pool block's starting value
+            (`fedhft.model.initial_mole_state`).
         assignment: the published assignment, when the server restarts after round 1.
         aggregated: the blocks the last completed round averaged, on restart.
     """
@@ -305,16 +291,13 @@ def mole_coordinator_for_server(
     *,
     run_id: str,
     store: AggregatorStore,
-    tiny_config: Mapping[str, Any] | None = None,
 ) -> MoLECoordinator:
     """The FedAMoLE coordinator of a server: fresh, or restored from its SQLite state.
 
     Restores the global values of the last completed round, the assignment (made once,
     in round 1) and which blocks that round averaged.
     """
-    initial = initial_mole_state(
-        consortium, build_base_model(consortium.model, tiny_config=tiny_config)
-    )
+    initial = initial_mole_state(consortium)
     stored = store.latest_model()
     if stored is not None:
         initial = dict(decode_clusters(stored[1]).states[0])

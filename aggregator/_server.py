@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,7 +51,7 @@ from cryptography import x509
 
 from fedhft.audit import AuditLog, EventType
 from fedhft.files import atomic_write
-from fedhft.model import ClusterAdapters, MaskedAdapterModel, tier_mask
+from fedhft.model import initial_block_state, tier_mask
 from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, consortium_hash
 from fedhft.protocol import (
     CKKSServerContext,
@@ -67,18 +66,19 @@ from fedhft.protocol import (
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from fedhft.protocol.errors import CohortTooSmallError, ProtocolError, SumOutOfBoundsError
-from fedhft.protocol.session_codec import CKKS_PUBLIC_FILE, released_model_hash
+from fedhft.protocol.session_codec import CKKS_PUBLIC_FILE
 
 from ._assignment import InfeasibleAssignmentError
 from ._federation import RoundCoordinator, RoundSummary, decode_clusters, encode_clusters
 from ._mole_rounds import MoLECoordinator, mole_coordinator_for_server
+from ._round_state import Attempt, ReleasedModel, RoundState, ServerContext
+from ._service import AggregatorService
 from ._sessions import AggregationSession, CKKSRoundSession, MaskingSession
 from ._store import AggregatorStore
 from .errors import AggregatorError, RoundError
 
 _LOG = logging.getLogger("fedhft.aggregator")
 
-_RECENT_ATTEMPTS: Final = 3
 _SPARE_WORKERS: Final = 8
 """Worker threads beyond every organization's quota: they answer refused calls."""
 _PERMANENT_REFUSALS: Final = frozenset(
@@ -111,7 +111,6 @@ class ServerOptions:
             ``max_calls_per_organization`` for every enrolled organization plus 8 spare
             threads, so that all organizations but one, each at its quota, still leave
             the last its whole quota; a smaller number is refused.
-        tiny_config: overrides of the tiny test model (``model.source: tiny`` only).
     """
 
     join_timeout_s: float = 120.0
@@ -124,7 +123,6 @@ class ServerOptions:
     max_calls_per_organization: int = 8
     stream_idle_timeout_s: float = 60.0
     max_workers: int | None = None
-    tiny_config: Mapping[str, Any] | None = None
 
     def worker_threads(self, organizations: int) -> int:
         """The gRPC worker pool for `organizations` enrolled organizations (see above)."""
@@ -147,65 +145,6 @@ class ServerOptions:
                 "no organizations can take every worker"
             )
         return self.max_workers
-
-
-@dataclass
-class JoinAnswer:
-    """An organization's answer to a round announcement."""
-
-    participate: bool
-    tier: str
-    refusal: int
-
-
-@dataclass(frozen=True)
-class ReleasedModel:
-    """The cluster adapters released for a round, serialized once per cluster."""
-
-    round: int
-    clusters: ClusterAdapters
-    payloads: tuple[bytes, ...]
-    hashes: tuple[bytes, ...]
-    model_hash: bytes
-
-    @classmethod
-    def of(cls, round_number: int, clusters: ClusterAdapters) -> ReleasedModel:
-        """Serialize each cluster of ``clusters``; ``model_hash`` binds all of them."""
-        payloads = tuple(
-            encode_clusters(
-                ClusterAdapters(
-                    states=(clusters.states[j],),
-                    last_updates=(clusters.last_updates[j],),
-                    centroids=clusters.centroids[j : j + 1],
-                )
-            )
-            for j in range(clusters.k)
-        )
-        hashes = tuple(hashlib.sha256(payload).digest() for payload in payloads)
-        return cls(
-            round=round_number,
-            clusters=clusters,
-            payloads=payloads,
-            hashes=hashes,
-            model_hash=released_model_hash(hashes),
-        )
-
-
-@dataclass
-class Attempt:
-    """One attempt of a round, as the servicer sees it."""
-
-    round: int
-    attempt: int
-    run_id: str
-    model: ReleasedModel
-    join_deadline_unix_ms: int
-    phase: str = "joining"  # joining → aggregating → completed | aborted
-    joins: dict[str, JoinAnswer] = field(default_factory=dict)
-    sessions: dict[int, AggregationSession] = field(default_factory=dict)
-    peers: dict[str, pb.PeerIdentity] = field(default_factory=dict)
-    affinities: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    """FedAMoLE round 1: each organization's DP affinity release, by organization."""
 
 
 class _Outcome(enum.Enum):
@@ -302,25 +241,27 @@ class AggregatorServer:
             self.store.close()
             self.bound.stop(None)
             raise
-        self.store_lock = threading.Lock()
-        self.changed = threading.Condition()
-        self.attempt: Attempt | None = None
-        # Keyed by (run id, round): attempt numbers restart at 1 every round, so the
-        # attempt's run id alone ("<run>.a1") names one attempt of every round. Keyed by
-        # it, round 2 replaced round 1 while clients still read round 1's last broadcast.
-        self.recent_attempts: dict[tuple[str, int], Attempt] = {}
-        """The last few attempts by run id (see `AggregatorService._session`)."""
-        self.final: ReleasedModel | None = None
+        self.rounds = RoundState()
         self.summaries: list[RoundSummary] = []
-        self._stopping = False
         self._started = False
         self._finished = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fedhft-rounds", daemon=True)
 
-        from ._service import AggregatorService  # The servicer reads this object's state.
-
-        pb_grpc.add_AggregatorServicer_to_server(AggregatorService(self), self.bound.server)
+        context = ServerContext(
+            consortium=consortium,
+            config_hash=self.config_hash,
+            run_id=self.run_id,
+            credentials=self.credentials,
+            enrolled_organizations=self.enrolled_organizations,
+            store=self.store,
+            audit=self.audit,
+            coordinator=self.coordinator,
+            rounds=self.rounds,
+            poll_interval_ms=self.options.poll_interval_ms,
+            max_wait_ms=self.options.max_wait_ms,
+        )
+        pb_grpc.add_AggregatorServicer_to_server(AggregatorService(context), self.bound.server)
 
     # ------------------------------------------------------------------ setup
 
@@ -372,21 +313,18 @@ class AggregatorServer:
         return context
 
     def _coordinator(self) -> RoundCoordinator | MoLECoordinator:
-        tiny = self.options.tiny_config
         if self.consortium.method is Method.FEDAMOLE:
             return mole_coordinator_for_server(
-                self.consortium, run_id=self.run_id, store=self.store, tiny_config=tiny
+                self.consortium, run_id=self.run_id, store=self.store
             )
-        initial = MaskedAdapterModel.from_consortium(self.consortium, tiny_config=tiny)
-        tiers = {
-            tier: tier_mask(self.consortium, tier, tiny_config=tiny)
-            for tier in self.consortium.tiers
-        }
+        # The starting values and the tier masks come from the model's structure alone
+        # (`fedhft.model.initial_block_state`): the server never loads base weights.
+        tiers = {tier: tier_mask(self.consortium, tier) for tier in self.consortium.tiers}
         stored = self.store.latest_model()
         coordinator = RoundCoordinator(
             self.consortium,
             run_id=self.run_id,
-            initial_state=initial.get_block_state(),
+            initial_state=initial_block_state(self.consortium),
             tier_blocks=tiers,
             clusters=decode_clusters(stored[1]) if stored is not None else None,
         )
@@ -420,7 +358,22 @@ class AggregatorServer:
     @property
     def stopping(self) -> bool:
         """Whether `stop()` was called."""
-        return self._stopping
+        return self.rounds.stopping
+
+    @property
+    def attempt(self) -> Attempt | None:
+        """The attempt open now, if any (see `RoundState`)."""
+        return self.rounds.attempt
+
+    @property
+    def recent_attempts(self) -> dict[tuple[str, int], Attempt]:
+        """The last few attempts by (attempt run id, round) (see `RoundState`)."""
+        return self.rounds.recent_attempts
+
+    @property
+    def final(self) -> ReleasedModel | None:
+        """The final model, once the run finished."""
+        return self.rounds.final
 
     def start(self) -> AggregatorServer:
         """Start serving and running rounds; returns self."""
@@ -446,14 +399,11 @@ class AggregatorServer:
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop the rounds and the gRPC server; an open attempt is aborted (retried later)."""
-        with self.changed:
-            self._stopping = True
-            self.changed.notify_all()
+        self.rounds.stop()
         if self._thread.is_alive():
             self._thread.join()
         self.bound.stop(grace)
-        with self.store_lock:
-            self.store.close()
+        self.store.close()
         self.audit.close()
 
     def __enter__(self) -> AggregatorServer:
@@ -464,24 +414,22 @@ class AggregatorServer:
 
     def notify(self) -> None:
         """Wake the round thread and long-polling calls (state changed)."""
-        with self.changed:
-            self.changed.notify_all()
+        self.rounds.notify()
 
     # ------------------------------------------------------------------ round thread
 
     def _run(self) -> None:
         try:
-            while not self._stopping:
-                with self.store_lock:
-                    round_number = self.store.completed_rounds() + 1
+            while not self.stopping:
+                round_number = self.store.completed_rounds() + 1
                 if round_number > self.consortium.rounds:
                     break
                 outcome = self._run_attempt(round_number)
                 if outcome in (_Outcome.FINISHED, _Outcome.STOPPED):
                     break
                 if outcome is _Outcome.RETRY:
-                    self._wait_until(lambda: False, time.time() + self.options.retry_pause_s)
-            if not self._stopping:
+                    self.rounds.wait_until(lambda: False, time.time() + self.options.retry_pause_s)
+            if not self.stopping:
                 self._finish()
         except Exception as error:  # Reported through wait(); the thread must not die silently.
             _LOG.error("the round thread failed with %s", type(error).__name__, exc_info=True)
@@ -489,25 +437,8 @@ class AggregatorServer:
             self._finished.set()
             self.notify()
 
-    def _wait_until(self, predicate: Callable[[], bool], deadline: float) -> None:
-        with self.changed:
-            while not self._stopping and not predicate():
-                remaining = deadline - time.time()
-                if remaining <= 0:
-                    return
-                self.changed.wait(min(remaining, 0.5))
-
-    def _publish(self, attempt: Attempt) -> None:
-        with self.changed:
-            self.attempt = attempt
-            self.recent_attempts[(attempt.run_id, attempt.round)] = attempt
-            for old in list(self.recent_attempts)[:-_RECENT_ATTEMPTS]:
-                del self.recent_attempts[old]
-            self.changed.notify_all()
-
     def _run_attempt(self, round_number: int) -> _Outcome:
-        with self.store_lock:
-            attempt_number = self.store.begin_attempt(round_number)
+        attempt_number = self.store.begin_attempt(round_number)
         model = ReleasedModel.of(round_number, self.coordinator.model_for_round(round_number))
         join_deadline = time.time() + self.options.join_timeout_s
         attempt = Attempt(
@@ -517,7 +448,7 @@ class AggregatorServer:
             model=model,
             join_deadline_unix_ms=int(join_deadline * 1000),
         )
-        self._publish(attempt)
+        self.rounds.publish(attempt)
         _LOG.info(
             "round %d (attempt %d, %d clusters) is open for joining",
             round_number,
@@ -525,14 +456,17 @@ class AggregatorServer:
             model.clusters.k,
         )
         enrolled = set(self.enrolled_organizations)
-        self._wait_until(lambda: enrolled <= set(attempt.joins), join_deadline)
-        if self._stopping:
+        self.rounds.wait_until(lambda: enrolled <= set(attempt.joins), join_deadline)
+        if self.stopping:
             return self._abort(attempt, "the server is stopping", _Outcome.STOPPED)
-        with self.changed:
+
+        def close_joins() -> tuple[dict[str, str], set[str]]:
             attempt.phase = "aggregating"
             participants = {o: a.tier for o, a in attempt.joins.items() if a.participate}
             refused = {o for o, a in attempt.joins.items() if a.refusal in _PERMANENT_REFUSALS}
-            self.changed.notify_all()
+            return participants, refused
+
+        participants, refused = self.rounds.update(close_joins)
         _LOG.info(
             "round %d: %d organizations joined, %d refused, %d did not answer",
             round_number,
@@ -568,9 +502,7 @@ class AggregatorServer:
         except CohortTooSmallError as error:
             outcome = _Outcome.FINISHED if could_join < min_cohort else _Outcome.RETRY
             return self._abort(attempt, str(error), outcome)
-        with self.changed:
-            attempt.sessions = sessions
-            self.changed.notify_all()
+        self.rounds.update(lambda: attempt.sessions.update(sessions))
         return self._aggregate(attempt, sessions, participants)
 
     def _assign_experts(
@@ -585,35 +517,29 @@ class AggregatorServer:
         assert isinstance(coordinator, MoLECoordinator)
         min_cohort = self.consortium.secure_aggregation.min_cohort
         if coordinator.assignment is None:
-            with self.changed:
-                attempt.phase = "affinity"
-                self.changed.notify_all()
+            self.rounds.set_phase(attempt, "affinity")
             deadline = time.time() + self.options.join_timeout_s
-            self._wait_until(lambda: set(participants) <= set(attempt.affinities), deadline)
-            if self._stopping:
+            self.rounds.wait_until(lambda: set(participants) <= set(attempt.affinities), deadline)
+            if self.stopping:
                 return "the server is stopping"
-            with self.changed:
-                affinities = {o: a for o, a in attempt.affinities.items() if o in participants}
+            affinities = self.rounds.read(
+                lambda: {o: a for o, a in attempt.affinities.items() if o in participants}
+            )
             if len(affinities) < min_cohort:
                 return (
                     f"{len(affinities)} affinity releases, fewer than the minimum cohort "
                     f"{min_cohort}"
                 )
             try:
-                with self.changed:
-                    assignment = coordinator.assign(
-                        affinities, {org: participants[org] for org in affinities}
-                    )
+                tiers = {org: participants[org] for org in affinities}
+                assignment = self.rounds.update(lambda: coordinator.assign(affinities, tiers))
             except InfeasibleAssignmentError as error:
                 return f"no expert assignment: {error}"
-            with self.store_lock:
-                self.store.save_assignment(assignment)
+            self.store.save_assignment(assignment)
             _LOG.info(
                 "round %d: experts assigned to %d organizations", attempt.round, len(assignment)
             )
-        with self.changed:
-            attempt.phase = "aggregating"
-            self.changed.notify_all()
+        self.rounds.set_phase(attempt, "aggregating")
         held = coordinator.assignment or {}
         return {org: tier for org, tier in participants.items() if org in held}
 
@@ -630,8 +556,10 @@ class AggregatorServer:
             for session in sessions.values():
                 session.deadline_unix_ms = int(deadline * 1000)
             self.notify()
-            self._wait_until(lambda: all(not s.pending() for s in sessions.values()), deadline)
-            if self._stopping:
+            self.rounds.wait_until(
+                lambda: all(not s.pending() for s in sessions.values()), deadline
+            )
+            if self.stopping:
                 return self._abort(attempt, "the server is stopping", _Outcome.STOPPED)
             late = sorted({org for s in sessions.values() for org in s.pending()})
             if late:
@@ -688,13 +616,12 @@ class AggregatorServer:
         return self._abort(attempt, f"sum rejected, nothing applied: {error}", _Outcome.RETRY)
 
     def _complete(self, attempt: Attempt, summary: RoundSummary) -> _Outcome:
-        with self.store_lock:
-            self.store.complete_attempt(
-                attempt.round,
-                attempt.attempt,
-                encode_clusters(self.coordinator.clusters),
-                summary.as_json(),
-            )
+        self.store.complete_attempt(
+            attempt.round,
+            attempt.attempt,
+            encode_clusters(self.coordinator.clusters),
+            summary.as_json(),
+        )
         for cluster in range(summary.clusters if summary.outcomes else 0):
             self.audit.append(
                 EventType.ROUND_AGGREGATED,
@@ -706,41 +633,29 @@ class AggregatorServer:
                 },
             )
         self.summaries.append(summary)
-        with self.changed:
-            attempt.phase = "completed"
-            self.attempt = None
-            self.changed.notify_all()
+        self.rounds.close(attempt, "completed")
         _LOG.info("round %d completed (attempt %d)", attempt.round, attempt.attempt)
         return _Outcome.COMPLETED
 
     def _abort(self, attempt: Attempt, reason: str, outcome: _Outcome) -> _Outcome:
-        with self.store_lock:
-            self.store.abort_attempt(attempt.round, attempt.attempt, reason)
+        self.store.abort_attempt(attempt.round, attempt.attempt, reason)
         error = RoundError(f"round {attempt.round} attempt {attempt.attempt} aborted: {reason}")
         for session in attempt.sessions.values():
             session.abort(ProtocolError(str(error)))
-        with self.changed:
-            attempt.phase = "aborted"
-            self.attempt = None
-            self.changed.notify_all()
+        self.rounds.close(attempt, "aborted")
         _LOG.warning("%s", error)
         return outcome
 
     def _finish(self) -> None:
-        with self.store_lock:
-            completed = self.store.completed_rounds()
-        final = ReleasedModel.of(completed, self.coordinator.clusters)
-        with self.changed:
-            self.final = final
-            self.changed.notify_all()
+        completed = self.store.completed_rounds()
+        self.rounds.finish(ReleasedModel.of(completed, self.coordinator.clusters))
         self._finished.set()
         _LOG.info("the run finished after %d of %d rounds", completed, self.consortium.rounds)
 
     # ------------------------------------------------------------------ sessions
 
     def _peers(self, participants: Mapping[str, str]) -> dict[str, pb.PeerIdentity]:
-        with self.store_lock:
-            enrolled = self.store.enrolled()
+        enrolled = self.store.enrolled()
         missing = sorted(set(participants) - set(enrolled))
         if missing:
             raise RoundError(f"participants without enrollment records: {missing}")

@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from cryptography import x509
@@ -58,20 +58,17 @@ from fedhft.protocol.session_codec import MODEL_FORMAT
 
 from ._federation import RoundCoordinator
 from ._mole_rounds import MoLECoordinator, mole_plan, validate_affinity_upload
-from ._server import Attempt, JoinAnswer, ReleasedModel
+from ._round_state import Attempt, JoinAnswer, ReleasedModel, ServerContext
 from ._sessions import INPUT_STAGES, STAGE_NAMES, AggregationSession
-
-if TYPE_CHECKING:
-    from ._server import AggregatorServer
 
 
 class AggregatorService(pb_grpc.AggregatorServicer):
-    """Serves one `AggregatorServer`'s state over gRPC."""
+    """Serves one aggregation server's state (its `ServerContext`) over gRPC."""
 
-    def __init__(self, server: AggregatorServer) -> None:
-        self._server = server
-        self._ca = server.credentials.ca_certificate
-        self._enrolled = frozenset(server.enrolled_organizations)
+    def __init__(self, context: ServerContext) -> None:
+        self._server = context
+        self._ca = context.credentials.ca_certificate
+        self._enrolled = frozenset(context.enrolled_organizations)
 
     # ------------------------------------------------------------------ helpers
 
@@ -85,16 +82,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         of its quota back at once (within a second), not after ``wait_ms``.
         """
         server = self._server
-        deadline = time.time() + min(wait_ms, server.options.max_wait_ms) / 1000
-        with server.changed:
-            while not ready() and not server.stopping and context.is_active():
-                remaining = deadline - time.time()
-                if remaining <= 0:
-                    return
-                server.changed.wait(min(remaining, 1.0))
+        deadline = time.time() + min(wait_ms, server.max_wait_ms) / 1000
+        server.rounds.wait_until(ready, deadline, active=context.is_active)
 
     def _open_attempt(self) -> Attempt:
-        attempt = self._server.attempt
+        attempt = self._server.rounds.attempt
         if attempt is None:
             raise WrongRoundError("no round is open now; wait for the next announcement")
         return attempt
@@ -106,10 +98,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         organization that joined may ask for its model after the round is over; the
         model of a completed round was released to its participants already.
         """
-        for attempt in self._server.recent_attempts.values():
-            if attempt.round == round_number and attempt.phase == "completed":
-                return attempt.model
-        return None
+        return self._server.rounds.completed_model(round_number)
 
     def _session(self, ref: pb.SessionRef) -> tuple[Attempt, AggregationSession]:
         """The session ``ref`` names: of the open attempt, or of one that just ended.
@@ -118,7 +107,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         (READY or ABORTED) even after the server moved on; the envelope validators
         then refuse anything but reading their broadcasts.
         """
-        attempt = self._server.recent_attempts.get((ref.run_id, ref.round)) or self._open_attempt()
+        attempt = self._server.rounds.recent(ref.run_id, ref.round) or self._open_attempt()
         session = attempt.sessions.get(ref.cluster)
         if session is None:
             raise WrongRoundError(
@@ -136,16 +125,15 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         keep: bool,
     ) -> str:
         digest = hashlib.sha256(payload).hexdigest()
-        with self._server.store_lock:
-            self._server.store.record_stage(
-                round_number=attempt.round,
-                attempt=attempt.attempt,
-                cluster=session.cluster,
-                stage=STAGE_NAMES[stage],
-                organization=organization,
-                payload_sha256=digest,
-                payload=payload if keep else None,
-            )
+        self._server.store.record_stage(
+            round_number=attempt.round,
+            attempt=attempt.attempt,
+            cluster=session.cluster,
+            stage=STAGE_NAMES[stage],
+            organization=organization,
+            payload_sha256=digest,
+            payload=payload if keep else None,
+        )
         return digest
 
     # ------------------------------------------------------------------ enrollment
@@ -160,14 +148,13 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             organization=organization,
             config_hash=server.config_hash,
         )
-        with server.store_lock:
-            changed = server.store.enroll(
-                organization, request.identity_certificate, request.sealing_certificate
-            )
-            current = server.store.completed_rounds()
-            uploaded = server.store.upload_rounds(
-                organization, input_stages=[STAGE_NAMES[stage] for stage in INPUT_STAGES]
-            )
+        changed = server.store.enroll(
+            organization, request.identity_certificate, request.sealing_certificate
+        )
+        current = server.store.completed_rounds()
+        uploaded = server.store.upload_rounds(
+            organization, input_stages=[STAGE_NAMES[stage] for stage in INPUT_STAGES]
+        )
         if changed:
             server.audit.append(
                 EventType.KEY_EVENT,
@@ -197,22 +184,23 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         self._caller(context)
         server = self._server
 
+        rounds = server.rounds
+
         def announced() -> bool:
-            attempt = server.attempt
-            return server.final is not None or (
+            attempt = rounds.attempt
+            return rounds.final is not None or (
                 attempt is not None and attempt.round > request.after_round
             )
 
         self._wait(context, request.wait_ms, announced)
-        with server.changed:
-            final, attempt = server.final, server.attempt
+        final, attempt = rounds.read(lambda: (rounds.final, rounds.attempt))
         if final is not None:
             return self._finished_announcement(final)
         if attempt is not None and attempt.round > request.after_round:
             return self._open_announcement(attempt)
         return pb.RoundAnnouncement(
             status=pb.ROUND_STATUS_PENDING,
-            retry_after_ms=server.options.poll_interval_ms,
+            retry_after_ms=server.poll_interval_ms,
             server_run_id=server.run_id,
         )
 
@@ -236,7 +224,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 for tier, blocks in sorted(coordinator.tier_blocks.items())
             ],
             join_deadline_unix_ms=attempt.join_deadline_unix_ms,
-            retry_after_ms=self._server.options.poll_interval_ms,
+            retry_after_ms=self._server.poll_interval_ms,
             mole=self._mole_plan(),
             server_run_id=self._server.run_id,
         )
@@ -245,8 +233,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         coordinator = self._server.coordinator
         if not isinstance(coordinator, MoLECoordinator):
             return None
-        with self._server.changed:
-            return mole_plan(coordinator)
+        # The round thread makes the assignment under the round state's lock.
+        return self._server.rounds.read(lambda: mole_plan(coordinator))
 
     def _finished_announcement(self, final: ReleasedModel) -> pb.RoundAnnouncement:
         return pb.RoundAnnouncement(
@@ -280,23 +268,24 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 f"`tier` {request.tier!r:.80} is not a consortium tier; allowed: "
                 f"{', '.join(sorted(server.consortium.tiers))}"
             )
-        with server.store_lock:
-            enrolled = organization in server.store.enrolled()
+        enrolled = organization in server.store.enrolled()
         if not enrolled:
             raise StageError(f"{organization} must call Hello before joining a round")
-        with server.changed:
-            if attempt.phase != "joining" or server.attempt is not attempt:
-                return pb.JoinResponse(round=request.round, accepted=False)
+
+        def record_join() -> bool:
+            if attempt.phase != "joining" or server.rounds.attempt is not attempt:
+                return False
             attempt.joins[organization] = JoinAnswer(
                 participate=request.participate, tier=request.tier, refusal=request.refusal
             )
             if sketch is not None and isinstance(coordinator, RoundCoordinator):
                 # A DP release: kept, so that a restarted server splits the same way.
-                with server.store_lock:
-                    server.store.save_sketch(organization, attempt.round, sketch)
+                server.store.save_sketch(organization, attempt.round, sketch)
                 coordinator.sketches[organization] = np.asarray(sketch, dtype=np.float64)
-            server.changed.notify_all()
-        return pb.JoinResponse(round=request.round, accepted=True)
+            return True
+
+        accepted = server.rounds.update(record_join)
+        return pb.JoinResponse(round=request.round, accepted=accepted)
 
     @translate_errors
     def SubmitAffinity(self, request: pb.AffinityUpload, context: Any) -> pb.AffinityAck:
@@ -312,8 +301,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             run_id=attempt.run_id,
             num_experts=server.consortium.fedamole.num_experts,
         )
-        with server.changed:
-            if server.attempt is not attempt or attempt.phase not in ("joining", "affinity"):
+
+        def record_affinity() -> None:
+            if server.rounds.attempt is not attempt or attempt.phase not in ("joining", "affinity"):
                 raise WrongRoundError("the round no longer takes affinities; wait for the next")
             if coordinator.assignment is not None:
                 raise WrongRoundError("the experts are already assigned; no affinity is asked")
@@ -326,7 +316,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                     f"{organization} already sent another affinity for this round"
                 )
             attempt.affinities[organization] = values
-            server.changed.notify_all()
+
+        server.rounds.update(record_affinity)
         return pb.AffinityAck(round=request.round, accepted=True)
 
     # ------------------------------------------------------------------ models
@@ -335,10 +326,14 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def DownloadModel(self, request: pb.ModelRequest, context: Any) -> Iterator[pb.ModelChunk]:
         self._caller(context)
         server = self._server
-        with server.changed:
-            released = server.final
-            if released is None:
-                released = self._completed_model(request.round) or self._open_attempt().model
+
+        def served() -> ReleasedModel:
+            final = server.rounds.final
+            if final is not None:
+                return final
+            return self._completed_model(request.round) or self._open_attempt().model
+
+        released = server.rounds.read(served)
         validate_model_request(request, latest_round=released.round, clusters=released.clusters.k)
         if request.round != released.round:
             raise WrongRoundError(
@@ -367,7 +362,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             return pb.SessionAnnouncement(status=pb.SESSION_STATUS_ABORTED)
 
         def ended() -> bool:
-            return server.attempt is not attempt or attempt.phase == "aborted"
+            return server.rounds.attempt is not attempt or attempt.phase == "aborted"
 
         self._wait(context, request.wait_ms, lambda: ended() or request.cluster in attempt.sessions)
         found = attempt.sessions.get(request.cluster)
@@ -375,7 +370,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             return pb.SessionAnnouncement(status=pb.SESSION_STATUS_ABORTED)
         if found is None:
             return pb.SessionAnnouncement(
-                status=pb.SESSION_STATUS_PENDING, retry_after_ms=server.options.poll_interval_ms
+                status=pb.SESSION_STATUS_PENDING, retry_after_ms=server.poll_interval_ms
             )
         if organization not in found.roster:
             return pb.SessionAnnouncement(status=pb.SESSION_STATUS_NOT_SELECTED)
@@ -398,7 +393,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         validate_stage_submission(request, expected_session=session.ref, expected_stages=expected)
         session.accept(organization, request.stage, request.payload)
         self._record_stage(attempt, session, request.stage, organization, request.payload, False)
-        self._server.notify()
+        self._server.rounds.notify()
         return pb.StageAck(session=session.ref, stage=request.stage)
 
     @translate_errors
@@ -425,7 +420,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         # ciphertexts are not kept (anyone holding the consortium key could open them).
         keep = header.stage == pb.STAGE_MASKED_INPUT
         digest = self._record_stage(attempt, session, header.stage, organization, payload, keep)
-        self._server.notify()
+        self._server.rounds.notify()
         if not is_input:
             return pb.StageAck(session=session.ref, stage=header.stage)
         return pb.StageAck(
@@ -459,15 +454,14 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             spend_sha256=header.spend_sha256,
         )
         receipt = sign_receipt(server.credentials.identity_key, statement)
-        with server.store_lock:
-            server.store.record_receipt(
-                round_number=attempt.round,
-                attempt=attempt.attempt,
-                cluster=session.cluster,
-                organization=organization,
-                upload_sha256=digest,
-                receipt=receipt.SerializeToString(),
-            )
+        server.store.record_receipt(
+            round_number=attempt.round,
+            attempt=attempt.attempt,
+            cluster=session.cluster,
+            organization=organization,
+            upload_sha256=digest,
+            receipt=receipt.SerializeToString(),
+        )
         server.audit.append(EventType.UPLOAD_ACCEPTED, upload_accepted_from_wire(receipt))
         return receipt
 
@@ -494,7 +488,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             session=session.ref,
             stage=request.stage,
             payloads=payloads,
-            retry_after_ms=self._server.options.poll_interval_ms,
+            retry_after_ms=self._server.poll_interval_ms,
         )
 
 

@@ -19,12 +19,13 @@ import functools
 import json
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fedhft.files import fsync_folder
 
@@ -196,16 +197,38 @@ def _expected_columns() -> dict[str, tuple[str, ...]]:
         db.close()
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialized(
+    method: Callable[Concatenate[AggregatorStore, _P], _R],
+) -> Callable[Concatenate[AggregatorStore, _P], _R]:
+    """Run a store method under the store's own lock: the round thread and the gRPC
+    workers share one SQLite connection, which must see one call (one transaction) at
+    a time."""
+
+    @functools.wraps(method)
+    def serialized(self: AggregatorStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return serialized
+
+
 class AggregatorStore:
     """The server's SQLite state (``state.sqlite`` under the `--state` folder).
 
     Open an existing state with ``AggregatorStore(folder)`` and start a new run's with
     `AggregatorStore.create`: a missing, empty, damaged or incomplete state is never
     taken for a new run (see `check_state`).
+
+    Safe to share between threads: every method runs under the store's own lock.
     """
 
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / STATE_FILE
+        self._lock = threading.RLock()
         self._db = _connect(self.path)
         try:
             check_state(self.path, self._db)
@@ -268,6 +291,7 @@ class AggregatorStore:
         fsync_folder(path.parent)
         return cls(folder)
 
+    @_serialized
     def close(self) -> None:
         """Close the database."""
         self._db.close()
@@ -284,6 +308,7 @@ class AggregatorStore:
 
     # ------------------------------------------------------------------ identity
 
+    @_serialized
     def bind(self, *, consortium: str, config_hash: str) -> str:
         """The run id of this state, after checking it belongs to this consortium config.
 
@@ -300,6 +325,7 @@ class AggregatorStore:
 
     # ------------------------------------------------------------------ enrollment
 
+    @_serialized
     def enroll(self, organization: str, identity_cert: bytes, sealing_cert: bytes) -> bool:
         """Record an organization's certificates; returns whether they are new or changed."""
         with self._transaction() as db:
@@ -316,6 +342,7 @@ class AggregatorStore:
             )
             return True
 
+    @_serialized
     def enrolled(self) -> dict[str, EnrolledOrganization]:
         """Every enrolled organization's certificates."""
         rows = self._db.execute(
@@ -325,6 +352,7 @@ class AggregatorStore:
 
     # ------------------------------------------------------------------ rounds
 
+    @_serialized
     def completed_rounds(self) -> int:
         """The highest completed round (0 before the first)."""
         row = self._db.execute(
@@ -332,6 +360,7 @@ class AggregatorStore:
         ).fetchone()
         return int(row[0] or 0)
 
+    @_serialized
     def abort_open_attempts(self) -> list[tuple[int, int]]:
         """Mark every open attempt aborted (at startup); returns ``(round, attempt)`` pairs."""
         with self._transaction() as db:
@@ -344,6 +373,7 @@ class AggregatorStore:
             )
         return [(int(r[0]), int(r[1])) for r in rows]
 
+    @_serialized
     def begin_attempt(self, round_number: int) -> int:
         """Open a new attempt of ``round_number``; returns its attempt number (from 1)."""
         with self._transaction() as db:
@@ -363,6 +393,7 @@ class AggregatorStore:
             )
         return attempt
 
+    @_serialized
     def abort_attempt(self, round_number: int, attempt: int, reason: str) -> None:
         """Close an attempt without applying anything."""
         self._db.execute(
@@ -371,6 +402,7 @@ class AggregatorStore:
             (time.time(), json.dumps({"aborted": reason}), round_number, attempt),
         )
 
+    @_serialized
     def complete_attempt(
         self, round_number: int, attempt: int, model_state: bytes, summary: dict[str, Any]
     ) -> None:
@@ -385,6 +417,7 @@ class AggregatorStore:
                 raise StateError(f"round {round_number} attempt {attempt} is not open")
             db.execute("INSERT INTO models VALUES (?, ?)", (round_number, model_state))
 
+    @_serialized
     def attempts(self) -> list[dict[str, Any]]:
         """Every attempt with its status and summary, oldest first."""
         rows = self._db.execute(
@@ -403,6 +436,7 @@ class AggregatorStore:
             for r in rows
         ]
 
+    @_serialized
     def latest_model(self) -> tuple[int, bytes] | None:
         """The model after the latest completed round, if any round completed."""
         row = self._db.execute(
@@ -410,12 +444,14 @@ class AggregatorStore:
         ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    @_serialized
     def set_initial_model(self, model_state: bytes) -> None:
         """Store the model of round 0 (the starting point) if none is stored yet."""
         self._db.execute("INSERT OR IGNORE INTO models VALUES (0, ?)", (model_state,))
 
     # ------------------------------------------------------------------ FedAMoLE
 
+    @_serialized
     def save_assignment(self, assignment: Mapping[str, Sequence[int]]) -> None:
         """Keep the run's FedAMoLE expert assignment; it is fixed once made.
 
@@ -431,6 +467,7 @@ class AggregatorStore:
                 raise StateError(f"{self.path}: this run's FedAMoLE assignment was already made")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('fedamole_assignment', ?)", (encoded,))
 
+    @_serialized
     def assignment(self) -> dict[str, tuple[int, ...]] | None:
         """The stored FedAMoLE expert assignment, if it was made."""
         row = self._db.execute(
@@ -440,6 +477,7 @@ class AggregatorStore:
             return None
         return {org: tuple(int(e) for e in experts) for org, experts in json.loads(row[0]).items()}
 
+    @_serialized
     def last_summary(self) -> dict[str, Any] | None:
         """The summary of the latest completed round, if any."""
         row = self._db.execute(
@@ -449,6 +487,7 @@ class AggregatorStore:
 
     # ------------------------------------------------------------------ stages, receipts
 
+    @_serialized
     def save_sketch(self, organization: str, round_number: int, sketch: Sequence[float]) -> None:
         """Keep an organization's sketch (a DP release; the latest one counts)."""
         with self._transaction() as db:
@@ -457,11 +496,13 @@ class AggregatorStore:
                 (organization, round_number, json.dumps([float(v) for v in sketch])),
             )
 
+    @_serialized
     def sketches(self) -> dict[str, tuple[float, ...]]:
         """Every organization's kept sketch."""
         rows = self._db.execute("SELECT organization, sketch FROM sketches").fetchall()
         return {org: tuple(float(v) for v in json.loads(text)) for org, text in rows}
 
+    @_serialized
     def record_stage(
         self,
         *,
@@ -488,6 +529,7 @@ class AggregatorStore:
             ),
         )
 
+    @_serialized
     def stage_payloads(self) -> list[bytes]:
         """Every stored stage payload (for inspection and tests)."""
         rows = self._db.execute(
@@ -495,6 +537,7 @@ class AggregatorStore:
         ).fetchall()
         return [bytes(r[0]) for r in rows]
 
+    @_serialized
     def record_receipt(
         self,
         *,
@@ -511,6 +554,7 @@ class AggregatorStore:
             (round_number, attempt, cluster, organization, upload_sha256, receipt),
         )
 
+    @_serialized
     def upload_rounds(self, organization: str, *, input_stages: Collection[str]) -> list[int]:
         """The rounds (ascending) in which an input of ``organization`` was accepted.
 
@@ -525,6 +569,7 @@ class AggregatorStore:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
+    @_serialized
     def receipts(self, round_number: int) -> list[tuple[int, int, str, str]]:
         """``(attempt, cluster, organization, upload_sha256)`` of a round's receipts."""
         rows = self._db.execute(

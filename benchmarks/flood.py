@@ -46,7 +46,6 @@ from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 
 ORGS = {"clin-a": "full", "clin-b": "edge", "bank-a": "full", "bank-b": "edge"}
 FLOODER, PEER = "bank-a", "clin-a"
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "seed": 7}
 
 
 def _consortium() -> ConsortiumConfig:
@@ -102,9 +101,13 @@ def main() -> None:
         issue_server(ca, "localhost", root / "server")
         for org in ORGS:
             issue_organization(ca, org, root / org)
-        options = ServerOptions(join_timeout_s=3600, tiny_config=TINY)
+        options = ServerOptions(join_timeout_s=3600)
         server = AggregatorServer(
-            _consortium(), credentials=root / "server", state_dir=root / "state", options=options
+            _consortium(),
+            credentials=root / "server",
+            state_dir=root / "state",
+            options=options,
+            new_run=True,
         ).start()
         peer_credentials = load_credentials(root / PEER)
         hello = pb.HelloRequest(

@@ -49,12 +49,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from fedhft.aggregator import InfeasibleAssignmentError, check_fedamole_feasible
 from fedhft.aggregator._federation import RoundCoordinator
-from fedhft.aggregator._mole_rounds import (
-    MoLECoordinator,
-    initial_mole_state,
-)
+from fedhft.aggregator._mole_rounds import MoLECoordinator
 from fedhft.errors import SecurityWarning
-from fedhft.model import tier_mask
+from fedhft.model import initial_mole_state, tier_mask
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.sdk import (
     LocalTrainer,
@@ -323,7 +320,7 @@ def run_fedamole(
         coordinator = MoLECoordinator(
             config,
             run_id=f"bench-{seed}",
-            initial_state=initial_mole_state(config, copy.deepcopy(base)),  # type: ignore[arg-type]
+            initial_state=initial_mole_state(config),
         )
         metrics = run_fedamole_in_process(config, coordinator, runs).metrics
     for m in metrics.values():

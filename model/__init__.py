@@ -1,10 +1,12 @@
 """What organizations and the server must agree on about the model, and nothing else.
 
 The base model and its tokenizer, loaded offline; the frozen-A LoRA adapters cut into
-blocks (ids, order, tiers, `tier_mask`, the head blocks); the K cluster adapters the
-server releases and their byte format; FedAMoLE's mixture of LoRA experts, its block
-layout and its release format. `fedhft.sdk` trains these models; `fedhft.aggregator`
-only reads their layout and moves their block values (ARCHITECTURE.md).
+blocks (ids, order, tiers, `tier_mask`, the head blocks) and their public starting
+values (`initial_block_state`, `initial_mole_state`: from the model's structure, without
+its weights); the K cluster adapters the server releases and their byte format;
+FedAMoLE's mixture of LoRA experts, its block layout and its release format.
+`fedhft.sdk` trains these models; `fedhft.aggregator` only reads their layout and moves
+their block values (ARCHITECTURE.md).
 """
 
 from ._adapters import HEAD_BIAS as HEAD_BIAS
@@ -31,6 +33,8 @@ from ._codec import canonical_safetensors as canonical_safetensors
 from ._codec import decode_clusters as decode_clusters
 from ._codec import encode_clusters as encode_clusters
 from ._codec import safetensors_metadata as safetensors_metadata
+from ._initial import initial_block_state as initial_block_state
+from ._initial import initial_mole_state as initial_mole_state
 from ._mole import MoLELinear as MoLELinear
 from ._mole import MoLEModel as MoLEModel
 from ._mole import expert_a as expert_a
@@ -75,6 +79,8 @@ __all__ = [
     "export_peft",
     "frozen_a",
     "get_block_state",
+    "initial_block_state",
+    "initial_mole_state",
     "install_mole",
     "load_tokenizer",
     "minilm_path",

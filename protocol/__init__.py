@@ -94,6 +94,7 @@ from .secagg._inprocess import TranscriptEntry as TranscriptEntry
 from .secagg._inprocess import run_secagg_in_process as run_secagg_in_process
 from .secagg._params import SessionParams as SessionParams
 from .secagg._params import default_threshold as default_threshold
+from .secagg._params import session_threshold as session_threshold
 from .secagg._server import AggregateResult as AggregateResult
 from .secagg._server import BlockSum as BlockSum
 from .secagg._server import SecAggServer as SecAggServer
@@ -194,6 +195,7 @@ __all__ = [
     "run_secagg_in_process",
     "seal_to",
     "server_in_certificate",
+    "session_threshold",
     "sign_receipt",
     "status_code_for",
     "translate_errors",

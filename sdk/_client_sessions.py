@@ -55,7 +55,7 @@ from fedhft.protocol import (
     SessionParams,
     SurvivorAnnouncement,
     UnmaskRequest,
-    default_threshold,
+    session_threshold,
     validate_stage_broadcast,
     verify_identity_certificate,
 )
@@ -66,7 +66,6 @@ from fedhft.protocol.errors import (
     ForgedReceiptError,
     MalformedMessageError,
 )
-from fedhft.protocol.secagg.graph import effective_degree
 from fedhft.protocol.session_codec import encode_block_sums
 
 from ._connection import Connection
@@ -147,10 +146,7 @@ def check_masking_session(
     """
     spec = context.consortium.secure_aggregation
     n = len(params.roster)
-    required_threshold = max(
-        default_threshold(n, spec.neighbours),
-        spec.threshold(effective_degree(n, spec.neighbours) + 1),
-    )
+    required_threshold = session_threshold(n, neighbours=spec.neighbours, at_least=spec.threshold)
     required_cohort = max(spec.min_cohort, context.policy.secure_aggregation.min_cohort)
     problems = [
         (params.sid != session_id, "its session id does not match its parameters"),

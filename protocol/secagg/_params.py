@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -314,3 +314,20 @@ def default_threshold(roster_size: int, neighbours: int | None = None) -> int:
     """The smallest valid threshold: a strict majority of each client's share holders."""
     holders = effective_degree(roster_size, neighbours) + 1
     return holders // 2 + 1
+
+
+def session_threshold(
+    roster_size: int, *, neighbours: int | None, at_least: Callable[[int], int]
+) -> int:
+    """The Shamir threshold of a session over ``roster_size`` organizations.
+
+    The one place the threshold is computed (the server builds its sessions with it and
+    a client refuses a session below it): the larger of a strict majority of each
+    client's share holders (`default_threshold`) and ``at_least(holders)``, the
+    consortium's own threshold for that many share holders
+    (``SecureAggregationSpec.threshold``: ``threshold_fraction`` and
+    ``max_colluding_clients``). ``holders`` is a client's neighbours plus itself in the
+    roster-wide masking graph of degree ``neighbours`` (None: complete graph).
+    """
+    holders = effective_degree(roster_size, neighbours) + 1
+    return max(default_threshold(roster_size, neighbours), at_least(holders))

@@ -38,9 +38,7 @@ from fedhft.sdk import (
 from fedhft.sdk._participant import RoundParticipant
 
 SERVER_NAME = "localhost"
-FAST = ServerOptions(
-    join_timeout_s=20, train_timeout_s=60, retry_pause_s=0.2, poll_interval_ms=50, tiny_config=TINY
-)
+FAST = ServerOptions(join_timeout_s=20, train_timeout_s=60, retry_pause_s=0.2, poll_interval_ms=50)
 
 
 def fast_consortium(**overrides: Any) -> ConsortiumConfig:

@@ -249,11 +249,10 @@ def test_server_killed_at_each_stage_resumes_and_counts_each_round_once(
 
 def _announced_model(server: AggregatorServer) -> tuple[int, str, bytes]:
     """The (round, attempt run id, model hash) the started server announces first."""
-    with server.changed:
-        assert server.changed.wait_for(lambda: server.attempt is not None, timeout=60)
-        attempt = server.attempt
-        assert attempt is not None
-        return attempt.round, attempt.run_id, attempt.model.model_hash
+    assert server.rounds.wait_for(lambda: server.attempt is not None, timeout=60)
+    attempt = server.attempt
+    assert attempt is not None
+    return attempt.round, attempt.run_id, attempt.model.model_hash
 
 
 def test_restarted_server_announces_the_model_the_killed_attempt_announced(

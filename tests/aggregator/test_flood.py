@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
-from runtime_helpers import TINY, fast_consortium, provision, running_server
+from runtime_helpers import fast_consortium, provision, running_server
 
 from fedhft.aggregator import ServerOptions
 from fedhft.aggregator.errors import AggregatorError
@@ -46,7 +46,6 @@ def _options(**changes: Any) -> ServerOptions:
     fields: dict[str, Any] = {
         "join_timeout_s": 300,
         "max_wait_ms": 300_000,
-        "tiny_config": TINY,
         "max_calls_per_organization": QUOTA,
         "stream_idle_timeout_s": 300.0,
     }

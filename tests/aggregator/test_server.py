@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives import serialization
 from runtime_helpers import (
     FAST,
     ORGS,
-    TINY,
     Pki,
     assert_per_row_averages,
     fast_consortium,
@@ -119,7 +118,6 @@ def open_round(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenRound]:
         join_timeout_s=120,
         train_timeout_s=300,
         max_message_bytes=4 * 1024 * 1024,
-        tiny_config=TINY,
     )
     server = AggregatorServer(
         fast_consortium(),
