@@ -49,7 +49,7 @@ from typing import Any, Final
 import numpy as np
 from cryptography import x509
 
-from fedhft.audit import AuditLog, EventType
+from fedhft.audit import AuditLog, EventType, round_aggregated_payload, sum_rejected_payload
 from fedhft.files import atomic_write
 from fedhft.model import initial_block_state, tier_mask
 from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, consortium_hash
@@ -605,13 +605,13 @@ class AggregatorServer:
         cluster = error.cluster if error.cluster is not None else min(results)
         self.audit.append(
             EventType.SUM_REJECTED,
-            {
-                "round": attempt.round,
-                "cluster": cluster,
-                "attempt": attempt.attempt,
-                "block": error.block,
-                "bound": error.bound,
-            },
+            sum_rejected_payload(
+                attempt.round,
+                cluster,
+                attempt=attempt.attempt,
+                block=error.block,
+                bound=error.bound,
+            ),
         )
         return self._abort(attempt, f"sum rejected, nothing applied: {error}", _Outcome.RETRY)
 
@@ -625,12 +625,12 @@ class AggregatorServer:
         for cluster in range(summary.clusters if summary.outcomes else 0):
             self.audit.append(
                 EventType.ROUND_AGGREGATED,
-                {
-                    "round": attempt.round,
-                    "cluster": cluster,
-                    "attempt": attempt.attempt,
-                    "survivors": len(summary.outcomes[cluster].survivors),
-                },
+                round_aggregated_payload(
+                    attempt.round,
+                    cluster,
+                    attempt=attempt.attempt,
+                    survivors=len(summary.outcomes[cluster].survivors),
+                ),
             )
         self.summaries.append(summary)
         self.rounds.close(attempt, "completed")

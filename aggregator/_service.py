@@ -28,7 +28,7 @@ import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fedhft.audit import EventType, key_fingerprint
+from fedhft.audit import EventType, key_event_payload, key_fingerprint
 from fedhft.audit.receipts import upload_accepted_from_wire
 from fedhft.model import HEAD_WEIGHT
 from fedhft.protocol import (
@@ -158,11 +158,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         if changed:
             server.audit.append(
                 EventType.KEY_EVENT,
-                {
-                    "kind": "organization_enrolled",
-                    "organization": organization,
-                    "fingerprint": key_fingerprint(identity),
-                },
+                key_event_payload(
+                    "organization_enrolled", key_fingerprint(identity), organization=organization
+                ),
             )
         return pb.HelloResponse(
             protocol=PROTOCOL_VERSION,
