@@ -1,7 +1,7 @@
 """Reverse-selection expert assignment (RSEA) for FedAMoLE, solved exactly as a MILP.
 
 Implements the server side of FedAMoLE's data-driven architectures (Zhang et al., 2024;
-DESIGN §2.3). Input: each client's *noisy* per-expert affinity (a DP release, see
+ARCHITECTURE.md §2.3). Input: each client's *noisy* per-expert affinity (a DP release, see
 `fedhft.sdk.mole._affinity`; everything here is post-processing of it). Reverse selection:
 each *expert* chooses among clients, so the score of client ``i`` for expert ``e`` is
 expert ``e``'s affinity distribution over clients, ``S_ie / Σ_j S_je``. The assignment

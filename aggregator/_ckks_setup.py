@@ -10,7 +10,7 @@ Notes:
     The ceremony must run where the secret context may exist for a moment (the
     consortium operator's provisioning machine, offline); it exists only inside the
     call. Each sealed file is written with mode 0600 and opens only with its
-    organization's sealing private key. As DESIGN §4.2 says, every organization holds
+    organization's sealing private key. As ARCHITECTURE.md §4.2 says, every organization holds
     the same secret key: the server plus one colluding organization can decrypt every
     upload, which is why the masking mode is the default.
 """

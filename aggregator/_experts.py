@@ -7,7 +7,7 @@ one weight per row, packed as in `fedhft.protocol.blocks`. A single masking-mode
 assignment is known to the server, so supports are public), and the server divides by
 the summed weights. A block with fewer holders than the consortium's minimum cohort is
 left out of the session and reported: it stays personal to its holders this round
-(DESIGN §2.3). The secure-aggregation server also refuses, and reports, blocks whose
+(ARCHITECTURE.md §2.3). The secure-aggregation server also refuses, and reports, blocks whose
 surviving contributors fall below the cohort after dropouts.
 
 Notes:

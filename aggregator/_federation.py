@@ -3,7 +3,7 @@
 One round: the coordinator releases the cluster adapters (K of them, or one during
 warm-up), builds one secure-aggregation session per cluster over the round's
 participants, and moves every cluster adapter by the per-row averages of its members'
-updates, computed from secure sums alone (DESIGN §2.2, §4):
+updates, computed from secure sums alone (ARCHITECTURE.md §2.2, §4):
 
 ``G_j[b] ← G_j[b] + Σ_i π_ij·m_i⊙Δ_i[b] / Σ_i π_ij·m_i``   (rows with no weight stay).
 

@@ -1,6 +1,6 @@
 """The server's side of FedAMoLE rounds, and a whole FedAMoLE federation in one process.
 
-`MoLECoordinator` holds the learning state of a FedAMoLE run (DESIGN §2.3, issue 7):
+`MoLECoordinator` holds the learning state of a FedAMoLE run (ARCHITECTURE.md §2.3, issue 7):
 
 - **Round 1: assignment.** Each organization's affinity arrives as a DP release (noisy,
   accounted on the client); the coordinator runs reverse-selection expert assignment

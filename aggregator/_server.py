@@ -1,7 +1,7 @@
 """The aggregation server: round state machine, durable state and the gRPC endpoint.
 
 `AggregatorServer` runs the consortium's rounds ``completed + 1 .. rounds`` one at a
-time in a background thread (DESIGN §7):
+time in a background thread (ARCHITECTURE.md §7):
 
 1. open an attempt of the round in SQLite and announce it (join deadline);
 2. collect joins until every enrolled organization answered or the deadline passed;

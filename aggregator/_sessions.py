@@ -6,9 +6,9 @@ stage's deadline passes: stragglers become dropouts), then closes the stage. The
 servicer (`_service.py`) feeds each session the messages it accepted and reads back
 what to relay to each organization. Both modes follow the same shape:
 
-- masking (DESIGN §4.1): advertise keys → share keys → masked input → consistency →
+- masking (ARCHITECTURE.md §4.1): advertise keys → share keys → masked input → consistency →
   unmask, with `fedhft.protocol.SecAggServer` doing every check and the unmasking;
-- CKKS (DESIGN §4.2): ciphertext input → decrypted sum, see `CKKSRoundSession`.
+- CKKS (ARCHITECTURE.md §4.2): ciphertext input → decrypted sum, see `CKKSRoundSession`.
 
 Notes:
     A session holds what the protocol gives the server and nothing more: running sums of

@@ -5,7 +5,7 @@ the cluster models after each completed round, the attempts of each round, stage
 progress and the receipts it signed. A round's result is written in one transaction
 together with the mark that the round is complete, so a crash leaves either the old model
 and an open attempt (aborted and retried at restart) or the new model and a completed
-round: never half of one (DESIGN §7).
+round: never half of one (ARCHITECTURE.md §7).
 
 Notes:
     Only masked vectors and secure sums are ever written: stage payloads are stored as

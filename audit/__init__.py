@@ -1,4 +1,4 @@
-"""Signed, hash-chained audit logs and their independent verification (DESIGN §6).
+"""Signed, hash-chained audit logs and their independent verification (ARCHITECTURE.md §6).
 
 Each party appends events to its own log with `AuditLog`; the aggregation server signs a
 `Receipt` for every accepted upload; an auditor runs `verify_log` (or `fedhft audit

@@ -2,7 +2,7 @@
 
 Audit logs leave the organization (auditors, the consortium operator), so a payload may
 only describe *what happened* — hashes, mechanism parameters, round numbers, reasons —
-never carry raw records, gradients, keys or shares (DESIGN §6). Two guards enforce it
+never carry raw records, gradients, keys or shares (ARCHITECTURE.md §6). Two guards enforce it
 before anything is signed:
 
 - field names that look like secrets (`key`, `share`, `secret`, `gradient`, `private`,

@@ -1,6 +1,6 @@
 """Public keys that verify audit records and receipts: loading, fingerprints, lookup.
 
-Parties sign with Ed25519 identity keys certified by the consortium CA (DESIGN §1,
+Parties sign with Ed25519 identity keys certified by the consortium CA (ARCHITECTURE.md §1,
 `fedhft.protocol` PKI): an organization's identity certificate names it by the URI
 ``fedhft://org/<id>``, the server's by ``fedhft://server/<host>``, and both carry the
 identity extended key usage. An auditor gets a folder (``--certs DIR``) holding:

@@ -1,4 +1,4 @@
-"""The append-only, hash-chained, signed audit log a party writes (DESIGN §6).
+"""The append-only, hash-chained, signed audit log a party writes (ARCHITECTURE.md §6).
 
 `AuditLog.open` creates a log or resumes one after verifying every existing record with
 the party's own key, so a party never extends a history it cannot vouch for. `append`

@@ -1,4 +1,4 @@
-"""Independent verification of an organization's audit log (DESIGN §6, issue 6).
+"""Independent verification of an organization's audit log (ARCHITECTURE.md §6, issue 6).
 
 `verify_log` checks, collecting one finding per problem:
 

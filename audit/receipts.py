@@ -1,7 +1,7 @@
 """Upload receipts: the server's signed acknowledgement of one accepted upload.
 
 For every upload it accepts, the aggregation server signs a receipt naming the round,
-the cluster, the organization and the SHA-256 of the masked upload (DESIGN §6). The
+the cluster, the organization and the SHA-256 of the masked upload (ARCHITECTURE.md §6). The
 client logs it as an `aggregation_receipt` record and the server logs `upload_accepted`,
 so an auditor holding both logs can match them one to one: an upload the client
 committed to without a receipt, or a receipt for an upload the client never committed

@@ -1,9 +1,9 @@
 """The public initial block state of a consortium's adapters, computed without weights.
 
-Every organization starts a run from the same adapter values (DESIGN §2.1): every
+Every organization starts a run from the same adapter values (ARCHITECTURE.md §2.1): every
 ``B`` is zero, the classification head is drawn from the consortium's public adapter
 seed and its bias is zero; FedAMoLE's router projections ``P`` are drawn from the same
-seed (DESIGN §2.3). None of these values depends on the base model's weights, only on
+seed (ARCHITECTURE.md §2.3). None of these values depends on the base model's weights, only on
 its structure (which modules, their shapes) and on the consortium file. So the server,
 which only moves block values, reads the structure from a weightless (meta-device)
 skeleton of the base model (`base_skeleton`) and never loads, or holds, the weights.

@@ -1,6 +1,6 @@
 """FedAMoLE's mixture of LoRA experts (MoLE) on frozen-A LoRA, trainable with DP-SGD.
 
-Implements the client model of FedAMoLE (Zhang et al., 2024; DESIGN §2.3): every LoRA
+Implements the client model of FedAMoLE (Zhang et al., 2024; ARCHITECTURE.md §2.3): every LoRA
 target ``nn.Linear`` of a Hugging Face model is replaced by a `MoLELinear` whose output is
 
     base(x) + s·B_s A_s x + s·Σ_{e ∈ top-k(x)} g_e(x) · B_e A_e x

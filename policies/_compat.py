@@ -1,4 +1,4 @@
-"""Whether an organization may join a consortium as it is configured (DESIGN §5)."""
+"""Whether an organization may join a consortium as it is configured (ARCHITECTURE.md §5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Consortium PKI: the CA, the credentials it issues, and loading them back.
 
-The consortium operator runs a small offline certificate authority (DESIGN §1). It
+The consortium operator runs a small offline certificate authority (ARCHITECTURE.md §1). It
 issues, with `cryptography`'s X.509 builder:
 
 - to each organization: a TLS client certificate (ECDSA P-256, `clientAuth`), an

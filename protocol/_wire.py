@@ -21,7 +21,7 @@ error                          gRPC status
 The secure-aggregation payloads inside the envelopes are opaque here; their own
 `decode()` checks them strictly.
 
-Receipts (DESIGN §6): the server signs, with its Ed25519 identity key, a serialized
+Receipts (ARCHITECTURE.md §6): the server signs, with its Ed25519 identity key, a serialized
 `ReceiptStatement` preceded by a domain separator; the client verifies the signature
 against the server's CA-certified identity key *before* parsing the statement.
 """
@@ -455,7 +455,7 @@ def validate_stage_broadcast(
 
 
 def sign_receipt(identity_key: Ed25519PrivateKey, statement: pb.ReceiptStatement) -> pb.Receipt:
-    """Sign `statement` with the server's identity key (DESIGN §6 upload receipt)."""
+    """Sign `statement` with the server's identity key (ARCHITECTURE.md §6 upload receipt)."""
     encoded = statement.SerializeToString(deterministic=True)
     return pb.Receipt(statement=encoded, signature=identity_key.sign(_RECEIPT_DOMAIN + encoded))
 

@@ -3,7 +3,7 @@
 A client contributes, for block ``b`` of cluster ``j``, the rows ``π_j·m⊙Δ`` (shape
 ``rows × cols``) and the per-row weights ``π_j·m`` (length ``rows``). Both travel in one
 flat vector so that a single secure sum yields numerator and denominator together, and
-the server computes per-row averages ``Σ π·m⊙Δ / Σ π·m`` from sums alone (DESIGN §2.2).
+the server computes per-row averages ``Σ π·m⊙Δ / Σ π·m`` from sums alone (ARCHITECTURE.md §2.2).
 
 Bounds. Every contributor clips its block (`clip_packed`): each row weight ``w = π·m``
 to ``[0, 1]`` and each weighted value to ``±clip·w`` (that is, ``|Δ| ≤ clip`` on the rows

@@ -1,7 +1,7 @@
 """`FederatedClient`: the API an organization embeds to take part in federated rounds.
 
 Give it a model, a data set, the organization's policy, the consortium configuration and
-its credentials folder; `run()` then, round after round (DESIGN §7):
+its credentials folder; `run()` then, round after round (ARCHITECTURE.md §7):
 
 1. waits for the server's round announcement and checks it: the consortium
    configuration hash must be its own, the policy must allow the consortium

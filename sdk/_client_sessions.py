@@ -2,7 +2,7 @@
 
 One session per cluster; all of them advance in lockstep, as on the server: send this
 stage's message for every cluster, then wait for every cluster's broadcast. Masking mode
-(DESIGN §4.1) drives a `SecAggClient` per cluster; CKKS mode (§4.2) encrypts once per
+(ARCHITECTURE.md §4.1) drives a `SecAggClient` per cluster; CKKS mode (§4.2) encrypts once per
 cluster, then decrypts the server's encrypted sums and reports them back.
 
 Before taking part the client checks the announced parameters against its own

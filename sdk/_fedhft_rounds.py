@@ -1,4 +1,4 @@
-"""FedHFT, FedAvg and local rounds of a `FederatedClient` over gRPC (DESIGN §7).
+"""FedHFT, FedAvg and local rounds of a `FederatedClient` over gRPC (ARCHITECTURE.md §7).
 
 A round seen from the organization: check the announcement (configuration hash, the
 model's block layout, its tier's mask), refuse it when the budget does not allow it

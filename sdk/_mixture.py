@@ -1,4 +1,4 @@
-"""FedHFT's mixture of masked adapters, computed on the organization (DESIGN §2.2).
+"""FedHFT's mixture of masked adapters, computed on the organization (ARCHITECTURE.md §2.2).
 
 Implements the client side of FedHFT (Ilhan et al., 2025) with fedhft's privacy
 redesign:

@@ -1,4 +1,4 @@
-"""What every method's rounds share inside a `FederatedClient` (DESIGN §7).
+"""What every method's rounds share inside a `FederatedClient` (ARCHITECTURE.md §7).
 
 `FederatedClient` owns one `ClientContext` (the organization's identity, policy and
 consortium file, its data and state folder, the audit log, the connection and the run's

@@ -4,7 +4,7 @@ For cluster ``j`` and block ``b`` the organization contributes the packed vector
 ``pack_block(π_j · m ⊙ Δ, π_j · m)`` (`fedhft.protocol.blocks`): the rows of its update
 it kept (data mask ``m``), weighted by its membership ``π_j``, followed by the per-row
 weights. Summed over a cohort, the server divides the two halves row by row and learns
-only the weighted average of each row (DESIGN §2.2); it learns neither the mask nor the
+only the weighted average of each row (ARCHITECTURE.md §2.2); it learns neither the mask nor the
 membership of any single organization.
 
 A `MaskedUpdate` is immutable; its `digest` is a SHA-256 over a canonical byte encoding

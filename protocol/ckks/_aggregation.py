@@ -1,6 +1,6 @@
 """Homomorphic secure aggregation (CKKS mode): session, client, server, in-process driver.
 
-Implements DESIGN §4.2. Each organization encrypts its blocks, packed densely by the
+Implements ARCHITECTURE.md §4.2. Each organization encrypts its blocks, packed densely by the
 public :class:`~fedhft.protocol.ckks._packing.PackingLayout`, under the consortium's
 CKKS secret key (:mod:`fedhft.protocol.ckks._scheme`); the server, holding a keyless context,
 adds the ciphertexts of each segment over the organizations that sent them, and returns

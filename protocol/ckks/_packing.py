@@ -1,7 +1,7 @@
 """Dense packing of heterogeneous blocks into CKKS ciphertext slots.
 
 Every client of a CKKS session computes the same public layout from the session's block
-lengths and block supports (tier masks are public, DESIGN §2.2). Blocks are grouped into
+lengths and block supports (tier masks are public, ARCHITECTURE.md §2.2). Blocks are grouped into
 *segments* by their holder set: all blocks held by exactly the same clients are laid end
 to end (sorted by block id), and each segment is cut into ciphertexts of ``slots`` values,
 so a block may span ciphertexts and many small blocks share one. A client encrypts only

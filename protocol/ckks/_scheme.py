@@ -1,6 +1,6 @@
 """CKKS parameters and the key ceremony of the homomorphic secure-aggregation mode.
 
-Implements the key material of DESIGN §4.2 with TenSEAL (Microsoft SEAL's CKKS scheme,
+Implements the key material of ARCHITECTURE.md §4.2 with TenSEAL (Microsoft SEAL's CKKS scheme,
 Cheon, Kim, Kim and Song, ASIACRYPT 2017): a consortium-wide CKKS context built for
 *additions only*, a public copy for the aggregation server that holds the parameters and
 no key at all, and the secret context sealed to each organization's X25519 sealing key

@@ -50,7 +50,7 @@ BLOCK_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/#\[\]-]{0,254}")
 
 
 class Stage(StrEnum):
-    """The five stages of a masking session, in order (DESIGN §4.1)."""
+    """The five stages of a masking session, in order (ARCHITECTURE.md §4.1)."""
 
     ADVERTISE = "advertise"
     SHARE_KEYS = "share_keys"

@@ -2,7 +2,7 @@
 
 Reverse-selection expert assignment (RSEA, Zhang et al. 2024) needs, for every client,
 how strongly its data prefers each expert of the global pool. In the paper the server
-sees these scores in the clear; here (DESIGN §2.3, issue 7) a client releases them only
+sees these scores in the clear; here (ARCHITECTURE.md §2.3, issue 7) a client releases them only
 as the output of a Gaussian mechanism whose spend is committed to its privacy ledger
 first, composed with its DP-SGD rounds in the same accountant.
 

@@ -1,6 +1,6 @@
 """A FedAMoLE organization's side of federated rounds, independent of any transport.
 
-Seen from the organization (DESIGN §2.3): in round 1, release the per-expert affinity
+Seen from the organization (ARCHITECTURE.md §2.3): in round 1, release the per-expert affinity
 once (accounted Gaussian mechanism); receive the public assignment and build the model
 holding those experts; then every round, receive the global values of the held blocks
 (`MoLERelease`), train one accounted DP-SGD round, and put each held block's values into

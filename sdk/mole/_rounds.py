@@ -1,4 +1,4 @@
-"""FedAMoLE rounds of a `FederatedClient` over gRPC (DESIGN §2.3, §7; issue 7).
+"""FedAMoLE rounds of a `FederatedClient` over gRPC (ARCHITECTURE.md §2.3, §7; issue 7).
 
 A FedAMoLE round seen from the organization, on the wire:
 

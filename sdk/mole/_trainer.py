@@ -1,6 +1,6 @@
 """Local training of one FedAMoLE organization: affinity release, then accounted rounds.
 
-`MoLETrainer` is FedAMoLE's counterpart of `LocalTrainer` (DESIGN §2.3, §3; issue 7):
+`MoLETrainer` is FedAMoLE's counterpart of `LocalTrainer` (ARCHITECTURE.md §2.3, §3; issue 7):
 
 1. **Affinity (round 1, before any training).** The organization's per-expert affinity
    over the whole pool is released once through the Gaussian mechanism of

@@ -2,7 +2,7 @@
 
 The ledger is a JSON file holding the full mechanism parameters of every release the
 organization made (:class:`MechanismRecord`), so ε can be recomputed at any time, by the
-organization or an auditor, with any Opacus accountant. It implements DESIGN §3:
+organization or an auditor, with any Opacus accountant. It implements ARCHITECTURE.md §3:
 the spend of a round is committed *before* the update leaves the organization, with an
 atomic, durable write (temporary file, ``fsync``, ``os.replace``, ``fsync`` of the
 folder), so a crash at any point leaves either the old or the new ledger, never a torn
@@ -482,7 +482,7 @@ def check_server_participation(
 
     ``rounds_uploaded`` is the server's view (`HelloResponse.rounds_uploaded`). An
     upload leaves the organization only after its round's DP-SGD spend is committed
-    (DESIGN §3), so a round the server saw without a spend in the ledger means the
+    (ARCHITECTURE.md §3), so a round the server saw without a spend in the ledger means the
     ledger lost that spend: the organization lost its ledger (and perhaps its state
     folder and audit log too) and would otherwise start again at a lower ε.
 
