@@ -15,12 +15,15 @@ from ._mole_rounds import initial_mole_state as initial_mole_state
 from ._server import AggregatorServer as AggregatorServer
 from ._server import ServerOptions as ServerOptions
 from ._server import serve as serve
+from ._store import AggregatorStore as AggregatorStore
 from .errors import AggregatorError as AggregatorError
 from .errors import RoundError as RoundError
+from .errors import StateError as StateError
 
 __all__ = [
     "AggregatorError",
     "AggregatorServer",
+    "AggregatorStore",
     "ExpertAggregate",
     "InfeasibleAssignmentError",
     "MoLECoordinator",
@@ -28,6 +31,7 @@ __all__ = [
     "RoundError",
     "RoundSummary",
     "ServerOptions",
+    "StateError",
     "aggregate_mole_blocks",
     "assign_experts",
     "check_fedamole_feasible",

@@ -59,6 +59,7 @@ from .privacy._dp import GradSampleMode as GradSampleMode
 from .privacy._dp import PrivateStep as PrivateStep
 from .privacy._dp import poisson_batch as poisson_batch
 from .privacy._ledger import PrivacyLedger as PrivacyLedger
+from .privacy._ledger import open_organization_ledger as open_organization_ledger
 from .privacy._noise import NoiseSampler as NoiseSampler
 from .privacy._noise import SecureGaussian as SecureGaussian
 from .privacy._noise import noise_sampler as noise_sampler
@@ -119,6 +120,7 @@ __all__ = [
     "minilm_path",
     "mixture_start",
     "noise_sampler",
+    "open_organization_ledger",
     "poisson_batch",
     "release_affinity",
     "set_block_state",

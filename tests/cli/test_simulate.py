@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fedhft.cli._simulate import SimMethod, SimModel, SimSecure, _consortium, _provision
-from fedhft.policies import ConsortiumConfig, parse_policy
+from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, parse_policy
+from fedhft.simulation import consortium_document, provision, rounds_note
 
 
 def _fedhft(*args: str) -> subprocess.CompletedProcess[str]:
@@ -129,49 +129,45 @@ def test_simulate_fedamole_runs_and_its_audit_logs_verify(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("rounds", [1, 2, 3, 50])
-@pytest.mark.parametrize("method", list(SimMethod))
-def test_every_allowed_rounds_value_gives_a_valid_consortium(
-    method: SimMethod, rounds: int
-) -> None:
+@pytest.mark.parametrize("method", list(Method))
+def test_every_allowed_rounds_value_gives_a_valid_consortium(method: Method, rounds: int) -> None:
     """Each --rounds the CLI accepts (1-50) writes a consortium that validates, every method."""
-    data = _consortium(
+    data = consortium_document(
         organizations=[f"org-{i}" for i in range(4)],
         rounds=rounds,
         method=method,
-        secure=SimSecure.MASKING,
-        model=SimModel.TINY,
+        secure=SecureAggregationMode.MASKING,
+        model="tiny",
         seed=0,
     )
     config = parse_policy(yaml.safe_load(yaml.safe_dump(data)), ConsortiumConfig, "sim")
     assert config.rounds == rounds
     spec = config.clustering
     assert spec.warmup_rounds < rounds or spec.clusters == 1
-    if method is SimMethod.FEDHFT:
+    if method is Method.FEDHFT:
         # Two clusters on the warm-up round's sketches whenever a later round follows it.
         assert (spec.clusters, spec.warmup_rounds) == ((1, 0) if rounds == 1 else (2, 1))
 
 
 def test_one_round_provisions_and_says_what_it_changed(tmp_path: Path) -> None:
     """`simulate --rounds 1` writes and loads its files (no traceback) and notes the change."""
-    orgs, _, _, _ = _provision(
+    orgs = provision(
         tmp_path,
         clients=3,
         rounds=1,
-        method=SimMethod.FEDHFT,
-        secure=SimSecure.MASKING,
-        model=SimModel.TINY,
+        method=Method.FEDHFT,
+        secure=SecureAggregationMode.MASKING,
+        model="tiny",
         epsilon=8.0,
         local_steps=1,
         samples=20,
         alpha=2.0,
         seed=0,
-    )
+    ).organizations
     assert len(orgs) == 3
     written = yaml.safe_load((tmp_path / "consortium.yaml").read_text())
     assert written["rounds"] == 1 and written["clustering"]["clusters"] == 1
-    from fedhft.cli._simulate import _rounds_note
-
-    note = _rounds_note(SimMethod.FEDHFT, 1)
+    note = rounds_note(Method.FEDHFT, 1)
     assert note is not None and "one cluster" in note and "--rounds 2" in note
-    assert _rounds_note(SimMethod.FEDHFT, 2) is None
-    assert _rounds_note(SimMethod.FEDAVG, 1) is None
+    assert rounds_note(Method.FEDHFT, 2) is None
+    assert rounds_note(Method.FEDAVG, 1) is None
