@@ -205,9 +205,14 @@ class OrganizationWorker:
             }
 
     def _participant(self, organization: OrganizationFolder) -> _OpenParticipant:
+        self.reset_model()
+        return _OpenParticipant(self, organization)
+
+    def reset_model(self) -> None:
+        """Back to the base model's weights, with no label prior: done before and after
+        every task, so no organization's trained weights wait in the worker."""
         self.model.peft_model.load_state_dict(self._pristine)
         self.model.set_label_prior(None)
-        return _OpenParticipant(self, organization)
 
     @staticmethod
     def _audit_round_joined(
@@ -257,6 +262,7 @@ class _OpenParticipant:
     def __exit__(self, *exc: object) -> None:
         if self.audit_log is not None:
             self.audit_log.close()
+        self.worker.reset_model()
 
 
 @dataclass
@@ -566,8 +572,8 @@ class RayFederation:
         while pending or any(org is not None for _, org in in_flight.values()):
             while idle and pending:
                 worker = idle.pop()
-                org, arguments = pending.popleft()
-                in_flight[getattr(worker, method).remote(*arguments)] = (worker, org)
+                organization, arguments = pending.popleft()
+                in_flight[getattr(worker, method).remote(*arguments)] = (worker, organization)
             if not submitted_once:
                 submitted_once = True
                 if after_submit is not None:

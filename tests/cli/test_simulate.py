@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from fedhft.cli import app
 from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, parse_policy
 from fedhft.simulation import consortium_document, provision, rounds_note
 
@@ -171,3 +173,51 @@ def test_one_round_provisions_and_says_what_it_changed(tmp_path: Path) -> None:
     assert note is not None and "one cluster" in note and "--rounds 2" in note
     assert rounds_note(Method.FEDHFT, 2) is None
     assert rounds_note(Method.FEDAVG, 1) is None
+
+
+@pytest.mark.slow
+def test_simulate_on_ray_runs_and_its_audit_logs_verify(tmp_path: Path) -> None:
+    """`simulate --engine ray`: 5 organizations on 2 workers complete both rounds within
+    budget, with the same summary, and `fedhft audit verify` accepts every audit log."""
+    workdir = tmp_path / "run"
+    stdout, figures = _simulate(workdir, 5, "--engine", "ray", "--workers", "2")
+    assert figures["engine"] == "ray" and figures["workers"] == 2
+    assert "mean personalized accuracy" in stdout
+    for row in figures["organizations"]:
+        org = row["organization"]
+        assert _mechanisms(workdir, org) == ["gaussian", "gaussian", "dp-sgd", "dp-sgd"]
+        log = workdir / "orgs" / org / "audit.jsonl"
+        verify = _fedhft(
+            "audit",
+            "verify",
+            str(log),
+            "--policy",
+            str(workdir / "orgs" / org / "policy.yaml"),
+            "--certs",
+            str(workdir / "pki"),
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert f"ok: {log}" in verify.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--clients", "13"), "the process engine runs at most 12"),
+        (("--workers", "2"), "belong to the Ray engine"),
+        (("--engine", "ray", "--method", "fedamole"), "the Ray engine runs fedhft and fedavg"),
+        (("--engine", "ray", "--secure", "ckks"), "use --engine process for ckks"),
+        (("--engine", "ray", "--clients", "501"), "less than or equal to 500"),
+    ],
+)
+def test_engine_options_it_cannot_run_are_refused(
+    tmp_path: Path, options: tuple[str, ...], message: str
+) -> None:
+    """Options the chosen engine cannot run exit with code 2 and say what to use instead,
+    before anything is written."""
+    result = CliRunner().invoke(
+        app, ["simulate", "--model", "tiny", "--workdir", str(tmp_path / "run"), *options]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()

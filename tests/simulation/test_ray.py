@@ -10,12 +10,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from fedhft.aggregator import RoundCoordinator
 from fedhft.audit import verify_log
+from fedhft.model import MaskedAdapterModel, encode_clusters, tier_mask
 from fedhft.policies import (
     ConsortiumConfig,
     Method,
     SecureAggregationMode,
+    load_consortium_config,
     load_organization_policy,
     parse_policy,
 )
@@ -135,6 +139,36 @@ def test_process_engine_sizes_keep_the_complete_graph(clients: int) -> None:
     assert "neighbours" not in data["secure_aggregation"]
 
 
+def test_a_worker_keeps_no_organization_state_between_tasks(tmp_path: Path) -> None:
+    """After training an organization's round, the worker's model is back to the base
+    weights with no label prior; the round's spend and staged update are in the
+    organization's own folder."""
+    consortium = _provision(tmp_path, 3)
+    worker = ray_engine.OrganizationWorker(str(consortium.consortium_path))
+    base = {k: v.clone() for k, v in worker.model.peft_model.state_dict().items()}
+    config = load_consortium_config(consortium.consortium_path)
+    coordinator = RoundCoordinator(
+        config,
+        run_id="test",
+        initial_state=MaskedAdapterModel.from_consortium(config).get_block_state(),
+        tier_blocks={t: tier_mask(config, t) for t in config.tiers},
+    )
+    folder = organization_folders(
+        consortium.root, consortium.organizations, consortium.tiers, LABELS
+    )[0]
+    trained = worker.train(folder, 1, encode_clusters(coordinator.model_for_round(1)), None)
+    assert not trained.refused and trained.contributions
+    after = worker.model.peft_model.state_dict()
+    assert all(torch.equal(base[name], after[name]) for name in base)
+    assert worker.model.label_log_prior is None
+    assert [m for m, _ in _spends(consortium, folder.organization)] == [
+        "gaussian",
+        "gaussian",
+        "dp-sgd",
+    ]
+    assert any(folder.state.iterdir())
+
+
 @pytest.mark.slow
 def test_ray_rounds_sum_securely_and_every_audit_log_verifies(
     tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch
@@ -174,9 +208,7 @@ def test_ray_rounds_sum_securely_and_every_audit_log_verifies(
             "dp-sgd",
         ]
         verified = _verify(consortium, org)
-        assert verified.epsilon[-1].recomputed == pytest.approx(
-            report["epsilon_spent"], rel=1e-3
-        )
+        assert verified.epsilon[-1].recomputed == pytest.approx(report["epsilon_spent"], rel=1e-3)
 
 
 @pytest.mark.slow
