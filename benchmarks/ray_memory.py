@@ -46,7 +46,9 @@ def _rss(process: psutil.Process) -> tuple[str, int]:
         return "", 0
 
 
-def measure(size: int, *, workers: int, model: str, rounds: int, steps: int) -> dict[str, float]:
+def measure(
+    size: int, *, workers: int, model: str, rounds: int, steps: int, log: Path | None
+) -> dict[str, float]:
     """Run one simulation of ``size`` organizations; its peak RSS figures in MiB."""
     with tempfile.TemporaryDirectory(prefix="fedhft-ray-memory-") as tmp:
         figures_path = Path(tmp) / "figures.json"
@@ -97,6 +99,9 @@ def measure(size: int, *, workers: int, model: str, rounds: int, steps: int) -> 
         stop.set()
         sampler.join()
         seconds = time.monotonic() - started
+        if log is not None:
+            log.mkdir(parents=True, exist_ok=True)
+            (log / f"simulate-{model}-{size}.txt").write_bytes(output)
         if driver.returncode != 0:
             sys.stdout.write(output.decode(errors="replace")[-4000:])
             raise SystemExit(f"simulate --clients {size} failed ({driver.returncode})")
@@ -120,6 +125,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--local-steps", type=int, default=12)
+    parser.add_argument("--log", type=Path, help="Keep each run's console output here.")
     args = parser.parse_args()
     rows = [
         measure(
@@ -128,6 +134,7 @@ def main() -> None:
             model=args.model,
             rounds=args.rounds,
             steps=args.local_steps,
+            log=args.log,
         )
         for size in args.sizes.split(",")
     ]
