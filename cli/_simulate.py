@@ -200,7 +200,12 @@ def simulate(
     pool = workers or min(clients, os.cpu_count() or 1)
     if engine is Engine.RAY:
         reports, attempts, failed = _run_on_ray(
-            console, consortium, rounds=rounds, workers=pool, address=address
+            console,
+            consortium,
+            rounds=rounds,
+            workers=pool,
+            address=address,
+            deadline=started + timeout,
         )
     else:
         reports, attempts, failed = _run_processes(
@@ -286,12 +291,13 @@ def _run_on_ray(
     rounds: int,
     workers: int,
     address: str | None,
+    deadline: float,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], bool]:
     """Train the organizations on a pool of Ray workers: reports, rounds, failed."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedhft.errors import FedHFTError
-    from fedhft.simulation import LABELS, RayFederation, organization_folders
+    from fedhft.simulation import LABELS, RayFederation, SimulationError, organization_folders
 
     folders = organization_folders(
         consortium.root, consortium.organizations, consortium.tiers, LABELS
@@ -315,6 +321,11 @@ def _run_on_ray(
 
             def task_done(round_number: int, organization: str) -> None:
                 progress.advance(orgs_task)
+                if time.monotonic() > deadline:
+                    raise SimulationError(
+                        f"round {round_number} was still running at --timeout; give a "
+                        "longer --timeout or more --workers"
+                    )
 
             def round_done(record: Any) -> None:
                 progress.update(rounds_task, completed=record.round)
