@@ -16,12 +16,15 @@ from ._mole_rounds import MoLECoordinator as MoLECoordinator
 from ._server import AggregatorServer as AggregatorServer
 from ._server import ServerOptions as ServerOptions
 from ._server import serve as serve
+from ._store import AggregatorStore as AggregatorStore
 from .errors import AggregatorError as AggregatorError
 from .errors import RoundError as RoundError
+from .errors import StateError as StateError
 
 __all__ = [
     "AggregatorError",
     "AggregatorServer",
+    "AggregatorStore",
     "ExpertAggregate",
     "InfeasibleAssignmentError",
     "MoLECoordinator",
@@ -29,6 +32,7 @@ __all__ = [
     "RoundError",
     "RoundSummary",
     "ServerOptions",
+    "StateError",
     "aggregate_mole_blocks",
     "assign_experts",
     "check_fedamole_feasible",

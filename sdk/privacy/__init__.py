@@ -13,6 +13,7 @@ from ._dp import GradSampleMode as GradSampleMode
 from ._dp import PrivateStep as PrivateStep
 from ._dp import poisson_batch as poisson_batch
 from ._ledger import PrivacyLedger as PrivacyLedger
+from ._ledger import open_organization_ledger as open_organization_ledger
 from ._noise import NoiseSampler as NoiseSampler
 from ._noise import SecureGaussian as SecureGaussian
 from ._noise import noise_sampler as noise_sampler
@@ -28,6 +29,7 @@ __all__ = [
     "SecureGaussian",
     "check_rebuilt_ledger",
     "noise_sampler",
+    "open_organization_ledger",
     "poisson_batch",
     "use_noise_sampler",
 ]

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from fedhft.cli._simulate import SimMethod, SimModel, SimSecure, _consortium, _provision
-from fedhft.policies import ConsortiumConfig, parse_policy
+from fedhft.cli import app
+from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, parse_policy
+from fedhft.simulation import consortium_document, provision, rounds_note
 
 
 def _fedhft(*args: str) -> subprocess.CompletedProcess[str]:
@@ -129,49 +131,93 @@ def test_simulate_fedamole_runs_and_its_audit_logs_verify(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("rounds", [1, 2, 3, 50])
-@pytest.mark.parametrize("method", list(SimMethod))
-def test_every_allowed_rounds_value_gives_a_valid_consortium(
-    method: SimMethod, rounds: int
-) -> None:
+@pytest.mark.parametrize("method", list(Method))
+def test_every_allowed_rounds_value_gives_a_valid_consortium(method: Method, rounds: int) -> None:
     """Each --rounds the CLI accepts (1-50) writes a consortium that validates, every method."""
-    data = _consortium(
+    data = consortium_document(
         organizations=[f"org-{i}" for i in range(4)],
         rounds=rounds,
         method=method,
-        secure=SimSecure.MASKING,
-        model=SimModel.TINY,
+        secure=SecureAggregationMode.MASKING,
+        model="tiny",
         seed=0,
     )
     config = parse_policy(yaml.safe_load(yaml.safe_dump(data)), ConsortiumConfig, "sim")
     assert config.rounds == rounds
     spec = config.clustering
     assert spec.warmup_rounds < rounds or spec.clusters == 1
-    if method is SimMethod.FEDHFT:
+    if method is Method.FEDHFT:
         # Two clusters on the warm-up round's sketches whenever a later round follows it.
         assert (spec.clusters, spec.warmup_rounds) == ((1, 0) if rounds == 1 else (2, 1))
 
 
 def test_one_round_provisions_and_says_what_it_changed(tmp_path: Path) -> None:
     """`simulate --rounds 1` writes and loads its files (no traceback) and notes the change."""
-    orgs, _, _, _ = _provision(
+    orgs = provision(
         tmp_path,
         clients=3,
         rounds=1,
-        method=SimMethod.FEDHFT,
-        secure=SimSecure.MASKING,
-        model=SimModel.TINY,
+        method=Method.FEDHFT,
+        secure=SecureAggregationMode.MASKING,
+        model="tiny",
         epsilon=8.0,
         local_steps=1,
         samples=20,
         alpha=2.0,
         seed=0,
-    )
+    ).organizations
     assert len(orgs) == 3
     written = yaml.safe_load((tmp_path / "consortium.yaml").read_text())
     assert written["rounds"] == 1 and written["clustering"]["clusters"] == 1
-    from fedhft.cli._simulate import _rounds_note
-
-    note = _rounds_note(SimMethod.FEDHFT, 1)
+    note = rounds_note(Method.FEDHFT, 1)
     assert note is not None and "one cluster" in note and "--rounds 2" in note
-    assert _rounds_note(SimMethod.FEDHFT, 2) is None
-    assert _rounds_note(SimMethod.FEDAVG, 1) is None
+    assert rounds_note(Method.FEDHFT, 2) is None
+    assert rounds_note(Method.FEDAVG, 1) is None
+
+
+@pytest.mark.slow
+def test_simulate_on_ray_runs_and_its_audit_logs_verify(tmp_path: Path) -> None:
+    """`simulate --engine ray`: 5 organizations on 2 workers complete both rounds within
+    budget, with the same summary, and `fedhft audit verify` accepts every audit log."""
+    workdir = tmp_path / "run"
+    stdout, figures = _simulate(workdir, 5, "--engine", "ray", "--workers", "2")
+    assert figures["engine"] == "ray" and figures["workers"] == 2
+    assert "mean personalized accuracy" in stdout
+    for row in figures["organizations"]:
+        org = row["organization"]
+        assert _mechanisms(workdir, org) == ["gaussian", "gaussian", "dp-sgd", "dp-sgd"]
+        log = workdir / "orgs" / org / "audit.jsonl"
+        verify = _fedhft(
+            "audit",
+            "verify",
+            str(log),
+            "--policy",
+            str(workdir / "orgs" / org / "policy.yaml"),
+            "--certs",
+            str(workdir / "pki"),
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert f"ok: {log}" in verify.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--clients", "13"), "the process engine runs at most 12"),
+        (("--workers", "2"), "belong to the Ray engine"),
+        (("--engine", "ray", "--method", "fedamole"), "the Ray engine runs fedhft and fedavg"),
+        (("--engine", "ray", "--secure", "ckks"), "use --engine process for ckks"),
+        (("--engine", "ray", "--clients", "501"), "less than or equal to 500"),
+    ],
+)
+def test_engine_options_it_cannot_run_are_refused(
+    tmp_path: Path, options: tuple[str, ...], message: str
+) -> None:
+    """Options the chosen engine cannot run exit with code 2 and say what to use instead,
+    before anything is written."""
+    result = CliRunner().invoke(
+        app, ["simulate", "--model", "tiny", "--workdir", str(tmp_path / "run"), *options]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,309 @@
+"""A synthetic consortium on disk: CA, consortium configuration, policies and data.
+
+What `fedhft simulate` writes before anything runs, whichever engine runs it: a
+throw-away certificate authority and credentials for the server and every organization,
+a consortium configuration, one policy per organization, and seeded synthetic non-iid
+data (`fedhft.sdk.synthetic_federation`). Each organization owns one folder,
+``orgs/ORG/``: its policy, its training and test data, its privacy ledger, its signed
+audit log and its state folder. The folder is everything the organization keeps, so a
+Ray worker can train any organization from it (ARCHITECTURE.md, "Simulation").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedhft.aggregator import ckks_ceremony
+from fedhft.policies import (
+    ConsortiumConfig,
+    Method,
+    SecureAggregationMode,
+    load_consortium_config,
+    load_organization_policy,
+)
+from fedhft.protocol import init_ca, issue_organization, issue_server
+from fedhft.sdk import TextDataset, synthetic_federation
+
+CONSORTIUM = "simulated-consortium"
+TIER_CYCLE = ("full", "standard", "edge", "full", "standard", "edge")
+LABELS = ("low", "medium", "high", "critical")
+# Above this many organizations the secure sums use SecAgg+ (a k-regular graph) instead
+# of the complete graph: the process engine's cap, so its consortia are unchanged.
+COMPLETE_GRAPH_UP_TO = 12
+
+
+@dataclass(frozen=True)
+class SimulatedConsortium:
+    """What `provision` wrote: the folder, the organizations and their figures."""
+
+    root: Path
+    organizations: tuple[str, ...]
+    tiers: dict[str, str]
+    domains: dict[str, str]
+    majority: dict[str, float]
+
+    @property
+    def consortium_path(self) -> Path:
+        return self.root / "consortium.yaml"
+
+    def folder(self, organization: str) -> Path:
+        """The organization's own folder: policy, data, ledger, audit log, state."""
+        return self.root / "orgs" / organization
+
+
+def secagg_neighbours(organizations: int) -> int | None:
+    """The SecAgg+ degree k for a cohort of this size; None (complete graph) for small ones.
+
+    Bell et al. (CCS 2020) need k = O(log n) for security and correctness against a
+    bounded fraction of dropouts and corrupt clients; three times log2(n) keeps every
+    Shamir threshold well above the tolerated dropouts (40 %) at a few hundred clients.
+    """
+    if organizations <= COMPLETE_GRAPH_UP_TO:
+        return None
+    return min(organizations - 1, 3 * math.ceil(math.log2(organizations)))
+
+
+def clustering_section(method: Method, rounds: int) -> dict[str, Any]:
+    """The clustering section: FedHFT's two clusters on the warm-up round's sketches.
+
+    The sketches are collected in the warm-up round and the clusters split after it, so
+    a later round must follow; a one-round FedHFT run trains one cluster instead
+    (`rounds_note` says so). The baselines keep one cluster.
+    """
+    if method is not Method.FEDHFT or rounds == 1:
+        return {"clusters": 1, "warmup_rounds": 0, "membership": "soft", "temperature": 0.05}
+    return {
+        "clusters": 2,
+        "warmup_rounds": 1,
+        "membership": "soft",
+        "temperature": 0.05,
+        "signal": "sketch",
+    }
+
+
+def rounds_note(method: Method, rounds: int) -> str | None:
+    """What the run changes to fit ``--rounds``, for the console; None when nothing."""
+    if method is Method.FEDHFT and rounds == 1:
+        return (
+            "note: --rounds 1 leaves no round after the warm-up, so FedHFT trains one "
+            "cluster (no sketches, no split); give --rounds 2 or more for two clusters"
+        )
+    return None
+
+
+def consortium_document(
+    *,
+    organizations: list[str],
+    rounds: int,
+    method: Method,
+    secure: SecureAggregationMode,
+    model: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The simulated consortium configuration, as the YAML file holds it.
+
+    ``model`` is the consortium's `model.source`: ``minilm`` or ``tiny``, which need no
+    download."""
+    fedhft = method is Method.FEDHFT
+    fedamole: dict[str, Any] = {}
+    if method is Method.FEDAMOLE:
+        # A pool of one expert per organization, three holders each; tiers hold 1-3,
+        # 2-4 or 3-5 experts, which fits any number of organizations cycling the tiers.
+        fedamole = {"num_experts": len(organizations), "holders_per_expert": 3}
+    experts = {"edge": (1, 3), "standard": (2, 4), "full": (3, 5)} if fedamole else {}
+    neighbours = secagg_neighbours(len(organizations))
+    return {
+        "kind": "consortium",
+        "consortium": CONSORTIUM,
+        "model": {"source": model, "num_labels": len(LABELS)},
+        "adapter": {
+            "target_modules": ["query", "value"],
+            "rank": 8,
+            "alpha": 16,
+            "a_seed": 1000 + seed,
+        },
+        "tiers": {
+            "edge": {"layers": [-1], "modules": ["value"], "keep_ratio": 0.5},
+            # The tiny model has two layers, MiniLM six.
+            "standard": {
+                "layers": [-2, -1] if model == "tiny" else [-3, -2, -1],
+                "keep_ratio": 0.5,
+            },
+            "full": {"layers": "all", "keep_ratio": 0.5},
+        }
+        if not experts
+        else {
+            tier: {"min_experts": low, "max_experts": high} for tier, (low, high) in experts.items()
+        },
+        "method": method.value,
+        "rounds": rounds,
+        # FedHFT clusters on the organizations' DP sketches (the DP updates of a few
+        # hundred records are too noisy to cluster on) and shares a head calibrated by
+        # each organization's DP label prior; the baselines keep their plain forms.
+        "clustering": clustering_section(method, rounds),
+        **({"personalization": {"head": "shared", "label_prior": "dp"}} if fedhft else {}),
+        "training": {"learning_rate": 0.01, "head_learning_rate": 0.05},
+        "secure_aggregation": {
+            "mode": secure.value,
+            "threshold_fraction": 0.6,
+            "min_cohort": 3,
+            "max_dropout_fraction": 0.4,
+            "stage_timeout_s": 120,
+            **({"neighbours": neighbours} if neighbours is not None else {}),
+        },
+        **({"fedamole": fedamole} if fedamole else {}),
+        "enrollment": [{"organization": org} for org in organizations],
+    }
+
+
+def policy_document(
+    organization: str,
+    tier: str,
+    *,
+    rounds: int,
+    epsilon: float,
+    steps: int,
+    folder: Path,
+    secure: SecureAggregationMode,
+) -> dict[str, Any]:
+    """One simulated organization's policy, its ledger and audit log in ``folder``."""
+    return {
+        "kind": "organization",
+        "organization": organization,
+        "consortium": CONSORTIUM,
+        "privacy": {
+            "epsilon": epsilon,
+            "delta": 1.0e-5,
+            "accountant": "rdp",
+            "max_grad_norm": 1.0,
+            "noise_multiplier": "auto",
+            "planned_rounds": rounds,
+            "ledger_path": str(folder / "privacy-ledger.json"),
+        },
+        "training": {
+            "tier": tier,
+            "batch_size": 32,
+            "local_steps": steps,
+            "max_seq_length": 32,
+        },
+        "secure_aggregation": {"accepted_modes": [secure.value], "min_cohort": 3},
+        "audit": {"log_path": str(folder / "audit.jsonl")},
+    }
+
+
+def _write_jsonl(path: Path, texts: tuple[str, ...], labels: tuple[int, ...]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for text, label in zip(texts, labels, strict=True):
+            handle.write(json.dumps({"text": text, "label": LABELS[label]}) + "\n")
+
+
+def provision(
+    root: Path,
+    *,
+    clients: int,
+    rounds: int,
+    method: Method,
+    secure: SecureAggregationMode,
+    model: str,
+    epsilon: float,
+    local_steps: int,
+    samples: int,
+    alpha: float,
+    seed: int,
+) -> SimulatedConsortium:
+    """Write the CA, the consortium, one folder per organization and the server's folder."""
+    import yaml
+
+    data = synthetic_federation(
+        num_organizations=clients, alpha=alpha, samples_per_org=samples, seed=seed
+    )
+    orgs = [d.organization for d in data]
+    tiers = {org: TIER_CYCLE[i % len(TIER_CYCLE)] for i, org in enumerate(orgs)}
+    domains = {d.organization: d.domain for d in data}
+    majority = {d.organization: majority_accuracy(d.train, d.test) for d in data}
+    consortium = consortium_document(
+        organizations=orgs, rounds=rounds, method=method, secure=secure, model=model, seed=seed
+    )
+    (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
+    config: ConsortiumConfig = load_consortium_config(root / "consortium.yaml")
+    ca = init_ca(CONSORTIUM, root / "pki" / "ca")
+    # `fedhft audit verify --certs pki` finds the CA certificate next to the parties'.
+    shutil.copyfile(root / "pki" / "ca" / "ca.crt", root / "pki" / "ca.crt")
+    issue_server(ca, "localhost", root / "pki" / "server")
+    for org_data in data:
+        org = org_data.organization
+        folder = root / "orgs" / org
+        folder.mkdir(parents=True)
+        policy = policy_document(
+            org,
+            tiers[org],
+            rounds=rounds,
+            epsilon=epsilon,
+            steps=local_steps,
+            folder=folder,
+            secure=secure,
+        )
+        (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+        load_organization_policy(folder / "policy.yaml")
+        issue_organization(ca, org, root / "pki" / org)
+        _write_jsonl(folder / "train.jsonl", org_data.train.texts, org_data.train.labels)
+        _write_jsonl(folder / "test.jsonl", org_data.test.texts, org_data.test.labels)
+    (root / "server").mkdir()
+    if secure is SecureAggregationMode.CKKS:
+        ckks_ceremony(config, [root / "pki" / org for org in orgs], root / "pki" / "server")
+    return SimulatedConsortium(root, tuple(orgs), tiers, domains, majority)
+
+
+def majority_accuracy(train: TextDataset, test: TextDataset) -> float:
+    """Test accuracy of always predicting the training split's most common label.
+
+    What a model that learned only the organization's label mix scores: the reference
+    that tells a reader whether training learned anything beyond it.
+    """
+    counts = train.label_counts()
+    label = counts.index(max(counts))
+    return sum(1 for y in test.labels if y == label) / len(test)
+
+
+def organization_rows(
+    consortium: SimulatedConsortium, reports: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each organization's figures from its report (``ClientReport.as_json`` form)."""
+    rows = []
+    for org in consortium.organizations:
+        report = reports.get(org, {})
+        joined = max(1, len(report.get("rounds_joined", [])) or 1)
+        rows.append(
+            {
+                "organization": org,
+                "domain": consortium.domains[org],
+                "tier": consortium.tiers[org],
+                "accuracy": report.get("accuracy"),
+                "majority_accuracy": consortium.majority[org],
+                "macro_f1": report.get("macro_f1"),
+                "epsilon_spent": report.get("epsilon_spent"),
+                "epsilon_budget": report.get("epsilon_budget"),
+                "bytes_up_per_round": report.get("bytes_up", 0) / joined,
+                "bytes_down_per_round": report.get("bytes_down", 0) / joined,
+                "membership": report.get("membership", []),
+                "rounds_refused": report.get("rounds_refused", []),
+            }
+        )
+    return rows
+
+
+def dropped_in(summary: dict[str, Any] | None) -> list[str]:
+    """The organizations a round summary (``RoundSummary.as_json``) lists as dropped."""
+    if not summary:
+        return []
+    dropped: set[str] = set()
+    for outcome in summary.get("outcomes", []):
+        dropped.update(outcome.get("dropped", []))
+    # The Ray engine's organizations whose worker died before they contributed.
+    dropped.update(summary.get("lost_workers", []))
+    return sorted(dropped)
