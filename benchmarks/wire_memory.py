@@ -15,10 +15,13 @@ servicer that calls the same chunk functions as `fedhft.aggregator`'s (`iter_mod
 cached payload, `receive_upload`); the client is the SDK's `Connection`, over
 `create_server` / `create_channel` on 127.0.0.1 with the consortium's certificates.
 
-For each phase, each process's peak RSS is reset to its current RSS (``echo 5 >
-/proc/<pid>/clear_refs``), the phase runs, and the peak (``VmHWM``) above that idle RSS is
-reported against the payload size. What a phase starts with (the server's cached release,
-the client's payload to upload) is part of idle: the figures are what the transfer adds.
+Each phase runs between a fresh server process and a fresh client process (so no memory
+a previous phase freed to the allocator hides its peak) that have already made one call
+(TLS handshake, gRPC threads). Each process's peak RSS is then reset to its current RSS
+(``echo 5 > /proc/self/clear_refs``), the phase runs, and the peak (``VmHWM``) above that
+idle RSS is reported against the payload size. What a phase starts with (the server's
+cached release, the client's payload to upload) is part of idle: the figures are what the
+transfer adds. The download phase includes decoding the model (`decode_clusters`).
 
 Usage: python benchmarks/wire_memory.py [--params N]   (e.g. --params 4000000 for a
 quick run)
@@ -119,6 +122,9 @@ class _Servicer(fedhft_pb2_grpc.AggregatorServicer):  # type: ignore[misc]
         )
         yield from iter_model(header, self.release)
 
+    def Hello(self, request: Any, context: Any) -> Any:
+        return fedhft_pb2.HelloResponse()
+
     def UploadStage(self, request_iterator: Iterator[Any], context: Any) -> Any:
         header, payload = receive_upload(request_iterator, max_total=1 << 31)
         hashlib.sha256(payload).hexdigest()
@@ -149,79 +155,92 @@ def _header() -> Any:
     return fedhft_pb2.StageHeader(session=session, stage=fedhft_pb2.STAGE_MASKED_INPUT)
 
 
+def _client(root: str, address: str, params: int, phase: str, pipe: Pipe) -> None:
+    """One phase as an organization: connect (first call made), report ready, run on
+    "go", report ``(idle, peak, milliseconds)``."""
+    connection = Connection(
+        load_credentials(Path(root) / "org"),
+        address,
+        "localhost",
+        retry=RetryPolicy(attempts=1),
+        max_message_bytes=LIMIT,
+    )
+    connection.unary("Hello", fedhft_pb2.HelloRequest(), timeout=60)
+    payload = b""
+    if phase == "upload":
+        rng = np.random.default_rng(1)
+        payload = rng.integers(-(2**31), 2**31, size=params, dtype=np.int32).tobytes()
+    pipe.send(len(payload))
+    pipe.recv()
+    idle = reset_peak()
+    started = time.perf_counter()
+    if phase == "upload":
+        connection.upload(_header(), payload, timeout=600)
+    else:
+        header, data = connection.download(
+            fedhft_pb2.ModelRequest(round=1, cluster=0),
+            max_total=1 << 31,
+            check_header=lambda header: None,
+            timeout=600,
+        )
+        assert hashlib.sha256(data).digest() == header.model_hash
+        adapters = decode_clusters(data)
+        del data
+        assert adapters.states[0]
+    milliseconds = int((time.perf_counter() - started) * 1000)
+    pipe.send((idle, peak(), milliseconds))
+    connection.close()
+
+
+def _phase(scratch: str, params: int, phase: str) -> list[tuple[str, str, int, int, int]]:
+    """Run ``phase`` between a fresh server process and a fresh client process."""
+    spawn = multiprocessing.get_context("spawn")
+    to_server, server_end = spawn.Pipe()
+    server = spawn.Process(target=_serve, args=(scratch, params, server_end))
+    server.start()
+    address, release_bytes = to_server.recv()
+    to_client, client_end = spawn.Pipe()
+    client = spawn.Process(target=_client, args=(scratch, address, params, phase, client_end))
+    client.start()
+    try:
+        payload_bytes = to_client.recv() or release_bytes
+        to_server.send("reset")
+        server_idle = to_server.recv()
+        to_client.send("go")
+        client_idle, client_peak, milliseconds = to_client.recv()
+        to_server.send("peak")
+        server_peak = to_server.recv()
+    finally:
+        client.join(60)
+        to_server.send("stop")
+        server.join(60)
+    return [
+        ("client", phase, payload_bytes, client_peak - client_idle, milliseconds),
+        ("server", phase, payload_bytes, server_peak - server_idle, milliseconds),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--params", type=int, default=40_000_000, help="adapter parameters (default 40 M)"
     )
     args = parser.parse_args()
-    spawn = multiprocessing.get_context("spawn")
     rows: list[tuple[str, str, int, int, int]] = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         ca = init_ca("bench", root / "ca")
         issue_server(ca, "localhost", root / "server")
         issue_organization(ca, ORG, root / "org")
-        ours, theirs = spawn.Pipe()
-        server = spawn.Process(target=_serve, args=(scratch, args.params, theirs))
-        server.start()
-        address, release_bytes = ours.recv()
-        connection = Connection(
-            load_credentials(root / "org"),
-            address,
-            "localhost",
-            retry=RetryPolicy(attempts=1),
-            max_message_bytes=LIMIT,
-        )
-
-        def phase(name: str, payload_bytes: int, run: Any) -> None:
-            ours.send("reset")
-            server_idle = ours.recv()
-            client_idle = reset_peak()
-            started = time.perf_counter()
-            run()
-            seconds = time.perf_counter() - started
-            client_peak = peak() - client_idle
-            ours.send("peak")
-            server_peak = ours.recv() - server_idle
-            rows.append(("client", name, payload_bytes, client_peak, int(seconds * 1000)))
-            rows.append(("server", name, payload_bytes, server_peak, int(seconds * 1000)))
-
-        def download() -> None:
-            header, data = connection.download(
-                fedhft_pb2.ModelRequest(round=1, cluster=0),
-                max_total=1 << 31,
-                check_header=lambda header: None,
-                timeout=600,
-            )
-            assert hashlib.sha256(data).digest() == header.model_hash
-            adapters = decode_clusters(data)
-            del data
-            assert adapters.states[0]
-
-        upload_payload = (
-            np.random.default_rng(1)
-            .integers(-(2**31), 2**31, size=args.params, dtype=np.int32)
-            .tobytes()
-        )
-
-        def upload() -> None:
-            connection.upload(_header(), upload_payload, timeout=600)
-
-        try:
-            phase("download + decode", release_bytes, download)
-            phase("upload", len(upload_payload), upload)
-        finally:
-            connection.close()
-            ours.send("stop")
-            server.join(60)
+        for phase in ("download", "upload"):
+            rows += _phase(scratch, args.params, phase)
 
     print(f"adapter: {args.params:,} parameters; peak RSS above idle, per process and phase")
     columns = ("payload MB", "peak MB", "× payload", "ms")
-    print(f"{'process':8} {'phase':18} " + " ".join(f"{c:>10}" for c in columns))
+    print(f"{'process':8} {'phase':10} " + " ".join(f"{c:>10}" for c in columns))
     for process, name, payload_bytes, extra, ms in rows:
         print(
-            f"{process:8} {name:18} {payload_bytes / MB:10.1f} {extra / MB:10.1f} "
+            f"{process:8} {name:10} {payload_bytes / MB:10.1f} {extra / MB:10.1f} "
             f"{extra / payload_bytes:10.2f} {ms:10d}"
         )
 

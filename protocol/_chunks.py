@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
@@ -51,7 +52,28 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
     Raises `MessageTooLargeError` when the declared size exceeds `max_total`,
     `ChunkIntegrityError` for a missing, reordered, truncated, oversized (relative to the
     declaration) or corrupted stream, and `InvalidEnvelopeError` for malformed fields.
+
+    The payload is held once: each chunk is written into one buffer of the declared size
+    as it arrives. `io.BytesIO` hands that buffer over as the returned `bytes` without a
+    copy when it is exactly full (CPython), so no list of parts and no joined copy exist
+    side by side.
     """
+    total, parts = _checked_parts(chunks, max_total)
+    buffer = io.BytesIO()
+    if total:
+        # Size the buffer once: writing the last byte first allocates all of it.
+        buffer.seek(total - 1)
+        buffer.write(b"\0")
+        buffer.seek(0)
+    for part in parts:
+        buffer.write(part)
+    return buffer.getvalue()
+
+
+def _checked_parts(chunks: Iterable[pb.Chunk], max_total: int) -> tuple[int, Iterator[bytes]]:
+    """The declared size (checked against `max_total` before anything is buffered) and
+    the chunks' data in order; the iterator raises on the first order, size or digest
+    fault, the digest and the total once the stream ends, so it must be exhausted."""
     iterator = iter(chunks)
     first = next(iterator, None)
     if first is None:
@@ -67,12 +89,13 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
         raise MessageTooLargeError(
             f"the payload declares {total} bytes, above the cap of {max_total} bytes"
         )
+    return total, _parts(first, iterator, total)
+
+
+def _parts(first: pb.Chunk, rest: Iterator[pb.Chunk], total: int) -> Iterator[bytes]:
     digest = hashlib.sha256()
-    # Each access to a bytes field copies it, so every chunk's data is read exactly once;
-    # the parts are joined once at the end.
-    parts: list[bytes] = []
     received = 0
-    for expected_index, chunk in enumerate(_chain_first(first, iterator)):
+    for expected_index, chunk in enumerate(_chain_first(first, rest)):
         if chunk.index != expected_index:
             raise ChunkIntegrityError(
                 f"chunk {chunk.index} arrived where chunk {expected_index} was expected"
@@ -81,6 +104,7 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
             raise InvalidEnvelopeError(
                 f"chunk {chunk.index} sets `total_bytes` or `sha256`; only chunk 0 may"
             )
+        # Each access to a bytes field copies it: every chunk's data is read once.
         data = chunk.data
         if not data and (total > 0 or chunk.index > 0):
             raise ChunkIntegrityError(f"chunk {chunk.index} is empty")
@@ -89,15 +113,14 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
             raise ChunkIntegrityError(
                 f"the stream carries more than the {total} bytes chunk 0 declared"
             )
-        parts.append(data)
         digest.update(data)
+        yield data
     if received != total:
         raise ChunkIntegrityError(
             f"the stream ended after {received} of the {total} declared bytes"
         )
     if not hmac.compare_digest(digest.digest(), first.sha256):
         raise ChunkIntegrityError("the payload does not match the SHA-256 chunk 0 declared")
-    return b"".join(parts)
 
 
 def iter_upload(
