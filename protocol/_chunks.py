@@ -53,27 +53,23 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
     `ChunkIntegrityError` for a missing, reordered, truncated, oversized (relative to the
     declaration) or corrupted stream, and `InvalidEnvelopeError` for malformed fields.
 
-    The payload is held once: each chunk is written into one buffer of the declared size
-    as it arrives. `io.BytesIO` hands that buffer over as the returned `bytes` without a
-    copy when it is exactly full (CPython), so no list of parts and no joined copy exist
-    side by side.
+    The payload is held once: each chunk is appended to one `io.BytesIO` as it arrives,
+    and `getvalue` hands that buffer over as the returned `bytes` without a copy
+    (CPython; glibc grows large buffers in place), so no list of parts and no joined
+    copy exist side by side. The buffer grows with the bytes received, not with the
+    declaration: a stream that declares the cap and stalls does not hold the cap's memory.
     """
-    total, parts = _checked_parts(chunks, max_total)
     buffer = io.BytesIO()
-    if total:
-        # Size the buffer once: writing the last byte first allocates all of it.
-        buffer.seek(total - 1)
-        buffer.write(b"\0")
-        buffer.seek(0)
-    for part in parts:
+    for part in _checked_parts(chunks, max_total):
         buffer.write(part)
     return buffer.getvalue()
 
 
-def _checked_parts(chunks: Iterable[pb.Chunk], max_total: int) -> tuple[int, Iterator[bytes]]:
-    """The declared size (checked against `max_total` before anything is buffered) and
-    the chunks' data in order; the iterator raises on the first order, size or digest
-    fault, the digest and the total once the stream ends, so it must be exhausted."""
+def _checked_parts(chunks: Iterable[pb.Chunk], max_total: int) -> Iterator[bytes]:
+    """The chunks' data in order, once chunk 0's declared size passed `max_total`
+    (checked here, before anything is buffered). The iterator raises on the first order
+    or size fault, and checks the total and the digest when the stream ends: exhaust it
+    before using what it gave."""
     iterator = iter(chunks)
     first = next(iterator, None)
     if first is None:
@@ -89,7 +85,7 @@ def _checked_parts(chunks: Iterable[pb.Chunk], max_total: int) -> tuple[int, Ite
         raise MessageTooLargeError(
             f"the payload declares {total} bytes, above the cap of {max_total} bytes"
         )
-    return total, _parts(first, iterator, total)
+    return _parts(first, iterator, total)
 
 
 def _parts(first: pb.Chunk, rest: Iterator[pb.Chunk], total: int) -> Iterator[bytes]:
