@@ -16,9 +16,23 @@ FloatArray = npt.NDArray[np.float64]
 def _readonly(
     array: npt.ArrayLike, dtype: type[np.generic] = np.float64
 ) -> npt.NDArray[np.generic]:
+    """``array`` as an array nobody can change: a read-only copy, or ``array`` itself
+    when it is already a view of immutable `bytes` (a decoded download: copying it
+    would hold the model twice)."""
+    if _views_bytes(array) and array.dtype == dtype:  # type: ignore[union-attr]
+        return array  # type: ignore[return-value]
     copy = np.array(array, dtype=dtype, copy=True)
     copy.flags.writeable = False
     return copy
+
+
+def _views_bytes(array: object) -> bool:
+    """Whether ``array`` is a read-only array over a `bytes` object (no writable base)."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable:
+            return False
+        array = array.base
+    return isinstance(array, bytes)
 
 
 @dataclass(frozen=True)

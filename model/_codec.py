@@ -4,14 +4,15 @@ metadata of any safetensors blob (no code is ever executed when loading them).""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 from ._clusters import ClusterAdapters
+from .errors import ReleaseFormatError
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -58,9 +59,17 @@ def canonical_safetensors(data: bytes) -> bytes:
 
 
 def decode_clusters(data: bytes) -> ClusterAdapters:
-    """Inverse of :func:`encode_clusters` (safetensors: no code is ever executed)."""
-    arrays = load_arrays(data)
-    metadata = safetensors_metadata(data)
+    """Inverse of :func:`encode_clusters` (safetensors: no code is ever executed).
+
+    The arrays are read-only views of ``data``, which `ClusterAdapters` keeps without a
+    copy (immutable `bytes` cannot change under it): a downloaded model is held once, not
+    as bytes and again as arrays.
+
+    Raises:
+        ReleaseFormatError: ``data`` is not a well-formed safetensors blob of float64
+            arrays with the cluster metadata.
+    """
+    arrays, metadata = _float64_tensors(data)
     k = int(metadata["clusters"])
     has_update = json.loads(metadata["updates"])
     states: list[dict[str, FloatArray]] = [{} for _ in range(k)]
@@ -69,12 +78,72 @@ def decode_clusters(data: bytes) -> ClusterAdapters:
     for name, values in arrays.items():
         kind, j, block_id = name.split("/", 2)
         if kind == "centroid":
-            centroids[int(j)] = values.astype(np.float64)
+            centroids[int(j)] = values
             continue
         target = states if kind == "state" else updates
-        target[int(j)][block_id] = values.astype(np.float64)
+        target[int(j)][block_id] = values
     return ClusterAdapters(
         states=tuple(states),
         last_updates=tuple(u if has_update[j] else None for j, u in enumerate(updates)),
         centroids=tuple(centroids[j] for j in sorted(centroids)),
     )
+
+
+def _float64_tensors(data: bytes) -> tuple[dict[str, FloatArray], dict[str, str]]:
+    """The float64 tensors of a safetensors blob as views of it, and its metadata.
+
+    The header is checked as the safetensors library checks it: JSON of named tensors
+    whose ``data_offsets`` tile the data section exactly, each ``shape`` matching its size.
+    """
+    if len(data) < 8:
+        raise ReleaseFormatError(f"a cluster adapter blob has {len(data)} bytes, fewer than 8")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8:
+        raise ReleaseFormatError(
+            f"the safetensors header declares {header_len} bytes; the blob has {len(data)}"
+        )
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+    except ValueError:
+        raise ReleaseFormatError("the safetensors header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ReleaseFormatError("the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    start = 8 + header_len
+    entries = sorted(
+        ((_offsets(name, entry, len(data) - start), name, entry) for name, entry in header.items()),
+        key=lambda item: item[0],
+    )
+    arrays: dict[str, FloatArray] = {}
+    end = 0
+    for (begin, stop), name, entry in entries:
+        if begin != end:
+            raise ReleaseFormatError(f"tensor {name!r:.60} does not follow the previous one")
+        end = stop
+        values = np.frombuffer(data, dtype="<f8", count=(stop - begin) // 8, offset=start + begin)
+        arrays[name] = values.reshape(entry["shape"])
+    if end != len(data) - start:
+        raise ReleaseFormatError("the safetensors data section has bytes no tensor covers")
+    if not isinstance(metadata, dict) or {"clusters", "updates"} - set(metadata):
+        raise ReleaseFormatError("the safetensors metadata lacks `clusters` or `updates`")
+    return arrays, metadata
+
+
+def _offsets(name: str, entry: object, size: int) -> tuple[int, int]:
+    """``(begin, end)`` of one tensor's bytes in a data section of ``size`` bytes."""
+    if not isinstance(entry, dict) or entry.get("dtype") != "F64":
+        raise ReleaseFormatError(f"tensor {name!r:.60} is not float64 (dtype `F64`)")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(n, int) and n >= 0 for n in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(n, int) for n in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= size
+        and offsets[1] - offsets[0] == 8 * math.prod(shape)
+    ):
+        raise ReleaseFormatError(
+            f"tensor {name!r:.60} has a `shape` or `data_offsets` that does not fit the blob"
+        )
+    return offsets[0], offsets[1]

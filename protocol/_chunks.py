@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
@@ -51,7 +52,24 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
     Raises `MessageTooLargeError` when the declared size exceeds `max_total`,
     `ChunkIntegrityError` for a missing, reordered, truncated, oversized (relative to the
     declaration) or corrupted stream, and `InvalidEnvelopeError` for malformed fields.
+
+    The payload is held once: each chunk is appended to one `io.BytesIO` as it arrives,
+    and `getvalue` hands that buffer over as the returned `bytes` without a copy
+    (CPython; glibc grows large buffers in place), so no list of parts and no joined
+    copy exist side by side. The buffer grows with the bytes received, not with the
+    declaration: a stream that declares the cap and stalls does not hold the cap's memory.
     """
+    buffer = io.BytesIO()
+    for part in _checked_parts(chunks, max_total):
+        buffer.write(part)
+    return buffer.getvalue()
+
+
+def _checked_parts(chunks: Iterable[pb.Chunk], max_total: int) -> Iterator[bytes]:
+    """The chunks' data in order, once chunk 0's declared size passed `max_total`
+    (checked here, before anything is buffered). The iterator raises on the first order
+    or size fault, and checks the total and the digest when the stream ends: exhaust it
+    before using what it gave."""
     iterator = iter(chunks)
     first = next(iterator, None)
     if first is None:
@@ -67,12 +85,13 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
         raise MessageTooLargeError(
             f"the payload declares {total} bytes, above the cap of {max_total} bytes"
         )
+    return _parts(first, iterator, total)
+
+
+def _parts(first: pb.Chunk, rest: Iterator[pb.Chunk], total: int) -> Iterator[bytes]:
     digest = hashlib.sha256()
-    # Each access to a bytes field copies it, so every chunk's data is read exactly once;
-    # the parts are joined once at the end.
-    parts: list[bytes] = []
     received = 0
-    for expected_index, chunk in enumerate(_chain_first(first, iterator)):
+    for expected_index, chunk in enumerate(_chain_first(first, rest)):
         if chunk.index != expected_index:
             raise ChunkIntegrityError(
                 f"chunk {chunk.index} arrived where chunk {expected_index} was expected"
@@ -81,6 +100,7 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
             raise InvalidEnvelopeError(
                 f"chunk {chunk.index} sets `total_bytes` or `sha256`; only chunk 0 may"
             )
+        # Each access to a bytes field copies it: every chunk's data is read once.
         data = chunk.data
         if not data and (total > 0 or chunk.index > 0):
             raise ChunkIntegrityError(f"chunk {chunk.index} is empty")
@@ -89,15 +109,14 @@ def join_chunks(chunks: Iterable[pb.Chunk], max_total: int) -> bytes:
             raise ChunkIntegrityError(
                 f"the stream carries more than the {total} bytes chunk 0 declared"
             )
-        parts.append(data)
         digest.update(data)
+        yield data
     if received != total:
         raise ChunkIntegrityError(
             f"the stream ended after {received} of the {total} declared bytes"
         )
     if not hmac.compare_digest(digest.digest(), first.sha256):
         raise ChunkIntegrityError("the payload does not match the SHA-256 chunk 0 declared")
-    return b"".join(parts)
 
 
 def iter_upload(

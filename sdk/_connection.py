@@ -148,7 +148,10 @@ class Connection:
         check_header: Callable[[pb.ModelHeader], None],
         timeout: float,
     ) -> tuple[pb.ModelHeader, bytes]:
-        """Download one model payload (`DownloadModel` stream) with retries."""
+        """Download one model payload (`DownloadModel` stream) with retries.
+
+        The payload is reassembled into one buffer as it streams in (`receive_model`).
+        """
 
         def call() -> tuple[pb.ModelHeader, bytes]:
             stream = self._stub.DownloadModel(request, timeout=timeout)
@@ -161,12 +164,22 @@ class Connection:
         return self._with_retries("DownloadModel", call)
 
     def upload(self, header: pb.StageHeader, data: bytes, *, timeout: float) -> pb.StageAck:
-        """Upload one stage payload (`UploadStage` stream) with retries."""
+        """Upload one stage payload (`UploadStage` stream) with retries.
+
+        Chunks are cut from ``data`` as gRPC sends them, not listed first: besides
+        ``data``, only the chunks in flight are held.
+        """
 
         def call() -> pb.StageAck:
-            messages = list(iter_upload(header, data))
-            ack: pb.StageAck = self._stub.UploadStage(iter(messages), timeout=timeout)
-            self.bytes_up += sum(message.ByteSize() for message in messages)
+            sent = [0]
+
+            def counted() -> Iterator[pb.UploadChunk]:
+                for message in iter_upload(header, data):
+                    sent[0] += message.ByteSize()
+                    yield message
+
+            ack: pb.StageAck = self._stub.UploadStage(counted(), timeout=timeout)
+            self.bytes_up += sent[0]
             self.bytes_down += ack.ByteSize()
             return ack
 
