@@ -168,8 +168,18 @@ class ByteReader:
         ``width_bits`` bits."""
         size = self.count(limit, "block length")
         dtype = np.dtype("<u4") if width_bits == 32 else np.dtype("<u8")
-        data = self.raw(size * dtype.itemsize)
-        array = np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)
+        start = self._pos
+        end = start + size * dtype.itemsize
+        if end > len(self._data):
+            raise MalformedMessageError(
+                f"{self._what} truncated: needed {end - start} bytes at offset {start}, "
+                f"{len(self._data) - start} remain"
+            )
+        self._pos = end
+        # A read-only view of the message's bytes, not a copy: a masked input is mostly its
+        # words, and a large one must not be held twice while it is checked and summed.
+        view = memoryview(self._data)[start:end]
+        array = np.frombuffer(view, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)
         return cast(Words, array)
 
     def done(self) -> None:

@@ -57,3 +57,18 @@ def test_words_round_trip_little_endian(dtype: type[np.unsignedinteger]) -> None
     assert data[4:] == values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
     bits = np.dtype(dtype).itemsize * 8
     np.testing.assert_array_equal(ByteReader(data, SECAGG_IDS).words(bits, 2), values)
+
+
+def test_words_are_read_only_views_of_the_message_not_copies() -> None:
+    """A large masked input is held once: its words view the message's bytes, unchangeable,
+    and a vector longer than the bytes left is refused before anything is viewed."""
+    writer = ByteWriter(SECAGG_IDS)
+    writer.words(np.arange(1000, dtype=np.uint32))
+    message = writer.getvalue()
+    words = ByteReader(message, SECAGG_IDS).words(32, 1000)
+    assert np.shares_memory(words, np.frombuffer(message, dtype=np.uint8))
+    np.testing.assert_array_equal(words, np.arange(1000, dtype=np.uint32))
+    with pytest.raises(ValueError, match="read-only"):
+        words[0] = 7
+    with pytest.raises(MalformedMessageError, match="truncated"):
+        ByteReader(message[:-4], SECAGG_IDS).words(32, 1000)
