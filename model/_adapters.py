@@ -300,7 +300,7 @@ class MaskedAdapterModel:
             raise AdapterError(f"PEFT did not wrap the head {top!r} for training")
         self._head: nn.Module = saved[_ADAPTER_NAME]
         linear = self._head.get_submodule(rest) if rest else self._head
-        if not isinstance(linear, nn.Linear):
+        if not isinstance(linear, nn.Linear) or not isinstance(linear.weight, nn.Parameter):
             raise AdapterError(f"the head {head_path!r} is not a linear layer")
         self._head_linear = linear
         self._b[HEAD_WEIGHT] = linear.weight
