@@ -45,7 +45,13 @@ from transformers import PreTrainedModel
 
 from fedhft.policies import AdapterSpec, ConsortiumConfig, TierSpec
 
-from ._architectures import check_trainable, head_linear, model_type_of, target_modules
+from ._architectures import (
+    check_trainable,
+    head_linear,
+    model_type_of,
+    saved_modules,
+    target_modules,
+)
 from ._base import base_skeleton, build_base_model
 from .errors import AdapterError
 
@@ -269,6 +275,7 @@ class MaskedAdapterModel:
             target_modules=list(self.target_modules),
             lora_dropout=0.0,
             bias="none",
+            modules_to_save=list(saved_modules(base)) or None,
         )
         # PEFT draws its own A from the global generator; fork it so wrapping leaves the
         # caller's random state alone (our A overwrites PEFT's just below).

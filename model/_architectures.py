@@ -34,6 +34,10 @@ class Architecture:
     """Path of the head's output `nn.Linear` (labels × hidden) in the model."""
     decoder: bool = False
     """A causal decoder: its head reads the last non-padding token."""
+    saved: tuple[str, ...] = ()
+    """Modules between the encoder and the head that a pretrained checkpoint may lack
+    (freshly initialised, frozen): saved with the adapter (PEFT ``modules_to_save``) so
+    that the export reloads with the same logits on any copy of the base model."""
 
 
 _LLAMA_LIKE = Architecture(("q_proj", "v_proj"), head="score", decoder=True)
@@ -42,8 +46,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(("query", "value")),
     "roberta": Architecture(("query", "value"), head="classifier.out_proj"),
     "xlm-roberta": Architecture(("query", "value"), head="classifier.out_proj"),
-    "distilbert": Architecture(("q_lin", "v_lin")),
-    "deberta-v2": Architecture(("query_proj", "value_proj")),
+    "distilbert": Architecture(("q_lin", "v_lin"), saved=("pre_classifier",)),
+    "deberta-v2": Architecture(("query_proj", "value_proj"), saved=("pooler",)),
+    "modernbert": Architecture(("Wqkv",), saved=("head",)),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
@@ -54,8 +59,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "phi3": Architecture(("qkv_proj",), head="score", decoder=True),
     "gpt_neox": Architecture(("query_key_value",), head="score", decoder=True),
 }
-"""Architectures with a known head and default targets. BERT, RoBERTa, DistilBERT,
-Llama, Qwen2 and GPT-NeoX are tested end to end (DP-SGD round, secure sum, PEFT export)."""
+"""Architectures with a known head and default targets; each is tested end to end on a
+tiny random checkpoint (DP-SGD round, secure sum, PEFT export), except xlm-roberta,
+gemma2 and phi3 (RoBERTa's, Gemma's and a fused-qkv layout)."""
 
 
 def architecture(model_type: str) -> Architecture:
@@ -88,6 +94,11 @@ def model_type_of(model: nn.Module) -> str:
 def default_target_modules(model_type: str) -> tuple[str, ...]:
     """The LoRA targets of `model_type` when ``adapter.target_modules`` is omitted."""
     return architecture(model_type).targets
+
+
+def saved_modules(model: nn.Module) -> tuple[str, ...]:
+    """The frozen modules saved with the adapter besides the head (`Architecture.saved`)."""
+    return architecture(model_type_of(model)).saved
 
 
 def target_modules(model: nn.Module, configured: Sequence[str] | None) -> tuple[str, ...]:

@@ -47,7 +47,10 @@ from tiny_architectures import ARCHITECTURES, LABELS
 Checkpoint = Callable[[str], Path]
 ORGS = ("org-a", "org-b", "org-c")
 """Three organizations: the smallest cohort a consortium may unmask (min_cohort ≥ 3)."""
-DECODERS = ("llama", "qwen2", "gpt_neox")
+DECODERS = ("llama", "qwen2", "gpt_neox", "mistral", "qwen3", "gemma", "phi")
+FRESH = {"distilbert": "pre_classifier", "deberta-v2": "pooler", "modernbert": "head"}
+"""Modules between encoder and head that a pretrained checkpoint lacks: `transformers`
+initialises them at random on every load, so the export must carry them."""
 
 
 def _own_fingerprint(folder: Path) -> str:
@@ -170,6 +173,10 @@ def test_a_dp_round_sums_securely_and_the_export_reloads_in_plain_transformers(
     plain = AutoModelForSequenceClassification.from_pretrained(
         str(folder), num_labels=LABELS, pad_token_id=tokenizer.pad_token_id
     )
+    if name in FRESH:  # As a load from a checkpoint without them would draw them.
+        with torch.no_grad():
+            for parameter in plain.get_submodule(FRESH[name]).parameters():
+                parameter.add_(torch.randn_like(parameter))
     reloaded = PeftModel.from_pretrained(plain, str(export))
     torch.nn.Module.eval(model.peft_model)
     torch.nn.Module.eval(reloaded)

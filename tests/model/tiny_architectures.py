@@ -19,12 +19,18 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
+    DebertaV2Config,
     DistilBertConfig,
+    GemmaConfig,
     GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
+    ModernBertConfig,
+    PhiConfig,
     PretrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
     RobertaConfig,
 )
 
@@ -148,8 +154,35 @@ ARCHITECTURES: dict[str, Tiny] = {
         wordpiece=False,
         pad=False,
     ),
+    "deberta-v2": Tiny(lambda i: DebertaV2Config(**_ENCODER, **_ids(i)), wordpiece=True),
+    "modernbert": Tiny(
+        lambda i: ModernBertConfig(
+            **_DECODER,
+            **_ids(i),
+            cls_token_id=i["cls"],
+            sep_token_id=i["sep"],
+            bos_token_id=i["cls"],
+            eos_token_id=i["sep"],
+            global_attn_every_n_layers=1,
+        ),
+        wordpiece=True,
+    ),
+    "mistral": Tiny(
+        lambda i: MistralConfig(**_DECODER, **_ids(i), num_key_value_heads=1), wordpiece=False
+    ),
+    "qwen3": Tiny(
+        lambda i: Qwen3Config(**_DECODER, **_ids(i), num_key_value_heads=1, head_dim=16),
+        wordpiece=False,
+        pad=False,
+    ),
+    "gemma": Tiny(
+        lambda i: GemmaConfig(**_DECODER, **_ids(i), num_key_value_heads=1, head_dim=16),
+        wordpiece=False,
+    ),
+    "phi": Tiny(lambda i: PhiConfig(**_DECODER, **_ids(i)), wordpiece=False, pad=False),
 }
-"""The architectures the acceptance tests cover: three encoders, three decoders."""
+"""Every architecture of `fedhft.model`'s table but three variants; the acceptance list
+(BERT, RoBERTa, DistilBERT, Llama, Qwen2, GPT-NeoX) comes first."""
 
 
 def build_checkpoint(name: str, folder: Path, *, seed: int = 0) -> Path:
@@ -167,6 +200,8 @@ def build_checkpoint(name: str, folder: Path, *, seed: int = 0) -> Path:
         "pad": tokenizer.pad_token_id if tiny.pad else None,
         "bos": tokenizer.bos_token_id,
         "eos": tokenizer.eos_token_id,
+        "cls": tokenizer.cls_token_id,
+        "sep": tokenizer.sep_token_id,
     }
     config = tiny.config(ids)
     with torch.random.fork_rng(devices=[]):
