@@ -164,6 +164,13 @@ def base_config(
     config: PretrainedConfig = AutoConfig.from_pretrained(
         location, num_labels=spec.num_labels, local_files_only=True
     )
+    return config
+
+
+def _with_pad_token_id(spec: ModelSpec, config: PretrainedConfig) -> PretrainedConfig:
+    """A decoder's head finds the last text token by ``config.pad_token_id``: set it from
+    the model's own tokenizer when the checkpoint has none. (The weightless skeleton the
+    server reads does not need it, nor the tokenizer.)"""
     known = ARCHITECTURES.get(config.model_type)  # An unknown one is refused by the layout.
     if known is not None and known.decoder and config.pad_token_id is None:
         config.pad_token_id = load_tokenizer(spec).pad_token_id
@@ -203,7 +210,7 @@ def build_base_model(
             torch.manual_seed(seed)
             model: PreTrainedModel = tiny_class(tiny)
     else:
-        config = base_config(spec)
+        config = _with_pad_token_id(spec, base_config(spec))
         location = str(minilm_path()) if spec.source == "minilm" else spec.name
         verbosity = hf_logging.get_verbosity()
         progress_bar = hf_logging.is_progress_bar_enabled()

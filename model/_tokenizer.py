@@ -57,22 +57,22 @@ def _minilm_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _own_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+def _own_tokenizer(name: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
-            spec.name, local_files_only=True
+            name, local_files_only=True
         )
     except (OSError, ValueError) as error:
         raise ModelError(
-            f"model.name {spec.name!r}: no tokenizer could be loaded from it ({error}); "
+            f"model.name {name!r}: no tokenizer could be loaded from it ({error}); "
             "save the model's own tokenizer next to its weights "
             "(`tokenizer.save_pretrained(folder)`)"
         ) from error
-    with_pad_token(tokenizer)
+    _with_pad_token(tokenizer)
     return tokenizer
 
 
-def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """`tokenizer`, given a padding token when it has none (its end-of-sequence token,
     else its unknown token), as decoder checkpoints often lack one.
 
@@ -107,13 +107,20 @@ def load_tokenizer(spec: ModelSpec | None = None) -> PreTrainedTokenizerBase:
         if spec is not None and spec.tokenizer_sha256 is not None:
             check_tokenizer(spec, tokenizer)
         return tokenizer
-    tokenizer = _own_tokenizer(spec)
+    tokenizer = _own_tokenizer(spec.name)
     check_tokenizer(spec, tokenizer)
     return tokenizer
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """SHA-256 (hex) of what decides `tokenizer`'s token ids (see the module notes)."""
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase | str | Path) -> str:
+    """SHA-256 (hex) of what decides `tokenizer`'s token ids (see the module notes).
+
+    Given a folder (a model's ``model.name``), of the tokenizer saved there, with the
+    padding token `load_tokenizer` would give it: the value to pin as
+    ``model.tokenizer_sha256``.
+    """
+    if isinstance(tokenizer, str | Path):
+        tokenizer = _own_tokenizer(str(tokenizer))
     identity: dict[str, Any] = {
         "special_tokens": {
             name: str(value)

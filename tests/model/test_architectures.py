@@ -14,7 +14,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config
+from transformers import AutoModelForSequenceClassification, GPT2Config
 
 from fedhft.aggregator import RoundCoordinator
 from fedhft.model import (
@@ -33,7 +33,6 @@ from fedhft.model import (
     tier_mask,
     tokenizer_fingerprint,
 )
-from fedhft.model._tokenizer import with_pad_token
 from fedhft.policies import ConsortiumConfig, ModelSpec, OrganizationPolicy
 from fedhft.protocol import run_secagg_in_process
 from fedhft.sdk import LocalTrainer, RoundParticipant, synthetic_federation
@@ -58,7 +57,7 @@ def _own_fingerprint(folder: Path) -> str:
     with pytest.raises(ModelError, match=r"tokenizer_sha256 is missing"):
         load_tokenizer(spec)
     # What the error tells the operator to pin, computed the documented way.
-    return tokenizer_fingerprint(with_pad_token(AutoTokenizer.from_pretrained(str(folder))))
+    return tokenizer_fingerprint(folder)
 
 
 def _consortium(folder: Path, fingerprint: str, **model: Any) -> ConsortiumConfig:
@@ -289,4 +288,3 @@ def test_the_server_layout_of_a_biasless_head_matches_the_clients_blocks(
     layout = adapter_layout(skeleton, config.adapter)
     assert tuple(b.block_id for b in layout) == model.block_ids
     assert model.block_ids[-1] == HEAD_WEIGHT and HEAD_BIAS not in model.block_ids
-    assert skeleton.config.pad_token_id == load_tokenizer(config.model).pad_token_id
