@@ -36,9 +36,12 @@ from fedhft.model import (
 from fedhft.policies import ConsortiumConfig, ModelSpec, OrganizationPolicy
 from fedhft.protocol import run_secagg_in_process
 from fedhft.sdk import LocalTrainer, RoundParticipant, synthetic_federation
+from fedhft.simulation import OrganizationRun, run_federation_in_process
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "aggregator"))
-from runtime_helpers import assert_per_row_averages
+from federation_helpers import ORGS as TIERS
+from federation_helpers import policy
+from runtime_helpers import assert_per_row_averages, fast_consortium, federation_data, spying
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_architectures import ARCHITECTURES, LABELS
@@ -76,6 +79,8 @@ def _consortium(folder: Path, fingerprint: str, **model: Any) -> ConsortiumConfi
             "adapter": {"rank": 2, "alpha": 4, "a_seed": 11},
             "tiers": {"full": {"layers": "all", "keep_ratio": 0.5}},
             "method": "fedhft",
+            # A shared head goes through the secure sum too: with a bias or without.
+            "personalization": {"head": "shared"},
             "rounds": 1,
             "training": {"learning_rate": 0.05},
             "enrollment": [{"organization": org} for org in ORGS],
@@ -159,7 +164,7 @@ def test_a_dp_round_sums_securely_and_the_export_reloads_in_plain_transformers(
     checked = assert_per_row_averages(
         config, before, after, updates, tolerance_per_holder=1.0 / params.scale
     )
-    assert checked == len(tier_mask(config, "full")) > 0
+    assert checked == len(tier_mask(config, "full")) == len(model.block_ids)
     moved = [
         b for b in model.block_ids if b != HEAD_WEIGHT and np.abs(after.states[0][b]).max() > 0
     ]
@@ -288,3 +293,67 @@ def test_the_server_layout_of_a_biasless_head_matches_the_clients_blocks(
     layout = adapter_layout(skeleton, config.adapter)
     assert tuple(b.block_id for b in layout) == model.block_ids
     assert model.block_ids[-1] == HEAD_WEIGHT and HEAD_BIAS not in model.block_ids
+
+
+@pytest.mark.slow
+def test_a_two_tier_llama_federation_moves_by_the_secure_per_row_averages(
+    checkpoint: Checkpoint, tmp_path: Path
+) -> None:
+    """Four organizations on two tiers (the edge one trains the top layer's `v_proj`
+    only), two clusters, two rounds, a shared head without bias, through the real
+    coordinator and masked secure sums: every cluster adapter moves by the clear per-row
+    average of its holders' updates each round."""
+    folder = checkpoint("llama")
+    config = fast_consortium(
+        model={
+            "source": "huggingface",
+            "name": str(folder),
+            "num_labels": LABELS,
+            "pooling": "cls",
+            "tokenizer_sha256": tokenizer_fingerprint(folder),
+        },
+        adapter={"rank": 2, "alpha": 4, "a_seed": 3},
+        tiers={
+            "edge": {"layers": [-1], "modules": ["v_proj"], "keep_ratio": 0.5},
+            "full": {"layers": "all", "keep_ratio": 0.5},
+        },
+        personalization={"head": "shared"},
+    )
+    assert tier_mask(config, "edge") == ("layers.1.self_attn.v_proj", HEAD_WEIGHT)
+    coordinator = RoundCoordinator(
+        config,
+        run_id="llama",
+        initial_state=MaskedAdapterModel.from_consortium(config).get_block_state(),
+        tier_blocks={tier: tier_mask(config, tier) for tier in config.tiers},
+    )
+    data = federation_data()
+    organizations = {
+        org: OrganizationRun(
+            RoundParticipant(
+                LocalTrainer(
+                    MaskedAdapterModel.from_consortium(config),
+                    policy(org, tmp_path),
+                    config,
+                    seed=0,
+                ),
+                data[org].train,
+                state_dir=tmp_path / org / "state",
+            ),
+            tier=tier,
+            test=data[org].test,
+        )
+        for org, tier in TIERS.items()
+    }
+    with spying() as spy:
+        result = run_federation_in_process(config, coordinator, organizations, rounds=2)
+    after = {1: spy.released[2], 2: result.coordinator.clusters}
+    for round_number in (1, 2):
+        assert HEAD_BIAS not in spy.released[round_number].states[0]
+        checked = assert_per_row_averages(
+            config,
+            spy.released[round_number],
+            after[round_number],
+            spy.updates[round_number],
+            tolerance_per_holder=1.0 / config.secure_aggregation.scale,
+        )
+        assert checked > 0
