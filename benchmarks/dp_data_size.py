@@ -76,7 +76,7 @@ def run(samples: int, epsilon: float | None) -> dict[str, Any]:
     settings = replace(SETTINGS, samples_per_org=samples)
     config = learning.consortium_for(settings, "local", 1)
     base = build_base_model(config.model)
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(config.model)
     started = time.perf_counter()
     accuracies, majorities, sigma = [], [], None
     for i, (train, validation) in enumerate(_splits(samples)):
@@ -118,7 +118,9 @@ def gradient_split(records: int = 32) -> dict[str, float]:
     head = [b for b in trained if b.startswith("head.")]
     adapters = [b for b in trained if not b.startswith("head.")]
     train, _ = _splits(160)[0]
-    encoded = load_tokenizer()(list(train.texts[:records]), padding=True, return_tensors="pt")
+    encoded = load_tokenizer(config.model)(
+        list(train.texts[:records]), padding=True, return_tensors="pt"
+    )
     norms: dict[str, list[float]] = {"head": [], "adapters": []}
     for i in range(records):
         for parameter in model.trainable_parameters():

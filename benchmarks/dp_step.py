@@ -92,7 +92,7 @@ def _setup(spec: dict[str, Any]) -> tuple[Any, ...]:
     texts = synthetic_federation(
         num_organizations=1, alpha=10.0, samples_per_org=spec["batch"] * 2, seed=0
     )[0].train
-    tokens = load_tokenizer()(
+    tokens = load_tokenizer(consortium.model)(
         list(texts.texts[: spec["batch"]]),
         padding="max_length",
         truncation=True,

@@ -471,8 +471,9 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(settings: Settings) -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", SecurityWarning)
-    _WORKER["base"] = build_base_model(consortium_for(settings, "fedhft", 1).model)
-    _WORKER["tokenizer"] = load_tokenizer()
+    model = consortium_for(settings, "fedhft", 1).model
+    _WORKER["base"] = build_base_model(model)
+    _WORKER["tokenizer"] = load_tokenizer(model)
 
 
 def _run_in_worker(

@@ -1,12 +1,12 @@
 """What organizations and the server must agree on about the model, and nothing else.
 
-The base model and its tokenizer, loaded offline; the frozen-A LoRA adapters cut into
-blocks (ids, order, tiers, `tier_mask`, the head blocks) and their public starting
-values (`initial_block_state`, `initial_mole_state`: from the model's structure, without
-its weights); the K cluster adapters the server releases and their byte format;
-FedAMoLE's mixture of LoRA experts, its block layout and its release format.
-`fedhft.sdk` trains these models; `fedhft.aggregator` only reads their layout and moves
-their block values (ARCHITECTURE.md).
+The base model and its own tokenizer, loaded offline (architectures by `model_type`, the
+tokenizer's fingerprint); the frozen-A LoRA adapters cut into blocks (ids, order, tiers,
+`tier_mask`, the head blocks) and their public starting values (`initial_block_state`,
+`initial_mole_state`: from the model's structure, without its weights); the K cluster
+adapters the server releases and their byte format; FedAMoLE's mixture of LoRA experts, its
+block layout and its release format. `fedhft.sdk` trains these models; `fedhft.aggregator`
+only reads their layout and moves their block values (ARCHITECTURE.md).
 """
 
 from ._adapters import HEAD_BIAS as HEAD_BIAS
@@ -21,13 +21,12 @@ from ._adapters import get_block_state as get_block_state
 from ._adapters import set_block_state as set_block_state
 from ._adapters import tier_blocks as tier_blocks
 from ._adapters import tier_mask as tier_mask
+from ._architectures import default_target_modules as default_target_modules
 from ._base import (
     MeanPoolingBertForSequenceClassification as MeanPoolingBertForSequenceClassification,
 )
 from ._base import base_skeleton as base_skeleton
 from ._base import build_base_model as build_base_model
-from ._base import load_tokenizer as load_tokenizer
-from ._base import minilm_path as minilm_path
 from ._clusters import ClusterAdapters as ClusterAdapters
 from ._codec import canonical_safetensors as canonical_safetensors
 from ._codec import decode_clusters as decode_clusters
@@ -46,10 +45,15 @@ from ._mole_release import MoLERelease as MoLERelease
 from ._mole_release import decode_release as decode_release
 from ._mole_release import encode_release as encode_release
 from ._mole_release import upload_blocks as upload_blocks
+from ._tokenizer import check_tokenizer as check_tokenizer
+from ._tokenizer import load_tokenizer as load_tokenizer
+from ._tokenizer import minilm_path as minilm_path
+from ._tokenizer import tokenizer_fingerprint as tokenizer_fingerprint
 from .errors import AdapterError as AdapterError
 from .errors import MixtureError as MixtureError
 from .errors import ModelError as ModelError
 from .errors import ReleaseFormatError as ReleaseFormatError
+from .errors import TokenizerMismatchError as TokenizerMismatchError
 
 __all__ = [
     "HEAD_BIAS",
@@ -66,12 +70,15 @@ __all__ = [
     "MoLERelease",
     "ModelError",
     "ReleaseFormatError",
+    "TokenizerMismatchError",
     "adapter_layout",
     "base_skeleton",
     "build_base_model",
     "canonical_safetensors",
+    "check_tokenizer",
     "decode_clusters",
     "decode_release",
+    "default_target_modules",
     "encode_clusters",
     "encode_release",
     "expert_a",
@@ -90,5 +97,6 @@ __all__ = [
     "shared_block_id",
     "tier_blocks",
     "tier_mask",
+    "tokenizer_fingerprint",
     "upload_blocks",
 ]

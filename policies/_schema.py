@@ -20,7 +20,9 @@ from pydantic import (
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import CoreSchema
@@ -239,14 +241,36 @@ class ModelSpec(_Frozen):
         default="mean",
         description="What the classification head reads: `mean` of the last hidden states "
         "over the text's tokens (how all-MiniLM-L6-v2 was trained; BERT-family models), or "
-        "`cls`: the model's own head on the first token.",
+        "`cls`: the model's own head (the first token of an encoder, the last non-padding "
+        "token of a decoder).",
     )
+    tokenizer_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Fingerprint of the model's own tokenizer (`fedhft.model."
+        "tokenizer_fingerprint`); required for `huggingface`. Every organization's local "
+        "tokenizer must have it, so all train on the same token ids.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_tokenizer(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Left out when not set, so that the canonical JSON, and with it the
+        # configuration hash, of a consortium file without it stays what it was.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("tokenizer_sha256") is None:
+            data.pop("tokenizer_sha256", None)
+        return data
 
 
 class AdapterSpec(_Frozen):
     """Frozen-A LoRA adapters shared by every organization (DESIGN §2.1)."""
 
-    target_modules: list[str] = Field(min_length=1)
+    target_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Last names of the linear modules LoRA wraps in every layer; omitted: "
+        "the architecture's default (`fedhft.model.default_target_modules`).",
+    )
     rank: int = Field(ge=1, le=1024)
     alpha: float = Field(gt=0)
     a_seed: int = Field(ge=0, lt=2**63, description="Seed of the frozen A matrices.")
@@ -464,8 +488,9 @@ class ConsortiumConfig(_Frozen):
     def _consistent(self) -> ConsortiumConfig:
         problems: list[str] = []
         for name, tier in self.tiers.items():
-            unknown = sorted(set(tier.modules or []) - set(self.adapter.target_modules))
-            if unknown:
+            targets = self.adapter.target_modules
+            unknown = sorted(set(tier.modules or []) - set(targets or []))
+            if unknown and targets is not None:
                 problems.append(
                     f"tiers.{name}.modules names {unknown}, not among adapter.target_modules"
                 )

@@ -91,7 +91,7 @@ class LocalTrainer(AccountedTrainer):
         consortium: the consortium configuration (adapters, tiers, method, clusters).
         ledger: the privacy ledger; by default the policy's ``privacy.ledger_path``.
         audit: where "privacy_spend" and "refusal" events go (the signed audit log).
-        tokenizer: defaults to MiniLM's local tokenizer.
+        tokenizer: defaults to the consortium model's own tokenizer.
         non_private_baseline: train WITHOUT differential privacy, for baselines only.
         grad_sample_mode: how Opacus computes per-sample gradients (hooks is fastest
             with PEFT LoRA; see benchmarks/dp_step.py).

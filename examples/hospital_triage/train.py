@@ -89,7 +89,7 @@ def train(
     # model, for one, cannot be rebuilt without fedhft).
     base = build_base_model(config.model)
     base.save_pretrained(export / "base")
-    load_tokenizer().save_pretrained(export / "base")
+    load_tokenizer(config.model).save_pretrained(export / "base")
     model = MaskedAdapterModel(base, config.adapter)
     with FederatedClient(
         model,

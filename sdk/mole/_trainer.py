@@ -86,7 +86,7 @@ class MoLETrainer(AccountedTrainer):
             default: the consortium's model, built offline.
         ledger: the privacy ledger; by default the policy's ``privacy.ledger_path``.
         audit: where "privacy_spend" and "refusal" events go (the signed audit log).
-        tokenizer: defaults to MiniLM's local tokenizer.
+        tokenizer: defaults to the consortium model's own tokenizer.
         non_private_baseline: train WITHOUT differential privacy, for baselines only.
         balance_weight: weight of the router's load-balancing loss.
         seed: seeds the shuffling of the non-private baseline.

@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from fedhft.accounting import MechanismRecord, auto_noise_multiplier
 from fedhft.audit import EventType, privacy_spend_payload, refusal_payload
 from fedhft.errors import SecurityWarning
-from fedhft.model import load_tokenizer
+from fedhft.model import check_tokenizer, load_tokenizer
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy, require_compatible
 
 from .._data import TextDataset
@@ -103,7 +103,8 @@ class AccountedTrainer:
         consortium: the consortium configuration.
         ledger: the privacy ledger; by default the policy's ``privacy.ledger_path``.
         audit: where "privacy_spend" and "refusal" events go (the signed audit log).
-        tokenizer: defaults to MiniLM's local tokenizer.
+        tokenizer: defaults to the consortium model's own tokenizer (`load_tokenizer`);
+            one given must have the fingerprint the consortium pins.
         non_private_baseline: train WITHOUT differential privacy, for baselines only
             (warns with a `SecurityWarning`; nothing is spent or recorded).
         seed: seeds the shuffling of the non-private baseline.
@@ -111,6 +112,7 @@ class AccountedTrainer:
     Raises:
         IncompatiblePolicyError: the policy forbids this consortium.
         SdkError: the ledger belongs to another organization or setting.
+        TokenizerMismatchError: the tokenizer is not the one the consortium pins.
     """
 
     def __init__(
@@ -127,7 +129,11 @@ class AccountedTrainer:
         require_compatible(policy, consortium)
         self.policy = policy
         self.consortium = consortium
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
+        if tokenizer is None:
+            tokenizer = load_tokenizer(consortium.model)
+        else:
+            check_tokenizer(consortium.model, tokenizer)
+        self.tokenizer = tokenizer
         self.audit = audit
         self.private = not non_private_baseline
         self._generator = torch.Generator()
