@@ -19,3 +19,8 @@ class MixtureError(ModelError, ValueError):
 
 class ReleaseFormatError(ModelError, ValueError):
     """Bytes that should hold a released model are not well formed."""
+
+
+class ModelSourceError(ModelError, ValueError):
+    """The consortium's `model` cannot be found or read (a missing package or file, a
+    file that is not a model)."""
