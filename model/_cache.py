@@ -151,5 +151,10 @@ def _dequantize(gguf: Path, target: Path) -> None:
             f"{str(gguf)!r} (`model.name`) is not a GGUF model `transformers` can "
             f"dequantize: {error}"
         ) from error
+    # The weights are float32 now; only the record of where they came from marks the
+    # model as quantized, and transformers refuses to save a quantized model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
     model.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
