@@ -22,6 +22,7 @@ from ._adapters import tier_mask as tier_mask
 from ._base import (
     MeanPoolingBertForSequenceClassification as MeanPoolingBertForSequenceClassification,
 )
+from ._base import base_config as base_config
 from ._base import base_skeleton as base_skeleton
 from ._base import build_base_model as build_base_model
 from ._base import load_tokenizer as load_tokenizer
@@ -70,6 +71,7 @@ __all__ = [
     "ModelSourceError",
     "ReleaseFormatError",
     "adapter_layout",
+    "base_config",
     "base_skeleton",
     "build_base_model",
     "cache_root",

@@ -175,3 +175,51 @@ def test_one_round_provisions_and_says_what_it_changed(tmp_path: Path) -> None:
     assert note is not None and "one cluster" in note and "--rounds 2" in note
     assert _rounds_note(SimMethod.FEDHFT, 2) is None
     assert _rounds_note(SimMethod.FEDAVG, 1) is None
+
+
+def test_model_option_reads_a_local_folder_with_its_architectures_targets(
+    tmp_path: Path,
+) -> None:
+    """`--model PATH` of a saved Llama or BERT folder picks its LoRA targets, head and layers."""
+    import typer
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from fedhft.model import build_base_model
+    from fedhft.policies import ModelSpec
+
+    llama = tmp_path / "llama"
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(llama)
+    parsed = SimModel.parse(str(llama))
+    assert parsed.spec == {"source": "huggingface", "name": str(llama), "pooling": "cls"}
+    assert (parsed.target_modules, parsed.num_layers) == (("q_proj", "v_proj"), 5)
+    data = _consortium(
+        organizations=["a", "b", "c"],
+        rounds=2,
+        method=SimMethod.FEDHFT,
+        secure=SimSecure.MASKING,
+        model=parsed,
+        seed=0,
+    )
+    tiers = data["tiers"]
+    assert tiers["edge"]["modules"] == ["v_proj"]
+    assert tiers["standard"]["layers"] == [-3, -2, -1]
+    bert = tmp_path / "bert"
+    build_base_model(ModelSpec(source="tiny", num_labels=4)).save_pretrained(bert)
+    parsed = SimModel.parse(str(bert))
+    assert parsed.spec["pooling"] == "mean" and parsed.target_modules == ("query", "value")
+    assert SimModel.parse("tiny") is SimModel.TINY
+    not_gguf = tmp_path / "weights.gguf"
+    not_gguf.write_text("no")
+    with pytest.raises(typer.BadParameter, match="is not a GGUF file"):
+        SimModel.parse(str(not_gguf))
+    with pytest.raises(typer.BadParameter, match="is not `minilm`, `tiny`, `smollm2`"):
+        SimModel.parse(str(tmp_path / "absent"))
