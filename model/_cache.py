@@ -153,7 +153,8 @@ def _dequantize(gguf: Path, target: Path) -> None:
         ) from error
     # The weights are float32 now; only the record of where they came from marks the
     # model as quantized, and transformers refuses to save a quantized model.
-    model.hf_quantizer = None
+    # `hf_quantizer` is a plain attribute that nn.Module's annotations do not know.
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     model.save_pretrained(str(target), safe_serialization=True)
