@@ -144,7 +144,7 @@ def _dequantize(gguf: Path, target: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(location, gguf_file=name, dtype=torch.float32)
     except ImportError as error:
         raise ModelSourceError(
-            f"reading {str(gguf)!r} needs the `gguf` package: pip install 'gguf>=0.10' ({error})"
+            f"reading {str(gguf)!r} needs the `gguf` package: pip install 'fedhft[gguf]' ({error})"
         ) from error
     except (ValueError, KeyError, OSError, RuntimeError) as error:
         raise ModelSourceError(
