@@ -57,7 +57,7 @@ from fedhft.protocol import (
     receive_upload,
 )
 from fedhft.protocol.session_codec import MODEL_FORMAT
-from fedhft.sdk._connection import Connection, RetryPolicy
+from fedhft.sdk.connection import Connection, RetryPolicy
 
 MB = 1_000_000
 LLAMA_8B_HIDDEN = 4096

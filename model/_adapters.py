@@ -365,7 +365,7 @@ class MaskedAdapterModel:
         """The frozen ``A`` (rank × in_features) of an adapter block."""
         if block_id not in self._a:
             raise AdapterError(f"block {block_id!r} has no LoRA A (is it a head block?)")
-        return self._a[block_id].detach().to(torch.float64).numpy().copy()
+        return self._a[block_id].detach().cpu().to(torch.float64).numpy().copy()
 
     def apply_tier(self, tier: TierSpec) -> tuple[str, ...]:
         """Freeze everything, then unfreeze the tier's ``B`` blocks and the head.
@@ -402,7 +402,7 @@ class MaskedAdapterModel:
         state: dict[str, FloatArray] = {}
         for block_id in chosen:
             block = self.block(block_id)
-            values = self._b[block_id].detach().to(torch.float64).numpy()
+            values = self._b[block_id].detach().cpu().to(torch.float64).numpy()
             state[block_id] = values.reshape(block.shape).copy()
         return state
 
@@ -418,7 +418,8 @@ class MaskedAdapterModel:
             if not np.all(np.isfinite(array)):
                 raise AdapterError(f"block {block_id!r} contains NaN or infinite values")
             parameter = self._b[block_id]
-            tensor = torch.from_numpy(array).to(parameter.dtype).reshape(parameter.shape)
+            tensor = torch.from_numpy(array).to(parameter.device, parameter.dtype)
+            tensor = tensor.reshape(parameter.shape)
             checked.append((parameter, tensor))
         # All blocks are validated before any is written, so a bad state changes nothing.
         with torch.no_grad():
@@ -433,7 +434,7 @@ class MaskedAdapterModel:
         logits: torch.Tensor = output.logits
         if self.label_log_prior is None:
             return logits
-        return logits + self.label_log_prior.to(logits.dtype)
+        return logits + self.label_log_prior.to(logits.device, logits.dtype)
 
     def set_label_prior(self, log_prior: npt.ArrayLike | None) -> None:
         """Add ``log_prior`` (one value per label) to every logit, in training and use
@@ -479,7 +480,8 @@ class MaskedAdapterModel:
                     states = hidden.last_hidden_state.to(torch.float64)
                     pooled = (states * mask.unsqueeze(-1)).sum(dim=1)
                     pooled = pooled / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
-                    total += (pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)).sum(0)
+                    unit = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                    total += unit.sum(0).cpu()
         finally:
             self.peft_model.train(was_training)
             for parameter, requires_grad in trainable:
@@ -513,7 +515,7 @@ class MaskedAdapterModel:
         try:
             if self.label_log_prior is not None:
                 with torch.no_grad():
-                    bias.add_(self.label_log_prior.to(bias.dtype).reshape(bias.shape))
+                    bias.add_(self.label_log_prior.to(bias.device, bias.dtype).reshape(bias.shape))
             self.peft_model.save_pretrained(str(target))
         finally:
             with torch.no_grad():

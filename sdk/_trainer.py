@@ -56,7 +56,13 @@ from ._mixture import (
 from ._update import MaskedUpdate
 from .errors import SdkError
 from .privacy._accounted_trainer import AccountedTrainer, AuditSink, Encoded
-from .privacy._dp import DEFAULT_GRAD_SAMPLE_MODE, GradSampleMode, PrivateStep, poisson_batch
+from .privacy._dp import (
+    DEFAULT_GRAD_SAMPLE_MODE,
+    GradSampleMode,
+    PrivateStep,
+    forward_precision,
+    poisson_batch,
+)
 from .privacy._ledger import PrivacyLedger
 from .privacy._noise import noise_sampler
 from .privacy._releases import gaussian_record, label_counts, log_label_prior, unit_sketch
@@ -134,6 +140,9 @@ class LocalTrainer(AccountedTrainer):
                 "the model's adapter spec differs from the consortium's `adapter` section; "
                 "wrap the base model with the consortium's adapters"
             )
+        # Moved once, before any optimizer or Opacus hook holds its parameters; `to`
+        # keeps each parameter object, so the block table stays valid.
+        self.model.peft_model.to(self.device)
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = self.model.apply_tier(self.tier)
         self.grad_sample_mode = grad_sample_mode
@@ -392,6 +401,7 @@ class LocalTrainer(AccountedTrainer):
             expected_batch_size=record.sample_rate * num_records,
             noise_sampler=sampler,
             grad_sample_mode=self.grad_sample_mode,
+            autocast=self.autocast,
         ) as private:
             for _ in range(record.steps):
                 indices = torch.from_numpy(poisson_batch(num_records, record.sample_rate))
@@ -404,7 +414,7 @@ class LocalTrainer(AccountedTrainer):
     def _train_non_private(self, encoded: Encoded) -> float:
         optimizer = self._optimizer()
         row_masks = [
-            (self.model.parameter(b), torch.from_numpy(m))
+            (self.model.parameter(b), torch.from_numpy(m).to(self.device))
             for b, m in self.model.row_masks.items()
             if not m.all()
         ]
@@ -413,7 +423,9 @@ class LocalTrainer(AccountedTrainer):
         for indices in self._shuffled_batches(encoded):
             ids, mask, labels = encoded.batch(indices)
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(self.model.logits(ids, mask), labels)
+            with forward_precision(self.device, self.autocast):
+                logits = self.model.logits(ids, mask)
+            loss = nn.functional.cross_entropy(logits.float(), labels)
             torch.autograd.backward(loss)
             for parameter, rows in row_masks:
                 if parameter.grad is not None:

@@ -20,6 +20,7 @@ from ._fedhft import secure_sum as secure_sum
 from ._provision import LABELS as LABELS
 from ._provision import TIER_CYCLE as TIER_CYCLE
 from ._provision import SimulatedConsortium as SimulatedConsortium
+from ._provision import SimulatedModel as SimulatedModel
 from ._provision import consortium_document as consortium_document
 from ._provision import dropped_in as dropped_in
 from ._provision import majority_accuracy as majority_accuracy
@@ -51,6 +52,7 @@ __all__ = [
     "RayUnavailableError",
     "RoundRecord",
     "SimulatedConsortium",
+    "SimulatedModel",
     "SimulationError",
     "consortium_document",
     "dropped_in",

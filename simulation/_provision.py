@@ -29,6 +29,8 @@ from fedhft.policies import (
 from fedhft.protocol import init_ca, issue_organization, issue_server
 from fedhft.sdk import TextDataset, synthetic_federation
 
+from .errors import SimulationError
+
 CONSORTIUM = "simulated-consortium"
 TIER_CYCLE = ("full", "standard", "edge", "full", "standard", "edge")
 LABELS = ("low", "medium", "high", "critical")
@@ -96,19 +98,82 @@ def rounds_note(method: Method, rounds: int) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SimulatedModel:
+    """The base model of a simulation: the consortium's `model` section (less
+    ``num_labels``), its LoRA targets and how many layers the tiers address."""
+
+    label: str
+    spec: dict[str, str]
+    target_modules: tuple[str, ...]
+    num_layers: int
+
+    @classmethod
+    def parse(cls, value: str) -> SimulatedModel:
+        """`minilm`, `tiny`, `smollm2`, or the path of a Hugging Face folder or `.gguf` file.
+
+        Reads the model's configuration (a GGUF file is dequantized into the user cache
+        here, once, so that every organization finds it there), takes the architecture's
+        default LoRA targets, and pins the model's own tokenizer by its fingerprint.
+
+        Raises:
+            SimulationError: the value is none of these, or the model cannot be read.
+        """
+        if value == "minilm":
+            return cls("minilm", {"source": "minilm"}, ("query", "value"), 6)
+        if value == "tiny":
+            return cls("tiny", {"source": "tiny"}, ("query", "value"), 2)
+        from fedhft.model import (
+            ModelError,
+            base_config,
+            default_target_modules,
+            model_location,
+            tokenizer_fingerprint,
+        )
+        from fedhft.policies import ModelSpec
+
+        spec: dict[str, str]
+        if value == "smollm2":
+            spec = {"source": "smollm2"}
+        else:
+            path = Path(value).expanduser()
+            if path.suffix.lower() == ".gguf":
+                spec = {"source": "gguf", "name": str(path.resolve())}
+            elif path.is_dir():
+                spec = {"source": "huggingface", "name": str(path.resolve())}
+            else:
+                raise SimulationError(
+                    f"{value!r} is not `minilm`, `tiny`, `smollm2`, a Hugging Face model "
+                    "folder or a `.gguf` file"
+                )
+        try:
+            model_spec = ModelSpec.model_validate({**spec, "num_labels": len(LABELS)})
+            config = base_config(model_spec)
+            model_type = str(config.model_type)
+            if spec["source"] == "huggingface":
+                # Mean pooling is what BERT-family sentence encoders are trained for;
+                # every other architecture classifies with its own head.
+                spec["pooling"] = "mean" if model_type == "bert" else "cls"
+            targets = default_target_modules(model_type)
+            spec["tokenizer_sha256"] = tokenizer_fingerprint(model_location(model_spec))
+        except (ModelError, OSError, ValueError) as error:
+            raise SimulationError(f"cannot use {value!r} as the base model: {error}") from error
+        return cls(value, spec, tuple(targets), int(config.num_hidden_layers))
+
+
 def consortium_document(
     *,
     organizations: list[str],
     rounds: int,
     method: Method,
     secure: SecureAggregationMode,
-    model: str,
+    model: SimulatedModel | str,
     seed: int,
 ) -> dict[str, Any]:
-    """The simulated consortium configuration, as the YAML file holds it.
-
-    ``model`` is the consortium's `model.source`: ``minilm`` or ``tiny``, which need no
-    download."""
+    """The simulated consortium configuration, as the YAML file holds it (``model``: a
+    `SimulatedModel` or what `SimulatedModel.parse` reads)."""
+    if isinstance(model, str):
+        model = SimulatedModel.parse(model)
     fedhft = method is Method.FEDHFT
     fedamole: dict[str, Any] = {}
     if method is Method.FEDAMOLE:
@@ -120,18 +185,22 @@ def consortium_document(
     return {
         "kind": "consortium",
         "consortium": CONSORTIUM,
-        "model": {"source": model, "num_labels": len(LABELS)},
+        "model": {**model.spec, "num_labels": len(LABELS)},
         "adapter": {
-            "target_modules": ["query", "value"],
+            "target_modules": list(model.target_modules),
             "rank": 8,
             "alpha": 16,
             "a_seed": 1000 + seed,
         },
         "tiers": {
-            "edge": {"layers": [-1], "modules": ["value"], "keep_ratio": 0.5},
-            # The tiny model has two layers, MiniLM six.
+            "edge": {
+                "layers": [-1],
+                "modules": [model.target_modules[-1]],
+                "keep_ratio": 0.5,
+            },
+            # The top three layers (MiniLM has six; the tiny model's two are all of it).
             "standard": {
-                "layers": [-2, -1] if model == "tiny" else [-3, -2, -1],
+                "layers": list(range(-min(3, model.num_layers), 0)),
                 "keep_ratio": 0.5,
             },
             "full": {"layers": "all", "keep_ratio": 0.5},
@@ -209,7 +278,7 @@ def provision(
     rounds: int,
     method: Method,
     secure: SecureAggregationMode,
-    model: str,
+    model: SimulatedModel | str,
     epsilon: float,
     local_steps: int,
     samples: int,

@@ -89,7 +89,9 @@ class MoLEPrivateStep:
             for parameter in self.model.trainable_parameters():
                 # The sum of no clipped gradients is zero; the step still gets its noise.
                 setattr(  # noqa: B010
-                    parameter, "grad_sample", torch.zeros((0, *parameter.shape))
+                    parameter,
+                    "grad_sample",
+                    torch.zeros((0, *parameter.shape), device=parameter.device),
                 )
             self.optimizer.step()
             return float("nan")

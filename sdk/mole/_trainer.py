@@ -119,6 +119,14 @@ class MoLETrainer(AccountedTrainer):
             non_private_baseline=non_private_baseline,
             seed=seed,
         )
+        if self.device.type != "cpu":
+            # The mixture-of-experts layers and the affinity release compute on the CPU.
+            if policy.training.device != "auto":
+                raise SdkError(
+                    f"FedAMoLE trains on the CPU; `training.device` is "
+                    f"{policy.training.device!r}: set it to `cpu` or `auto`"
+                )
+            self.device, self.autocast = torch.device("cpu"), None
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         if self.tier.min_experts is None or self.tier.max_experts is None:
             raise SdkError(f"tier {policy.training.tier!r} needs min_experts and max_experts")

@@ -11,7 +11,10 @@ from ._accounted_trainer import AccountedTrainer as AccountedTrainer
 from ._accounted_trainer import AuditSink as AuditSink
 from ._dp import GradSampleMode as GradSampleMode
 from ._dp import PrivateStep as PrivateStep
+from ._dp import autocast_dtype as autocast_dtype
+from ._dp import forward_precision as forward_precision
 from ._dp import poisson_batch as poisson_batch
+from ._dp import training_device as training_device
 from ._ledger import PrivacyLedger as PrivacyLedger
 from ._ledger import open_organization_ledger as open_organization_ledger
 from ._noise import NoiseSampler as NoiseSampler
@@ -27,9 +30,12 @@ __all__ = [
     "PrivacyLedger",
     "PrivateStep",
     "SecureGaussian",
+    "autocast_dtype",
     "check_rebuilt_ledger",
+    "forward_precision",
     "noise_sampler",
     "open_organization_ledger",
     "poisson_batch",
+    "training_device",
     "use_noise_sampler",
 ]

@@ -33,6 +33,7 @@ from fedhft.policies import ConsortiumConfig, OrganizationPolicy, require_compat
 
 from .._data import TextDataset
 from ..errors import BudgetExhaustedError, DataError, SdkError
+from ._dp import autocast_dtype, training_device
 from ._ledger import PrivacyLedger
 from ._releases import FloatArray, gaussian_release
 
@@ -66,6 +67,14 @@ class Encoded:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device) -> Encoded:
+        """The same data set on ``device`` (itself when it is already there)."""
+        if self.input_ids.device == device:
+            return self
+        return Encoded(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+        )
+
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rows at ``indices``, trimmed of the padding every one of them shares (same
         result, less compute).
@@ -76,6 +85,7 @@ class Encoded:
         per-sample gradient would depend on its batch-mates and clipping would no longer
         bound one record's influence.
         """
+        indices = indices.to(self.input_ids.device)
         ids = self.input_ids[indices]
         mask = self.attention_mask[indices]
         length = max(1, int(mask.sum(dim=1).max().item())) if len(indices) else 1
@@ -136,6 +146,18 @@ class AccountedTrainer:
         self.tokenizer = tokenizer
         self.audit = audit
         self.private = not non_private_baseline
+        try:
+            self.device = training_device(policy.training.device)
+        except ValueError as error:
+            raise SdkError(str(error)) from error
+        self.autocast = autocast_dtype(self.device, policy.training.precision)
+        if policy.training.precision == "bf16" and self.autocast is None:
+            warnings.warn(
+                "`training.precision: bf16` needs a CUDA device; training on the CPU in "
+                "float32 instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._generator = torch.Generator()
         if seed is not None:
             self._generator.manual_seed(seed)
@@ -268,7 +290,7 @@ class AccountedTrainer:
                 "refusal" was audited).
         """
         if not self.private:
-            exact: FloatArray = statistic.detach().to(torch.float64).reshape(-1).numpy().copy()
+            exact: FloatArray = statistic.detach().cpu().to(torch.float64).reshape(-1).numpy()
             return exact
         admitted = self._admit(record.round, num_records, record)
         release = gaussian_release(statistic, admitted, ledger=self._ledger())
@@ -313,11 +335,13 @@ class AccountedTrainer:
             max_length=self.policy.training.max_seq_length,
             return_tensors="pt",
         )
+        # The whole tokenized data set moves to the training device once; batches are
+        # then cut there and never travel back.
         return Encoded(
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
             labels=torch.tensor(dataset.labels, dtype=torch.long),
-        )
+        ).to(self.device)
 
     def _shuffled_batches(self, encoded: Encoded) -> Iterator[torch.Tensor]:
         """Indices of the non-private baseline's batches: one round's steps, reshuffled
@@ -347,8 +371,8 @@ class AccountedTrainer:
                 indices = torch.arange(start, min(start + _EVAL_BATCH, len(encoded)))
                 ids, mask, _ = encoded.batch(indices)
                 predictions.append(model.logits(ids, mask).argmax(dim=-1))
-        predicted = torch.cat(predictions).numpy()
-        labels = encoded.labels.numpy()
+        predicted = torch.cat(predictions).cpu().numpy()
+        labels = encoded.labels.cpu().numpy()
         return {
             "accuracy": float(np.mean(predicted == labels)),
             "macro_f1": macro_f1(labels, predicted),

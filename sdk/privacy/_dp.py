@@ -26,13 +26,22 @@ Notes:
     Poisson sampling draws 53-bit uniforms from ``os.urandom``: the batch composition
     is part of the secret randomness of the mechanism (amplification by sampling), so
     it must not be predictable either.
+
+    On a CUDA device the model is moved there once, before the optimizer and Opacus'
+    hooks exist, and moving keeps every parameter object (only its storage moves), so
+    the optimizer, the hooks and the adapter's block table all see the same tensors.
+    Under ``precision: bf16`` only the forward and backward passes run under bfloat16
+    autocast; the per-sample gradients are cast to float32 before clipping, so the
+    clipping norm, the noise (drawn in float64 by the secure sampler, then moved to the
+    device) and the update are float32, as the privacy analysis assumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +70,57 @@ DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 IndexArray = npt.NDArray[np.int64]
 
 _UNIFORM_BITS = 53
+
+
+Precision = Literal["fp32", "bf16"]
+
+
+def training_device(setting: str) -> torch.device:
+    """The torch device of a policy's ``training.device``: ``auto`` is the first CUDA
+    device when one is present, else the CPU.
+
+    Raises:
+        ValueError: a CUDA device is asked for and this machine has none (or fewer).
+    """
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index or 0
+        if index >= available:
+            raise ValueError(
+                f"`training.device` is {setting!r} but this machine has {available} CUDA "
+                "device(s); set `training.device: auto` or `cpu`, or run where the GPU is"
+            )
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
+    """The autocast dtype of the forward and backward passes: bfloat16 for ``bf16`` on a
+    CUDA device, otherwise None (float32; bf16 on a CPU gains nothing and loses bits)."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.bfloat16
+    return None
+
+
+@contextlib.contextmanager
+def forward_precision(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Autocast to ``dtype`` on ``device`` for the block inside, or nothing for None."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def per_sample_gradients_to_fp32(parameters: Iterable[nn.Parameter]) -> None:
+    """Cast Opacus' per-sample gradients to float32, so clipping runs in float32."""
+    for parameter in parameters:
+        grad_sample = getattr(parameter, "grad_sample", None)
+        if isinstance(grad_sample, torch.Tensor) and grad_sample.dtype != torch.float32:
+            # Opacus reads per-sample gradients from this attribute.
+            setattr(parameter, "grad_sample", grad_sample.float())  # noqa: B010
 
 
 def poisson_batch(num_records: int, sample_rate: float) -> IndexArray:
@@ -142,6 +202,7 @@ class PrivateStep:
         expected_batch_size: float,
         noise_sampler: NoiseSampler,
         grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise AdapterError(
@@ -154,7 +215,7 @@ class PrivateStep:
         self.model = model
         self.mode = grad_sample_mode
         self._row_masks: list[tuple[nn.Parameter, torch.Tensor]] = [
-            (model.parameter(b), torch.from_numpy(mask))
+            (model.parameter(b), torch.from_numpy(mask).to(model.parameter(b).device))
             for b, mask in model.row_masks.items()
             if not mask.all()
         ]
@@ -163,6 +224,13 @@ class PrivateStep:
                 "ghost clipping cannot honour a tier's row slice (row_fraction < 1); "
                 "use grad_sample_mode 'hooks'"
             )
+        if autocast is not None and grad_sample_mode == "ghost":
+            raise AdapterError(
+                "ghost clipping computes its norms inside the backward pass, in the "
+                "autocast dtype; use grad_sample_mode 'hooks' with precision bf16"
+            )
+        self._autocast = autocast
+        self._device = next(iter(model.trainable_parameters())).device
         module = model.peft_model
         module.train()
         # Opacus' own compatibility check (BatchNorm and the like) before any hook.
@@ -216,11 +284,13 @@ class PrivateStep:
             warnings.filterwarnings(
                 "ignore", message="Full backward hook is firing", category=UserWarning
             )
-            logits = self.model.logits(input_ids, attention_mask)
-            loss = self._criterion(logits, labels)
+            with forward_precision(self._device, self._autocast):
+                logits = self.model.logits(input_ids, attention_mask)
+                loss = self._criterion(logits.float(), labels)
             loss.backward()
         value = float(loss.item())
         if self.mode != "ghost":
+            per_sample_gradients_to_fp32(self.model.trainable_parameters())
             self._mask_per_sample_gradients()
         self.optimizer.step()
         return value
@@ -236,7 +306,9 @@ class PrivateStep:
                 setattr(  # noqa: B010
                     parameter,
                     "grad_sample",
-                    torch.zeros((0, *parameter.shape), dtype=parameter.dtype),
+                    torch.zeros(
+                        (0, *parameter.shape), dtype=parameter.dtype, device=parameter.device
+                    ),
                 )
 
     def _mask_per_sample_gradients(self) -> None:

@@ -221,3 +221,58 @@ def test_engine_options_it_cannot_run_are_refused(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "run").exists()
+
+
+def test_model_option_reads_a_local_folder_with_its_architectures_targets(
+    tmp_path: Path,
+) -> None:
+    """`--model PATH` of a saved Llama or BERT folder picks its LoRA targets, head and layers."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from fedhft.model import build_base_model, load_tokenizer, tokenizer_fingerprint
+    from fedhft.policies import ModelSpec
+    from fedhft.simulation import SimulatedModel, SimulationError, consortium_document
+
+    llama = tmp_path / "llama"
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(llama)
+    load_tokenizer().save_pretrained(llama)
+    parsed = SimulatedModel.parse(str(llama))
+    assert parsed.spec == {
+        "source": "huggingface",
+        "name": str(llama),
+        "pooling": "cls",
+        "tokenizer_sha256": tokenizer_fingerprint(llama),
+    }
+    assert (parsed.target_modules, parsed.num_layers) == (("q_proj", "v_proj"), 5)
+    data = consortium_document(
+        organizations=["a", "b", "c"],
+        rounds=2,
+        method=Method.FEDHFT,
+        secure=SecureAggregationMode.MASKING,
+        model=parsed,
+        seed=0,
+    )
+    tiers = data["tiers"]
+    assert tiers["edge"]["modules"] == ["v_proj"]
+    assert tiers["standard"]["layers"] == [-3, -2, -1]
+    bert = tmp_path / "bert"
+    build_base_model(ModelSpec(source="tiny", num_labels=4)).save_pretrained(bert)
+    load_tokenizer().save_pretrained(bert)
+    parsed = SimulatedModel.parse(str(bert))
+    assert parsed.spec["pooling"] == "mean" and parsed.target_modules == ("query", "value")
+    assert SimulatedModel.parse("tiny").spec == {"source": "tiny"}
+    not_gguf = tmp_path / "weights.gguf"
+    not_gguf.write_text("no")
+    with pytest.raises(SimulationError, match="is not a GGUF file"):
+        SimulatedModel.parse(str(not_gguf))
+    with pytest.raises(SimulationError, match="is not `minilm`, `tiny`, `smollm2`"):
+        SimulatedModel.parse(str(tmp_path / "absent"))

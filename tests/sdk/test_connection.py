@@ -28,7 +28,7 @@ from fedhft.protocol import (
 from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol import fedhft_pb2_grpc as pb_grpc
 from fedhft.protocol.errors import MessageTooLargeError
-from fedhft.sdk._connection import Connection, RetryPolicy
+from fedhft.sdk.connection import Connection, RetryPolicy
 
 ORG = "bank-a"
 # Three full chunks and a partial one, neither a multiple of a chunk nor of 8 bytes.
