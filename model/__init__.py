@@ -28,6 +28,9 @@ from ._base import base_skeleton as base_skeleton
 from ._base import build_base_model as build_base_model
 from ._base import load_tokenizer as load_tokenizer
 from ._base import minilm_path as minilm_path
+from ._causal import DEFAULT_CAUSAL_TARGETS as DEFAULT_CAUSAL_TARGETS
+from ._causal import CausalAdapterModel as CausalAdapterModel
+from ._causal import causal_layout as causal_layout
 from ._clusters import ClusterAdapters as ClusterAdapters
 from ._codec import canonical_safetensors as canonical_safetensors
 from ._codec import decode_clusters as decode_clusters
@@ -52,11 +55,13 @@ from .errors import ModelError as ModelError
 from .errors import ReleaseFormatError as ReleaseFormatError
 
 __all__ = [
+    "DEFAULT_CAUSAL_TARGETS",
     "HEAD_BIAS",
     "HEAD_BLOCKS",
     "HEAD_WEIGHT",
     "AdapterError",
     "Block",
+    "CausalAdapterModel",
     "ClusterAdapters",
     "MaskedAdapterModel",
     "MeanPoolingBertForSequenceClassification",
@@ -70,6 +75,7 @@ __all__ = [
     "base_skeleton",
     "build_base_model",
     "canonical_safetensors",
+    "causal_layout",
     "decode_clusters",
     "decode_release",
     "encode_clusters",
