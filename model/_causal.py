@@ -216,8 +216,9 @@ class CausalAdapterModel:
         the record it belongs to. ``labels`` are aligned with ``input_ids`` (Hugging Face's
         convention); position ``t`` predicts label ``t + 1``.
         """
-        decoder = self.inner_model.get_decoder()
-        head = self.inner_model.get_output_embeddings()
+        # transformers leaves these two untyped.
+        decoder = self.inner_model.get_decoder()  # type: ignore[no-untyped-call]
+        head = self.inner_model.get_output_embeddings()  # type: ignore[no-untyped-call]
         if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module):
             raise AdapterError("the causal LM exposes no decoder or output embeddings")
         hidden = decoder(
@@ -268,7 +269,7 @@ class CausalAdapterModel:
         was_training = self.peft_model.training
         self.peft_model.eval()
         try:
-            output = self.peft_model.generate(
+            output: torch.Tensor = self.peft_model.generate(  # type: ignore[no-untyped-call]
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,

@@ -9,11 +9,10 @@ gradients are summed, Gaussian noise of standard deviation ``noise_multiplier ·
 max_grad_norm`` from the policy's sampler is added and the sum is divided by the
 expected batch size, as `fedhft.sdk.privacy.PrivateStep` does for classification.
 
-Evaluation (`evaluate_generation`): greedy generation of a batch of left-padded prompts
-up to ``max_new_tokens`` (stopping at the end-of-sequence token), scored by ROUGE-L F1
-and normalized exact match against the references, plus the mean response-token loss.
-With ``zero_shot=True`` the same function scores the base model with the adapters
-disabled, the baseline every organization compares against.
+`CausalTrainer` runs accounted rounds of these steps on an organization's instruction
+records: the same ledger admission, durable commit and audit events as `LocalTrainer`
+(through `fedhft.sdk.privacy.AccountedTrainer`). What the model writes is scored in
+`fedhft.sdk._generation`.
 
 Notes:
     Mean, not sum, over a record's response tokens. The privacy guarantee does not
@@ -31,30 +30,36 @@ Notes:
 
 from __future__ import annotations
 
+import math
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from opacus.grad_sample.utils import prepare_module
 from opacus.validators import ModuleValidator
 from torch.nn import functional as F
+from transformers import PreTrainedTokenizerBase
 
+from fedhft.accounting import MechanismRecord
 from fedhft.model import CausalAdapterModel
+from fedhft.policies import ConsortiumConfig, OrganizationPolicy, TierSpec
 
 from ._instructions import (
     IGNORE_INDEX,
     EncodedInstruction,
     InstructionDataset,
     encode_instruction,
-    exact_match,
-    prompt_ids,
-    rouge_l_f1,
 )
-from .errors import DataError
+from .errors import DataError, SdkError
+from .privacy import AccountedTrainer, AuditSink, PrivacyLedger, noise_sampler, poisson_batch
 from .privacy._dp import dp_optimizer, release_per_sample_state
 from .privacy._noise import NoiseSampler
+
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ class CausalPrivateStep:
                 "ignore", message="Full backward hook is firing", category=UserWarning
             )
             loss = record_losses(self.model, batch).mean()
-            loss.backward()
+            torch.autograd.backward(loss)
         for parameter, mask in self._row_masks:
             grad_sample = getattr(parameter, "grad_sample", None)
             if isinstance(grad_sample, torch.Tensor):
@@ -195,149 +200,181 @@ class CausalPrivateStep:
         self.close()
 
 
-# ---------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------------- trainer
 
 
 @dataclass(frozen=True)
-class GenerationScores:
-    """What a model writes for one data set, scored against the references."""
+class CausalRoundStats:
+    """What one local round of a causal LM did."""
 
-    rouge_l: float
-    """Mean ROUGE-L F1 over the records."""
-    exact_match: float
-    """Fraction of records answered exactly (after normalization)."""
-    loss: float
-    """Mean cross-entropy over every response token of the data set."""
-    records: int
-    predictions: tuple[str, ...]
+    round: int
+    steps: int
+    mean_loss: float
+    epsilon_spent: float | None
+    """ε after the round (None for the non-private baseline)."""
+    seconds: float
 
 
-def left_pad(
-    prompts: Sequence[Sequence[int]], pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of prompts padded on the LEFT (for generation)."""
-    length = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            input_ids[row, length - len(prompt) :] = torch.tensor(list(prompt))
-            attention_mask[row, length - len(prompt) :] = 1
-    return input_ids, attention_mask
+class CausalTrainer(AccountedTrainer):
+    """Trains an organization's causal-LM ``B`` blocks, one accounted round at a time.
 
+    The round's DP-SGD record (Poisson rate ``q = batch_size / n``, the policy's local
+    steps, σ) is admitted against the ledger before any step and committed durably, with
+    its "privacy_spend" audit event, before the round's output exists, as in
+    `LocalTrainer`.
 
-def generate_responses(
-    model: CausalAdapterModel,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 16,
-) -> list[list[int]]:
-    """Greedy response tokens for each prompt, up to and without the end token."""
-    eos, pad = _special_tokens(tokenizer)
-    responses: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        input_ids, attention_mask = left_pad(prompts[start : start + batch_size], pad)
-        generated = model.generate(
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-        for row in generated.tolist():
-            responses.append(row[: row.index(eos)] if eos in row else row)
-    return responses
+    Args:
+        model: the organization's `CausalAdapterModel`, built with the consortium's
+            adapter spec; its tier is set to the policy's (in place).
+        policy: the organization's policy (budget, tier, batch size, local steps,
+            ``max_seq_length``).
+        consortium: the consortium configuration (adapters, tiers, learning rate).
+        tokenizer: the base model's own tokenizer (it has no default here).
+        ledger, audit, non_private_baseline, seed: as for `AccountedTrainer`.
 
-
-def _special_tokens(tokenizer: Any) -> tuple[int, int]:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise DataError("the tokenizer has no end-of-sequence token; generation cannot stop")
-    pad = tokenizer.pad_token_id
-    return int(eos), int(eos if pad is None else pad)
-
-
-@torch.no_grad()
-def response_token_loss(
-    model: CausalAdapterModel,
-    tokenizer: Any,
-    dataset: InstructionDataset,
-    *,
-    max_seq_length: int,
-    batch_size: int = 16,
-) -> float:
-    """Mean cross-entropy over every response token of `dataset` (token-weighted)."""
-    _, pad = _special_tokens(tokenizer)
-    total, tokens = 0.0, 0
-    was_training = model.peft_model.training
-    model.peft_model.eval()
-    try:
-        for start in range(0, len(dataset), batch_size):
-            records = [
-                encode_instruction(tokenizer, example, max_seq_length)
-                for example in dataset.examples[start : start + batch_size]
-            ]
-            batch = collate_records(records, pad)
-            logits, targets, _ = model.response_logits(
-                batch.input_ids, batch.attention_mask, batch.labels
-            )
-            total += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-            tokens += int(targets.numel())
-    finally:
-        model.peft_model.train(was_training)
-    return total / max(tokens, 1)
-
-
-def evaluate_generation(
-    model: CausalAdapterModel,
-    tokenizer: Any,
-    dataset: InstructionDataset,
-    *,
-    max_new_tokens: int,
-    max_seq_length: int,
-    batch_size: int = 16,
-    zero_shot: bool = False,
-) -> GenerationScores:
-    """Score `model`'s greedy answers on `dataset`: ROUGE-L F1, exact match, response loss.
-
-    Prompts longer than ``max_seq_length − max_new_tokens`` lose tokens from the left, as
-    in training. With ``zero_shot=True`` the adapters are disabled: the base model's
-    scores, the baseline.
+    Raises:
+        SdkError: the model's adapter spec is not the consortium's.
     """
-    room = max_seq_length - max_new_tokens
-    if room < 1:
-        raise DataError(
-            f"max_new_tokens = {max_new_tokens} leaves no room for a prompt in "
-            f"max_seq_length = {max_seq_length}; lower max_new_tokens"
+
+    def __init__(
+        self,
+        model: CausalAdapterModel,
+        policy: OrganizationPolicy,
+        consortium: ConsortiumConfig,
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        ledger: PrivacyLedger | None = None,
+        audit: AuditSink | None = None,
+        non_private_baseline: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            policy,
+            consortium,
+            ledger=ledger,
+            audit=audit,
+            tokenizer=tokenizer,
+            non_private_baseline=non_private_baseline,
+            seed=seed,
         )
-    if zero_shot:
-        with model.adapters_disabled():
-            return evaluate_generation(
-                model,
-                tokenizer,
-                dataset,
-                max_new_tokens=max_new_tokens,
-                max_seq_length=max_seq_length,
-                batch_size=batch_size,
+        if model.adapter != consortium.adapter:
+            raise SdkError(
+                "the model's adapter spec differs from the consortium's `adapter` section; "
+                "wrap the base model with the consortium's adapters"
             )
-    prompts = [prompt_ids(tokenizer, example.prompt)[-room:] for example in dataset]
-    responses = generate_responses(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
-    predictions = tuple(
-        str(tokenizer.decode(tokens, skip_special_tokens=True)).strip() for tokens in responses
-    )
-    references = [example.response for example in dataset]
-    rouge = [rouge_l_f1(p, r) for p, r in zip(predictions, references, strict=True)]
-    exact = [exact_match(p, r) for p, r in zip(predictions, references, strict=True)]
-    return GenerationScores(
-        rouge_l=sum(rouge) / max(len(rouge), 1),
-        exact_match=sum(exact) / max(len(exact), 1),
-        loss=response_token_loss(
-            model, tokenizer, dataset, max_seq_length=max_seq_length, batch_size=batch_size
-        ),
-        records=len(dataset),
-        predictions=predictions,
-    )
+        self.model = model
+        self.tier: TierSpec = consortium.tiers[policy.training.tier]
+        self.trained_blocks = model.apply_tier(self.tier)
+        if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
+            raise DataError("the tokenizer has neither a padding nor an end token to pad with")
+
+    def encode(self, dataset: InstructionDataset) -> list[EncodedInstruction]:
+        """Every record with response-only labels, cut to the policy's ``max_seq_length``.
+
+        Raises:
+            DataError: an empty data set, or a record whose response cannot fit.
+        """
+        if len(dataset) == 0:
+            raise DataError("cannot train on an empty instruction data set")
+        length = self.policy.training.max_seq_length
+        return [encode_instruction(self.tokenizer, example, length) for example in dataset]
+
+    def train_round(
+        self, dataset: InstructionDataset, *, round: int
+    ) -> tuple[dict[str, FloatArray], CausalRoundStats]:
+        """Train one round on ``dataset``; return Δ of every trained block and statistics.
+
+        Raises:
+            BudgetExhaustedError: the round would exceed the privacy budget (nothing was
+                trained or spent; a "refusal" event was audited).
+            DataError: the data set is empty, a record cannot fit, or δ is too large for
+                the data size.
+        """
+        started = time.perf_counter()
+        records = self.encode(dataset)
+        record: MechanismRecord | None = None
+        if self.private:
+            record = self._admit(round, len(records))
+        start = self.model.get_block_state(self.trained_blocks)
+        epsilon: float | None = None
+        if record is not None:
+            try:
+                mean_loss, steps = self._train_private(records, record)
+            except BaseException:
+                # Noisy steps may already have run and their output sits in the model:
+                # an interrupted round is charged in full rather than forgotten.
+                self._commit(record)
+                raise
+            epsilon = self._commit(record)
+        else:
+            mean_loss, steps = self._train_non_private(records)
+        end = self.model.get_block_state(self.trained_blocks)
+        delta = {b: end[b] - start[b] for b in self.trained_blocks}
+        stats = CausalRoundStats(
+            round=round,
+            steps=steps,
+            mean_loss=mean_loss,
+            epsilon_spent=epsilon,
+            seconds=time.perf_counter() - started,
+        )
+        return delta, stats
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.model.trainable_parameters(), lr=self.consortium.training.learning_rate
+        )
+
+    def _pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(self.tokenizer.eos_token_id if pad is None else pad)
+
+    def _train_private(
+        self, records: Sequence[EncodedInstruction], record: MechanismRecord
+    ) -> tuple[float, int]:
+        num_records = len(records)
+        losses: list[float] = []
+        steps = 0
+        with CausalPrivateStep(
+            self.model,
+            self._optimizer(),
+            noise_multiplier=record.noise_multiplier,
+            max_grad_norm=float(record.max_grad_norm or self.policy.privacy.max_grad_norm),
+            expected_batch_size=record.sample_rate * num_records,
+            noise_sampler=noise_sampler(record.noise_source),
+        ) as private:
+            for _ in range(record.steps):
+                indices = poisson_batch(num_records, record.sample_rate)
+                batch = collate_records([records[i] for i in indices], self._pad_token_id())
+                loss = private.step(batch)
+                steps += 1
+                if not math.isnan(loss):
+                    losses.append(loss)
+        self.model.peft_model.eval()
+        return (float(np.mean(losses)) if losses else float("nan")), steps
+
+    def _train_non_private(self, records: Sequence[EncodedInstruction]) -> tuple[float, int]:
+        optimizer = self._optimizer()
+        num_records = len(records)
+        batch_size = min(self.policy.training.batch_size, num_records)
+        losses: list[float] = []
+        self.model.peft_model.train()
+        order = torch.randperm(num_records, generator=self._generator)
+        position = 0
+        for _ in range(self.steps_per_round(num_records)):
+            if position + batch_size > num_records:
+                order = torch.randperm(num_records, generator=self._generator)
+                position = 0
+            chosen = order[position : position + batch_size].tolist()
+            position += batch_size
+            batch = collate_records([records[i] for i in chosen], self._pad_token_id())
+            optimizer.zero_grad(set_to_none=True)
+            loss = record_losses(self.model, batch).mean()
+            torch.autograd.backward(loss)
+            for block_id, rows in self.model.row_masks.items():
+                grad = self.model.parameter(block_id).grad
+                if grad is not None and not rows.all():
+                    grad[torch.from_numpy(~rows)] = 0.0
+            optimizer.step()
+            losses.append(float(loss.item()))
+        self.model.peft_model.eval()
+        return float(np.mean(losses)), len(losses)

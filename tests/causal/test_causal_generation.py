@@ -9,7 +9,7 @@ from causal_helpers import MAX_SEQ_LENGTH, examples
 from conftest import TinyCausal
 
 from fedhft.model import AdapterError, CausalAdapterModel
-from fedhft.sdk._causal import evaluate_generation, generate_responses, left_pad
+from fedhft.sdk._generation import evaluate_generation, generate_responses, left_pad
 from fedhft.sdk._instructions import InstructionDataset, prompt_ids
 
 
