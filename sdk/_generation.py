@@ -143,7 +143,13 @@ def evaluate_generation(
     Prompts longer than ``max_seq_length − max_new_tokens`` lose tokens from the left, as
     in training. With ``zero_shot=True`` the adapters are disabled: the base model's
     scores, the baseline.
+
+    Raises:
+        DataError: an empty data set, no room for a prompt, a record whose response cannot
+            fit ``max_seq_length`` (for the loss), or a tokenizer without an end token.
     """
+    if len(dataset) == 0:
+        raise DataError("cannot evaluate on an empty instruction data set")
     room = max_seq_length - max_new_tokens
     if room < 1:
         raise DataError(

@@ -11,6 +11,7 @@ from conftest import TinyCausal
 from fedhft.model import AdapterError, CausalAdapterModel
 from fedhft.sdk._generation import evaluate_generation, generate_responses, left_pad
 from fedhft.sdk._instructions import InstructionDataset, prompt_ids
+from fedhft.sdk.errors import DataError
 
 
 def _randomized(tiny: TinyCausal, seed: int) -> CausalAdapterModel:
@@ -93,3 +94,25 @@ def test_zero_shot_scores_the_base_model(tiny_causal: TinyCausal) -> None:
     # The adapters are back on, and the tier's trainable set is restored.
     assert all(p.requires_grad for p in tuned.trainable_parameters())
     assert not any(p.requires_grad for n, p in tuned.peft_model.named_parameters() if "lora_A" in n)
+
+
+def test_evaluation_refuses_what_it_cannot_score(tiny_causal: TinyCausal) -> None:
+    """An empty data set, or max_new_tokens leaving no room for a prompt, is a DataError
+    naming the setting to change."""
+    model = tiny_causal.adapted()
+    with pytest.raises(DataError, match="empty"):
+        evaluate_generation(
+            model,
+            tiny_causal.tokenizer,
+            InstructionDataset(()),
+            max_new_tokens=4,
+            max_seq_length=MAX_SEQ_LENGTH,
+        )
+    with pytest.raises(DataError, match="max_new_tokens"):
+        evaluate_generation(
+            model,
+            tiny_causal.tokenizer,
+            InstructionDataset(tuple(examples(2))),
+            max_new_tokens=MAX_SEQ_LENGTH,
+            max_seq_length=MAX_SEQ_LENGTH,
+        )
