@@ -29,6 +29,9 @@ from ._base import base_config as base_config
 from ._base import base_skeleton as base_skeleton
 from ._base import build_base_model as build_base_model
 from ._cache import cache_root as cache_root
+from ._causal import DEFAULT_CAUSAL_TARGETS as DEFAULT_CAUSAL_TARGETS
+from ._causal import CausalAdapterModel as CausalAdapterModel
+from ._causal import causal_layout as causal_layout
 from ._clusters import ClusterAdapters as ClusterAdapters
 from ._codec import canonical_safetensors as canonical_safetensors
 from ._codec import decode_clusters as decode_clusters
@@ -62,12 +65,14 @@ from .errors import ReleaseFormatError as ReleaseFormatError
 from .errors import TokenizerMismatchError as TokenizerMismatchError
 
 __all__ = [
+    "DEFAULT_CAUSAL_TARGETS",
     "HEAD_BIAS",
     "HEAD_BLOCKS",
     "HEAD_WEIGHT",
     "SMOLLM2_INSTALL",
     "AdapterError",
     "Block",
+    "CausalAdapterModel",
     "ClusterAdapters",
     "MaskedAdapterModel",
     "MeanPoolingBertForSequenceClassification",
@@ -85,6 +90,7 @@ __all__ = [
     "build_base_model",
     "cache_root",
     "canonical_safetensors",
+    "causal_layout",
     "check_tokenizer",
     "decode_clusters",
     "decode_release",

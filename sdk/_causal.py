@@ -1,0 +1,380 @@
+"""DP-SGD per record for a causal LM's frozen-A LoRA blocks, and scoring what it writes.
+
+One record is one example (a prompt and its response). Its loss is the MEAN
+cross-entropy over its response tokens (the end-of-sequence token included); the batch
+loss is the mean of the records' losses. `CausalPrivateStep` runs one DP-SGD step
+(Abadi et al. 2016) per Poisson batch with Opacus per-sample gradients of the tier's
+``B`` blocks only: each record's gradient is clipped to ``max_grad_norm``, the clipped
+gradients are summed, Gaussian noise of standard deviation ``noise_multiplier ·
+max_grad_norm`` from the policy's sampler is added and the sum is divided by the
+expected batch size, as `fedhft.sdk.privacy.PrivateStep` does for classification.
+
+`CausalTrainer` runs accounted rounds of these steps on an organization's instruction
+records: the same ledger admission, durable commit and audit events as `LocalTrainer`
+(through `fedhft.sdk.privacy.AccountedTrainer`). What the model writes is scored in
+`fedhft.sdk._generation`.
+
+Notes:
+    Mean, not sum, over a record's response tokens. The privacy guarantee does not
+    depend on the choice: clipping bounds each record's whole gradient by
+    ``max_grad_norm`` however its loss is built. With a sum, the gradient of a record
+    grows with its response length, so long answers would hit the clip and short ones
+    would not, and the clipping bias would fall on long answers; the mean gives every
+    record the same scale, so ``max_grad_norm`` is one number that fits them all.
+
+    Padding contributes nothing to any term: padded positions carry ``IGNORE_INDEX``
+    labels, so no logit is computed there, a right-padded position is never attended to
+    by a real one, and positions come from the attention mask. A record's clipped
+    gradient therefore depends on that record alone, whatever its batch-mates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from opacus.grad_sample.utils import prepare_module
+from opacus.validators import ModuleValidator
+from torch.nn import functional as F
+from transformers import PreTrainedTokenizerBase
+
+from fedhft.accounting import MechanismRecord
+from fedhft.model import CausalAdapterModel
+from fedhft.policies import ConsortiumConfig, OrganizationPolicy, TierSpec
+
+from ._instructions import (
+    IGNORE_INDEX,
+    EncodedInstruction,
+    InstructionDataset,
+    encode_instruction,
+)
+from .errors import DataError, SdkError
+from .privacy import AccountedTrainer, AuditSink, PrivacyLedger, noise_sampler, poisson_batch
+from .privacy._dp import dp_optimizer, release_per_sample_state
+from .privacy._noise import NoiseSampler
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class CausalBatch:
+    """Right-padded token ids, attention mask and response-only labels of some records."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def collate_records(records: Sequence[EncodedInstruction], pad_token_id: int) -> CausalBatch:
+    """Pad encoded records on the right: padding gets mask 0 and label `IGNORE_INDEX`."""
+    length = max((len(r.input_ids) for r in records), default=0)
+    input_ids = torch.full((len(records), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(records), length), dtype=torch.long)
+    labels = torch.full((len(records), length), IGNORE_INDEX, dtype=torch.long)
+    for row, record in enumerate(records):
+        n = len(record.input_ids)
+        input_ids[row, :n] = torch.tensor(record.input_ids)
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(record.labels)
+    return CausalBatch(input_ids, attention_mask, labels)
+
+
+def record_losses(model: CausalAdapterModel, batch: CausalBatch) -> torch.Tensor:
+    """Each record's mean cross-entropy over its response tokens (one value per record)."""
+    logits, targets, record = model.response_logits(
+        batch.input_ids, batch.attention_mask, batch.labels
+    )
+    token_losses = F.cross_entropy(logits.float(), targets, reduction="none")
+    totals = torch.zeros(len(batch), dtype=token_losses.dtype).index_add(0, record, token_losses)
+    counts = torch.zeros(len(batch), dtype=token_losses.dtype).index_add(
+        0, record, torch.ones_like(token_losses)
+    )
+    return totals / counts.clamp_min(1.0)
+
+
+class CausalPrivateStep:
+    """DP-SGD steps on a `CausalAdapterModel` whose tier is already applied.
+
+    Use as a context manager (or call `close`): Opacus hooks are attached to the model's
+    trainable ``B`` blocks and removed on exit, so the model can train again next round.
+    A tier's row slice is honoured as `PrivateStep` does: per-sample gradients of frozen
+    rows are zeroed before clipping and the noise on them after noising.
+    """
+
+    def __init__(
+        self,
+        model: CausalAdapterModel,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        noise_sampler: NoiseSampler,
+    ) -> None:
+        if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
+            raise ValueError(
+                "noise_multiplier must be >= 0, max_grad_norm and expected_batch_size > 0"
+            )
+        if not model.trainable:
+            raise ValueError("the model's tier trains no block; apply a tier first")
+        self.model = model
+        self._row_masks = [
+            (model.parameter(b), torch.from_numpy(mask))
+            for b, mask in model.row_masks.items()
+            if not mask.all()
+        ]
+        module = model.peft_model
+        module.train()
+        ModuleValidator.validate(module, strict=True)
+        self._hooks = prepare_module(
+            module, "hooks", wrap_model=False, batch_first=True, loss_reduction="mean"
+        )
+        self.optimizer = dp_optimizer(
+            self._hooks,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            noise_sampler=noise_sampler,
+            grad_sample_mode="hooks",
+        )
+        if self._row_masks:
+            self.optimizer.attach_step_hook(self._drop_noise_on_frozen_rows)
+        self._closed = False
+
+    def step(self, batch: CausalBatch) -> float:
+        """One DP-SGD step on one Poisson batch (possibly empty); returns its mean loss."""
+        if self._closed:
+            raise RuntimeError("this CausalPrivateStep is closed")
+        self.model.peft_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(batch) == 0:
+            for parameter in self.model.trainable_parameters():
+                # The sum of no clipped gradients is zero; the step still gets its noise.
+                setattr(  # noqa: B010 (Opacus reads per-sample gradients from it)
+                    parameter, "grad_sample", torch.zeros((0, *parameter.shape))
+                )
+            self.optimizer.step()
+            return float("nan")
+        with warnings.catch_warnings():
+            # Full backward hooks sit on modules whose inputs need no gradient (the
+            # frozen-A LoRA path); per-sample gradients of B only need the output
+            # gradients the hook still receives.
+            warnings.filterwarnings(
+                "ignore", message="Full backward hook is firing", category=UserWarning
+            )
+            loss = record_losses(self.model, batch).mean()
+            torch.autograd.backward(loss)
+        for parameter, mask in self._row_masks:
+            grad_sample = getattr(parameter, "grad_sample", None)
+            if isinstance(grad_sample, torch.Tensor):
+                grad_sample.mul_(mask.to(grad_sample.dtype).view(1, -1, 1))
+        self.optimizer.step()
+        return float(loss.item())
+
+    def _drop_noise_on_frozen_rows(self, _optimizer: object) -> None:
+        for parameter, mask in self._row_masks:
+            if parameter.grad is not None:
+                parameter.grad[~mask] = 0.0
+
+    def close(self) -> None:
+        """Remove the Opacus hooks and per-sample state from the model."""
+        if self._closed:
+            return
+        release_per_sample_state(self._hooks, self.model.peft_model.parameters())
+        self._closed = True
+
+    def __enter__(self) -> CausalPrivateStep:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+@dataclass(frozen=True)
+class CausalRoundStats:
+    """What one local round of a causal LM did."""
+
+    round: int
+    steps: int
+    mean_loss: float
+    epsilon_spent: float | None
+    """ε after the round (None for the non-private baseline)."""
+    seconds: float
+
+
+class CausalTrainer(AccountedTrainer):
+    """Trains an organization's causal-LM ``B`` blocks, one accounted round at a time.
+
+    The round's DP-SGD record (Poisson rate ``q = batch_size / n``, the policy's local
+    steps, σ) is admitted against the ledger before any step and committed durably, with
+    its "privacy_spend" audit event, before the round's output exists, as in
+    `LocalTrainer`.
+
+    Args:
+        model: the organization's `CausalAdapterModel`, built with the consortium's
+            adapter spec; its tier is set to the policy's (in place).
+        policy: the organization's policy (budget, tier, batch size, local steps,
+            ``max_seq_length``).
+        consortium: the consortium configuration (adapters, tiers, learning rate).
+        tokenizer: the base model's own tokenizer (it has no default here).
+        ledger, audit, non_private_baseline, seed: as for `AccountedTrainer`.
+
+    Raises:
+        SdkError: the model's adapter spec is not the consortium's.
+    """
+
+    def __init__(
+        self,
+        model: CausalAdapterModel,
+        policy: OrganizationPolicy,
+        consortium: ConsortiumConfig,
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        ledger: PrivacyLedger | None = None,
+        audit: AuditSink | None = None,
+        non_private_baseline: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            policy,
+            consortium,
+            ledger=ledger,
+            audit=audit,
+            tokenizer=tokenizer,
+            non_private_baseline=non_private_baseline,
+            seed=seed,
+        )
+        if model.adapter != consortium.adapter:
+            raise SdkError(
+                "the model's adapter spec differs from the consortium's `adapter` section; "
+                "wrap the base model with the consortium's adapters"
+            )
+        self.model = model
+        self.tier: TierSpec = consortium.tiers[policy.training.tier]
+        self.trained_blocks = model.apply_tier(self.tier)
+        if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
+            raise DataError("the tokenizer has neither a padding nor an end token to pad with")
+
+    def encode(self, dataset: InstructionDataset) -> list[EncodedInstruction]:
+        """Every record with response-only labels, cut to the policy's ``max_seq_length``.
+
+        Raises:
+            DataError: an empty data set, or a record whose response cannot fit.
+        """
+        if len(dataset) == 0:
+            raise DataError("cannot train on an empty instruction data set")
+        length = self.policy.training.max_seq_length
+        return [encode_instruction(self.tokenizer, example, length) for example in dataset]
+
+    def train_round(
+        self, dataset: InstructionDataset, *, round: int
+    ) -> tuple[dict[str, FloatArray], CausalRoundStats]:
+        """Train one round on ``dataset``; return Δ of every trained block and statistics.
+
+        Raises:
+            BudgetExhaustedError: the round would exceed the privacy budget (nothing was
+                trained or spent; a "refusal" event was audited).
+            DataError: the data set is empty, a record cannot fit, or δ is too large for
+                the data size.
+        """
+        started = time.perf_counter()
+        records = self.encode(dataset)
+        record: MechanismRecord | None = None
+        if self.private:
+            record = self._admit(round, len(records))
+        start = self.model.get_block_state(self.trained_blocks)
+        epsilon: float | None = None
+        if record is not None:
+            try:
+                mean_loss, steps = self._train_private(records, record)
+            except BaseException:
+                # Noisy steps may already have run and their output sits in the model:
+                # an interrupted round is charged in full rather than forgotten.
+                self._commit(record)
+                raise
+            epsilon = self._commit(record)
+        else:
+            mean_loss, steps = self._train_non_private(records)
+        end = self.model.get_block_state(self.trained_blocks)
+        delta = {b: end[b] - start[b] for b in self.trained_blocks}
+        stats = CausalRoundStats(
+            round=round,
+            steps=steps,
+            mean_loss=mean_loss,
+            epsilon_spent=epsilon,
+            seconds=time.perf_counter() - started,
+        )
+        return delta, stats
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.model.trainable_parameters(), lr=self.consortium.training.learning_rate
+        )
+
+    def _pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(self.tokenizer.eos_token_id if pad is None else pad)
+
+    def _train_private(
+        self, records: Sequence[EncodedInstruction], record: MechanismRecord
+    ) -> tuple[float, int]:
+        num_records = len(records)
+        losses: list[float] = []
+        steps = 0
+        with CausalPrivateStep(
+            self.model,
+            self._optimizer(),
+            noise_multiplier=record.noise_multiplier,
+            max_grad_norm=float(record.max_grad_norm or self.policy.privacy.max_grad_norm),
+            expected_batch_size=record.sample_rate * num_records,
+            noise_sampler=noise_sampler(record.noise_source),
+        ) as private:
+            for _ in range(record.steps):
+                indices = poisson_batch(num_records, record.sample_rate)
+                batch = collate_records([records[i] for i in indices], self._pad_token_id())
+                loss = private.step(batch)
+                steps += 1
+                if not math.isnan(loss):
+                    losses.append(loss)
+        self.model.peft_model.eval()
+        return (float(np.mean(losses)) if losses else float("nan")), steps
+
+    def _train_non_private(self, records: Sequence[EncodedInstruction]) -> tuple[float, int]:
+        optimizer = self._optimizer()
+        num_records = len(records)
+        batch_size = min(self.policy.training.batch_size, num_records)
+        losses: list[float] = []
+        self.model.peft_model.train()
+        order = torch.randperm(num_records, generator=self._generator)
+        position = 0
+        for _ in range(self.steps_per_round(num_records)):
+            if position + batch_size > num_records:
+                order = torch.randperm(num_records, generator=self._generator)
+                position = 0
+            chosen = order[position : position + batch_size].tolist()
+            position += batch_size
+            batch = collate_records([records[i] for i in chosen], self._pad_token_id())
+            optimizer.zero_grad(set_to_none=True)
+            loss = record_losses(self.model, batch).mean()
+            torch.autograd.backward(loss)
+            for block_id, rows in self.model.row_masks.items():
+                grad = self.model.parameter(block_id).grad
+                if grad is not None and not rows.all():
+                    grad[torch.from_numpy(~rows)] = 0.0
+            optimizer.step()
+            losses.append(float(loss.item()))
+        self.model.peft_model.eval()
+        return float(np.mean(losses)), len(losses)
