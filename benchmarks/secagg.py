@@ -41,7 +41,6 @@ import shutil
 import subprocess
 import sys
 import time
-import types
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,7 +63,6 @@ from fedhft.protocol import (
     SessionParams,
     SessionStats,
     _crypto,
-    _inprocess,
     default_threshold,
     run_secagg_in_process,
 )
@@ -284,10 +282,7 @@ def bench_masking(setting: Setting) -> Row:
     params = session_params(setting)
     identities = {org: Ed25519PrivateKey.generate() for org in setting.roster}
     dropped = {setting.roster[i] for i in setting.dropped}
-    stats = SessionStats()
-    # The driver times with `time.perf_counter`; give it the CPU clock instead.
-    original = _inprocess.time
-    _inprocess.time = types.SimpleNamespace(perf_counter=clock)
+    stats = SessionStats(clock=clock)
     try:
         result = run_secagg_in_process(
             params,
@@ -298,8 +293,6 @@ def bench_masking(setting: Setting) -> Row:
         )
     except ThresholdError as aborted:
         return Row.of("masking", setting, note=f"aborted: {aborted}")
-    finally:
-        _inprocess.time = original
     survivors = [org for org in setting.roster if org not in dropped]
     degree = effective_degree(setting.clients, params.neighbours)
     # A block's masks come from its holders' graph; a client's shares go to the union of

@@ -24,7 +24,7 @@ import functools
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import numpy as np
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from .errors import DecryptionError, ForgedMessageError
 
@@ -81,6 +81,26 @@ def derive_key(
     """
     salt = frame([purpose, sid])
     return hkdf_sha256(secret, salt=salt, info=frame([purpose, sid, *context]))
+
+
+def derive_keys(
+    secret: bytes, *, purpose: bytes, sid: bytes, contexts: Iterable[Sequence[bytes]]
+) -> list[bytes]:
+    """:func:`derive_key` for each of ``contexts``, all from one secret: the same keys.
+
+    HKDF's extract step depends only on the secret and the salt (purpose and session),
+    so it runs once and only the expand step runs per context: a party deriving a mask
+    key per block from one seed pays one HMAC per block instead of three.
+    """
+    salt = frame([purpose, sid])
+    prk = HKDF.extract(hashes.SHA256(), salt, secret)
+    # frame([purpose, sid, *context]) is frame([purpose, sid]) followed by frame(context).
+    return [
+        HKDFExpand(algorithm=hashes.SHA256(), length=KEY_BYTES, info=salt + frame(context)).derive(
+            prk
+        )
+        for context in contexts
+    ]
 
 
 # --------------------------------------------------------------------------- X25519

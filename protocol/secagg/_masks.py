@@ -15,10 +15,11 @@ key specific to one (pair or owner, block).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .._crypto import derive_key, frame, x25519_agree
+from .._crypto import derive_key, derive_keys, frame, x25519_agree
 
 _SHARE_KEY = b"fedhft/secagg/v1/share-encryption"
 _SHARE_AD = b"fedhft/secagg/v1/share-associated-data"
@@ -63,6 +64,19 @@ def pairwise_mask_key(seed: bytes, *, sid: bytes, block: str) -> bytes:
 def self_mask_key(seed: bytes, *, sid: bytes, owner: str, block: str) -> bytes:
     """The ChaCha20 key of ``owner``'s self mask on one block."""
     return derive_key(seed, purpose=_SELF_MASK, sid=sid, context=[owner.encode(), block.encode()])
+
+
+def pairwise_mask_keys(seed: bytes, *, sid: bytes, blocks: Iterable[str]) -> list[bytes]:
+    """:func:`pairwise_mask_key` of each block, in order (one HKDF extract for all)."""
+    return derive_keys(seed, purpose=_PAIR_MASK, sid=sid, contexts=[[b.encode()] for b in blocks])
+
+
+def self_mask_keys(seed: bytes, *, sid: bytes, owner: str, blocks: Iterable[str]) -> list[bytes]:
+    """:func:`self_mask_key` of each block, in order (one HKDF extract for all)."""
+    name = owner.encode()
+    return derive_keys(
+        seed, purpose=_SELF_MASK, sid=sid, contexts=[[name, b.encode()] for b in blocks]
+    )
 
 
 def subtracts_pairwise_mask(owner: str, peer: str) -> bool:

@@ -26,6 +26,7 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .._crypto import agreement_public_bytes, apply_mask, load_agreement_key, sealed_length
 from .._crypto import verify_signature as _verify_signature
@@ -44,7 +45,7 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._client import check_session
-from ._masks import pairwise_mask_key, pairwise_seed, self_mask_key, subtracts_pairwise_mask
+from ._masks import pairwise_mask_keys, pairwise_seed, self_mask_keys, subtracts_pairwise_mask
 from ._params import SessionParams
 from ._shamir import MERSENNE_521, Share, lagrange_at_zero
 from .messages import (
@@ -543,35 +544,14 @@ class SecAggServer:
                 )
             dropped_keys[owner] = private_key
 
+        removals = self._masks_to_remove(request.blocks, survivors, seeds, dropped_keys)
         blocks: dict[str, BlockSum] = {}
         for block in request.blocks:
-            support = params.block_supports[block]
-            contributors = tuple(sorted(support & survivors))
             total = self._sums[block]
             scratch = np.empty_like(total)
-            group = params.group_of_block[block]
-            for owner in contributors:
-                key = self_mask_key(seeds[owner, group], sid=params.sid, owner=owner, block=block)
-                apply_mask(total, key, negate=True, scratch=scratch)
-            graph = params.block_graph(block)
-            for gone, private_key in sorted(dropped_keys.items()):
-                if gone not in support:
-                    continue
-                for survivor in sorted(graph[gone] & survivors):
-                    seed = pairwise_seed(
-                        private_key,
-                        self._advertisements[survivor].masking_key,
-                        sid=params.sid,
-                        owner=gone,
-                        peer=survivor,
-                    )
-                    # The survivor added this mask with its own sign; remove it.
-                    apply_mask(
-                        total,
-                        pairwise_mask_key(seed, sid=params.sid, block=block),
-                        negate=not subtracts_pairwise_mask(survivor, gone),
-                        scratch=scratch,
-                    )
+            for key, negate in removals[block]:
+                apply_mask(total, key, negate=negate, scratch=scratch)
+            contributors = tuple(sorted(params.block_supports[block] & survivors))
             blocks[block] = BlockSum(
                 block=block,
                 integer_sum=total,
@@ -590,6 +570,53 @@ class SecAggServer:
             survivors=request.survivors,
             dropped=tuple(sorted(self._shared - survivors)),
         )
+
+    def _masks_to_remove(
+        self,
+        blocks: tuple[str, ...],
+        survivors: frozenset[str],
+        seeds: Mapping[tuple[str, int], bytes],
+        dropped_keys: Mapping[str, X25519PrivateKey],
+    ) -> dict[str, list[tuple[bytes, bool]]]:
+        """Per block, the key of every mask left in its sum and whether to subtract it.
+
+        Exactly the masks in the sums: each surviving holder's self mask, and the
+        pairwise mask of each dropped holder with each surviving neighbour in the block's
+        graph (its surviving neighbours added theirs; the dropped party never sent its
+        own). Each pair's seed is agreed once and expanded into all of its blocks' keys.
+        """
+        params = self._params
+        sid = params.sid
+        removals: dict[str, list[tuple[bytes, bool]]] = {block: [] for block in blocks}
+        for owner in sorted(survivors):
+            by_group: dict[int, list[str]] = {}
+            for block in blocks:
+                if owner in params.block_supports[block]:
+                    by_group.setdefault(params.group_of_block[block], []).append(block)
+            for group, held in by_group.items():
+                keys = self_mask_keys(seeds[owner, group], sid=sid, owner=owner, blocks=held)
+                for block, key in zip(held, keys, strict=True):
+                    removals[block].append((key, True))
+        for gone, private_key in sorted(dropped_keys.items()):
+            masked_with: dict[str, list[str]] = {}
+            for block in blocks:
+                if gone in params.block_supports[block]:
+                    for survivor in params.block_graph(block)[gone] & survivors:
+                        masked_with.setdefault(survivor, []).append(block)
+            for survivor, shared in sorted(masked_with.items()):
+                seed = pairwise_seed(
+                    private_key,
+                    self._advertisements[survivor].masking_key,
+                    sid=sid,
+                    owner=gone,
+                    peer=survivor,
+                )
+                # The survivor added this mask with its own sign; remove it.
+                negate = not subtracts_pairwise_mask(survivor, gone)
+                keys = pairwise_mask_keys(seed, sid=sid, blocks=shared)
+                for block, key in zip(shared, keys, strict=True):
+                    removals[block].append((key, negate))
+        return removals
 
     def _reconstruct(
         self, shares: list[Share], threshold: int, cache: dict[tuple[int, ...], list[int]]

@@ -1,0 +1,146 @@
+"""Masking-mode work: each party regenerates exactly the masks it must, and nothing twice.
+
+The server's cost with dropouts is the dropped parties' pairwise masks with their surviving
+neighbours; these tests pin that it derives each such pair's seed once (one X25519
+agreement per pair, not per pair and block) and generates exactly one keystream per mask
+it removes, while the released sums stay exact. The batched key derivations must give
+the very keys of the per-block ones, so the masks (and the bytes on the wire) are those
+of every earlier version.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+from secagg_helpers import Harness, as_inputs, expected_words, grid_levels, make_params, roster_of
+
+from fedhft.protocol import SessionParams, _crypto
+from fedhft.protocol.secagg import _masks
+from fedhft.protocol.secagg._masks import (
+    pairwise_mask_key,
+    pairwise_mask_keys,
+    self_mask_key,
+    self_mask_keys,
+)
+
+
+@contextmanager
+def _counting(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Record the arguments of every call to ``module.name`` inside the block."""
+    calls: list[tuple[Any, ...]] = []
+    original: Callable[..., Any] = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, name, counted)
+        yield calls
+
+
+def _masks_to_remove(
+    params: SessionParams, survivors: set[str], dropped: set[str]
+) -> tuple[set[tuple[str, str]], int]:
+    """The (dropped, surviving neighbour) pairs with a mask in some sum, and how many
+    keystreams the server must generate: one self mask per surviving holder and block,
+    one pairwise mask per such pair and block."""
+    pairs: set[tuple[str, str]] = set()
+    keystreams = 0
+    for block, support in params.block_supports.items():
+        keystreams += len(support & survivors)
+        graph = params.block_graph(block)
+        for gone in dropped & support:
+            edges = graph[gone] & survivors
+            pairs |= {(gone, survivor) for survivor in edges}
+            keystreams += len(edges)
+    return pairs, keystreams
+
+
+def test_server_regenerates_each_dropped_pair_once_and_exactly_the_masks_to_remove(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight blocks, a sparse graph, uneven supports, three dropouts: the server's unmask
+    step agrees once per (dropped, surviving neighbour) pair, generates one keystream per
+    mask in the sums, and the sums are exact."""
+    roster = roster_of(12)
+    lengths = {f"layer.{i}.lora_B": 7 + i for i in range(8)}
+    supports = {block: roster if i < 5 else roster[i - 4 :] for i, block in enumerate(lengths)}
+    params = make_params(
+        12, neighbours=6, threshold=4, block_lengths=lengths, block_supports=supports
+    )
+    levels = grid_levels(params, np.random.default_rng(23))
+    dropped = {"org-002", "org-007", "org-010"}
+    survivors = set(roster) - dropped
+    harness = Harness(params)
+    relayed = harness.share(harness.advertise())
+    announcement = harness.mask(relayed, as_inputs(params, levels), orgs=survivors)
+    request = harness.sign(announcement)
+    for org in sorted(survivors):
+        harness.server.receive(harness.clients[org].unmask(request).encode())
+    pairs, keystreams = _masks_to_remove(params, survivors, dropped)
+    assert len(pairs) > len(dropped)  # the scenario has several surviving neighbours each
+
+    with (
+        _counting(monkeypatch, _masks, "x25519_agree") as agreements,
+        _counting(monkeypatch, _crypto, "_fill_keystream") as generated,
+    ):
+        result = harness.server.finish_unmask()
+
+    assert len(agreements) == len(pairs)
+    assert len(generated) == keystreams
+    for block, support in params.block_supports.items():
+        contributors = sorted(support & survivors)
+        np.testing.assert_array_equal(
+            result.blocks[block].integer_sum.astype(np.uint64),
+            expected_words(params, levels, block, contributors),
+        )
+
+
+def test_client_generates_one_keystream_per_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client masks each block once per block neighbour plus its self mask, agreeing
+    once per neighbour, however many blocks it holds."""
+    params = make_params(9, neighbours=4, threshold=3, block_lengths={f"b{i}": 5 for i in range(6)})
+    levels = grid_levels(params, np.random.default_rng(9))
+    harness = Harness(params)
+    relayed = harness.share(harness.advertise())
+    org = "org-004"
+    inputs = as_inputs(params, levels)[org]
+    with (
+        _counting(monkeypatch, _masks, "x25519_agree") as agreements,
+        _counting(monkeypatch, _crypto, "_fill_keystream") as generated,
+    ):
+        harness.clients[org].mask_input(relayed[org], inputs)
+    masks = sum(1 + len(params.block_graph(b)[org]) for b in params.blocks_of(org))
+    # One agreement per neighbour for the pairwise seeds, one per share bundle opened.
+    assert len(agreements) == 2 * len(params.graph[org])
+    assert len(generated) == masks
+
+
+@pytest.mark.parametrize("blocks", [[], ["a"], ["layer.0.lora_B", "layer.1.lora_B", "é" * 40]])
+def test_batched_mask_keys_are_the_per_block_keys(blocks: list[str]) -> None:
+    """One HKDF extract per seed gives the same keys as a full HKDF per block."""
+    seed, sid = os.urandom(32), os.urandom(32)
+    assert pairwise_mask_keys(seed, sid=sid, blocks=blocks) == [
+        pairwise_mask_key(seed, sid=sid, block=b) for b in blocks
+    ]
+    assert self_mask_keys(seed, sid=sid, owner="org-001", blocks=blocks) == [
+        self_mask_key(seed, sid=sid, owner="org-001", block=b) for b in blocks
+    ]
+
+
+def test_derive_keys_is_derive_key_per_context() -> None:
+    """The batched derivation keeps purpose, session and context separation."""
+    secret, sid = os.urandom(32), os.urandom(32)
+    contexts: list[list[bytes]] = [[], [b"x"], [b"ab", b"c"], [b"a", b"bc"], [b""]]
+    keys = _crypto.derive_keys(secret, purpose=b"p", sid=sid, contexts=contexts)
+    assert keys == [_crypto.derive_key(secret, purpose=b"p", sid=sid, context=c) for c in contexts]
+    assert len(set(keys)) == len(keys)
+    assert _crypto.derive_keys(secret, purpose=b"q", sid=sid, contexts=contexts[:1]) != keys[:1]
