@@ -84,23 +84,25 @@ def derive_key(
 
 
 def derive_keys(
-    secret: bytes, *, purpose: bytes, sid: bytes, contexts: Iterable[Sequence[bytes]]
+    secret: bytes, *, purpose: bytes, sid: bytes, framed_contexts: Iterable[bytes]
 ) -> list[bytes]:
-    """:func:`derive_key` for each of ``contexts``, all from one secret: the same keys.
+    """:func:`derive_key` for many contexts of one secret, giving the same keys.
 
-    HKDF's extract step depends only on the secret and the salt (purpose and session),
-    so it runs once and only the expand step runs per context: a party deriving a mask
-    key per block from one seed pays one HMAC per block instead of three.
+    Each of ``framed_contexts`` is ``frame(context)`` (callers deriving per block keep
+    those bytes instead of framing them again for every seed). HKDF's extract step
+    depends only on the secret and the salt (purpose and session), so it runs once and
+    only the expand step runs per context: one HMAC per key instead of three.
     """
     salt = frame([purpose, sid])
-    prk = HKDF.extract(hashes.SHA256(), salt, secret)
+    prk = HKDF.extract(_SHA256, salt, secret)
     # frame([purpose, sid, *context]) is frame([purpose, sid]) followed by frame(context).
     return [
-        HKDFExpand(algorithm=hashes.SHA256(), length=KEY_BYTES, info=salt + frame(context)).derive(
-            prk
-        )
-        for context in contexts
+        HKDFExpand(algorithm=_SHA256, length=KEY_BYTES, info=salt + framed).derive(prk)
+        for framed in framed_contexts
     ]
+
+
+_SHA256 = hashes.SHA256()
 
 
 # --------------------------------------------------------------------------- X25519
@@ -212,6 +214,34 @@ def apply_mask(
         np.subtract(accumulator, scratch, out=accumulator)
     else:
         np.add(accumulator, scratch, out=accumulator)
+
+
+def apply_masks(accumulator: MaskWords, masks: Sequence[tuple[bytes, bool]]) -> None:
+    """:func:`apply_mask` for each ``(key, negate)`` of ``masks``, with the same result.
+
+    Keystreams are generated a few at a time into the rows of one scratch matrix and
+    added (or subtracted) as one column sum, so the per-mask cost is the keystream
+    itself rather than one numpy call per mask; the sums are modulo 2^32 or 2^64, so the
+    order of the masks does not change the result.
+    """
+    rows = min(len(masks), _MASK_ROWS)
+    if not rows:
+        return
+    scratch = cast(MaskWords, np.empty((rows, accumulator.size), dtype=accumulator.dtype))
+    column = np.empty_like(accumulator)
+    for negate, operation in ((False, np.add), (True, np.subtract)):
+        keys = [key for key, negated in masks if negated is negate]
+        for start in range(0, len(keys), rows):
+            chunk = keys[start : start + rows]
+            for row, key in zip(scratch, chunk, strict=False):
+                _fill_keystream(row, key)
+            np.add.reduce(scratch[: len(chunk)], axis=0, out=column)
+            operation(accumulator, column, out=accumulator)
+
+
+_MASK_ROWS = 16
+"""Keystreams summed at once by :func:`apply_masks` (16 rows of a 4096-word block fit
+in a core's L2 cache)."""
 
 
 def mask_words(key: bytes, length: int, width_bits: int) -> MaskWords:

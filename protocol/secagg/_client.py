@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from .._crypto import (
     agreement_private_bytes,
     agreement_public_bytes,
-    apply_mask,
+    apply_masks,
     generate_agreement_key,
     open_sealed,
     seal,
@@ -418,9 +418,7 @@ class SecAggClient:
         masked: list[tuple[str, Words]] = []
         for block in blocks:
             words = levels.pop(block)
-            scratch = np.empty_like(words)
-            for key, negate in masks[block]:
-                apply_mask(words, key, negate=negate, scratch=scratch)
+            apply_masks(words, masks[block])
             masked.append((block, words))
         # The masking key and seeds now live only as shares; drop our copies.
         self._encryption_key = None

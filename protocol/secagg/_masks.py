@@ -14,6 +14,7 @@ key specific to one (pair or owner, block).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable
 
@@ -68,15 +69,23 @@ def self_mask_key(seed: bytes, *, sid: bytes, owner: str, block: str) -> bytes:
 
 def pairwise_mask_keys(seed: bytes, *, sid: bytes, blocks: Iterable[str]) -> list[bytes]:
     """:func:`pairwise_mask_key` of each block, in order (one HKDF extract for all)."""
-    return derive_keys(seed, purpose=_PAIR_MASK, sid=sid, contexts=[[b.encode()] for b in blocks])
+    return derive_keys(
+        seed, purpose=_PAIR_MASK, sid=sid, framed_contexts=[_framed(b) for b in blocks]
+    )
 
 
 def self_mask_keys(seed: bytes, *, sid: bytes, owner: str, blocks: Iterable[str]) -> list[bytes]:
     """:func:`self_mask_key` of each block, in order (one HKDF extract for all)."""
-    name = owner.encode()
+    name = _framed(owner)
     return derive_keys(
-        seed, purpose=_SELF_MASK, sid=sid, contexts=[[name, b.encode()] for b in blocks]
+        seed, purpose=_SELF_MASK, sid=sid, framed_contexts=[name + _framed(b) for b in blocks]
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _framed(name: str) -> bytes:
+    """``frame([name])``: block ids and organizations recur in every seed's derivation."""
+    return frame([name.encode()])
 
 
 def subtracts_pairwise_mask(owner: str, peer: str) -> bool:

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .._crypto import agreement_public_bytes, apply_mask, load_agreement_key, sealed_length
+from .._crypto import agreement_public_bytes, apply_masks, load_agreement_key, sealed_length
 from .._crypto import verify_signature as _verify_signature
 from ..errors import (
     CohortTooSmallError,
@@ -548,9 +548,7 @@ class SecAggServer:
         blocks: dict[str, BlockSum] = {}
         for block in request.blocks:
             total = self._sums[block]
-            scratch = np.empty_like(total)
-            for key, negate in removals[block]:
-                apply_mask(total, key, negate=negate, scratch=scratch)
+            apply_masks(total, removals[block])
             contributors = tuple(sorted(params.block_supports[block] & survivors))
             blocks[block] = BlockSum(
                 block=block,

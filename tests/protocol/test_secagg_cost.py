@@ -140,7 +140,26 @@ def test_derive_keys_is_derive_key_per_context() -> None:
     """The batched derivation keeps purpose, session and context separation."""
     secret, sid = os.urandom(32), os.urandom(32)
     contexts: list[list[bytes]] = [[], [b"x"], [b"ab", b"c"], [b"a", b"bc"], [b""]]
-    keys = _crypto.derive_keys(secret, purpose=b"p", sid=sid, contexts=contexts)
+    framed = [_crypto.frame(c) for c in contexts]
+    keys = _crypto.derive_keys(secret, purpose=b"p", sid=sid, framed_contexts=framed)
     assert keys == [_crypto.derive_key(secret, purpose=b"p", sid=sid, context=c) for c in contexts]
     assert len(set(keys)) == len(keys)
-    assert _crypto.derive_keys(secret, purpose=b"q", sid=sid, contexts=contexts[:1]) != keys[:1]
+    other = _crypto.derive_keys(secret, purpose=b"q", sid=sid, framed_contexts=framed[:1])
+    assert other != keys[:1]
+
+
+@pytest.mark.parametrize(("bits", "count"), [(32, 0), (32, 1), (32, 37), (64, 20)])
+def test_apply_masks_equals_one_mask_at_a_time(bits: int, count: int) -> None:
+    """The chunked column sum gives the words of adding and subtracting masks one by one."""
+    rng = np.random.default_rng(count)
+    dtype = np.uint32 if bits == 32 else np.uint64
+    start = rng.integers(0, 2**bits - 1, size=1000, dtype=dtype, endpoint=True)
+    masks = [(os.urandom(32), bool(rng.integers(2))) for _ in range(count)]
+    one_by_one = start.copy()
+    for key, negate in masks:
+        _crypto.apply_mask(one_by_one, key, negate=negate)
+    batched = start.copy()
+    _crypto.apply_masks(batched, masks)
+    np.testing.assert_array_equal(batched, one_by_one)
+    if count:
+        assert not np.array_equal(batched, start)
