@@ -83,23 +83,30 @@ def derive_key(
     return hkdf_sha256(secret, salt=salt, info=frame([purpose, sid, *context]))
 
 
-def derive_keys(
-    secret: bytes, *, purpose: bytes, sid: bytes, framed_contexts: Iterable[bytes]
-) -> list[bytes]:
-    """:func:`derive_key` for many contexts of one secret, giving the same keys.
+class KeyDerivation:
+    """:func:`derive_key` of one secret, purpose and session for many contexts.
 
-    Each of ``framed_contexts`` is ``frame(context)`` (callers deriving per block keep
-    those bytes instead of framing them again for every seed). HKDF's extract step
-    depends only on the secret and the salt (purpose and session), so it runs once and
-    only the expand step runs per context: one HMAC per key instead of three.
+    HKDF's extract step depends only on the secret and the salt (purpose and session), so
+    it runs once here and :meth:`key` runs only the expand step: one HMAC per key
+    instead of three, with the very keys :func:`derive_key` gives. ``repr`` hides the
+    secret.
     """
-    salt = frame([purpose, sid])
-    prk = HKDF.extract(_SHA256, salt, secret)
-    # frame([purpose, sid, *context]) is frame([purpose, sid]) followed by frame(context).
-    return [
-        HKDFExpand(algorithm=_SHA256, length=KEY_BYTES, info=salt + framed).derive(prk)
-        for framed in framed_contexts
-    ]
+
+    __slots__ = ("_prk", "_salt")
+
+    def __init__(self, secret: bytes, *, purpose: bytes, sid: bytes) -> None:
+        self._salt = frame([purpose, sid])
+        self._prk = HKDF.extract(_SHA256, self._salt, secret)
+
+    def key(self, framed_context: bytes) -> bytes:
+        """The key of ``derive_key(secret, ..., context=context)``, given
+        ``frame(context)`` (callers keep those bytes rather than framing them per seed)."""
+        # frame([purpose, sid, *context]) is frame([purpose, sid]) followed by frame(context).
+        info = self._salt + framed_context
+        return HKDFExpand(algorithm=_SHA256, length=KEY_BYTES, info=info).derive(self._prk)
+
+    def __repr__(self) -> str:
+        return "KeyDerivation(<hidden>)"
 
 
 _SHA256 = hashes.SHA256()

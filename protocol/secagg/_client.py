@@ -54,9 +54,8 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._masks import (
-    pairwise_mask_keys,
+    MaskKeys,
     pairwise_seed,
-    self_mask_keys,
     share_associated_data,
     share_encryption_key,
     subtracts_pairwise_mask,
@@ -414,11 +413,23 @@ class SecAggClient:
             )
             for peer in sorted(shared - {self._organization})
         }
-        masks = self._mask_keys(blocks, pair_seeds)
+        self_keys = {
+            group: MaskKeys.self_mask(seed, sid=params.sid, owner=self._organization)
+            for group, seed in self._self_mask_seeds.items()
+        }
+        pair_keys = {
+            peer: MaskKeys.pairwise(seed, sid=params.sid) for peer, seed in pair_seeds.items()
+        }
         masked: list[tuple[str, Words]] = []
         for block in blocks:
             words = levels.pop(block)
-            apply_masks(words, masks[block])
+            masks = [(self_keys[params.group_of_block[block]].of(block), False)]
+            # Only the block's own graph: masking with every neighbour that holds the
+            # block could leave a holder without one (see `graph.holder_graph`).
+            for peer in sorted(params.block_graph(block)[self._organization] & pair_keys.keys()):
+                negate = subtracts_pairwise_mask(self._organization, peer)
+                masks.append((pair_keys[peer].of(block), negate))
+            apply_masks(words, masks)
             masked.append((block, words))
         # The masking key and seeds now live only as shares; drop our copies.
         self._encryption_key = None
@@ -432,33 +443,6 @@ class SecAggClient:
             bits=params.fixed_point.bits,
             blocks=tuple(masked),
         )
-
-    def _mask_keys(
-        self, blocks: tuple[str, ...], pair_seeds: Mapping[str, bytes]
-    ) -> dict[str, list[tuple[bytes, bool]]]:
-        """Per block, the key of each of our masks and whether we subtract it: the self
-        mask, and one pairwise mask per neighbour in the block's own graph (masking with
-        every neighbour that holds the block could leave a holder without one, see
-        `graph.holder_graph`). Each seed is expanded into all of its blocks' keys at once.
-        """
-        params = self._params
-        owner = self._organization
-        masks: dict[str, list[tuple[bytes, bool]]] = {block: [] for block in blocks}
-        by_group: dict[int, list[str]] = {}
-        for block in blocks:
-            by_group.setdefault(params.group_of_block[block], []).append(block)
-        for group, held in by_group.items():
-            seed = self._self_mask_seeds[group]
-            keys = self_mask_keys(seed, sid=params.sid, owner=owner, blocks=held)
-            for block, key in zip(held, keys, strict=True):
-                masks[block].append((key, False))
-        for peer, pair_seed in pair_seeds.items():
-            shared = [block for block in blocks if peer in params.block_graph(block)[owner]]
-            keys = pairwise_mask_keys(pair_seed, sid=params.sid, blocks=shared)
-            negate = subtracts_pairwise_mask(owner, peer)
-            for block, key in zip(shared, keys, strict=True):
-                masks[block].append((key, negate))
-        return masks
 
     def _check_inputs(self, inputs: Mapping[str, npt.ArrayLike], blocks: tuple[str, ...]) -> None:
         missing = sorted(set(blocks) - inputs.keys())

@@ -45,7 +45,7 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._client import check_session
-from ._masks import pairwise_mask_keys, pairwise_seed, self_mask_keys, subtracts_pairwise_mask
+from ._masks import MaskKeys, pairwise_seed, subtracts_pairwise_mask
 from ._params import SessionParams
 from ._shamir import MERSENNE_521, Share, lagrange_at_zero
 from .messages import (
@@ -544,11 +544,11 @@ class SecAggServer:
                 )
             dropped_keys[owner] = private_key
 
-        removals = self._masks_to_remove(request.blocks, survivors, seeds, dropped_keys)
+        removals = _MaskRemoval(params, survivors, seeds, dropped_keys, self._advertisements)
         blocks: dict[str, BlockSum] = {}
         for block in request.blocks:
             total = self._sums[block]
-            apply_masks(total, removals[block])
+            apply_masks(total, removals.masks(block))
             contributors = tuple(sorted(params.block_supports[block] & survivors))
             blocks[block] = BlockSum(
                 block=block,
@@ -569,53 +569,6 @@ class SecAggServer:
             dropped=tuple(sorted(self._shared - survivors)),
         )
 
-    def _masks_to_remove(
-        self,
-        blocks: tuple[str, ...],
-        survivors: frozenset[str],
-        seeds: Mapping[tuple[str, int], bytes],
-        dropped_keys: Mapping[str, X25519PrivateKey],
-    ) -> dict[str, list[tuple[bytes, bool]]]:
-        """Per block, the key of every mask left in its sum and whether to subtract it.
-
-        Exactly the masks in the sums: each surviving holder's self mask, and the
-        pairwise mask of each dropped holder with each surviving neighbour in the block's
-        graph (its surviving neighbours added theirs; the dropped party never sent its
-        own). Each pair's seed is agreed once and expanded into all of its blocks' keys.
-        """
-        params = self._params
-        sid = params.sid
-        removals: dict[str, list[tuple[bytes, bool]]] = {block: [] for block in blocks}
-        for owner in sorted(survivors):
-            by_group: dict[int, list[str]] = {}
-            for block in blocks:
-                if owner in params.block_supports[block]:
-                    by_group.setdefault(params.group_of_block[block], []).append(block)
-            for group, held in by_group.items():
-                keys = self_mask_keys(seeds[owner, group], sid=sid, owner=owner, blocks=held)
-                for block, key in zip(held, keys, strict=True):
-                    removals[block].append((key, True))
-        for gone, private_key in sorted(dropped_keys.items()):
-            masked_with: dict[str, list[str]] = {}
-            for block in blocks:
-                if gone in params.block_supports[block]:
-                    for survivor in params.block_graph(block)[gone] & survivors:
-                        masked_with.setdefault(survivor, []).append(block)
-            for survivor, shared in sorted(masked_with.items()):
-                seed = pairwise_seed(
-                    private_key,
-                    self._advertisements[survivor].masking_key,
-                    sid=sid,
-                    owner=gone,
-                    peer=survivor,
-                )
-                # The survivor added this mask with its own sign; remove it.
-                negate = not subtracts_pairwise_mask(survivor, gone)
-                keys = pairwise_mask_keys(seed, sid=sid, blocks=shared)
-                for block, key in zip(shared, keys, strict=True):
-                    removals[block].append((key, negate))
-        return removals
-
     def _reconstruct(
         self, shares: list[Share], threshold: int, cache: dict[tuple[int, ...], list[int]]
     ) -> int:
@@ -632,6 +585,66 @@ class SecAggServer:
                 "revealed shares are wrong"
             )
         return secret
+
+
+class _MaskRemoval:
+    """The masks left in each aggregated block's sum, and the sign to remove them with.
+
+    Exactly the masks in the sums: each surviving holder's self mask, and the pairwise
+    mask of each dropped holder with each surviving neighbour in the block's graph (the
+    neighbour added its half; the dropped party never sent its own). Each dropped pair's
+    seed is agreed once, on first use, and each seed's HKDF extract is shared by all its
+    blocks, so the cost per block is one key expansion and one keystream per mask.
+    """
+
+    def __init__(
+        self,
+        params: SessionParams,
+        survivors: frozenset[str],
+        seeds: Mapping[tuple[str, int], bytes],
+        dropped_keys: Mapping[str, X25519PrivateKey],
+        advertisements: Mapping[str, KeyAdvertisement],
+    ) -> None:
+        self._params = params
+        self._survivors = survivors
+        self._dropped_keys = dict(sorted(dropped_keys.items()))
+        self._advertisements = advertisements
+        self._self_keys = {
+            (owner, group): MaskKeys.self_mask(seed, sid=params.sid, owner=owner)
+            for (owner, group), seed in seeds.items()
+        }
+        self._pair_keys: dict[tuple[str, str], MaskKeys] = {}
+
+    def masks(self, block: str) -> list[tuple[bytes, bool]]:
+        """``(key, negate)`` of every mask to take out of ``block``'s sum."""
+        params = self._params
+        support = params.block_supports[block]
+        group = params.group_of_block[block]
+        masks = [
+            (self._self_keys[owner, group].of(block), True)
+            for owner in sorted(support & self._survivors)
+        ]
+        graph = params.block_graph(block)
+        for gone in self._dropped_keys:
+            if gone in support:
+                for survivor in sorted(graph[gone] & self._survivors):
+                    # The survivor added this mask with its own sign; remove it.
+                    negate = not subtracts_pairwise_mask(survivor, gone)
+                    masks.append((self._pair(gone, survivor).of(block), negate))
+        return masks
+
+    def _pair(self, gone: str, survivor: str) -> MaskKeys:
+        keys = self._pair_keys.get((gone, survivor))
+        if keys is None:
+            seed = pairwise_seed(
+                self._dropped_keys[gone],
+                self._advertisements[survivor].masking_key,
+                sid=self._params.sid,
+                owner=gone,
+                peer=survivor,
+            )
+            keys = self._pair_keys[gone, survivor] = MaskKeys.pairwise(seed, sid=self._params.sid)
+        return keys
 
 
 def _decode_sum(

@@ -21,12 +21,7 @@ from secagg_helpers import Harness, as_inputs, expected_words, grid_levels, make
 
 from fedhft.protocol import SessionParams, _crypto
 from fedhft.protocol.secagg import _masks
-from fedhft.protocol.secagg._masks import (
-    pairwise_mask_key,
-    pairwise_mask_keys,
-    self_mask_key,
-    self_mask_keys,
-)
+from fedhft.protocol.secagg._masks import MaskKeys, pairwise_mask_key, self_mask_key
 
 
 @contextmanager
@@ -125,27 +120,28 @@ def test_client_generates_one_keystream_per_mask(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("blocks", [[], ["a"], ["layer.0.lora_B", "layer.1.lora_B", "é" * 40]])
-def test_batched_mask_keys_are_the_per_block_keys(blocks: list[str]) -> None:
+def test_mask_keys_are_the_per_block_keys(blocks: list[str]) -> None:
     """One HKDF extract per seed gives the same keys as a full HKDF per block."""
     seed, sid = os.urandom(32), os.urandom(32)
-    assert pairwise_mask_keys(seed, sid=sid, blocks=blocks) == [
-        pairwise_mask_key(seed, sid=sid, block=b) for b in blocks
-    ]
-    assert self_mask_keys(seed, sid=sid, owner="org-001", blocks=blocks) == [
-        self_mask_key(seed, sid=sid, owner="org-001", block=b) for b in blocks
-    ]
+    pairwise = MaskKeys.pairwise(seed, sid=sid)
+    own = MaskKeys.self_mask(seed, sid=sid, owner="org-001")
+    for block in blocks:
+        assert pairwise.of(block) == pairwise_mask_key(seed, sid=sid, block=block)
+        assert own.of(block) == self_mask_key(seed, sid=sid, owner="org-001", block=block)
+    assert repr(pairwise) == "MaskKeys(<hidden>)"
 
 
-def test_derive_keys_is_derive_key_per_context() -> None:
-    """The batched derivation keeps purpose, session and context separation."""
+def test_key_derivation_is_derive_key_per_context() -> None:
+    """The extract-once derivation keeps purpose, session and context separation."""
     secret, sid = os.urandom(32), os.urandom(32)
     contexts: list[list[bytes]] = [[], [b"x"], [b"ab", b"c"], [b"a", b"bc"], [b""]]
-    framed = [_crypto.frame(c) for c in contexts]
-    keys = _crypto.derive_keys(secret, purpose=b"p", sid=sid, framed_contexts=framed)
+    derivation = _crypto.KeyDerivation(secret, purpose=b"p", sid=sid)
+    keys = [derivation.key(_crypto.frame(c)) for c in contexts]
     assert keys == [_crypto.derive_key(secret, purpose=b"p", sid=sid, context=c) for c in contexts]
     assert len(set(keys)) == len(keys)
-    other = _crypto.derive_keys(secret, purpose=b"q", sid=sid, framed_contexts=framed[:1])
-    assert other != keys[:1]
+    other = _crypto.KeyDerivation(secret, purpose=b"q", sid=sid)
+    assert other.key(_crypto.frame([])) != keys[0]
+    assert secret.hex() not in repr(derivation)
 
 
 @pytest.mark.parametrize(("bits", "count"), [(32, 0), (32, 1), (32, 37), (64, 20)])
