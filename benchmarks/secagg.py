@@ -11,7 +11,9 @@ inputs (uniform in ±1, seeded per client) and reports:
   int32 for masking, float32 for CKKS and plaintext);
 - the mask floor: CPU time to generate one client's masks alone (one ChaCha20 keystream
   per neighbour and one for the self mask, over all blocks), the least any masking
-  client can spend.
+  client can spend; and, as its server seconds, the keystreams the server must
+  regenerate to unmask (each survivor's self mask, and each dropped client's pairwise
+  mask with each surviving neighbour, per block), the least the server can spend.
 
 Times are process CPU seconds (``time.process_time``), so other load on the machine does
 not inflate them. Flower lives in its own environment (`benchmarks/requirements-flower.txt`
@@ -318,8 +320,23 @@ def bench_masking(setting: Setting) -> Row:
     )
 
 
+def server_masks(setting: Setting, params: SessionParams) -> list[int]:
+    """Per block, how many masks the server must regenerate when ``setting.dropped`` send
+    no masked input: each surviving holder's self mask and, for each dropped holder, the
+    pairwise mask with each of its surviving neighbours in the block's graph."""
+    dropped = {setting.roster[i] for i in setting.dropped}
+    counts = []
+    for block in block_ids(setting):
+        support = params.block_supports[block]
+        graph = params.block_graph(block)
+        pairs = sum(len(graph[gone] - dropped) for gone in dropped & support)
+        counts.append(len(support - dropped) + pairs)
+    return counts
+
+
 def bench_mask_floor(setting: Setting) -> Row:
-    """One client's masks alone: a ChaCha20 keystream per neighbour and self, per block."""
+    """The masks alone, a ChaCha20 keystream each per block: one client's (one per
+    neighbour and its self mask) and the server's (those :func:`server_masks` counts)."""
     params = session_params(setting)
     degree = len(params.graph[setting.roster[0]])
     keys = [os.urandom(32) for _ in range(degree + 1)]
@@ -330,7 +347,20 @@ def bench_mask_floor(setting: Setting) -> Row:
             for n in setting.blocks:
                 _crypto.mask_words(key, n, params.fixed_point.bits)
         best = min(best, clock() - started)
-    return Row.of("mask floor", setting, client_seconds=best, note=f"{degree + 1} keystreams")
+    counts = server_masks(setting, params)
+    key = os.urandom(32)
+    started = clock()
+    for n, count in zip(setting.blocks, counts, strict=True):
+        for _ in range(count):
+            _crypto.mask_words(key, n, params.fixed_point.bits)
+    server = clock() - started
+    return Row.of(
+        "mask floor",
+        setting,
+        client_seconds=best,
+        server_seconds=server,
+        note=f"{degree + 1} keystreams; server {sum(counts):,}",
+    )
 
 
 _CEREMONIES: dict[int, tuple[CKKSCeremony, dict[str, CKKSKeyring]]] = {}
@@ -531,6 +561,9 @@ def ratios(rows: list[Row]) -> list[dict[str, object]]:
                     server_dropped.server_seconds if server_dropped and worst else None,
                     server_none.server_seconds if server_none else None,
                 ),
+                "server_over_floor_dropout": _over(
+                    dropped, "masking", "mask floor", "server_seconds"
+                ),
                 "client_over_floor": _over(none, "masking", "mask floor", "client_seconds"),
                 "client_over_floor_dropout": _over(
                     dropped, "masking", "mask floor", "client_seconds"
@@ -557,7 +590,7 @@ def render_ratios(table_rows: list[dict[str, object]], console: Console) -> None
         title="Targets: server drop/0% ≤ 3 (N = 50, 100); client/floor ≤ 1.5 (L = 1e6); "
         "Flower/ours ≥ 4 (N = 50, 100)"
     )
-    headers = "N;L;drop;server drop/0%;client/floor 0%;client/floor drop;"
+    headers = "N;L;drop;server drop/0%;server/floor drop;client/floor 0%;client/floor drop;"
     headers += "Flower/ours 0%;Flower/ours drop"
     for header in headers.split(";"):
         table.add_column(header, justify="right")
@@ -570,6 +603,7 @@ def render_ratios(table_rows: list[dict[str, object]], console: Console) -> None
                 _times(entry[key])
                 for key in (
                     "server_dropout_over_none",
+                    "server_over_floor_dropout",
                     "client_over_floor",
                     "client_over_floor_dropout",
                     "flower_over_ours",
