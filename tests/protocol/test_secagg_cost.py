@@ -22,6 +22,7 @@ from secagg_helpers import Harness, as_inputs, expected_words, grid_levels, make
 from fedhft.protocol import SessionParams, _crypto
 from fedhft.protocol.secagg import _masks
 from fedhft.protocol.secagg._masks import MaskKeys, pairwise_mask_key, self_mask_key
+from fedhft.protocol.secagg._shamir import MERSENNE_521, lagrange_at_zero
 
 
 @contextmanager
@@ -159,3 +160,20 @@ def test_apply_masks_equals_one_mask_at_a_time(bits: int, count: int) -> None:
     np.testing.assert_array_equal(batched, one_by_one)
     if count:
         assert not np.array_equal(batched, start)
+
+
+@pytest.mark.parametrize("prime", [MERSENNE_521, 65_537, 2**127 - 1])
+def test_lagrange_coefficients_with_one_inversion_match_the_definition(prime: int) -> None:
+    """The batched inversion gives ``Π_{j≠i} x_j / (x_j − x_i)`` for every holder set
+    shape a SecAgg+ server meets (sparse, unordered, one holder), each inverted alone."""
+    rng = np.random.default_rng(prime % 1000)
+    for size in (1, 2, 5, 41):
+        xs = [int(x) for x in rng.choice(np.arange(1, 1000), size=size, replace=False)]
+        expected = []
+        for i, xi in enumerate(xs):
+            numerator, denominator = 1, 1
+            for j, xj in enumerate(xs):
+                if i != j:
+                    numerator, denominator = numerator * xj, denominator * (xj - xi)
+            expected.append(numerator * pow(denominator, -1, prime) % prime)
+        assert lagrange_at_zero(xs, prime) == expected
