@@ -24,7 +24,7 @@ import functools
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import numpy as np
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from .errors import DecryptionError, ForgedMessageError
 
@@ -81,6 +81,35 @@ def derive_key(
     """
     salt = frame([purpose, sid])
     return hkdf_sha256(secret, salt=salt, info=frame([purpose, sid, *context]))
+
+
+class KeyDerivation:
+    """:func:`derive_key` of one secret, purpose and session for many contexts.
+
+    HKDF's extract step depends only on the secret and the salt (purpose and session), so
+    it runs once here and :meth:`key` runs only the expand step: one HMAC per key
+    instead of three, with the very keys :func:`derive_key` gives. ``repr`` hides the
+    secret.
+    """
+
+    __slots__ = ("_prk", "_salt")
+
+    def __init__(self, secret: bytes, *, purpose: bytes, sid: bytes) -> None:
+        self._salt = frame([purpose, sid])
+        self._prk = HKDF.extract(_SHA256, self._salt, secret)
+
+    def key(self, framed_context: bytes) -> bytes:
+        """The key of ``derive_key(secret, ..., context=context)``, given
+        ``frame(context)`` (callers keep those bytes rather than framing them per seed)."""
+        # frame([purpose, sid, *context]) is frame([purpose, sid]) followed by frame(context).
+        info = self._salt + framed_context
+        return HKDFExpand(algorithm=_SHA256, length=KEY_BYTES, info=info).derive(self._prk)
+
+    def __repr__(self) -> str:
+        return "KeyDerivation(<hidden>)"
+
+
+_SHA256 = hashes.SHA256()
 
 
 # --------------------------------------------------------------------------- X25519
@@ -192,6 +221,34 @@ def apply_mask(
         np.subtract(accumulator, scratch, out=accumulator)
     else:
         np.add(accumulator, scratch, out=accumulator)
+
+
+def apply_masks(accumulator: MaskWords, masks: Sequence[tuple[bytes, bool]]) -> None:
+    """:func:`apply_mask` for each ``(key, negate)`` of ``masks``, with the same result.
+
+    Keystreams are generated a few at a time into the rows of one scratch matrix and
+    added (or subtracted) as one column sum, so the per-mask cost is the keystream
+    itself rather than one numpy call per mask; the sums are modulo 2^32 or 2^64, so the
+    order of the masks does not change the result.
+    """
+    rows = min(len(masks), _MASK_ROWS)
+    if not rows:
+        return
+    scratch = cast(MaskWords, np.empty((rows, accumulator.size), dtype=accumulator.dtype))
+    column = np.empty_like(accumulator)
+    for negate, operation in ((False, np.add), (True, np.subtract)):
+        keys = [key for key, negated in masks if negated is negate]
+        for start in range(0, len(keys), rows):
+            chunk = keys[start : start + rows]
+            for row, key in zip(scratch, chunk, strict=False):
+                _fill_keystream(row, key)
+            np.add.reduce(scratch[: len(chunk)], axis=0, out=column)
+            operation(accumulator, column, out=accumulator)
+
+
+_MASK_ROWS = 16
+"""Keystreams summed at once by :func:`apply_masks` (16 rows of a 4096-word block fit
+in a core's L2 cache)."""
 
 
 def mask_words(key: bytes, length: int, width_bits: int) -> MaskWords:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from .._crypto import (
     agreement_private_bytes,
     agreement_public_bytes,
-    apply_mask,
+    apply_masks,
     generate_agreement_key,
     open_sealed,
     seal,
@@ -54,9 +54,8 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._masks import (
-    pairwise_mask_key,
+    MaskKeys,
     pairwise_seed,
-    self_mask_key,
     share_associated_data,
     share_encryption_key,
     subtracts_pairwise_mask,
@@ -414,27 +413,23 @@ class SecAggClient:
             )
             for peer in sorted(shared - {self._organization})
         }
+        self_keys = {
+            group: MaskKeys.self_mask(seed, sid=params.sid, owner=self._organization)
+            for group, seed in self._self_mask_seeds.items()
+        }
+        pair_keys = {
+            peer: MaskKeys.pairwise(seed, sid=params.sid) for peer, seed in pair_seeds.items()
+        }
         masked: list[tuple[str, Words]] = []
         for block in blocks:
             words = levels.pop(block)
-            scratch = np.empty_like(words)
-            seed = self._self_mask_seeds[params.group_of_block[block]]
-            apply_mask(
-                words,
-                self_mask_key(seed, sid=params.sid, owner=self._organization, block=block),
-                scratch=scratch,
-            )
+            masks = [(self_keys[params.group_of_block[block]].of(block), False)]
             # Only the block's own graph: masking with every neighbour that holds the
-            # block could leave a holder without one (see `_graph.holder_graph`).
-            block_neighbours = params.block_graph(block)[self._organization]
-            for peer, pair_seed in pair_seeds.items():
-                if peer in block_neighbours:
-                    apply_mask(
-                        words,
-                        pairwise_mask_key(pair_seed, sid=params.sid, block=block),
-                        negate=subtracts_pairwise_mask(self._organization, peer),
-                        scratch=scratch,
-                    )
+            # block could leave a holder without one (see `graph.holder_graph`).
+            for peer in sorted(params.block_graph(block)[self._organization] & pair_keys.keys()):
+                negate = subtracts_pairwise_mask(self._organization, peer)
+                masks.append((pair_keys[peer].of(block), negate))
+            apply_masks(words, masks)
             masked.append((block, words))
         # The masking key and seeds now live only as shares; drop our copies.
         self._encryption_key = None

@@ -14,11 +14,12 @@ key specific to one (pair or owner, block).
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .._crypto import derive_key, frame, x25519_agree
+from .._crypto import KeyDerivation, derive_key, frame, x25519_agree
 
 _SHARE_KEY = b"fedhft/secagg/v1/share-encryption"
 _SHARE_AD = b"fedhft/secagg/v1/share-associated-data"
@@ -63,6 +64,40 @@ def pairwise_mask_key(seed: bytes, *, sid: bytes, block: str) -> bytes:
 def self_mask_key(seed: bytes, *, sid: bytes, owner: str, block: str) -> bytes:
     """The ChaCha20 key of ``owner``'s self mask on one block."""
     return derive_key(seed, purpose=_SELF_MASK, sid=sid, context=[owner.encode(), block.encode()])
+
+
+class MaskKeys:
+    """The per-block mask keys of one seed (:func:`pairwise_mask_key` or
+    :func:`self_mask_key`), with one HKDF extract for all blocks; ``repr`` hides them."""
+
+    __slots__ = ("_derivation", "_owner")
+
+    def __init__(self, derivation: KeyDerivation, owner: bytes) -> None:
+        self._derivation = derivation
+        self._owner = owner
+
+    @classmethod
+    def pairwise(cls, seed: bytes, *, sid: bytes) -> MaskKeys:
+        """The keys of a pair's masks, from its :func:`pairwise_seed`."""
+        return cls(KeyDerivation(seed, purpose=_PAIR_MASK, sid=sid), b"")
+
+    @classmethod
+    def self_mask(cls, seed: bytes, *, sid: bytes, owner: str) -> MaskKeys:
+        """The keys of ``owner``'s self masks, from its self-mask seed."""
+        return cls(KeyDerivation(seed, purpose=_SELF_MASK, sid=sid), _framed(owner))
+
+    def of(self, block: str) -> bytes:
+        """The ChaCha20 key of the mask on ``block``."""
+        return self._derivation.key(self._owner + _framed(block))
+
+    def __repr__(self) -> str:
+        return "MaskKeys(<hidden>)"
+
+
+@functools.lru_cache(maxsize=4096)
+def _framed(name: str) -> bytes:
+    """``frame([name])``: block ids and organizations recur in every seed's derivation."""
+    return frame([name.encode()])
 
 
 def subtracts_pairwise_mask(owner: str, peer: str) -> bool:

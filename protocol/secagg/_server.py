@@ -26,8 +26,9 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .._crypto import agreement_public_bytes, apply_mask, load_agreement_key, sealed_length
+from .._crypto import agreement_public_bytes, apply_masks, load_agreement_key, sealed_length
 from .._crypto import verify_signature as _verify_signature
 from ..errors import (
     CohortTooSmallError,
@@ -44,7 +45,7 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._client import check_session
-from ._masks import pairwise_mask_key, pairwise_seed, self_mask_key, subtracts_pairwise_mask
+from ._masks import MaskKeys, pairwise_seed, subtracts_pairwise_mask
 from ._params import SessionParams
 from ._shamir import MERSENNE_521, Share, lagrange_at_zero
 from .messages import (
@@ -543,35 +544,12 @@ class SecAggServer:
                 )
             dropped_keys[owner] = private_key
 
+        removals = _MaskRemoval(params, survivors, seeds, dropped_keys, self._advertisements)
         blocks: dict[str, BlockSum] = {}
         for block in request.blocks:
-            support = params.block_supports[block]
-            contributors = tuple(sorted(support & survivors))
             total = self._sums[block]
-            scratch = np.empty_like(total)
-            group = params.group_of_block[block]
-            for owner in contributors:
-                key = self_mask_key(seeds[owner, group], sid=params.sid, owner=owner, block=block)
-                apply_mask(total, key, negate=True, scratch=scratch)
-            graph = params.block_graph(block)
-            for gone, private_key in sorted(dropped_keys.items()):
-                if gone not in support:
-                    continue
-                for survivor in sorted(graph[gone] & survivors):
-                    seed = pairwise_seed(
-                        private_key,
-                        self._advertisements[survivor].masking_key,
-                        sid=params.sid,
-                        owner=gone,
-                        peer=survivor,
-                    )
-                    # The survivor added this mask with its own sign; remove it.
-                    apply_mask(
-                        total,
-                        pairwise_mask_key(seed, sid=params.sid, block=block),
-                        negate=not subtracts_pairwise_mask(survivor, gone),
-                        scratch=scratch,
-                    )
+            apply_masks(total, removals.masks(block))
+            contributors = tuple(sorted(params.block_supports[block] & survivors))
             blocks[block] = BlockSum(
                 block=block,
                 integer_sum=total,
@@ -607,6 +585,66 @@ class SecAggServer:
                 "revealed shares are wrong"
             )
         return secret
+
+
+class _MaskRemoval:
+    """The masks left in each aggregated block's sum, and the sign to remove them with.
+
+    Exactly the masks in the sums: each surviving holder's self mask, and the pairwise
+    mask of each dropped holder with each surviving neighbour in the block's graph (the
+    neighbour added its half; the dropped party never sent its own). Each dropped pair's
+    seed is agreed once, on first use, and each seed's HKDF extract is shared by all its
+    blocks, so the cost per block is one key expansion and one keystream per mask.
+    """
+
+    def __init__(
+        self,
+        params: SessionParams,
+        survivors: frozenset[str],
+        seeds: Mapping[tuple[str, int], bytes],
+        dropped_keys: Mapping[str, X25519PrivateKey],
+        advertisements: Mapping[str, KeyAdvertisement],
+    ) -> None:
+        self._params = params
+        self._survivors = survivors
+        self._dropped_keys = dict(sorted(dropped_keys.items()))
+        self._advertisements = advertisements
+        self._self_keys = {
+            (owner, group): MaskKeys.self_mask(seed, sid=params.sid, owner=owner)
+            for (owner, group), seed in seeds.items()
+        }
+        self._pair_keys: dict[tuple[str, str], MaskKeys] = {}
+
+    def masks(self, block: str) -> list[tuple[bytes, bool]]:
+        """``(key, negate)`` of every mask to take out of ``block``'s sum."""
+        params = self._params
+        support = params.block_supports[block]
+        group = params.group_of_block[block]
+        masks = [
+            (self._self_keys[owner, group].of(block), True)
+            for owner in sorted(support & self._survivors)
+        ]
+        graph = params.block_graph(block)
+        for gone in self._dropped_keys:
+            if gone in support:
+                for survivor in sorted(graph[gone] & self._survivors):
+                    # The survivor added this mask with its own sign; remove it.
+                    negate = not subtracts_pairwise_mask(survivor, gone)
+                    masks.append((self._pair(gone, survivor).of(block), negate))
+        return masks
+
+    def _pair(self, gone: str, survivor: str) -> MaskKeys:
+        keys = self._pair_keys.get((gone, survivor))
+        if keys is None:
+            seed = pairwise_seed(
+                self._dropped_keys[gone],
+                self._advertisements[survivor].masking_key,
+                sid=self._params.sid,
+                owner=gone,
+                peer=survivor,
+            )
+            keys = self._pair_keys[gone, survivor] = MaskKeys.pairwise(seed, sid=self._params.sid)
+        return keys
 
 
 def _decode_sum(

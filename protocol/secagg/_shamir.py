@@ -18,6 +18,7 @@ Notes:
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,17 +80,27 @@ def split_secret(
 
 
 def lagrange_at_zero(xs: Sequence[int], prime: int = MERSENNE_521) -> list[int]:
-    """The Lagrange coefficients ``λ_i = Π_{j≠i} x_j / (x_j − x_i)`` for evaluation at 0."""
+    """The Lagrange coefficients ``λ_i = Π_{j≠i} x_j / (x_j − x_i)`` for evaluation at 0.
+
+    Holder coordinates are small integers, so numerators and denominators are exact
+    integer products, reduced once; the denominators are inverted together with one
+    modular inversion (Montgomery's trick) instead of one per coefficient. In SecAgg+
+    every owner has its own holder set, so the server computes one set per owner.
+    """
     _check_holders(xs, prime)
-    coefficients = []
-    for i, xi in enumerate(xs):
-        numerator = 1
-        denominator = 1
-        for j, xj in enumerate(xs):
-            if i != j:
-                numerator = numerator * xj % prime
-                denominator = denominator * (xj - xi) % prime
-        coefficients.append(numerator * pow(denominator, -1, prime) % prime)
+    everything = math.prod(xs)
+    denominators = [
+        math.prod(xj - xi for j, xj in enumerate(xs) if j != i) % prime for i, xi in enumerate(xs)
+    ]
+    prefix = [1]
+    for denominator in denominators:
+        prefix.append(prefix[-1] * denominator % prime)
+    inverse = pow(prefix[-1], -1, prime)  # of the product of all denominators
+    coefficients = [0] * len(xs)
+    for i in reversed(range(len(xs))):
+        # inverse is now 1 / (d_0 ⋯ d_i); prefix[i] = d_0 ⋯ d_{i−1}, so this is 1 / d_i.
+        coefficients[i] = (everything // xs[i]) % prime * (inverse * prefix[i] % prime) % prime
+        inverse = inverse * denominators[i] % prime
     return coefficients
 
 
