@@ -17,7 +17,7 @@
   signed into a receipt is a record of the client's log, the head being that upload's
   `update_committed` and the spend a `privacy_spend` of its round;
 - the policy (when given): each DP-SGD spend's σ is the policy's, or for ``auto`` the σ
-  the client's own solver (`fedhft.sdk.auto_noise_multiplier`) finds for the logged
+  the client's own solver (`fedhft.accounting.auto_noise_multiplier`) finds for the logged
   sample rate and steps, leaving room for the log's one-shot Gaussian releases.
 
 Notes:

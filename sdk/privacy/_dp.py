@@ -12,7 +12,7 @@ The pieces are the ones `opacus.PrivacyEngine.make_private` assembles (module
 validation, grad-sample hooks, the optimizer class for the grad-sample mode, the
 ghost-clipping loss), put together here so that the two things Opacus would draw from
 torch's predictable generator, the Poisson batches and the noise, come from the OS
-CSPRNG and from `fedhft.sdk.noise_sampler` instead.
+CSPRNG and from `fedhft.sdk.privacy.noise_sampler` instead.
 
 Notes:
     PEFT is applied before Opacus attaches its hooks, and the hooks are attached after
