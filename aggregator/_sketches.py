@@ -5,7 +5,7 @@ records' unit-norm sentence embeddings, scaled to unit norm (`fedhft.sdk.privacy
 When the clusters split, the server groups these releases with k-means (Lloyd's
 algorithm, k-means++ seeding; `scipy.cluster.vq.kmeans2`) and publishes the K centroids
 with the cluster adapters; each organization then computes its own membership from its
-release and the centroids (`sketch_membership` of the SDK's mixture (`sdk/_mixture.py`)).
+release and the centroids (`sketch_membership` in `sdk/_mixture.py`).
 
 Notes:
     Everything here is post-processing of DP releases, so it costs no further privacy.

@@ -7,8 +7,8 @@ becomes one ledger record, so the rebuilt ledger's ε is the audit log's. An exi
 ledger is never replaced without ``--force``.
 
 With ``--state`` the rebuilt records are checked against the client's evidence record
-(`fedhft.sdk.privacy.check_rebuilt_ledger`): a rebuild from the complete audit log reproduces the lost
-ledger's records exactly and the client starts on it; one from an older audit log is
+(`fedhft.sdk.privacy.check_rebuilt_ledger`): a rebuild from the complete audit log
+reproduces the lost ledger's records exactly and the client starts on it; one from an older audit log is
 refused before anything is written.
 
 Exit status: 0 when the ledger was written, 1 when the audit log fails verification, the
