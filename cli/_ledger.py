@@ -8,8 +8,8 @@ ledger is never replaced without ``--force``.
 
 With ``--state`` the rebuilt records are checked against the client's evidence record
 (`fedhft.sdk.privacy.check_rebuilt_ledger`): a rebuild from the complete audit log
-reproduces the lost ledger's records exactly and the client starts on it; one from an older audit log is
-refused before anything is written.
+reproduces the lost ledger's records exactly and the client starts on it; one from an
+older audit log is refused before anything is written.
 
 Exit status: 0 when the ledger was written, 1 when the audit log fails verification, the
 ε of the rebuilt ledger disagrees with it or the rebuilt ledger lacks releases the state
