@@ -35,6 +35,7 @@ matplotlib.use("Agg")  # Files only: the sweep runs on servers without a display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from fedhft.policies import ConsortiumConfig
 from fedhft.sdk import TextDataset, build_base_model, load_tokenizer
@@ -311,6 +312,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         test_fraction=args.test_fraction,
         seed=args.seed,
     )
+    # Check every method's consortium before the first federation: FedAMoLE, for one,
+    # needs enough organizations to hold every expert.
+    for method in sweep.methods:
+        try:
+            consortium(method, organizations, sweep)
+        except ValidationError as error:
+            problem = "; ".join(str(e["msg"]) for e in error.errors())
+            parser.error(f"--methods {method} cannot run on {args.data}: {problem}")
     print(
         f"{len(organizations)} organizations ({', '.join(organizations)}), model {sweep.model}, "
         f"{len(sweep.methods) * len(sweep.epsilons)} federations of {sweep.rounds} rounds",
