@@ -4,7 +4,8 @@ One command runs every method on the same synthetic federation (two domain group
 concept shift, Dirichlet label skew, three resource tiers) through the product's own
 code: `LocalTrainer` (DP-SGD with Opacus, privacy ledger), `RoundParticipant`,
 `RoundCoordinator` and masking-mode secure aggregation, in one process (the gRPC path is
-tested elsewhere). It prints one table per scenario and, with ``--json``, the same
+tested elsewhere), each federation assembled by `fedhft.simulation.simulate_in_process`
+as a researcher would run it. It prints one table per scenario and, with ``--json``, the same
 figures.
 
     python benchmarks/learning.py --quick            # tiny random model, CI-sized
@@ -22,7 +23,6 @@ non-private and with DP-SGD at ε = 8 and ε = 2 (δ = 1e-5).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import multiprocessing
 import os
@@ -48,22 +48,16 @@ from rich.table import Table
 from sklearn.metrics import adjusted_rand_score
 
 from fedhft.aggregator import InfeasibleAssignmentError, check_fedamole_feasible
-from fedhft.aggregator._federation import RoundCoordinator
-from fedhft.aggregator._mole_rounds import MoLECoordinator
 from fedhft.errors import SecurityWarning
-from fedhft.model import initial_mole_state, tier_mask
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.sdk import (
     LocalTrainer,
     MaskedAdapterModel,
-    MoLETrainer,
-    OrganizationData,
     build_base_model,
     load_tokenizer,
     synthetic_federation,
 )
-from fedhft.sdk.participants import MoLEParticipant, RoundParticipant
-from fedhft.simulation import OrganizationRun, run_fedamole_in_process, run_federation_in_process
+from fedhft.simulation import LocalTraining, SimulatedOrganization, simulate_in_process
 
 TIERS = ("full", "full", "standard", "standard", "edge", "edge", "full", "standard")
 """Organization i's tier; domains alternate (even: clinical, odd: banking), so each
@@ -242,90 +236,35 @@ def run_once(
     )
     torch.manual_seed(seed)
     started = time.perf_counter()
-    if method == "fedamole":
-        metrics = run_fedamole(settings, config, data, epsilon, seed, base, tokenizer)
-    else:
-        metrics = _run_fedhft(settings, config, data, epsilon, seed, base, tokenizer, dense)
-    return summarize(settings, method_name, epsilon, alpha, seed, clusters, metrics, started)
-
-
-def _run_fedhft(
-    settings: Settings,
-    config: ConsortiumConfig,
-    data: list[OrganizationData],
-    epsilon: float | None,
-    seed: int,
-    base: torch.nn.Module,
-    tokenizer: Any,
-    dense: bool,
-) -> dict[str, dict[str, Any]]:
-    """FedHFT, FedAvg-LoRA or local-only: every organization's metrics."""
-    with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp)
-        runs: dict[str, OrganizationRun[RoundParticipant]] = {}
-        for i, org_data in enumerate(data):
-            org = f"org-{i}"
-            tier = "full" if dense else TIERS[i % len(TIERS)]
-            model = MaskedAdapterModel(copy.deepcopy(base), config.adapter)  # type: ignore[arg-type]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SecurityWarning)
-                trainer = LocalTrainer(
-                    model,
-                    policy_for(settings, org, tier, epsilon, state),
-                    config,
-                    tokenizer=tokenizer,
-                    non_private_baseline=epsilon is None,
-                    seed=seed * 100 + i,
-                )
-            participant = RoundParticipant(trainer, org_data.train, state_dir=state / org)
-            runs[org] = OrganizationRun(participant, tier, org_data.test, org_data.domain)
-        server_model = MaskedAdapterModel(copy.deepcopy(base), config.adapter)  # type: ignore[arg-type]
-        coordinator = RoundCoordinator(
-            config,
-            run_id=f"bench-{seed}",
-            initial_state=server_model.get_block_state(),
-            tier_blocks={t: tier_mask(config, t, tiny_config={"seed": 0}) for t in config.tiers},
+    organizations = {
+        f"org-{i}": SimulatedOrganization(
+            org_data.train,
+            org_data.test,
+            "full" if dense else TIERS[i % len(TIERS)],
+            org_data.domain,
         )
-        return run_federation_in_process(config, coordinator, runs).metrics
-
-
-def run_fedamole(
-    settings: Settings,
-    config: ConsortiumConfig,
-    data: list[OrganizationData],
-    epsilon: float | None,
-    seed: int,
-    base: torch.nn.Module,
-    tokenizer: Any,
-) -> dict[str, dict[str, Any]]:
-    """FedAMoLE through `run_fedamole_in_process`: DP affinity, RSEA, MoLE DP-SGD rounds."""
-    with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp)
-        runs: dict[str, OrganizationRun[MoLEParticipant]] = {}
-        for i, org_data in enumerate(data):
-            org = f"org-{i}"
-            tier = TIERS[i % len(TIERS)]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SecurityWarning)
-                trainer = MoLETrainer(
-                    policy_for(settings, org, tier, epsilon, state),
-                    config,
-                    base_factory=lambda: copy.deepcopy(base),  # type: ignore[arg-type, return-value]
-                    tokenizer=tokenizer,
-                    non_private_baseline=epsilon is None,
-                    seed=seed * 100 + i,
-                )
-            participant = MoLEParticipant(trainer, org_data.train, state_dir=state / org)
-            runs[org] = OrganizationRun(participant, tier, org_data.test, org_data.domain)
-        coordinator = MoLECoordinator(
+        for i, org_data in enumerate(data)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)
+        result = simulate_in_process(
             config,
-            run_id=f"bench-{seed}",
-            initial_state=initial_mole_state(config),
+            organizations,
+            epsilon=epsilon,
+            training=LocalTraining(
+                batch_size=settings.batch_size,
+                local_steps=settings.local_steps,
+                max_seq_length=settings.max_seq_length,
+            ),
+            rounds=settings.rounds,
+            seed=seed,
+            base_model=base,  # type: ignore[arg-type]
+            tokenizer=tokenizer,
         )
-        metrics = run_fedamole_in_process(config, coordinator, runs).metrics
+    metrics = result.organizations
     for m in metrics.values():
         m.setdefault("membership", [])
-    return metrics
+    return summarize(settings, method_name, epsilon, alpha, seed, clusters, metrics, started)
 
 
 def summarize(

@@ -1,6 +1,10 @@
 """Whole federations for research: in one process, on a pool of Ray workers, and the
 synthetic consortia `fedhft simulate` writes.
 
+`simulate_in_process` is the researcher's entry point: each organization's own data
+and tier in, per-organization metrics, ε spent and per-round costs out; it writes the
+policies, ledgers and audit logs and builds the trainers and the coordinator itself.
+
 In one process (`run_federation_in_process`, `run_fedamole_in_process`) every
 organization runs the real SDK trainer (DP-SGD, ledger, audit log) and every secure sum
 is the real protocol, each message encoded and decoded as on the wire; only the network
@@ -35,6 +39,10 @@ from ._ray import RayFederationResult as RayFederationResult
 from ._ray import RayRound as RayRound
 from ._ray import organization_folders as organization_folders
 from ._ray import require_ray as require_ray
+from ._research import LocalTraining as LocalTraining
+from ._research import SimulatedOrganization as SimulatedOrganization
+from ._research import SimulationResult as SimulationResult
+from ._research import simulate_in_process as simulate_in_process
 from ._server_progress import server_attempts as server_attempts
 from .errors import RayUnavailableError as RayUnavailableError
 from .errors import SimulationError as SimulationError
@@ -43,6 +51,7 @@ __all__ = [
     "LABELS",
     "TIER_CYCLE",
     "FederationResult",
+    "LocalTraining",
     "MoLEFederationResult",
     "OrganizationFolder",
     "OrganizationRun",
@@ -53,7 +62,9 @@ __all__ = [
     "RoundRecord",
     "SimulatedConsortium",
     "SimulatedModel",
+    "SimulatedOrganization",
     "SimulationError",
+    "SimulationResult",
     "consortium_document",
     "dropped_in",
     "majority_accuracy",
@@ -68,4 +79,5 @@ __all__ = [
     "secagg_neighbours",
     "secure_sum",
     "server_attempts",
+    "simulate_in_process",
 ]
