@@ -24,14 +24,17 @@ def _fedhft(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _simulate(workdir: Path, clients: int, *options: str) -> tuple[str, dict[str, Any]]:
-    """A tiny 2-round simulation: its console output and its JSON figures."""
+def _simulate(
+    workdir: Path, clients: int, *options: str, model: str = "tiny"
+) -> tuple[str, dict[str, Any]]:
+    """A 2-round simulation (the tiny model by default): its console output and its JSON
+    figures."""
     figures_path = workdir.parent / "figures.json"
     done = _fedhft(
         "simulate",
         *options,
         "--model",
-        "tiny",
+        model,
         "--clients",
         str(clients),
         "--rounds",
@@ -276,3 +279,27 @@ def test_model_option_reads_a_local_folder_with_its_architectures_targets(
         SimulatedModel.parse(str(not_gguf))
     with pytest.raises(SimulationError, match="is not `minilm`, `tiny`, `smollm2`"):
         SimulatedModel.parse(str(tmp_path / "absent"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["llama", "roberta"])
+def test_simulate_trains_a_local_hugging_face_folder_with_its_own_tokenizer(
+    tmp_path: Path, architecture: str
+) -> None:
+    """`fedhft simulate --model PATH --clients 3 --rounds 2` for a folder holding a tiny random
+    Llama or RoBERTa saved by `transformers` with its own offline-trained tokenizer: both rounds
+    complete over mTLS with DP-SGD and secure sums, the consortium pins that tokenizer, and every
+    organization's audit log verifies against the server's."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
+    from tiny_architectures import build_checkpoint
+
+    from fedhft.model import tokenizer_fingerprint
+
+    folder = build_checkpoint(architecture, tmp_path / architecture)
+    workdir = tmp_path / "run"
+    _, figures = _simulate(workdir, 3, model=str(folder))
+    consortium = yaml.safe_load((workdir / "consortium.yaml").read_text())
+    assert consortium["model"]["source"] == "huggingface"
+    assert consortium["model"]["tokenizer_sha256"] == tokenizer_fingerprint(folder)
+    for row in figures["organizations"]:
+        _verify_audit_log(workdir, row["organization"])
