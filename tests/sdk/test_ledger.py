@@ -197,7 +197,8 @@ def test_ledger_survives_a_process_restart(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     common = f"""
         from fedhft.policies import Accountant, NoiseSource
-        from fedhft.sdk import MechanismRecord, PrivacyLedger
+        from fedhft.accounting import MechanismRecord
+        from fedhft.sdk import PrivacyLedger
         ledger = PrivacyLedger.open({str(path)!r}, organization={ORG!r},
             accountant=Accountant.PRV, delta={DELTA!r}, epsilon_budget=50.0, create=CREATE)
     """
