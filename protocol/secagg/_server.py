@@ -28,7 +28,13 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .._crypto import agreement_public_bytes, apply_masks, load_agreement_key, sealed_length
+from .._crypto import (
+    MaskStream,
+    agreement_public_bytes,
+    apply_masks,
+    load_agreement_key,
+    sealed_length,
+)
 from .._crypto import verify_signature as _verify_signature
 from ..errors import (
     CohortTooSmallError,
@@ -45,7 +51,7 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._client import check_session
-from ._masks import MaskKeys, pairwise_seed, subtracts_pairwise_mask
+from ._masks import pairwise_mask, pairwise_seed, self_mask, subtracts_pairwise_mask
 from ._params import SessionParams
 from ._shamir import MERSENNE_521, Share, lagrange_at_zero
 from .messages import (
@@ -546,9 +552,10 @@ class SecAggServer:
 
         removals = _MaskRemoval(params, survivors, seeds, dropped_keys, self._advertisements)
         blocks: dict[str, BlockSum] = {}
-        for block in request.blocks:
+        # In layout order, so each key's keystream runs on across adjacent blocks.
+        for block in sorted(request.blocks, key=params.mask_offsets.__getitem__):
             total = self._sums[block]
-            apply_masks(total, removals.masks(block))
+            apply_masks(total, removals.masks(block), offset=params.mask_offsets[block])
             contributors = tuple(sorted(params.block_supports[block] & survivors))
             blocks[block] = BlockSum(
                 block=block,
@@ -593,8 +600,8 @@ class _MaskRemoval:
     Exactly the masks in the sums: each surviving holder's self mask, and the pairwise
     mask of each dropped holder with each surviving neighbour in the block's graph (the
     neighbour added its half; the dropped party never sent its own). Each dropped pair's
-    seed is agreed once, on first use, and each seed's HKDF extract is shared by all its
-    blocks, so the cost per block is one key expansion and one keystream per mask.
+    seed is agreed and its key derived once, on first use, and each key's keystream is
+    read on across adjacent blocks, so the cost per block is one keystream per mask.
     """
 
     def __init__(
@@ -610,19 +617,18 @@ class _MaskRemoval:
         self._dropped_keys = dict(sorted(dropped_keys.items()))
         self._advertisements = advertisements
         self._self_keys = {
-            (owner, group): MaskKeys.self_mask(seed, sid=params.sid, owner=owner)
+            (owner, group): self_mask(seed, sid=params.sid, owner=owner)
             for (owner, group), seed in seeds.items()
         }
-        self._pair_keys: dict[tuple[str, str], MaskKeys] = {}
+        self._pair_keys: dict[tuple[str, str], MaskStream] = {}
 
-    def masks(self, block: str) -> list[tuple[bytes, bool]]:
+    def masks(self, block: str) -> list[tuple[MaskStream, bool]]:
         """``(key, negate)`` of every mask to take out of ``block``'s sum."""
         params = self._params
         support = params.block_supports[block]
         group = params.group_of_block[block]
         masks = [
-            (self._self_keys[owner, group].of(block), True)
-            for owner in sorted(support & self._survivors)
+            (self._self_keys[owner, group], True) for owner in sorted(support & self._survivors)
         ]
         graph = params.block_graph(block)
         for gone in self._dropped_keys:
@@ -630,10 +636,10 @@ class _MaskRemoval:
                 for survivor in sorted(graph[gone] & self._survivors):
                     # The survivor added this mask with its own sign; remove it.
                     negate = not subtracts_pairwise_mask(survivor, gone)
-                    masks.append((self._pair(gone, survivor).of(block), negate))
+                    masks.append((self._pair(gone, survivor), negate))
         return masks
 
-    def _pair(self, gone: str, survivor: str) -> MaskKeys:
+    def _pair(self, gone: str, survivor: str) -> MaskStream:
         keys = self._pair_keys.get((gone, survivor))
         if keys is None:
             seed = pairwise_seed(
@@ -643,7 +649,7 @@ class _MaskRemoval:
                 owner=gone,
                 peer=survivor,
             )
-            keys = self._pair_keys[gone, survivor] = MaskKeys.pairwise(seed, sid=self._params.sid)
+            keys = self._pair_keys[gone, survivor] = pairwise_mask(seed, sid=self._params.sid)
         return keys
 
 
