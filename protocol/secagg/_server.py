@@ -19,7 +19,7 @@ Notes:
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -551,11 +551,22 @@ class SecAggServer:
             dropped_keys[owner] = private_key
 
         removals = _MaskRemoval(params, survivors, seeds, dropped_keys, self._advertisements)
+        for run in _runs(params, request.blocks):
+            # Adjacent blocks of one group carry the same masks at adjacent offsets: one
+            # buffer, masked in cache-sized chunks that cross block boundaries.
+            totals = np.concatenate([self._sums[b] for b in run])
+            masks = removals.masks(params.group_of_block[run[0]])
+            start = params.mask_offsets[run[0]]
+            step = totals.itemsize
+            for first in range(0, totals.size, _MASK_CHUNK):
+                chunk = totals[first : first + _MASK_CHUNK]
+                apply_masks(chunk, masks, offset=start + first * step)
+            split = np.split(totals, np.cumsum([self._sums[b].size for b in run])[:-1])
+            for block, words in zip(run, split, strict=True):
+                self._sums[block] = words
         blocks: dict[str, BlockSum] = {}
-        # In layout order, so each key's keystream runs on across adjacent blocks.
-        for block in sorted(request.blocks, key=params.mask_offsets.__getitem__):
+        for block in request.blocks:
             total = self._sums[block]
-            apply_masks(total, removals.masks(block), offset=params.mask_offsets[block])
             contributors = tuple(sorted(params.block_supports[block] & survivors))
             blocks[block] = BlockSum(
                 block=block,
@@ -594,6 +605,25 @@ class SecAggServer:
         return secret
 
 
+def _runs(params: SessionParams, blocks: Sequence[str]) -> list[list[str]]:
+    """``blocks`` in layout order, cut into runs of adjacent blocks of one support group."""
+    runs: list[list[str]] = []
+    end = -1
+    for block in sorted(blocks, key=params.mask_offsets.__getitem__):
+        offset = params.mask_offsets[block]
+        group = params.group_of_block[block]
+        if runs and offset == end and params.group_of_block[runs[-1][0]] == group:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+        end = offset + params.block_lengths[block] * params.fixed_point.bits // 8
+    return runs
+
+
+_MASK_CHUNK = 16_384
+"""Words masked per :func:`apply_masks` call when removing masks from a run of blocks."""
+
+
 class _MaskRemoval:
     """The masks left in each aggregated block's sum, and the sign to remove them with.
 
@@ -622,15 +652,15 @@ class _MaskRemoval:
         }
         self._pair_keys: dict[tuple[str, str], MaskStream] = {}
 
-    def masks(self, block: str) -> list[tuple[MaskStream, bool]]:
-        """``(key, negate)`` of every mask to take out of ``block``'s sum."""
+    def masks(self, group: int) -> list[tuple[MaskStream, bool]]:
+        """``(stream, negate)`` of every mask to take out of the sums of ``group``'s
+        blocks (one support and one graph, so the same masks for each)."""
         params = self._params
-        support = params.block_supports[block]
-        group = params.group_of_block[block]
+        support = params.support_groups[group]
+        graph = params.group_graphs[group]
         masks = [
             (self._self_keys[owner, group], True) for owner in sorted(support & self._survivors)
         ]
-        graph = params.block_graph(block)
         for gone in self._dropped_keys:
             if gone in support:
                 for survivor in sorted(graph[gone] & self._survivors):

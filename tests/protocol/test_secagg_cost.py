@@ -94,8 +94,8 @@ def test_server_regenerates_each_dropped_pair_once_and_exactly_the_masks_to_remo
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Eight blocks, a sparse graph, uneven supports, three dropouts: the server's unmask
-    step agrees once per (dropped, surviving neighbour) pair, generates one keystream per
-    mask in the sums, and the sums are exact."""
+    step agrees once per (dropped, surviving neighbour) pair, generates exactly the
+    keystream bytes of the masks in the sums (none twice), and the sums are exact."""
     roster = roster_of(12)
     lengths = {f"layer.{i}.lora_B": 7 + i for i in range(8)}
     supports = {block: roster if i < 5 else roster[i - 4 :] for i, block in enumerate(lengths)}
@@ -122,7 +122,16 @@ def test_server_regenerates_each_dropped_pair_once_and_exactly_the_masks_to_remo
         result = harness.server.finish_unmask()
 
     assert len(agreements) == len(pairs)
-    assert len(generated) == keystreams
+    # Exactly the keystream bytes of the masks in the sums, none generated twice.
+    word = params.fixed_point.bits // 8
+    mask_bytes = sum(
+        params.block_lengths[block] * word
+        for blocks in _server_mask_blocks(params, survivors, dropped).values()
+        for block in blocks
+    )
+    assert sum(words.nbytes for _, words, _ in generated) == mask_bytes
+    spans = {(id(stream), offset, words.nbytes) for stream, words, offset in generated}
+    assert len(spans) == len(generated)
     assert len(setups) == _runs(params, _server_mask_blocks(params, survivors, dropped))
     assert len(setups) < keystreams  # adjacent blocks share one cipher setup
     for block, support in params.block_supports.items():
