@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -141,8 +141,7 @@ class FixedPoint:
             levels[:n] += up[:n]
             signed[start:stop] = levels[:n]
         unsigned = np.uint32 if self.bits == 32 else np.uint64
-        words: Words = signed.view(unsigned).reshape(x.shape)
-        return words
+        return cast(Words, signed.view(unsigned).reshape(x.shape))
 
     def quantize_all(self, vectors: Sequence[npt.ArrayLike]) -> list[Words]:
         """:meth:`quantize` of each vector, with one coin stream for all of them.
@@ -157,7 +156,9 @@ class FixedPoint:
         words = self.quantize(np.concatenate(arrays))
         bounds = np.cumsum([a.size for a in arrays])[:-1]
         parts = np.split(words, bounds)
-        return [part.reshape(np.shape(v)) for part, v in zip(parts, vectors, strict=True)]
+        return [
+            cast(Words, part.reshape(np.shape(v))) for part, v in zip(parts, vectors, strict=True)
+        ]
 
     def signed_levels(self, words: Words, *, contributors: int) -> npt.NDArray[np.int64]:
         """Decode a sum of ``contributors`` encoded values to signed integer levels.
