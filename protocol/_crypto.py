@@ -12,10 +12,15 @@ Implemented here, and nowhere else in fedhft.protocol:
 
 Notes:
     Callers never choose a nonce. Share encryption uses a 96-bit random nonce with a key
-    that is used for one message per direction; the mask PRG uses a fresh 256-bit key per
-    (pair or self, block), derived with HKDF, so its fixed all-zero nonce never repeats
-    under one key. A mask PRG seeded with anything shorter than 256 bits (Flower issue
-    #7522 seeds numpy with 32 bits) would let the server brute-force the masks.
+    that is used for one message per direction. The mask PRG (:class:`MaskStream`) uses a
+    256-bit key derived with HKDF for one (pair or self-mask seed, session, purpose) and
+    the all-zero nonce; a mask over a block is the slice of that one keystream at the
+    block's byte offset in the session's layout (every block laid end to end), started
+    with ChaCha20's 32-bit block counter. Blocks occupy disjoint byte ranges, so no two
+    masks under one key share a keystream byte; the layout is at most 2^32 ChaCha20
+    blocks (256 GiB), so the counter never wraps. A mask PRG seeded with anything
+    shorter than 256 bits (Flower issue #7522 seeds numpy with 32 bits) would let the
+    server brute-force the masks.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -223,8 +228,58 @@ def apply_mask(
         np.add(accumulator, scratch, out=accumulator)
 
 
-def apply_masks(accumulator: MaskWords, masks: Sequence[tuple[bytes, bool]]) -> None:
-    """:func:`apply_mask` for each ``(key, negate)`` of ``masks``, with the same result.
+class MaskStream:
+    """The ChaCha20 keystream under one mask key, read at any byte offset.
+
+    :meth:`fill` continues the running keystream when asked for the bytes right after
+    the last ones it gave, so a party that masks a run of adjacent blocks with one key
+    sets the cipher up once for the run; any other offset starts the stream afresh at
+    that offset (ChaCha20 block ``offset // 64``, skipping ``offset % 64`` bytes).
+    ``repr`` hides the key.
+    """
+
+    __slots__ = ("_encryptor", "_key", "_position")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._encryptor: Any = None
+        self._position = -1
+
+    def fill(self, words: MaskWords, offset: int) -> None:
+        """Overwrite ``words`` with the keystream bytes ``[offset, offset + nbytes)``,
+        read as little-endian words."""
+        view = words.data.cast("B")
+        if offset != self._position or self._encryptor is None:
+            self._encryptor = _start_keystream(self._key, offset)
+        self._encryptor.update_into(_zeros(view.nbytes), view)
+        self._position = offset + view.nbytes
+        if not np.little_endian:  # pragma: no cover - big-endian hosts only
+            words.byteswap(inplace=True)
+
+    def __repr__(self) -> str:
+        return "MaskStream(<hidden>)"
+
+
+MAX_KEYSTREAM_BYTES = 64 * 2**32
+"""The longest layout one mask key covers: ChaCha20's 32-bit counter of 64-byte blocks."""
+
+
+def _start_keystream(key: bytes, offset: int) -> Any:
+    if not 0 <= offset < MAX_KEYSTREAM_BYTES:
+        raise ValueError(f"a keystream offset lies in [0, {MAX_KEYSTREAM_BYTES}), got {offset}")
+    counter, skip = divmod(offset, 64)
+    nonce = struct.pack("<I", counter) + bytes(12)
+    started = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+    if skip:
+        started.update(_zeros(skip))
+    return started
+
+
+def apply_masks(
+    accumulator: MaskWords, masks: Sequence[tuple[MaskStream, bool]], *, offset: int
+) -> None:
+    """Add (or subtract, where ``negate``) each ``(stream, negate)`` of ``masks``, read at
+    byte ``offset``, to ``accumulator`` in place.
 
     Keystreams are generated a few at a time into the rows of one scratch matrix and
     added (or subtracted) as one column sum, so the per-mask cost is the keystream
@@ -237,11 +292,11 @@ def apply_masks(accumulator: MaskWords, masks: Sequence[tuple[bytes, bool]]) -> 
     scratch = cast(MaskWords, np.empty((rows, accumulator.size), dtype=accumulator.dtype))
     column = np.empty_like(accumulator)
     for negate, operation in ((False, np.add), (True, np.subtract)):
-        keys = [key for key, negated in masks if negated is negate]
-        for start in range(0, len(keys), rows):
-            chunk = keys[start : start + rows]
-            for row, key in zip(scratch, chunk, strict=False):
-                _fill_keystream(row, key)
+        streams = [stream for stream, negated in masks if negated is negate]
+        for start in range(0, len(streams), rows):
+            chunk = streams[start : start + rows]
+            for row, stream in zip(scratch, chunk, strict=False):
+                stream.fill(row, offset)
             np.add.reduce(scratch[: len(chunk)], axis=0, out=column)
             operation(accumulator, column, out=accumulator)
 

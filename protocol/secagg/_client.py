@@ -54,8 +54,9 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._masks import (
-    MaskKeys,
+    pairwise_mask,
     pairwise_seed,
+    self_mask,
     share_associated_data,
     share_encryption_key,
     subtracts_pairwise_mask,
@@ -355,7 +356,9 @@ class SecAggClient:
         blocks = params.blocks_of(self._organization)
         self._check_inputs(inputs, blocks)
         # Quantize first: a refused input leaves the state untouched, so it can be retried.
-        levels = {block: params.fixed_point.quantize(inputs[block]) for block in blocks}
+        levels = dict(
+            zip(blocks, params.fixed_point.quantize_all([inputs[b] for b in blocks]), strict=True)
+        )
         check_session(params, relayed)
         if relayed.recipient != self._organization:
             raise MalformedMessageError(
@@ -414,22 +417,20 @@ class SecAggClient:
             for peer in sorted(shared - {self._organization})
         }
         self_keys = {
-            group: MaskKeys.self_mask(seed, sid=params.sid, owner=self._organization)
+            group: self_mask(seed, sid=params.sid, owner=self._organization)
             for group, seed in self._self_mask_seeds.items()
         }
-        pair_keys = {
-            peer: MaskKeys.pairwise(seed, sid=params.sid) for peer, seed in pair_seeds.items()
-        }
+        pair_keys = {peer: pairwise_mask(seed, sid=params.sid) for peer, seed in pair_seeds.items()}
         masked: list[tuple[str, Words]] = []
         for block in blocks:
             words = levels.pop(block)
-            masks = [(self_keys[params.group_of_block[block]].of(block), False)]
+            masks = [(self_keys[params.group_of_block[block]], False)]
             # Only the block's own graph: masking with every neighbour that holds the
             # block could leave a holder without one (see `graph.holder_graph`).
             for peer in sorted(params.block_graph(block)[self._organization] & pair_keys.keys()):
                 negate = subtracts_pairwise_mask(self._organization, peer)
-                masks.append((pair_keys[peer].of(block), negate))
-            apply_masks(words, masks)
+                masks.append((pair_keys[peer], negate))
+            apply_masks(words, masks, offset=params.mask_offsets[block])
             masked.append((block, words))
         # The masking key and seeds now live only as shares; drop our copies.
         self._encryption_key = None

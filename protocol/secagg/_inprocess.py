@@ -117,9 +117,15 @@ def run_secagg_in_process(
         server.receive(data)
         stats.server_seconds += now() - started
 
+    # A broadcast is one message sent to every participant: the server encodes it once.
+    encoded: dict[int, tuple[Message, bytes]] = {}
+
     def download(stage: Stage, org: str, message: _M) -> _M:
         started = now()
-        data = message.encode()
+        cached = encoded.get(id(message))
+        if cached is None or cached[0] is not message:
+            cached = encoded[id(message)] = (message, message.encode())
+        data = cached[1]
         stats.server_seconds += now() - started
         stats.bytes_down[org] += len(data)
         if transcript is not None:

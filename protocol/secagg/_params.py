@@ -32,7 +32,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .._crypto import frame, sha256
+from .._crypto import MAX_KEYSTREAM_BYTES, frame, sha256
 from .._quantize import FixedPoint
 from ..errors import CohortTooSmallError, SessionParamsError
 from .graph import effective_degree, holder_graph, is_connected, neighbour_graph
@@ -280,6 +280,24 @@ class SessionParams:
         return MappingProxyType(
             {block: index[frozenset(orgs)] for block, orgs in self.block_supports.items()}
         )
+
+    @functools.cached_property
+    def mask_offsets(self) -> Mapping[str, int]:
+        """Block id → byte offset of the block in the mask layout: every block's words
+        end to end in block order, the positions each mask key's keystream is read at."""
+        word_bytes = self.fixed_point.bits // 8
+        offsets: dict[str, int] = {}
+        position = 0
+        for block, length in self.block_lengths.items():
+            offsets[block] = position
+            position += length * word_bytes
+        if position > MAX_KEYSTREAM_BYTES:
+            raise SessionParamsError(
+                f"the session's blocks total {position} bytes of masked words, more than the "
+                f"{MAX_KEYSTREAM_BYTES} one mask keystream covers; split the blocks over "
+                "several sessions"
+            )
+        return MappingProxyType(offsets)
 
     def groups_of(self, organization: str) -> tuple[int, ...]:
         """The support groups ``organization`` belongs to (one self-mask seed each)."""

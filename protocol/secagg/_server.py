@@ -19,7 +19,7 @@ Notes:
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -28,7 +28,13 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .._crypto import agreement_public_bytes, apply_masks, load_agreement_key, sealed_length
+from .._crypto import (
+    MaskStream,
+    agreement_public_bytes,
+    apply_masks,
+    load_agreement_key,
+    sealed_length,
+)
 from .._crypto import verify_signature as _verify_signature
 from ..errors import (
     CohortTooSmallError,
@@ -45,7 +51,7 @@ from ..errors import (
     UnmaskRuleError,
 )
 from ._client import check_session
-from ._masks import MaskKeys, pairwise_seed, subtracts_pairwise_mask
+from ._masks import pairwise_mask, pairwise_seed, self_mask, subtracts_pairwise_mask
 from ._params import SessionParams
 from ._shamir import MERSENNE_521, Share, lagrange_at_zero
 from .messages import (
@@ -545,10 +551,22 @@ class SecAggServer:
             dropped_keys[owner] = private_key
 
         removals = _MaskRemoval(params, survivors, seeds, dropped_keys, self._advertisements)
+        for run in _runs(params, request.blocks):
+            # Adjacent blocks of one group carry the same masks at adjacent offsets: one
+            # buffer, masked in cache-sized chunks that cross block boundaries.
+            totals = np.concatenate([self._sums[b] for b in run])
+            masks = removals.masks(params.group_of_block[run[0]])
+            start = params.mask_offsets[run[0]]
+            step = totals.itemsize
+            for first in range(0, totals.size, _MASK_CHUNK):
+                chunk = totals[first : first + _MASK_CHUNK]
+                apply_masks(chunk, masks, offset=start + first * step)
+            split = np.split(totals, np.cumsum([self._sums[b].size for b in run])[:-1])
+            for block, words in zip(run, split, strict=True):
+                self._sums[block] = words
         blocks: dict[str, BlockSum] = {}
         for block in request.blocks:
             total = self._sums[block]
-            apply_masks(total, removals.masks(block))
             contributors = tuple(sorted(params.block_supports[block] & survivors))
             blocks[block] = BlockSum(
                 block=block,
@@ -587,14 +605,33 @@ class SecAggServer:
         return secret
 
 
+def _runs(params: SessionParams, blocks: Sequence[str]) -> list[list[str]]:
+    """``blocks`` in layout order, cut into runs of adjacent blocks of one support group."""
+    runs: list[list[str]] = []
+    end = -1
+    for block in sorted(blocks, key=params.mask_offsets.__getitem__):
+        offset = params.mask_offsets[block]
+        group = params.group_of_block[block]
+        if runs and offset == end and params.group_of_block[runs[-1][0]] == group:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+        end = offset + params.block_lengths[block] * params.fixed_point.bits // 8
+    return runs
+
+
+_MASK_CHUNK = 16_384
+"""Words masked per :func:`apply_masks` call when removing masks from a run of blocks."""
+
+
 class _MaskRemoval:
     """The masks left in each aggregated block's sum, and the sign to remove them with.
 
     Exactly the masks in the sums: each surviving holder's self mask, and the pairwise
     mask of each dropped holder with each surviving neighbour in the block's graph (the
     neighbour added its half; the dropped party never sent its own). Each dropped pair's
-    seed is agreed once, on first use, and each seed's HKDF extract is shared by all its
-    blocks, so the cost per block is one key expansion and one keystream per mask.
+    seed is agreed and its key derived once, on first use, and each key's keystream is
+    read on across adjacent blocks, so the cost per block is one keystream per mask.
     """
 
     def __init__(
@@ -610,30 +647,29 @@ class _MaskRemoval:
         self._dropped_keys = dict(sorted(dropped_keys.items()))
         self._advertisements = advertisements
         self._self_keys = {
-            (owner, group): MaskKeys.self_mask(seed, sid=params.sid, owner=owner)
+            (owner, group): self_mask(seed, sid=params.sid, owner=owner)
             for (owner, group), seed in seeds.items()
         }
-        self._pair_keys: dict[tuple[str, str], MaskKeys] = {}
+        self._pair_keys: dict[tuple[str, str], MaskStream] = {}
 
-    def masks(self, block: str) -> list[tuple[bytes, bool]]:
-        """``(key, negate)`` of every mask to take out of ``block``'s sum."""
+    def masks(self, group: int) -> list[tuple[MaskStream, bool]]:
+        """``(stream, negate)`` of every mask to take out of the sums of ``group``'s
+        blocks (one support and one graph, so the same masks for each)."""
         params = self._params
-        support = params.block_supports[block]
-        group = params.group_of_block[block]
+        support = params.support_groups[group]
+        graph = params.group_graphs[group]
         masks = [
-            (self._self_keys[owner, group].of(block), True)
-            for owner in sorted(support & self._survivors)
+            (self._self_keys[owner, group], True) for owner in sorted(support & self._survivors)
         ]
-        graph = params.block_graph(block)
         for gone in self._dropped_keys:
             if gone in support:
                 for survivor in sorted(graph[gone] & self._survivors):
                     # The survivor added this mask with its own sign; remove it.
                     negate = not subtracts_pairwise_mask(survivor, gone)
-                    masks.append((self._pair(gone, survivor).of(block), negate))
+                    masks.append((self._pair(gone, survivor), negate))
         return masks
 
-    def _pair(self, gone: str, survivor: str) -> MaskKeys:
+    def _pair(self, gone: str, survivor: str) -> MaskStream:
         keys = self._pair_keys.get((gone, survivor))
         if keys is None:
             seed = pairwise_seed(
@@ -643,7 +679,7 @@ class _MaskRemoval:
                 owner=gone,
                 peer=survivor,
             )
-            keys = self._pair_keys[gone, survivor] = MaskKeys.pairwise(seed, sid=self._params.sid)
+            keys = self._pair_keys[gone, survivor] = pairwise_mask(seed, sid=self._params.sid)
         return keys
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedhft.protocol import (
     AdvertisedKeys,
@@ -182,3 +187,54 @@ class Harness:
             received = UnmaskRequest.decode(request.encode())
             self.server.receive(self.clients[org].unmask(received).encode())
         return self.server.finish_unmask()
+
+
+_PAIR_MASK_PURPOSE = b"fedhft/secagg/v1/pairwise-mask"
+_SELF_MASK_PURPOSE = b"fedhft/secagg/v1/self-mask"
+
+
+def _framed(parts: Iterable[bytes]) -> bytes:
+    return b"".join(struct.pack(">I", len(part)) + part for part in parts)
+
+
+def _reference_mask(
+    secret: bytes, purpose: bytes, context: list[bytes], params: SessionParams, block: str
+) -> npt.NDArray[Any]:
+    """The mask on ``block`` as the specification defines it, straight from
+    `cryptography`: key = HKDF-SHA256(secret; salt = frame(purpose, sid), info =
+    frame(purpose, sid, *context)), mask = ChaCha20 keystream (zero nonce) bytes at the
+    block's offset in the layout of every block end to end in sorted order."""
+    sid = params.sid
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=_framed([purpose, sid]),
+        info=_framed([purpose, sid, *context]),
+    ).derive(secret)
+    word = params.fixed_point.bits // 8
+    offset = 0
+    for name in sorted(params.block_lengths):
+        if name == block:
+            break
+        offset += params.block_lengths[name] * word
+    counter, skip = divmod(offset, 64)
+    nonce = struct.pack("<I", counter) + bytes(12)
+    encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+    length = params.block_lengths[block]
+    stream = encryptor.update(bytes(skip + length * word))[skip:]
+    dtype = "<u4" if word == 4 else "<u8"
+    return np.frombuffer(stream, dtype=dtype).astype(params.fixed_point.word_dtype)
+
+
+def reference_pairwise_mask(
+    pair_seed: bytes, params: SessionParams, block: str
+) -> npt.NDArray[Any]:
+    """A pair's mask on ``block``, computed independently of fedhft's mask code."""
+    return _reference_mask(pair_seed, _PAIR_MASK_PURPOSE, [], params, block)
+
+
+def reference_self_mask(
+    seed: bytes, owner: str, params: SessionParams, block: str
+) -> npt.NDArray[Any]:
+    """``owner``'s self mask on ``block`` from its group's seed, computed independently."""
+    return _reference_mask(seed, _SELF_MASK_PURPOSE, [owner.encode()], params, block)

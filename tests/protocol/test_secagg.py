@@ -14,6 +14,7 @@ from secagg_helpers import (
     grid_levels,
     make_identities,
     make_params,
+    reference_self_mask,
     roster_of,
 )
 
@@ -26,10 +27,8 @@ from fedhft.protocol import (
     UnmaskResponse,
     run_secagg_in_process,
 )
-from fedhft.protocol._crypto import mask_words
 from fedhft.protocol.errors import CohortTooSmallError, StageError, ThresholdError
 from fedhft.protocol.secagg._inprocess import SERVER
-from fedhft.protocol.secagg._masks import self_mask_key
 from fedhft.protocol.secagg._shamir import Share, reconstruct_secret
 
 EARLY_STAGES = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.MASKED_INPUT)
@@ -306,6 +305,21 @@ def test_masked_vector_as_the_server_sees_it_is_uniform() -> None:
     assert _chi_square_p(params.fixed_point.quantize(inputs["org-000"]["block"])) < 1e-12
 
 
+def test_no_mask_bytes_are_shared_between_two_blocks() -> None:
+    """Attack on one-keystream-per-key masking: with equal zero inputs on two blocks of
+    equal length, a keystream read at the same position for both would make the
+    difference of the two masked vectors zero (the masks cancel) and give the server
+    one block's input from the other's. Every client's difference is uniform instead."""
+    blocks = {"layer.0.lora_B": 4096, "layer.1.lora_B": 4096}
+    params = make_params(4, block_lengths=blocks, block_supports=None)
+    inputs = {org: {b: np.zeros(4096) for b in blocks} for org in params.roster}
+    transcript: list[TranscriptEntry] = []
+    run_secagg_in_process(params, inputs, make_identities(params.roster), transcript=transcript)
+    for vectors in _masked_vectors(transcript).values():
+        difference = np.subtract(vectors["layer.0.lora_B"], vectors["layer.1.lora_B"])
+        assert _chi_square_p(difference) > 1e-6
+
+
 def _server_residual(
     params: SessionParams, transcript: list[TranscriptEntry], owner: str, block: str
 ) -> np.ndarray:
@@ -323,11 +337,7 @@ def _server_residual(
     ]
     seed = reconstruct_secret(shares, threshold=params.threshold).to_bytes(32, "big")
     masked = _masked_vectors(transcript)[owner][block].copy()
-    self_mask = mask_words(
-        self_mask_key(seed, sid=params.sid, owner=owner, block=block),
-        params.block_lengths[block],
-        params.fixed_point.bits,
-    )
+    self_mask = reference_self_mask(seed, owner, params, block)
     return np.asarray(np.subtract(masked, self_mask))
 
 

@@ -24,6 +24,8 @@ from secagg_helpers import (
     grid_levels,
     make_identities,
     make_params,
+    reference_pairwise_mask,
+    reference_self_mask,
     roster_of,
 )
 
@@ -36,13 +38,11 @@ from fedhft.protocol import (
     UnmaskResponse,
     run_secagg_in_process,
 )
-from fedhft.protocol._crypto import load_agreement_key, mask_words
+from fedhft.protocol._crypto import load_agreement_key
 from fedhft.protocol.errors import CohortTooSmallError, ThresholdError, UnmaskRuleError
 from fedhft.protocol.secagg._inprocess import SERVER
 from fedhft.protocol.secagg._masks import (
-    pairwise_mask_key,
     pairwise_seed,
-    self_mask_key,
     subtracts_pairwise_mask,
 )
 from fedhft.protocol.secagg._shamir import Share, interpolate_at_zero
@@ -130,7 +130,6 @@ def server_residuals(
         for org, data in _messages(transcript, Stage.MASKED_INPUT).items()
     }
     group = params.group_of_block[block]
-    length, bits = params.block_lengths[block], params.fixed_point.bits
     residuals = {}
     for owner, blocks in masked.items():
         if block not in blocks:
@@ -138,8 +137,7 @@ def server_residuals(
         residual = blocks[block].copy()
         if (owner, group) in seeds:
             seed = seeds[owner, group].to_bytes(32, "big")
-            key = self_mask_key(seed, sid=params.sid, owner=owner, block=block)
-            residual -= mask_words(key, length, bits)
+            residual -= reference_self_mask(seed, owner, params, block)
         for gone, secret in keys.items():
             if gone not in _masking_neighbours(params, owner, block):
                 continue
@@ -151,7 +149,7 @@ def server_residuals(
                 owner=gone,
                 peer=owner,
             )
-            mask = mask_words(pairwise_mask_key(pair, sid=params.sid, block=block), length, bits)
+            mask = reference_pairwise_mask(pair, params, block)
             if subtracts_pairwise_mask(owner, gone):
                 residual += mask
             else:
