@@ -149,7 +149,7 @@ def _tiny_config(spec: ModelSpec, tiny_config: Mapping[str, Any] | None) -> Bert
     settings = _tiny_settings(tiny_config)
     settings.pop("seed")
     settings.setdefault("vocab_size", _minilm_vocab_size())
-    settings["num_labels"] = spec.num_labels
+    settings["num_labels"] = spec.labels
     return BertConfig(**settings)
 
 

@@ -210,7 +210,7 @@ class LocalTrainer(AccountedTrainer):
         record = self.label_prior_record(round)
         if record is None:
             raise SdkError("the consortium asks for no label prior (personalization.label_prior)")
-        counts = label_counts(self._encode(dataset).labels, self.consortium.model.num_labels)
+        counts = label_counts(self._encode(dataset).labels, self.consortium.model.labels)
         return self._release(counts, record, num_records=len(dataset))
 
     def release_sketch(self, dataset: TextDataset, *, round: int = 1) -> FloatArray:
