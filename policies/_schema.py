@@ -366,6 +366,11 @@ class ModelSpec(_Frozen):
                 "`model.num_labels` is required for `model.task: classification` (the "
                 "number of labels, >= 2); set `model.task: causal-lm` for instruction tuning"
             )
+        if self.task == "causal-lm" and self.source in ("minilm", "tiny"):
+            raise ValueError(
+                f"`model.source: {self.source}` is a BERT encoder and cannot generate; "
+                "`model.task: causal-lm` needs a decoder (`huggingface`, `gguf` or `smollm2`)"
+            )
         if self.task == "causal-lm":
             given = sorted({"num_labels", "pooling"} & self.model_fields_set)
             if given:
