@@ -265,7 +265,7 @@ class CausalTrainer(MaskedRoundTrainer):
                 "the model's adapter spec differs from the consortium's `adapter` section; "
                 "wrap the base model with the consortium's adapters"
             )
-        self.model = model
+        self.model: CausalAdapterModel = model
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = model.apply_tier(self.tier)
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
