@@ -44,6 +44,7 @@ from ._generation import generation_scores as generation_scores
 from ._instructions import InstructionDataset as InstructionDataset
 from ._instructions import InstructionOrganization as InstructionOrganization
 from ._instructions import load_instructions as load_instructions
+from ._instructions import render_prompt as render_prompt
 from ._instructions import synthetic_instruction_federation as synthetic_instruction_federation
 from ._rounds import RoundOutcome as RoundOutcome
 from ._trainer import LocalTrainer as LocalTrainer
@@ -101,6 +102,7 @@ __all__ = [
     "load_instructions",
     "load_jsonl",
     "load_tokenizer",
+    "render_prompt",
     "synthetic_federation",
     "synthetic_instruction_federation",
 ]
