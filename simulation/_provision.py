@@ -376,10 +376,6 @@ def provision(
     )
     (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
     config: ConsortiumConfig = load_consortium_config(root / "consortium.yaml")
-    ca = init_ca(CONSORTIUM, root / "pki" / "ca")
-    # `fedhft audit verify --certs pki` finds the CA certificate next to the parties'.
-    shutil.copyfile(root / "pki" / "ca" / "ca.crt", root / "pki" / "ca.crt")
-    issue_server(ca, "localhost", root / "pki" / "server")
     for org_data in data:
         org = org_data.organization
         folder = root / "orgs" / org
@@ -395,18 +391,17 @@ def provision(
         )
         (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
         load_organization_policy(folder / "policy.yaml")
-        issue_organization(ca, org, root / "pki" / org)
         _write_jsonl(folder / "train.jsonl", org_data.train.texts, org_data.train.labels)
         _write_jsonl(folder / "test.jsonl", org_data.test.texts, org_data.test.labels)
-    (root / "server").mkdir()
-    if secure is SecureAggregationMode.CKKS:
-        ckks_ceremony(config, [root / "pki" / org for org in orgs], root / "pki" / "server")
+    _write_pki(root, orgs, config, secure)
     return SimulatedConsortium(root, tuple(orgs), tiers, domains, majority)
 
 
 def _write_pki(
     root: Path, orgs: list[str], config: ConsortiumConfig, secure: SecureAggregationMode
 ) -> None:
+    """A throw-away CA, the server's and every organization's credentials (and the CKKS
+    key ceremony's sealed keys), and the server's folder."""
     ca = init_ca(CONSORTIUM, root / "pki" / "ca")
     # `fedhft audit verify --certs pki` finds the CA certificate next to the parties'.
     shutil.copyfile(root / "pki" / "ca" / "ca.crt", root / "pki" / "ca.crt")
