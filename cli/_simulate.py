@@ -469,7 +469,10 @@ def _run_processes(
                 progress.update(clients_task, completed=finished)
                 if finished == len(orgs):
                     break
-                if children[0].process.poll() is not None:
+                server_code = children[0].process.poll()
+                # A server that finished the run and served its final model exits on its
+                # own; the clients may still be evaluating (generation takes a while).
+                if server_code is not None and (server_code != 0 or completed < rounds):
                     raise _Failure("server", children[0].log)
                 if time.monotonic() > deadline:
                     raise _Failure("timeout", children[0].log)
