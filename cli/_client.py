@@ -4,7 +4,9 @@ Trains on ``--data`` (CSV, TSV, JSONL or a folder saved with `datasets`), joins 
 round the policy and the budget allow, evaluates the personalized model on ``--test`` at
 the end and prints (and with ``--report`` writes as JSON) the organization's summary:
 accuracy, macro-F1, ε spent of the budget, bytes up and down, tier, membership, rounds
-joined and refused.
+joined and refused. For a consortium with ``model.task: causal-lm`` the data files hold
+instruction records (`fedhft.sdk.load_instructions`) and the summary gives ROUGE-L and
+exact match of the personalized model's answers next to the zero-shot base model's.
 """
 
 from __future__ import annotations
@@ -75,9 +77,12 @@ def run_command(
     from fedhft.policies import Method, load_consortium_config, load_organization_policy
     from fedhft.sdk import (
         FederatedClient,
+        InstructionDataset,
         MaskedAdapterModel,
+        TextDataset,
         build_base_model,
         load_dataset_file,
+        load_instructions,
     )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -88,29 +93,39 @@ def run_command(
     try:
         organization_policy = load_organization_policy(policy)
         consortium_config = load_consortium_config(consortium)
-        names = [name.strip() for name in labels.split(",")] if labels else None
-        train = load_dataset_file(
-            data,
-            label_names=names,
-            text_column=text_column,
-            label_column=label_column,
-            **record_cap,
-        )
-        evaluation = (
-            load_dataset_file(
-                test,
-                label_names=train.label_names,
+        train: TextDataset | InstructionDataset
+        evaluation: TextDataset | InstructionDataset | None
+        if consortium_config.model.task == "causal-lm":
+            # Instruction records (`instruction`/`output`, `prompt`/`completion` or chat
+            # `messages`); the label options do not apply.
+            train = load_instructions(data, **record_cap)
+            evaluation = load_instructions(test, **record_cap) if test is not None else None
+        else:
+            names = [name.strip() for name in labels.split(",")] if labels else None
+            train = load_dataset_file(
+                data,
+                label_names=names,
                 text_column=text_column,
                 label_column=label_column,
                 **record_cap,
             )
-            if test is not None
-            else None
-        )
-        # FedAMoLE installs its experts into the plain base model.
+            evaluation = (
+                load_dataset_file(
+                    test,
+                    label_names=train.label_names,
+                    text_column=text_column,
+                    label_column=label_column,
+                    **record_cap,
+                )
+                if test is not None
+                else None
+            )
+        # FedAMoLE installs its experts into the plain base model; the client wraps a
+        # causal LM with the consortium's adapters itself.
         model = (
             build_base_model(consortium_config.model)
             if consortium_config.method is Method.FEDAMOLE
+            or consortium_config.model.task == "causal-lm"
             else MaskedAdapterModel.from_consortium(consortium_config)
         )
         folder = state or Path("fedhft-state") / organization_policy.organization
@@ -146,8 +161,17 @@ def _print(result: ClientReport) -> None:
     table = Table(title=f"fedhft: {result.organization}", show_header=False)
     rows = [
         ("tier", result.tier),
-        ("accuracy", number(result.accuracy)),
-        ("macro-F1", number(result.macro_f1)),
+        *(
+            [
+                ("ROUGE-L (zero-shot base)", _versus(result.generation, "rouge_l")),
+                ("exact match (zero-shot base)", _versus(result.generation, "exact_match")),
+            ]
+            if result.generation is not None
+            else [
+                ("accuracy", number(result.accuracy)),
+                ("macro-F1", number(result.macro_f1)),
+            ]
+        ),
         ("ε spent / budget", f"{number(result.epsilon_spent)} / {result.epsilon_budget}"),
         ("bytes up / down", f"{result.bytes_up:,} / {result.bytes_down:,}"),
         ("membership π", ", ".join(f"{p:.2f}" for p in result.membership)),
@@ -157,6 +181,11 @@ def _print(result: ClientReport) -> None:
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)
+
+
+def _versus(scores: dict[str, float], name: str) -> str:
+    """A personalized model's score next to the zero-shot base model's."""
+    return f"{scores[name]:.3f} ({scores['zero_shot_' + name]:.3f})"
 
 
 def _fail(error: Exception) -> NoReturn:

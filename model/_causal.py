@@ -40,7 +40,14 @@ from transformers import PreTrainedModel
 
 from fedhft.policies import AdapterSpec, TierSpec
 
-from ._adapters import Block, adapter_layout, frozen_a, tier_blocks, tier_rows
+from ._adapters import (
+    Block,
+    causal_layout,
+    frozen_a,
+    tier_blocks,
+    tier_rows,
+    with_causal_targets,
+)
 from .errors import AdapterError
 
 FloatArray = npt.NDArray[np.float64]
@@ -49,29 +56,7 @@ BoolArray = npt.NDArray[np.bool_]
 IGNORE_INDEX = -100
 """The label of a position the loss skips (prompt and padding), as in `fedhft.sdk`."""
 
-DEFAULT_CAUSAL_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-"""The attention projections of Llama-family decoders (Llama, Qwen2, SmolLM2, Mistral)."""
-
 _ADAPTER_NAME = "default"
-
-
-def causal_layout(base: nn.Module, adapter: AdapterSpec) -> tuple[Block, ...]:
-    """The ``B`` blocks of a causal LM for `adapter`, in module order (no head blocks).
-
-    Block ids follow `adapter_layout`'s rule, so a block id means the same module in
-    both tasks.
-    """
-    # A causal LM has no classification head; `head_shape` only satisfies the shared
-    # rule, and the head blocks it appends are dropped.
-    blocks = adapter_layout(base, with_causal_targets(adapter), head_shape=(1, 1))
-    return tuple(b for b in blocks if b.layer is not None)
-
-
-def with_causal_targets(adapter: AdapterSpec) -> AdapterSpec:
-    """`adapter` with `DEFAULT_CAUSAL_TARGETS` when it names no target modules."""
-    if adapter.target_modules is not None:
-        return adapter
-    return adapter.model_copy(update={"target_modules": tuple(DEFAULT_CAUSAL_TARGETS)})
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

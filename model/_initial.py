@@ -35,6 +35,7 @@ from ._adapters import (
     Block,
     _seed_for,
     adapter_layout,
+    consortium_layout,
     frozen_a,
 )
 from ._architectures import head_linear
@@ -68,13 +69,16 @@ def _adapter_blocks(consortium: ConsortiumConfig) -> tuple[nn.Module, tuple[Bloc
 
 def initial_block_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
     """Every FedHFT block's starting value, in block order, as float64 ``rows × cols``
-    arrays: each ``B`` zero, the head from the consortium's public adapter seed.
+    arrays: each ``B`` zero, the head from the consortium's public adapter seed (a causal
+    LM has no head blocks: only the zero ``B`` of `causal_layout`).
 
     Reads the base model's structure only (no weights are loaded).
     """
-    skeleton, blocks = _adapter_blocks(consortium)
+    skeleton = base_skeleton(consortium.model)
+    blocks = consortium_layout(consortium, skeleton)
     state = {b.block_id: np.zeros(b.shape) for b in blocks if b.layer is not None}
-    state.update(_initial_head(consortium, skeleton, head_linear(skeleton)[1]))
+    if consortium.model.task != "causal-lm":
+        state.update(_initial_head(consortium, skeleton, head_linear(skeleton)[1]))
     return state
 
 

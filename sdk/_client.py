@@ -49,7 +49,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedhft import __version__
 from fedhft.audit import AuditLog, EventType, policy_loaded_payload
-from fedhft.model import ClusterAdapters, MaskedAdapterModel
+from fedhft.model import (
+    CausalAdapterModel,
+    ClusterAdapters,
+    MaskedAdapterModel,
+    load_tokenizer,
+)
 from fedhft.policies import (
     ConsortiumConfig,
     IncompatiblePolicyError,
@@ -80,9 +85,11 @@ from fedhft.protocol.errors import (
 )
 from fedhft.protocol.session_codec import CKKS_SEALED_FILE
 
+from ._causal import CausalTrainer
 from ._client_state import Evidence, check_evidence, check_server_run, record_evidence
 from ._data import TextDataset
 from ._fedhft_rounds import FedHFTRounds
+from ._instructions import InstructionDataset
 from ._participant import RoundParticipant
 from ._rounds import ClientContext, RefusedRounds, RoundMethod, RoundOutcome
 from ._trainer import LocalTrainer
@@ -111,10 +118,15 @@ class ClientReport:
     bytes_up: int
     bytes_down: int
     membership: tuple[float, ...]
+    generation: dict[str, float] | None = None
+    """A causal LM's test scores: ROUGE-L, exact match and response loss of the
+    personalized model, and the zero-shot base model's as ``zero_shot_*``."""
 
     def as_json(self) -> dict[str, Any]:
-        """The report as a JSON object."""
+        """The report as a JSON object (``generation`` only for a causal LM)."""
+        extra = {} if self.generation is None else {"generation": dict(self.generation)}
         return {
+            **extra,
             "organization": self.organization,
             "tier": self.tier,
             "rounds_joined": list(self.rounds_joined),
@@ -166,15 +178,15 @@ class FederatedClient:
 
     def __init__(
         self,
-        model: MaskedAdapterModel | PreTrainedModel,
-        dataset: TextDataset,
+        model: MaskedAdapterModel | CausalAdapterModel | PreTrainedModel,
+        dataset: TextDataset | InstructionDataset,
         policy: OrganizationPolicy | str | os.PathLike[str],
         consortium: ConsortiumConfig | str | os.PathLike[str],
         *,
         credentials: Credentials | str | os.PathLike[str],
         server: str,
         state_dir: str | os.PathLike[str],
-        test_dataset: TextDataset | None = None,
+        test_dataset: TextDataset | InstructionDataset | None = None,
         audit: bool = True,
         server_name: str | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
@@ -250,9 +262,31 @@ class FederatedClient:
         self.rounds: RoundMethod
         if self.violations:
             self.rounds = RefusedRounds(self.context, self.violations)
+        elif consortium.model.task == "causal-lm":
+            if isinstance(model, MaskedAdapterModel):
+                raise ConsortiumMismatchError(
+                    "a causal-lm consortium needs the causal LM (or a CausalAdapterModel), "
+                    "not a MaskedAdapterModel"
+                )
+            causal = (
+                model
+                if isinstance(model, CausalAdapterModel)
+                else CausalAdapterModel(model, consortium.adapter)
+            )
+            causal_trainer = CausalTrainer(
+                causal,
+                policy,
+                consortium,
+                tokenizer=tokenizer or load_tokenizer(consortium.model),
+                ledger=ledger,
+                audit=audit_log,
+                seed=seed,
+                non_private_baseline=non_private_baseline,
+            )
+            self.rounds = FedHFTRounds(self.context, causal_trainer)
         elif consortium.method is Method.FEDAMOLE:
             # FedAMoLE: `model` is the base classifier.
-            if isinstance(model, MaskedAdapterModel):
+            if isinstance(model, MaskedAdapterModel | CausalAdapterModel):
                 raise ConsortiumMismatchError(
                     "a FedAMoLE consortium needs the base model, not a MaskedAdapterModel"
                 )
@@ -264,6 +298,11 @@ class FederatedClient:
                 non_private_baseline=non_private_baseline,
             )
         else:
+            if isinstance(model, CausalAdapterModel):
+                raise ConsortiumMismatchError(
+                    "a classification consortium needs a sequence classifier, not a "
+                    "CausalAdapterModel; set `model.task: causal-lm` for instruction tuning"
+                )
             trainer = LocalTrainer(
                 model,
                 policy,
@@ -472,14 +511,16 @@ class FederatedClient:
         ledger = self.rounds.ledger
         context = self.context
         connection = context.connection
+        scores = context.scores
         return ClientReport(
             organization=context.organization,
             tier=context.policy.training.tier,
             rounds_joined=tuple(context.rounds_joined),
             rounds_refused=tuple(context.rounds_refused),
             final_round=context.final_round,
-            accuracy=None if context.scores is None else context.scores["accuracy"],
-            macro_f1=None if context.scores is None else context.scores["macro_f1"],
+            accuracy=None if scores is None else scores.get("accuracy"),
+            macro_f1=None if scores is None else scores.get("macro_f1"),
+            generation=scores if scores is not None and "rouge_l" in scores else None,
             epsilon_spent=None if ledger is None else ledger.spent(),
             epsilon_budget=context.policy.privacy.epsilon,
             delta=context.policy.privacy.delta,
@@ -573,7 +614,7 @@ class FederatedClient:
         return self.rounds.final_model if isinstance(self.rounds, FedHFTRounds) else None
 
     @property
-    def trainer(self) -> LocalTrainer | None:
+    def trainer(self) -> LocalTrainer | CausalTrainer | None:
         """FedHFT, FedAvg and local rounds: the organization's trainer."""
         return self.rounds.trainer if isinstance(self.rounds, FedHFTRounds) else None
 

@@ -24,6 +24,7 @@ from fedhft.protocol import fedhft_pb2 as pb
 from fedhft.protocol.errors import ChunkIntegrityError, ConsortiumMismatchError, RemoteError
 from fedhft.protocol.session_codec import decode_session, released_model_hash
 
+from ._causal import CausalTrainer
 from ._client_sessions import (
     ATTEMPT_OVER,
     CKKSRun,
@@ -49,10 +50,11 @@ class FedHFTRounds(RoundMethod):
 
     Args:
         context: the client's context (connection, policy, audit log, run state).
-        trainer: the organization's `LocalTrainer` over its masked adapter model.
+        trainer: the organization's `LocalTrainer` over its masked adapter model, or its
+            `CausalTrainer` over its causal LM (``model.task: causal-lm``).
     """
 
-    def __init__(self, context: ClientContext, trainer: LocalTrainer) -> None:
+    def __init__(self, context: ClientContext, trainer: LocalTrainer | CausalTrainer) -> None:
         self.context = context
         self.trainer = trainer
         self._participant = RoundParticipant(trainer, context.dataset, state_dir=context.state_dir)

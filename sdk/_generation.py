@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from fedhft.model import CausalAdapterModel
 
-from ._causal import collate_records
+from ._causal import CausalTrainer, collate_records
 from ._instructions import (
     InstructionDataset,
     encode_instruction,
@@ -185,3 +185,34 @@ def evaluate_generation(
         records=len(dataset),
         predictions=predictions,
     )
+
+
+DEFAULT_MAX_NEW_TOKENS = 16
+"""Tokens generated per answer when scoring an organization (the synthetic federation's
+answers, a triage level, a department, an amount or a yes/no, take a few)."""
+
+
+def generation_scores(
+    trainer: CausalTrainer,
+    dataset: InstructionDataset,
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict[str, float]:
+    """ROUGE-L F1, exact match and response loss of the trainer's current model on
+    ``dataset``, and the same of the zero-shot base model as ``zero_shot_*``: what an
+    organization reports of its personalized model, against the baseline."""
+    length = trainer.policy.training.max_seq_length
+    scores: dict[str, float] = {}
+    for prefix, zero_shot in (("", False), ("zero_shot_", True)):
+        result = evaluate_generation(
+            trainer.model,
+            trainer.tokenizer,
+            dataset,
+            max_new_tokens=max_new_tokens,
+            max_seq_length=length,
+            zero_shot=zero_shot,
+        )
+        scores[f"{prefix}rouge_l"] = result.rouge_l
+        scores[f"{prefix}exact_match"] = result.exact_match
+        scores[f"{prefix}loss"] = result.loss
+    return scores

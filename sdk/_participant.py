@@ -29,7 +29,10 @@ from fedhft.model import ClusterAdapters, safetensors_metadata
 from fedhft.policies import Method
 from fedhft.protocol.blocks import clip_packed
 
+from ._causal import CausalRoundStats, CausalTrainer
 from ._data import TextDataset
+from ._generation import generation_scores
+from ._instructions import InstructionDataset
 from ._mixture import PersonalState, mixture_start
 from ._round_files import RoundFiles
 from ._trainer import LocalTrainer, RoundStats
@@ -107,14 +110,26 @@ class RoundParticipant:
             update of an unfinished round are kept between rounds and restarts.
     """
 
-    def __init__(self, trainer: LocalTrainer, dataset: TextDataset, *, state_dir: str | Path):
+    def __init__(
+        self,
+        trainer: LocalTrainer | CausalTrainer,
+        dataset: TextDataset | InstructionDataset,
+        *,
+        state_dir: str | Path,
+    ):
+        if isinstance(trainer, CausalTrainer) != isinstance(dataset, InstructionDataset):
+            raise SdkError(
+                "a causal-LM trainer trains on instruction records (`load_instructions`), "
+                "a classification trainer on labelled texts (`load_dataset`); the data set "
+                "given is of the other kind"
+            )
         self.trainer = trainer
         self.dataset = dataset
         self.state_dir = Path(state_dir)
         self.organization = trainer.policy.organization
         self.personal: PersonalState | None = None
         self.completed_round = 0
-        self.last_stats: RoundStats | None = None
+        self.last_stats: RoundStats | CausalRoundStats | None = None
         self._local_model: ClusterAdapters | None = None
         self.files = RoundFiles(self.state_dir, state_name=_STATE_FILE, output_name=_PENDING_FILE)
         current = self.files.current_state()
@@ -150,17 +165,7 @@ class RoundParticipant:
             return pending
         self._promote_finished_pending(round_number)
         start_from = self._local_model if self.method is Method.LOCAL else clusters
-        prior = self.label_prior(round_number)
-        if prior is not None:
-            self.trainer.use_label_prior(prior)
-        update, personal, stats = self.trainer.train_round(
-            self.dataset,
-            start_from,
-            round=round_number,
-            personal=self.personal,
-            sketch=self.sketch(round_number),
-        )
-        self.last_stats = stats
+        update, personal, self.last_stats = self._train(round_number, start_from)
         if self.method is Method.LOCAL:
             self._local_model = ClusterAdapters.initial(self.trainer.model.get_block_state())
         # The new personal state goes with the pending update; both become current only
@@ -169,6 +174,27 @@ class RoundParticipant:
             _encode_update(update), _encode_personal(personal, {"round": str(round_number)})
         )
         return update
+
+    def _train(
+        self, round_number: int, start_from: ClusterAdapters | None
+    ) -> tuple[MaskedUpdate, PersonalState, RoundStats | CausalRoundStats]:
+        """One round of the trainer's task from ``start_from``."""
+        if isinstance(self.trainer, CausalTrainer):
+            assert isinstance(self.dataset, InstructionDataset)  # Checked on construction.
+            return self.trainer.train_masked_round(
+                self.dataset, start_from, round=round_number, personal=self.personal
+            )
+        assert isinstance(self.dataset, TextDataset)  # Checked on construction.
+        prior = self.label_prior(round_number)
+        if prior is not None:
+            self.trainer.use_label_prior(prior)
+        return self.trainer.train_round(
+            self.dataset,
+            start_from,
+            round=round_number,
+            personal=self.personal,
+            sketch=self.sketch(round_number),
+        )
 
     # ------------------------------------------------------------------ releases
 
@@ -179,11 +205,13 @@ class RoundParticipant:
         Raises:
             BudgetExhaustedError: the release would exceed the privacy budget.
         """
-        if self.trainer.label_prior_record() is None:
+        trainer, dataset = self.trainer, self.dataset
+        if not isinstance(trainer, LocalTrainer) or trainer.label_prior_record() is None:
             return None
+        assert isinstance(dataset, TextDataset)  # Checked on construction.
         return self.files.kept_release(
             _LABEL_PRIOR_RELEASE,
-            lambda: self.trainer.release_label_prior(self.dataset, round=round_number),
+            lambda: trainer.release_label_prior(dataset, round=round_number),
         )
 
     def sketch(self, round_number: int = 1) -> FloatArray | None:
@@ -193,10 +221,12 @@ class RoundParticipant:
         Raises:
             BudgetExhaustedError: the release would exceed the privacy budget.
         """
-        if self.trainer.sketch_record() is None:
+        trainer, dataset = self.trainer, self.dataset
+        if not isinstance(trainer, LocalTrainer) or trainer.sketch_record() is None:
             return None
+        assert isinstance(dataset, TextDataset)  # Checked on construction.
         return self.files.kept_release(
-            _SKETCH_RELEASE, lambda: self.trainer.release_sketch(self.dataset, round=round_number)
+            _SKETCH_RELEASE, lambda: trainer.release_sketch(dataset, round=round_number)
         )
 
     def _promote_finished_pending(self, round_number: int) -> None:
@@ -257,10 +287,19 @@ class RoundParticipant:
         )
         return mixture_start(clusters, pi, self.personal)
 
-    def evaluate(self, dataset: TextDataset, clusters: ClusterAdapters) -> dict[str, float]:
+    def evaluate(
+        self, dataset: TextDataset | InstructionDataset, clusters: ClusterAdapters
+    ) -> dict[str, float]:
         """Accuracy and macro-F1 of the personalized model on ``dataset`` (with its label
-        prior, once released)."""
+        prior, once released); for a causal LM, ROUGE-L F1, exact match and response loss
+        of its greedy answers, and the zero-shot base model's as ``zero_shot_*``."""
         self.trainer.model.set_block_state(self.personalized_state(clusters))
+        if isinstance(self.trainer, CausalTrainer):
+            if not isinstance(dataset, InstructionDataset):
+                raise SdkError("a causal LM is evaluated on instruction records")
+            return generation_scores(self.trainer, dataset)
+        if not isinstance(dataset, TextDataset):
+            raise SdkError("a classifier is evaluated on labelled texts")
         prior = self.files.release(_LABEL_PRIOR_RELEASE)
         if prior is not None:
             self.trainer.use_label_prior(prior)

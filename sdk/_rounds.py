@@ -47,6 +47,7 @@ from ._client_sessions import (
     peer_identities,
 )
 from ._data import TextDataset
+from ._instructions import InstructionDataset
 from ._round_files import EnteredSums
 from .connection import Connection
 from .errors import RunMismatchError
@@ -87,8 +88,8 @@ class ClientContext:
     config_hash: bytes
     credentials: Credentials
     server: str
-    dataset: TextDataset
-    test_dataset: TextDataset | None
+    dataset: TextDataset | InstructionDataset
+    test_dataset: TextDataset | InstructionDataset | None
     state_dir: Path
     audit_log: AuditLog | None
     wait_ms: int

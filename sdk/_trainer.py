@@ -26,7 +26,6 @@ Notes:
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -38,24 +37,18 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedhft.accounting import MechanismRecord
-from fedhft.model import ClusterAdapters, MaskedAdapterModel, tier_blocks
-from fedhft.policies import ConsortiumConfig, Method, OrganizationPolicy, TierSpec
+from fedhft.model import ClusterAdapters, MaskedAdapterModel
+from fedhft.policies import ConsortiumConfig, OrganizationPolicy, TierSpec
 
 from ._data import TextDataset
+from ._masked_rounds import MaskedRoundTrainer
 from ._mixture import (
-    BoolArray,
     FloatArray,
     PersonalState,
-    check_membership,
-    data_mask,
-    mixture_start,
-    personal_after_round,
-    sketch_membership,
-    update_membership,
 )
 from ._update import MaskedUpdate
 from .errors import SdkError
-from .privacy._accounted_trainer import AccountedTrainer, AuditSink, Encoded
+from .privacy._accounted_trainer import AuditSink, Encoded
 from .privacy._dp import (
     DEFAULT_GRAD_SAMPLE_MODE,
     GradSampleMode,
@@ -86,7 +79,7 @@ class RoundStats:
     seconds: float
 
 
-class LocalTrainer(AccountedTrainer):
+class LocalTrainer(MaskedRoundTrainer):
     """Trains an organization's masked adapters, one accounted round at a time.
 
     Args:
@@ -130,7 +123,7 @@ class LocalTrainer(AccountedTrainer):
             non_private_baseline=non_private_baseline,
             seed=seed,
         )
-        self.model = (
+        self.model: MaskedAdapterModel = (
             model_or_base
             if isinstance(model_or_base, MaskedAdapterModel)
             else MaskedAdapterModel(model_or_base, consortium.adapter)
@@ -146,25 +139,6 @@ class LocalTrainer(AccountedTrainer):
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = self.model.apply_tier(self.tier)
         self.grad_sample_mode = grad_sample_mode
-
-    # ------------------------------------------------------------------ planning
-
-    @functools.cached_property
-    def membership_blocks(self) -> frozenset[str]:
-        """Adapter blocks every tier trains. Memberships compare only these, so that
-        which blocks an organization's tier trains (public) does not decide its cluster
-        (comparing all blocks split the learning benchmark's organizations by tier), nor
-        does its label mix, which dominates a shared head's update."""
-        tiers = self.consortium.tiers.values()
-        return frozenset.intersection(
-            *(frozenset(tier_blocks(self.model.blocks, tier, head=False)) for tier in tiers)
-        )
-
-    @functools.cached_property
-    def uploaded_blocks(self) -> tuple[str, ...]:
-        """Trained blocks whose update goes into the secure sums: all of them, less the
-        head when heads are personal (`ConsortiumConfig.shares_head`)."""
-        return tier_blocks(self.model.blocks, self.tier, head=self.consortium.shares_head)
 
     # ------------------------------------------------------------------ releases
 
@@ -210,7 +184,7 @@ class LocalTrainer(AccountedTrainer):
         record = self.label_prior_record(round)
         if record is None:
             raise SdkError("the consortium asks for no label prior (personalization.label_prior)")
-        counts = label_counts(self._encode(dataset).labels, self.consortium.model.num_labels)
+        counts = label_counts(self._encode(dataset).labels, self.consortium.model.labels)
         return self._release(counts, record, num_records=len(dataset))
 
     def release_sketch(self, dataset: TextDataset, *, round: int = 1) -> FloatArray:
@@ -232,11 +206,6 @@ class LocalTrainer(AccountedTrainer):
     def use_label_prior(self, counts: npt.ArrayLike) -> None:
         """Train and predict with logit adjustment by the log prior of (released) counts."""
         self.model.set_label_prior(log_label_prior(counts))
-
-    @property
-    def keep_ratio(self) -> float:
-        """Share of trained rows uploaded: the tier's, or all of them for FedAvg."""
-        return 1.0 if self.consortium.method is Method.FEDAVG else self.tier.keep_ratio
 
     # ------------------------------------------------------------------ training
 
@@ -261,45 +230,7 @@ class LocalTrainer(AccountedTrainer):
         """
         started = time.perf_counter()
         encoded = self._encode(dataset)
-        k = clusters.k if clusters is not None else 1
-        if self.consortium.method in (Method.FEDAVG, Method.LOCAL) and k != 1:
-            raise SdkError(f"method {self.consortium.method.value} uses one cluster, got {k}")
-        previous_pi = (
-            check_membership(personal.membership, k)
-            if personal is not None and personal.membership.size == k
-            else np.full(k, 1.0 / k)
-        )
-        # π for this round: the organization's last Δ against the clusters' aggregates
-        # of that same round (the `last_updates` released now), so that the drift every
-        # update shares between rounds does not decide membership. Post-processing of
-        # DP outputs only.
-        if clusters is not None and clusters.centroids and sketch is not None:
-            previous_pi = sketch_membership(
-                sketch,
-                clusters,
-                temperature=self.consortium.clustering.temperature,
-                hard=self.consortium.clustering.membership == "hard",
-            )
-        elif clusters is not None and personal is not None and personal.last_delta:
-            previous_pi = update_membership(
-                {b: v for b, v in personal.last_delta.items() if b in self.membership_blocks},
-                clusters,
-                temperature=self.consortium.clustering.temperature,
-                hard=self.consortium.clustering.membership == "hard",
-                previous=previous_pi,
-            )
-        if clusters is not None:
-            if set(clusters.block_ids) != set(self.model.block_ids):
-                raise SdkError(
-                    "the cluster adapters do not carry exactly this model's blocks; the "
-                    "server and this organization disagree on the model or adapter spec"
-                )
-            start = mixture_start(clusters, previous_pi, personal)
-        else:
-            start = mixture_start(
-                ClusterAdapters.initial(self.model.get_block_state()), [1.0], personal
-            )
-
+        previous_pi, start = self._round_start(clusters, personal, sketch)
         record: MechanismRecord | None = None
         if self.private:
             record = self._admit(round, len(dataset))
@@ -320,30 +251,8 @@ class LocalTrainer(AccountedTrainer):
             mean_loss = self._train_non_private(encoded)
             epsilon = None
 
-        trained = self.trained_blocks
-        uploaded = self.uploaded_blocks
-        end = self.model.get_block_state(trained)
-        delta = {b: end[b] - start[b] for b in trained}
-        keep = {b: self._shared_rows(b, delta[b], uploaded) for b in trained}
-        pi = previous_pi
-        if self.consortium.clustering.membership == "hard":
-            # Before there is anything to compare with, a hard member joins cluster 0.
-            pi = np.eye(k)[int(np.argmax(pi))]
-        update = MaskedUpdate.build(
-            round=round,
-            delta={b: delta[b] for b in uploaded},
-            keep={b: keep[b] for b in uploaded},
-            membership=pi,
-            private=self.private,
-            block_order=uploaded,
-        )
-        new_personal = personal_after_round(
-            membership=pi,
-            end_state=end,
-            trainable_rows=self.model.row_masks,
-            keep=keep,
-            previous=personal,
-            delta=delta,
+        update, new_personal = self._masked_update(
+            round=round, start=start, membership=previous_pi, personal=personal
         )
         stats = RoundStats(
             round=round,
@@ -360,24 +269,6 @@ class LocalTrainer(AccountedTrainer):
             seconds=time.perf_counter() - started,
         )
         return update, new_personal, stats
-
-    def _shared_rows(
-        self, block_id: str, delta: FloatArray, uploaded: tuple[str, ...]
-    ) -> BoolArray:
-        """Rows of a trained block that go into the secure sum: none of a block that is
-        not uploaded (a personal head), every row of a shared head, and the data mask's
-        choice among an adapter block's trainable rows."""
-        rows = self.model.row_masks[block_id]
-        if block_id not in uploaded:
-            return np.zeros(delta.shape[0], dtype=np.bool_)
-        if self.model.block(block_id).layer is None:
-            return rows.copy()
-        return data_mask(
-            delta,
-            keep_ratio=self.keep_ratio,
-            trainable_rows=rows,
-            lora_a=self.model.lora_a(block_id),
-        )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         training = self.consortium.training

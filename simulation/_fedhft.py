@@ -20,7 +20,7 @@ from fedhft.aggregator import RoundCoordinator, RoundSummary
 from fedhft.model import encode_clusters
 from fedhft.policies import ConsortiumConfig, Method
 from fedhft.protocol import AggregateResult, SessionParams, SessionStats, run_secagg_in_process
-from fedhft.sdk import BudgetExhaustedError, TextDataset
+from fedhft.sdk import BudgetExhaustedError, InstructionDataset, TextDataset
 from fedhft.sdk.participants import RoundParticipant
 from fedhft.sdk.privacy import AccountedTrainer
 
@@ -40,7 +40,7 @@ class OrganizationRun(Generic[P]):
 
     participant: P
     tier: str
-    test: TextDataset
+    test: TextDataset | InstructionDataset
     domain: str = ""
     identity: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     bytes_up: int = 0

@@ -20,6 +20,7 @@ from typing import Any
 
 from fedhft.aggregator import ckks_ceremony
 from fedhft.policies import (
+    CAUSAL_TARGETS,
     ConsortiumConfig,
     Method,
     SecureAggregationMode,
@@ -29,6 +30,13 @@ from fedhft.policies import (
 from fedhft.protocol import init_ca, issue_organization, issue_server
 from fedhft.sdk import TextDataset, synthetic_federation
 
+from ._instruct import (
+    INSTRUCT_MAX_SEQ_LENGTH,
+    causal_model_spec,
+    instruct_tiers,
+    instruction_federation,
+    write_instructions,
+)
 from .errors import SimulationError
 
 CONSORTIUM = "simulated-consortium"
@@ -48,6 +56,8 @@ class SimulatedConsortium:
     tiers: dict[str, str]
     domains: dict[str, str]
     majority: dict[str, float]
+    task: str = "classify"
+    """``classify`` (labelled texts) or ``instruct`` (instruction records, a causal LM)."""
 
     @property
     def consortium_path(self) -> Path:
@@ -174,6 +184,10 @@ def consortium_document(
     `SimulatedModel` or what `SimulatedModel.parse` reads)."""
     if isinstance(model, str):
         model = SimulatedModel.parse(model)
+    if model.spec.get("task") == "causal-lm":
+        return _instruct_consortium(
+            organizations=organizations, rounds=rounds, secure=secure, model=model, seed=seed
+        )
     fedhft = method is Method.FEDHFT
     fedamole: dict[str, Any] = {}
     if method is Method.FEDAMOLE:
@@ -230,6 +244,48 @@ def consortium_document(
     }
 
 
+def _secure_aggregation(secure: SecureAggregationMode, organizations: int) -> dict[str, Any]:
+    neighbours = secagg_neighbours(organizations)
+    return {
+        "mode": secure.value,
+        "threshold_fraction": 0.6,
+        "min_cohort": 3,
+        "max_dropout_fraction": 0.4,
+        "stage_timeout_s": 120,
+        **({"neighbours": neighbours} if neighbours is not None else {}),
+    }
+
+
+def _instruct_consortium(
+    *,
+    organizations: list[str],
+    rounds: int,
+    secure: SecureAggregationMode,
+    model: SimulatedModel,
+    seed: int,
+) -> dict[str, Any]:
+    """FedHFT instruction tuning of a causal LM: LoRA on the attention projections, one
+    cluster (clustering on sketches is not available for causal LMs yet)."""
+    return {
+        "kind": "consortium",
+        "consortium": CONSORTIUM,
+        "model": dict(model.spec),
+        "adapter": {
+            "target_modules": list(model.target_modules),
+            "rank": 8,
+            "alpha": 16,
+            "a_seed": 1000 + seed,
+        },
+        "tiers": instruct_tiers(model.num_layers),
+        "method": Method.FEDHFT.value,
+        "rounds": rounds,
+        "clustering": {"clusters": 1, "warmup_rounds": 0, "membership": "soft"},
+        "training": {"learning_rate": 0.01},
+        "secure_aggregation": _secure_aggregation(secure, len(organizations)),
+        "enrollment": [{"organization": org} for org in organizations],
+    }
+
+
 def policy_document(
     organization: str,
     tier: str,
@@ -239,8 +295,10 @@ def policy_document(
     steps: int,
     folder: Path,
     secure: SecureAggregationMode,
+    instruct: bool = False,
 ) -> dict[str, Any]:
-    """One simulated organization's policy, its ledger and audit log in ``folder``."""
+    """One simulated organization's policy, its ledger and audit log in ``folder``
+    (``instruct``: batches and record lengths for instruction records)."""
     return {
         "kind": "organization",
         "organization": organization,
@@ -256,9 +314,9 @@ def policy_document(
         },
         "training": {
             "tier": tier,
-            "batch_size": 32,
+            "batch_size": 8 if instruct else 32,
             "local_steps": steps,
-            "max_seq_length": 32,
+            "max_seq_length": INSTRUCT_MAX_SEQ_LENGTH if instruct else 32,
         },
         "secure_aggregation": {"accepted_modes": [secure.value], "min_cohort": 3},
         "audit": {"log_path": str(folder / "audit.jsonl")},
@@ -284,8 +342,26 @@ def provision(
     samples: int,
     alpha: float,
     seed: int,
+    task: str = "classify",
 ) -> SimulatedConsortium:
-    """Write the CA, the consortium, one folder per organization and the server's folder."""
+    """Write the CA, the consortium, one folder per organization and the server's folder.
+
+    ``task: instruct`` writes the instruction federation for ``model`` (a causal LM:
+    `tiny`, `smollm2`, a folder or a `.gguf` file; FedHFT only).
+    """
+    if task == "instruct":
+        return _provision_instruct(
+            root,
+            clients=clients,
+            rounds=rounds,
+            secure=secure,
+            model=model if isinstance(model, str) else model.label,
+            epsilon=epsilon,
+            local_steps=local_steps,
+            samples=samples,
+            alpha=alpha,
+            seed=seed,
+        )
     import yaml
 
     data = synthetic_federation(
@@ -300,10 +376,6 @@ def provision(
     )
     (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
     config: ConsortiumConfig = load_consortium_config(root / "consortium.yaml")
-    ca = init_ca(CONSORTIUM, root / "pki" / "ca")
-    # `fedhft audit verify --certs pki` finds the CA certificate next to the parties'.
-    shutil.copyfile(root / "pki" / "ca" / "ca.crt", root / "pki" / "ca.crt")
-    issue_server(ca, "localhost", root / "pki" / "server")
     for org_data in data:
         org = org_data.organization
         folder = root / "orgs" / org
@@ -319,13 +391,79 @@ def provision(
         )
         (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
         load_organization_policy(folder / "policy.yaml")
-        issue_organization(ca, org, root / "pki" / org)
         _write_jsonl(folder / "train.jsonl", org_data.train.texts, org_data.train.labels)
         _write_jsonl(folder / "test.jsonl", org_data.test.texts, org_data.test.labels)
+    _write_pki(root, orgs, config, secure)
+    return SimulatedConsortium(root, tuple(orgs), tiers, domains, majority)
+
+
+def _write_pki(
+    root: Path, orgs: list[str], config: ConsortiumConfig, secure: SecureAggregationMode
+) -> None:
+    """A throw-away CA, the server's and every organization's credentials (and the CKKS
+    key ceremony's sealed keys), and the server's folder."""
+    ca = init_ca(CONSORTIUM, root / "pki" / "ca")
+    # `fedhft audit verify --certs pki` finds the CA certificate next to the parties'.
+    shutil.copyfile(root / "pki" / "ca" / "ca.crt", root / "pki" / "ca.crt")
+    issue_server(ca, "localhost", root / "pki" / "server")
+    for org in orgs:
+        issue_organization(ca, org, root / "pki" / org)
     (root / "server").mkdir()
     if secure is SecureAggregationMode.CKKS:
         ckks_ceremony(config, [root / "pki" / org for org in orgs], root / "pki" / "server")
-    return SimulatedConsortium(root, tuple(orgs), tiers, domains, majority)
+
+
+def _provision_instruct(
+    root: Path,
+    *,
+    clients: int,
+    rounds: int,
+    secure: SecureAggregationMode,
+    model: str,
+    epsilon: float,
+    local_steps: int,
+    samples: int,
+    alpha: float,
+    seed: int,
+) -> SimulatedConsortium:
+    import yaml
+
+    spec, num_layers = causal_model_spec(model, root, seed=seed)
+    simulated = SimulatedModel(model, spec, CAUSAL_TARGETS, num_layers)
+    data = instruction_federation(clients=clients, alpha=alpha, samples=samples, seed=seed)
+    orgs = [d.organization for d in data]
+    tiers = {org: TIER_CYCLE[i % len(TIER_CYCLE)] for i, org in enumerate(orgs)}
+    consortium = consortium_document(
+        organizations=orgs,
+        rounds=rounds,
+        method=Method.FEDHFT,
+        secure=secure,
+        model=simulated,
+        seed=seed,
+    )
+    (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
+    config: ConsortiumConfig = load_consortium_config(root / "consortium.yaml")
+    for org_data in data:
+        org = org_data.organization
+        folder = root / "orgs" / org
+        folder.mkdir(parents=True)
+        policy = policy_document(
+            org,
+            tiers[org],
+            rounds=rounds,
+            epsilon=epsilon,
+            steps=local_steps,
+            folder=folder,
+            secure=secure,
+            instruct=True,
+        )
+        (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+        load_organization_policy(folder / "policy.yaml")
+        write_instructions(folder / "train.jsonl", org_data.train)
+        write_instructions(folder / "test.jsonl", org_data.test)
+    _write_pki(root, orgs, config, secure)
+    domains = {d.organization: d.domain for d in data}
+    return SimulatedConsortium(root, tuple(orgs), tiers, domains, {}, task="instruct")
 
 
 def majority_accuracy(train: TextDataset, test: TextDataset) -> float:

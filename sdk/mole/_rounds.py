@@ -45,8 +45,9 @@ from fedhft.protocol.errors import ChunkIntegrityError, ConsortiumMismatchError,
 from fedhft.protocol.session_codec import decode_session, released_model_hash
 
 from .._client_sessions import ATTEMPT_OVER, MaskingRun, run_sessions
+from .._data import TextDataset
 from .._rounds import ClientContext, RoundMethod, RoundOutcome
-from ..errors import BudgetExhaustedError
+from ..errors import BudgetExhaustedError, DataError
 from ..privacy._ledger import PrivacyLedger
 from ._participant import MoLEParticipant
 from ._trainer import MoLETrainer
@@ -90,6 +91,11 @@ class FedAMoLERounds(RoundMethod):
             non_private_baseline=non_private_baseline,
             seed=seed,
         )
+        if not isinstance(context.dataset, TextDataset):
+            raise DataError(
+                "FedAMoLE trains a classifier on labelled texts; instruction records are "
+                "for `model.task: causal-lm` with method fedhft"
+            )
         self._participant = MoLEParticipant(
             self.trainer, context.dataset, state_dir=context.state_dir
         )
@@ -344,7 +350,7 @@ class FedAMoLERounds(RoundMethod):
         context = self.context
         final_round = int(announcement.round)
         experts = self._participant.experts
-        if experts is None or context.test_dataset is None:
+        if experts is None or not isinstance(context.test_dataset, TextDataset):
             return
         states = self._download(final_round, announcement.model_hash)
         release = self._release(final_round + 1, experts, states, announcement.mole)

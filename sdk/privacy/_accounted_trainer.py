@@ -322,7 +322,7 @@ class AccountedTrainer:
     def _encode(self, dataset: TextDataset) -> Encoded:
         if len(dataset) == 0:
             raise DataError("cannot train or evaluate on an empty data set")
-        num_labels = self.consortium.model.num_labels
+        num_labels = self.consortium.model.labels
         if len(dataset.label_names) > num_labels:
             raise DataError(
                 f"the data set has {len(dataset.label_names)} labels, the consortium model "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from fedhft.model import CausalAdapterModel
-from fedhft.policies import AdapterSpec
+from fedhft.model import CausalAdapterModel, tokenizer_fingerprint
+from fedhft.policies import AdapterSpec, ConsortiumConfig
 from fedhft.sdk._instructions import (
     InstructionOrganization,
     render_prompt,
@@ -57,6 +58,32 @@ class TinyCausal:
             a_seed=1234,
         )
         return CausalAdapterModel(self.base(), spec)
+
+
+def causal_consortium(
+    tiny: TinyCausal,
+    *,
+    organizations: tuple[str, ...] = ("a", "b", "c"),
+    tiers: dict[str, Any] | None = None,
+    **fields: Any,
+) -> ConsortiumConfig:
+    """A FedHFT `causal-lm` consortium on the saved tiny model (q/k/v/o targets by
+    default); ``fields`` override top-level entries of the file."""
+    data: dict[str, Any] = {
+        "consortium": "instruct",
+        "model": {
+            "source": "huggingface",
+            "name": str(tiny.folder),
+            "task": "causal-lm",
+            "tokenizer_sha256": tokenizer_fingerprint(tiny.tokenizer),
+        },
+        "adapter": {"rank": 4, "alpha": 8, "a_seed": 1234},
+        "tiers": tiers or {"full": {}},
+        "rounds": 2,
+        "enrollment": [{"organization": o} for o in organizations],
+        **fields,
+    }
+    return ConsortiumConfig.model_validate(data)
 
 
 def federation() -> list[InstructionOrganization]:
