@@ -1,7 +1,7 @@
 """Frozen-A LoRA adapters cut into blocks, and the tier masks that say which blocks train.
 
 A Hugging Face sequence-classification model is wrapped with PEFT LoRA on the
-consortium's target modules (DESIGN §2.1). Every ``A`` is drawn from the consortium's
+consortium's target modules (ARCHITECTURE.md §2.1). Every ``A`` is drawn from the consortium's
 ``a_seed`` and frozen (FFA-LoRA, Sun et al. 2024), so ``ΔW = B·A`` is linear in ``B`` and
 averaging ``B`` inside a secure sum is exact. Only ``B`` and the classification head
 train.

@@ -1,6 +1,6 @@
 """Base models and the tokenizer every organization shares, loaded without any network.
 
-Sources, chosen by the consortium's `ModelSpec.source` (DESIGN §2.1, §8; where each
+Sources, chosen by the consortium's `ModelSpec.source` (ARCHITECTURE.md §2.1, §8; where each
 one's files are: `_sources.py`):
 
 - ``tiny``: a randomly initialised `BertForSequenceClassification` (hidden 32, 2 layers,

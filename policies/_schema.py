@@ -1,7 +1,7 @@
 """Pydantic models of the organization policy and the consortium configuration.
 
 Both are frozen and forbid unknown fields, so a typo in a YAML file is an error rather
-than a silently ignored setting (DESIGN §5). Cross-field rules that need both files live
+than a silently ignored setting (ARCHITECTURE.md §5). Cross-field rules that need both files live
 in `_compat.py`.
 
 Types are strict: a number field takes a number of its own kind (an integer field no
@@ -87,7 +87,7 @@ class Accountant(_NamedEnum):
 
 
 class SecureAggregationMode(_NamedEnum):
-    """How updates are summed without the server seeing them (DESIGN §4)."""
+    """How updates are summed without the server seeing them (ARCHITECTURE.md §4)."""
 
     MASKING = "masking"
     CKKS = "ckks"
@@ -399,7 +399,7 @@ SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 class AdapterSpec(_Frozen):
-    """Frozen-A LoRA adapters shared by every organization (DESIGN §2.1)."""
+    """Frozen-A LoRA adapters shared by every organization (ARCHITECTURE.md §2.1)."""
 
     target_modules: list[str] | None = Field(
         default=None,
@@ -466,7 +466,7 @@ class ClusteringSpec(_Frozen):
 
 
 class FedAMoLESpec(_Frozen):
-    """Mixture-of-LoRA-experts settings (DESIGN §2.3)."""
+    """Mixture-of-LoRA-experts settings (ARCHITECTURE.md §2.3)."""
 
     num_experts: int = Field(default=4, ge=1, le=256)
     top_k: int = Field(default=2, ge=1)
@@ -510,7 +510,7 @@ class LocalTrainingSpec(_Frozen):
 
 
 class SecureAggregationSpec(_Frozen):
-    """Secure-aggregation mode and thresholds of the consortium (DESIGN §4)."""
+    """Secure-aggregation mode and thresholds of the consortium (ARCHITECTURE.md §4)."""
 
     mode: SecureAggregationMode = SecureAggregationMode.MASKING
     threshold_fraction: float = Field(

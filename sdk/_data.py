@@ -1,6 +1,6 @@
 """Text-classification data: a seeded synthetic federation and loaders for user files.
 
-The synthetic federation (DESIGN §8) is what every demo, test and learning benchmark
+The synthetic federation (ARCHITECTURE.md §8) is what every demo, test and learning benchmark
 uses. Organizations alternate between domain groups (clinical triage notes, bank
 transaction descriptions) that share ONE label space, a four-level priority, with:
 

@@ -1,6 +1,6 @@
 """Local training of one organization: one privacy-accounted, masked update per round.
 
-`LocalTrainer.train_round` runs one round of FedHFT on the organization (DESIGN §2.2,
+`LocalTrainer.train_round` runs one round of FedHFT on the organization (ARCHITECTURE.md §2.2,
 §3), usable without any server:
 
 1. start from the mixture ``Σ_j π_j G_j`` of the cluster adapters, personal rows on top;

@@ -2,7 +2,7 @@
 
 Implements the client of SecAgg (Bonawitz et al., "Practical Secure Aggregation for
 Privacy-Preserving Machine Learning", CCS 2017) with the sparse neighbour graph of
-SecAgg+ (Bell et al., CCS 2020) and per-block supports (DESIGN §4.1): advertise fresh
+SecAgg+ (Bell et al., CCS 2020) and per-block supports (ARCHITECTURE.md §4.1): advertise fresh
 keys, Shamir-share secrets to neighbours, send the masked input, sign the survivor set,
 then reveal exactly one secret per peer.
 

@@ -3,7 +3,7 @@
 One session sums the blocks of one cluster in one round. Every party derives the same
 :class:`SessionParams` from the consortium configuration and the round's plan, and the
 session id ``sid = SHA-256(domain ‖ canonical encoding of every field)`` binds them into
-every signature, HKDF derivation and AEAD associated data (DESIGN §4.1), so a message
+every signature, HKDF derivation and AEAD associated data (ARCHITECTURE.md §4.1), so a message
 from another run, round, cluster or roster never verifies here.
 
 Notes:
