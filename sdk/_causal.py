@@ -59,7 +59,7 @@ from ._mixture import PersonalState
 from ._update import MaskedUpdate
 from .errors import DataError, SdkError
 from .privacy import AuditSink, PrivacyLedger, noise_sampler, poisson_batch
-from .privacy._dp import dp_optimizer, release_per_sample_state
+from .privacy._dp import FrozenRows, dp_optimizer, release_per_sample_state
 from .privacy._noise import NoiseSampler
 
 FloatArray = npt.NDArray[np.float64]
@@ -130,11 +130,9 @@ class CausalPrivateStep:
         if not model.trainable:
             raise ValueError("the model's tier trains no block; apply a tier first")
         self.model = model
-        self._row_masks = [
-            (model.parameter(b), torch.from_numpy(mask))
-            for b, mask in model.row_masks.items()
-            if not mask.all()
-        ]
+        self._frozen_rows = FrozenRows(
+            (model.parameter(b), mask) for b, mask in model.row_masks.items()
+        )
         module = model.peft_model
         module.train()
         ModuleValidator.validate(module, strict=True)
@@ -150,8 +148,8 @@ class CausalPrivateStep:
             noise_sampler=noise_sampler,
             grad_sample_mode="hooks",
         )
-        if self._row_masks:
-            self.optimizer.attach_step_hook(self._drop_noise_on_frozen_rows)
+        if self._frozen_rows:
+            self.optimizer.attach_step_hook(self._frozen_rows.zero_noise)
         self._closed = False
 
     def step(self, batch: CausalBatch) -> float:
@@ -177,17 +175,9 @@ class CausalPrivateStep:
             )
             loss = record_losses(self.model, batch).mean()
             torch.autograd.backward(loss)
-        for parameter, mask in self._row_masks:
-            grad_sample = getattr(parameter, "grad_sample", None)
-            if isinstance(grad_sample, torch.Tensor):
-                grad_sample.mul_(mask.to(grad_sample.dtype).view(1, -1, 1))
+        self._frozen_rows.zero_per_sample_gradients()
         self.optimizer.step()
         return float(loss.item())
-
-    def _drop_noise_on_frozen_rows(self, _optimizer: object) -> None:
-        for parameter, mask in self._row_masks:
-            if parameter.grad is not None:
-                parameter.grad[~mask] = 0.0
 
     def close(self) -> None:
         """Remove the Opacus hooks and per-sample state from the model."""

@@ -174,6 +174,26 @@ def _domain_group(domain: str) -> int:
 # ---------------------------------------------------------------------------- data sets
 
 
+def split_indices(
+    size: int, test_fraction: float, *, seed: int, noun: str
+) -> tuple[list[int], list[int]]:
+    """Seeded random ``(train, test)`` indices of ``size`` items, ``round(size ·
+    test_fraction)`` of them for testing (``noun`` names the items in errors).
+
+    Raises:
+        DataError: ``test_fraction`` is not in (0, 1) or leaves a side empty.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}")
+    n_test = round(size * test_fraction)
+    if not 0 < n_test < size:
+        raise DataError(
+            f"test_fraction {test_fraction} of {size} {noun} leaves the train or test split empty"
+        )
+    order = np.random.default_rng(seed).permutation(size)
+    return order[n_test:].tolist(), order[:n_test].tolist()
+
+
 @dataclass(frozen=True)
 class TextDataset:
     """Texts with integer labels indexing ``label_names``."""
@@ -227,16 +247,8 @@ class TextDataset:
         Raises:
             DataError: ``test_fraction`` is not in (0, 1) or leaves a side empty.
         """
-        if not 0.0 < test_fraction < 1.0:
-            raise DataError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}")
-        n_test = round(len(self) * test_fraction)
-        if not 0 < n_test < len(self):
-            raise DataError(
-                f"test_fraction {test_fraction} of {len(self)} examples leaves the train or "
-                "test split empty"
-            )
-        order = np.random.default_rng(seed).permutation(len(self))
-        return self.select(order[n_test:].tolist()), self.select(order[:n_test].tolist())
+        train, test = split_indices(len(self), test_fraction, seed=seed, noun="examples")
+        return self.select(train), self.select(test)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from ._data import (
     SYNTHETIC_LABELS,
     _RecordLines,
     _require_file,
+    split_indices,
     synthetic_federation,
 )
 from .errors import DataError
@@ -116,16 +117,8 @@ class InstructionDataset:
         Raises:
             DataError: ``test_fraction`` is not in (0, 1) or leaves a side empty.
         """
-        if not 0.0 < test_fraction < 1.0:
-            raise DataError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}")
-        n_test = round(len(self) * test_fraction)
-        if not 0 < n_test < len(self):
-            raise DataError(
-                f"test_fraction {test_fraction} of {len(self)} records leaves the train or "
-                "test split empty"
-            )
-        order = np.random.default_rng(seed).permutation(len(self))
-        return self.select(order[n_test:].tolist()), self.select(order[:n_test].tolist())
+        train, test = split_indices(len(self), test_fraction, seed=seed, noun="records")
+        return self.select(train), self.select(test)
 
 
 @dataclass(frozen=True)

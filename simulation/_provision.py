@@ -362,7 +362,6 @@ def provision(
             alpha=alpha,
             seed=seed,
         )
-    import yaml
 
     data = synthetic_federation(
         num_organizations=clients, alpha=alpha, samples_per_org=samples, seed=seed
@@ -374,27 +373,52 @@ def provision(
     consortium = consortium_document(
         organizations=orgs, rounds=rounds, method=method, secure=secure, model=model, seed=seed
     )
-    (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
-    config: ConsortiumConfig = load_consortium_config(root / "consortium.yaml")
+    config, folders = _write_configuration(
+        root, consortium, tiers, rounds=rounds, epsilon=epsilon, steps=local_steps, secure=secure
+    )
     for org_data in data:
-        org = org_data.organization
-        folder = root / "orgs" / org
-        folder.mkdir(parents=True)
-        policy = policy_document(
-            org,
-            tiers[org],
-            rounds=rounds,
-            epsilon=epsilon,
-            steps=local_steps,
-            folder=folder,
-            secure=secure,
-        )
-        (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
-        load_organization_policy(folder / "policy.yaml")
+        folder = folders[org_data.organization]
         _write_jsonl(folder / "train.jsonl", org_data.train.texts, org_data.train.labels)
         _write_jsonl(folder / "test.jsonl", org_data.test.texts, org_data.test.labels)
     _write_pki(root, orgs, config, secure)
     return SimulatedConsortium(root, tuple(orgs), tiers, domains, majority)
+
+
+def _write_configuration(
+    root: Path,
+    consortium: dict[str, Any],
+    tiers: dict[str, str],
+    *,
+    rounds: int,
+    epsilon: float,
+    steps: int,
+    secure: SecureAggregationMode,
+    instruct: bool = False,
+) -> tuple[ConsortiumConfig, dict[str, Path]]:
+    """Write ``consortium.yaml`` and each organization's ``orgs/ORG/policy.yaml``, each
+    validated as `fedhft` will load it; the configuration and every organization's folder."""
+    import yaml
+
+    (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
+    config = load_consortium_config(root / "consortium.yaml")
+    folders: dict[str, Path] = {}
+    for org, tier in tiers.items():
+        folder = root / "orgs" / org
+        folder.mkdir(parents=True)
+        policy = policy_document(
+            org,
+            tier,
+            rounds=rounds,
+            epsilon=epsilon,
+            steps=steps,
+            folder=folder,
+            secure=secure,
+            instruct=instruct,
+        )
+        (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+        load_organization_policy(folder / "policy.yaml")
+        folders[org] = folder
+    return config, folders
 
 
 def _write_pki(
@@ -426,7 +450,6 @@ def _provision_instruct(
     alpha: float,
     seed: int,
 ) -> SimulatedConsortium:
-    import yaml
 
     spec, num_layers = causal_model_spec(model, root, seed=seed)
     simulated = SimulatedModel(model, spec, CAUSAL_TARGETS, num_layers)
@@ -441,24 +464,18 @@ def _provision_instruct(
         model=simulated,
         seed=seed,
     )
-    (root / "consortium.yaml").write_text(yaml.safe_dump(consortium, sort_keys=False))
-    config: ConsortiumConfig = load_consortium_config(root / "consortium.yaml")
+    config, folders = _write_configuration(
+        root,
+        consortium,
+        tiers,
+        rounds=rounds,
+        epsilon=epsilon,
+        steps=local_steps,
+        secure=secure,
+        instruct=True,
+    )
     for org_data in data:
-        org = org_data.organization
-        folder = root / "orgs" / org
-        folder.mkdir(parents=True)
-        policy = policy_document(
-            org,
-            tiers[org],
-            rounds=rounds,
-            epsilon=epsilon,
-            steps=local_steps,
-            folder=folder,
-            secure=secure,
-            instruct=True,
-        )
-        (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
-        load_organization_policy(folder / "policy.yaml")
+        folder = folders[org_data.organization]
         write_instructions(folder / "train.jsonl", org_data.train)
         write_instructions(folder / "test.jsonl", org_data.test)
     _write_pki(root, orgs, config, secure)

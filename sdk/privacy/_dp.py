@@ -185,6 +185,40 @@ def release_per_sample_state(hooks: Any, parameters: Iterable[nn.Parameter]) -> 
         parameter.grad = None
 
 
+class FrozenRows:
+    """The rows a tier's row slice leaves frozen in its trainable blocks.
+
+    A DP step honours them twice: their per-sample gradients are zeroed before clipping (so
+    they take no share of the clipping norm), and the noise added to them is zeroed after
+    noising (so the frozen values stay exactly as they were).
+    """
+
+    def __init__(self, parameters: Iterable[tuple[nn.Parameter, npt.NDArray[np.bool_]]]) -> None:
+        self._masks: list[tuple[nn.Parameter, torch.Tensor]] = [
+            (parameter, torch.from_numpy(mask).to(parameter.device))
+            for parameter, mask in parameters
+            if not mask.all()
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self._masks)
+
+    def zero_per_sample_gradients(self) -> None:
+        """Zero the frozen rows of every per-sample gradient (before clipping)."""
+        for parameter, mask in self._masks:
+            grad_sample = getattr(parameter, "grad_sample", None)
+            if isinstance(grad_sample, torch.Tensor):
+                grad_sample.mul_(
+                    mask.to(grad_sample.dtype).view(1, -1, *([1] * (grad_sample.dim() - 2)))
+                )
+
+    def zero_noise(self, _optimizer: object) -> None:
+        """Zero the frozen rows of the noised gradient (an optimizer step hook)."""
+        for parameter, mask in self._masks:
+            if parameter.grad is not None:
+                parameter.grad[~mask] = 0.0
+
+
 class PrivateStep:
     """DP-SGD steps on a `MaskedAdapterModel` whose tier is already applied.
 
@@ -214,12 +248,10 @@ class PrivateStep:
             )
         self.model = model
         self.mode = grad_sample_mode
-        self._row_masks: list[tuple[nn.Parameter, torch.Tensor]] = [
-            (model.parameter(b), torch.from_numpy(mask).to(model.parameter(b).device))
-            for b, mask in model.row_masks.items()
-            if not mask.all()
-        ]
-        if self._row_masks and grad_sample_mode == "ghost":
+        self._frozen_rows = FrozenRows(
+            (model.parameter(b), mask) for b, mask in model.row_masks.items()
+        )
+        if self._frozen_rows and grad_sample_mode == "ghost":
             raise AdapterError(
                 "ghost clipping cannot honour a tier's row slice (row_fraction < 1); "
                 "use grad_sample_mode 'hooks'"
@@ -255,8 +287,8 @@ class PrivateStep:
             noise_sampler=noise_sampler,
             grad_sample_mode=grad_sample_mode,
         )
-        if self._row_masks:
-            self.optimizer.attach_step_hook(self._drop_noise_on_frozen_rows)
+        if self._frozen_rows:
+            self.optimizer.attach_step_hook(self._frozen_rows.zero_noise)
         criterion = nn.CrossEntropyLoss(reduction="mean")
         self._criterion: Callable[[torch.Tensor, torch.Tensor], Any] = (
             DPLossFastGradientClipping(self._hooks, self.optimizer, criterion, "mean")
@@ -291,7 +323,7 @@ class PrivateStep:
         value = float(loss.item())
         if self.mode != "ghost":
             per_sample_gradients_to_fp32(self.model.trainable_parameters())
-            self._mask_per_sample_gradients()
+            self._frozen_rows.zero_per_sample_gradients()
         self.optimizer.step()
         return value
 
@@ -310,19 +342,6 @@ class PrivateStep:
                         (0, *parameter.shape), dtype=parameter.dtype, device=parameter.device
                     ),
                 )
-
-    def _mask_per_sample_gradients(self) -> None:
-        for parameter, mask in self._row_masks:
-            grad_sample = getattr(parameter, "grad_sample", None)
-            if isinstance(grad_sample, torch.Tensor):
-                grad_sample.mul_(
-                    mask.to(grad_sample.dtype).view(1, -1, *([1] * (grad_sample.dim() - 2)))
-                )
-
-    def _drop_noise_on_frozen_rows(self, _optimizer: object) -> None:
-        for parameter, mask in self._row_masks:
-            if parameter.grad is not None:
-                parameter.grad[~mask] = 0.0
 
     def close(self) -> None:
         """Remove the Opacus hooks and per-sample state from the model."""
