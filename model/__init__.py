@@ -40,6 +40,8 @@ from ._codec import encode_clusters as encode_clusters
 from ._codec import safetensors_metadata as safetensors_metadata
 from ._initial import initial_block_state as initial_block_state
 from ._initial import initial_mole_state as initial_mole_state
+from ._mole import CausalMoLEModel as CausalMoLEModel
+from ._mole import MoLEBase as MoLEBase
 from ._mole import MoLELinear as MoLELinear
 from ._mole import MoLEModel as MoLEModel
 from ._mole import expert_a as expert_a
@@ -74,10 +76,12 @@ __all__ = [
     "AdapterError",
     "Block",
     "CausalAdapterModel",
+    "CausalMoLEModel",
     "ClusterAdapters",
     "MaskedAdapterModel",
     "MeanPoolingBertForSequenceClassification",
     "MixtureError",
+    "MoLEBase",
     "MoLELinear",
     "MoLEModel",
     "MoLERelease",

@@ -66,6 +66,73 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.clamp_min(0)
 
 
+def response_logits(
+    causal_lm: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict a response token, and what they predict.
+
+    Returns ``(logits, targets, record)``: one row per response token of the batch
+    (``logits`` is tokens × vocabulary), the token it must predict, and the index of the
+    record it belongs to. ``labels`` are aligned with ``input_ids`` (Hugging Face's
+    convention); position ``t`` predicts label ``t + 1``. Only those positions' final
+    hidden states go through the output layer; positions come from the attention mask.
+    """
+    # transformers leaves these two untyped.
+    decoder = causal_lm.get_decoder()  # type: ignore[no-untyped-call]
+    head = causal_lm.get_output_embeddings()  # type: ignore[no-untyped-call]
+    if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module):
+        raise AdapterError("the causal LM exposes no decoder or output embeddings")
+    hidden = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    predicts = labels[:, 1:] != IGNORE_INDEX
+    record, position = predicts.nonzero(as_tuple=True)
+    logits: torch.Tensor = head(hidden[record, position])
+    return logits, labels[record, position + 1], record
+
+
+@torch.no_grad()
+def greedy_generate(
+    network: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> torch.Tensor:
+    """Greedy continuations of a LEFT-padded batch of prompts: ``batch × ≤ max_new_tokens``.
+
+    ``network`` is a module with Hugging Face's ``generate`` (a causal LM, or PEFT's
+    wrapper of one). A row stops at its first ``eos_token_id`` (kept) and is filled with
+    ``pad_token_id`` afterwards; generation ends when every row has stopped.
+    """
+    if max_new_tokens < 1:
+        raise AdapterError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise AdapterError("generation needs left padding (every row's last token real)")
+    was_training = network.training
+    network.eval()
+    try:
+        output: torch.Tensor = network.generate(  # type: ignore[operator]
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+    finally:
+        network.train(was_training)
+    return output[:, input_ids.shape[1] :]
+
+
 class CausalAdapterModel:
     """A causal LM with frozen-A LoRA ``B`` blocks and a tier mask; no trainable head.
 
@@ -120,6 +187,11 @@ class CausalAdapterModel:
         if not isinstance(inner, PreTrainedModel):
             raise AdapterError("unexpected PEFT model structure: no wrapped causal LM")
         return inner
+
+    @property
+    def network(self) -> nn.Module:
+        """The module whose forward pass runs the model (train/eval mode is set on it)."""
+        return self.peft_model
 
     @property
     def block_ids(self) -> tuple[str, ...]:
@@ -203,28 +275,9 @@ class CausalAdapterModel:
     def response_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits at the positions that predict a response token, and what they predict.
-
-        Returns ``(logits, targets, record)``: one row per response token of the batch
-        (``logits`` is tokens × vocabulary), the token it must predict, and the index of
-        the record it belongs to. ``labels`` are aligned with ``input_ids`` (Hugging Face's
-        convention); position ``t`` predicts label ``t + 1``.
-        """
-        # transformers leaves these two untyped.
-        decoder = self.inner_model.get_decoder()  # type: ignore[no-untyped-call]
-        head = self.inner_model.get_output_embeddings()  # type: ignore[no-untyped-call]
-        if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module):
-            raise AdapterError("the causal LM exposes no decoder or output embeddings")
-        hidden = decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            use_cache=False,
-        ).last_hidden_state
-        predicts = labels[:, 1:] != IGNORE_INDEX
-        record, position = predicts.nonzero(as_tuple=True)
-        logits: torch.Tensor = head(hidden[record, position])
-        return logits, labels[record, position + 1], record
+        """Logits at the positions that predict a response token, and what they predict
+        (`response_logits`)."""
+        return response_logits(self.inner_model, input_ids, attention_mask, labels)
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
@@ -241,7 +294,6 @@ class CausalAdapterModel:
             for parameter, requires_grad in trainable:
                 parameter.requires_grad_(requires_grad)
 
-    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -251,29 +303,15 @@ class CausalAdapterModel:
         eos_token_id: int,
         pad_token_id: int,
     ) -> torch.Tensor:
-        """Greedy continuations of a LEFT-padded batch of prompts: ``batch × ≤ max_new_tokens``.
-
-        A row stops at its first ``eos_token_id`` (kept) and is filled with
-        ``pad_token_id`` afterwards; generation ends when every row has stopped.
-        """
-        if max_new_tokens < 1:
-            raise AdapterError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if bool((attention_mask[:, -1] == 0).any()):
-            raise AdapterError("generation needs left padding (every row's last token real)")
-        was_training = self.peft_model.training
-        self.peft_model.eval()
-        try:
-            output: torch.Tensor = self.peft_model.generate(  # type: ignore[no-untyped-call]
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos_token_id,
-                pad_token_id=pad_token_id,
-            )
-        finally:
-            self.peft_model.train(was_training)
-        return output[:, input_ids.shape[1] :]
+        """Greedy continuations of a LEFT-padded batch of prompts (`greedy_generate`)."""
+        return greedy_generate(
+            self.peft_model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
 
     def export_peft(self, path: str | Path) -> Path:
         """Save the adapter (A and B) in standard PEFT format.

@@ -32,9 +32,7 @@ from fedhft.policies import ConsortiumConfig
 from ._adapters import (
     HEAD_BIAS,
     HEAD_WEIGHT,
-    Block,
     _seed_for,
-    adapter_layout,
     consortium_layout,
     frozen_a,
 )
@@ -62,11 +60,6 @@ def _initial_head(
     return state
 
 
-def _adapter_blocks(consortium: ConsortiumConfig) -> tuple[nn.Module, tuple[Block, ...]]:
-    skeleton = base_skeleton(consortium.model)
-    return skeleton, adapter_layout(skeleton, consortium.adapter)
-
-
 def initial_block_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
     """Every FedHFT block's starting value, in block order, as float64 ``rows × cols``
     arrays: each ``B`` zero, the head from the consortium's public adapter seed (a causal
@@ -85,11 +78,13 @@ def initial_block_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
 def initial_mole_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
     """Every FedAMoLE block's starting value for the whole expert pool, in block order:
     per target module its shared ``B`` (zero), router ``P`` (from the public seed) and
-    each pool expert's ``B`` (zero); then the head, as for FedHFT.
+    each pool expert's ``B`` (zero); then the head, as for FedHFT (a causal LM has none:
+    its MoLE modules sit on `causal_layout`'s targets).
 
     Reads the base model's structure only (no weights are loaded).
     """
-    skeleton, blocks = _adapter_blocks(consortium)
+    skeleton = base_skeleton(consortium.model)
+    blocks = consortium_layout(consortium, skeleton)
     adapter = consortium.adapter
     state: dict[str, FloatArray] = {}
     for block in blocks:
@@ -104,5 +99,6 @@ def initial_mole_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
         state[router] = projection.to(torch.float64).numpy()
         for expert in range(consortium.fedamole.num_experts):
             state[expert_block_id(block.block_id, expert)] = np.zeros(block.shape)
-    state.update(_initial_head(consortium, skeleton, head_linear(skeleton)[1]))
+    if consortium.model.task != "causal-lm":
+        state.update(_initial_head(consortium, skeleton, head_linear(skeleton)[1]))
     return state

@@ -14,6 +14,13 @@ own frozen ``A_e x``, the score is ``⟨A_e x, P x⟩ / √rank``, softmax runs 
 experts only and the top-k gates are renormalized. So a client may hold any number of
 experts with the same ``P``, and ``P`` is averaged over all clients.
 
+Two models share this machinery (`MoLEBase`): `MoLEModel`, a sequence classifier with a
+trainable head, and `CausalMoLEModel`, a decoder LLM (``model.task: causal-lm``) with MoLE
+modules on the consortium's causal targets (the attention projections by default) and no
+trainable head, offering `CausalAdapterModel`'s contracts for training and scoring
+(`response_logits`, greedy `generate`, `adapters_disabled`). Both save to one safetensors
+file that records the task.
+
 A Switch-style load-balancing loss (Fedus et al. 2021), ``E_h · Σ_e f_e · p̄_e`` over the
 ``E_h`` held experts, is computed **per example over its own real tokens** (``f_e``:
 fraction of the example's unpadded tokens whose top-k contains ``e``, divided by k;
@@ -38,19 +45,22 @@ Notes:
 
     *Padding.* A DP-SGD batch is padded to its longest record, so the number of padding
     positions an example carries depends on its batch-mates. Padding must therefore
-    contribute nothing: `MoLEModel.logits` hands the attention mask to every MoLE module
-    for the duration of the forward pass, and the balancing loss averages over real
-    tokens only. Routing still runs on padding positions, but their outputs reach
-    nothing (attention masks them as keys and the pooling skips them), so their
-    gradient is exactly zero.
+    contribute nothing: `MoLEModel.logits` and `CausalMoLEModel.response_logits` hand the
+    attention mask to every MoLE module for the duration of the forward pass
+    (`MoLEBase.token_masks`), and the balancing loss averages over real tokens only.
+    Routing still runs on padding positions, but their outputs reach nothing (attention
+    masks them as keys; the pooling skips them, and a causal LM computes no logit there),
+    so their gradient is exactly zero.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
@@ -69,9 +79,12 @@ from ._adapters import (
     Block,
     _seed_for,
     adapter_layout,
+    causal_layout,
     frozen_a,
+    with_causal_targets,
 )
 from ._architectures import head_linear
+from ._causal import greedy_generate, position_ids, response_logits
 from ._codec import safetensors_metadata
 from .errors import AdapterError
 
@@ -198,9 +211,15 @@ class MoLELinear(nn.Module):
         # ``(batch, tokens)``, 1 for real tokens: set by `MoLEModel.logits` for one
         # forward pass, so the balancing loss ignores padding; None means all are real.
         self.token_mask: torch.Tensor | None = None
+        # False inside `MoLEBase.adapters_disabled`: the base layer alone (zero-shot).
+        self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the shared expert plus the top-k gated held experts."""
+        if not self.enabled:
+            self.last_gates = self.last_balance = None
+            base_only: torch.Tensor = self.base(x)
+            return base_only
         probabilities = self.router(x)
         chosen = torch.topk(probabilities, self.top_k, dim=-1).indices
         selected = torch.zeros_like(probabilities).scatter_(-1, chosen, 1.0)
@@ -251,15 +270,18 @@ def install_mole(
     *,
     expert_ids: Sequence[int],
     top_k: int = 2,
+    blocks: Sequence[Block] | None = None,
 ) -> dict[str, MoLELinear]:
     """Replace each target `nn.Linear` of `model` by a `MoLELinear` holding `expert_ids`.
 
-    Returns the installed modules by block id, in block order. Targets follow the
-    adapter rule of `adapter_layout` (last path component in ``target_modules``).
+    Returns the installed modules by block id, in block order. Targets are ``blocks``
+    (default: the adapter rule of `adapter_layout`, last path component in
+    ``target_modules``; a causal LM passes its `causal_layout`).
     """
     if len(set(expert_ids)) != len(expert_ids) or any(e < 0 for e in expert_ids):
         raise AdapterError(f"expert_ids must be distinct non-negative ids, got {expert_ids}")
-    blocks = [b for b in adapter_layout(model, adapter) if b.layer is not None]
+    if blocks is None:
+        blocks = [b for b in adapter_layout(model, adapter) if b.layer is not None]
     installed: dict[str, MoLELinear] = {}
     for block in blocks:
         parent_path, _, name = block.path.rpartition(".")
@@ -275,14 +297,19 @@ def install_mole(
     return installed
 
 
-class MoLEModel:
-    """A sequence-classification model whose LoRA targets are MoLE modules.
+class MoLEBase:
+    """What both MoLE models share: the MoLE modules on the adapter's targets, their
+    blocks and state, the attention mask during a forward pass, the balancing loss, the
+    zero-shot switch and the export file.
 
-    Trainable: every shared ``B``, router ``P`` and held expert ``B``, and the head.
-    State is exchanged per *MoLE block*: ``<block>.shared`` (out × r),
-    ``<block>.router`` (r × in), ``<block>.expert<e>`` (out × r) for each held ``e``,
-    then ``head.weight`` and ``head.bias``.
+    Trainable: every shared ``B``, router ``P`` and held expert ``B`` (and a subclass's
+    head). State is exchanged per *MoLE block*: ``<block>.shared`` (out × r),
+    ``<block>.router`` (r × in), ``<block>.expert<e>`` (out × r) for each held ``e``, in
+    the order of ``adapter_blocks``; a subclass may append head blocks.
     """
+
+    TASK = "classification"
+    """The consortium task (`ModelSpec.task`) this model serves; recorded in its export."""
 
     def __init__(
         self,
@@ -292,46 +319,47 @@ class MoLEModel:
         expert_ids: Sequence[int],
         top_k: int = 2,
     ) -> None:
+        adapter, adapter_blocks = self._layout(base, adapter)
         self.adapter = adapter
         self.expert_ids = tuple(sorted(expert_ids))
         self.top_k = top_k
-        _, head = head_linear(base)
-        self.adapter_blocks: tuple[Block, ...] = tuple(
-            b for b in adapter_layout(base, adapter) if b.layer is not None
-        )
+        self.adapter_blocks: tuple[Block, ...] = tuple(adapter_blocks)
         for parameter in base.parameters():
             parameter.requires_grad_(False)
         self.model = base
-        self.modules = install_mole(base, adapter, expert_ids=self.expert_ids, top_k=top_k)
+        self.modules = install_mole(
+            base, adapter, expert_ids=self.expert_ids, top_k=top_k, blocks=self.adapter_blocks
+        )
         self._expert_index = {e: i for i, e in enumerate(self.expert_ids)}
-        head_weight, head_bias = head.weight, head.bias
-        if not isinstance(head_weight, nn.Parameter) or not isinstance(head_bias, nn.Parameter):
-            raise AdapterError(
-                f"FedAMoLE needs a classification head with a bias; the "
-                f"{base.config.model_type!r} head has none: use `method: fedhft`"
-            )
-        self._head_weight: nn.Parameter = head_weight
-        self._head_bias: nn.Parameter = head_bias
-        generator = torch.Generator().manual_seed(_seed_for(adapter.a_seed, "head"))
-        std = float(getattr(base.config, "initializer_range", 0.02))
-        with torch.no_grad():
-            values = torch.randn(head.weight.shape, generator=generator, dtype=torch.float64)
-            head.weight.copy_((values * std).to(head.weight.dtype))
-            head_bias.zero_()
-        head.weight.requires_grad_(True)
-        head_bias.requires_grad_(True)
+
+    @classmethod
+    def _layout(
+        cls, base: PreTrainedModel, adapter: AdapterSpec
+    ) -> tuple[AdapterSpec, tuple[Block, ...]]:
+        """The adapter spec the model uses and its target blocks on ``base``."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ structure
 
     @property
-    def block_ids(self) -> tuple[str, ...]:
-        """Every MoLE block id this client holds, in the fixed order."""
+    def network(self) -> nn.Module:
+        """The module whose forward pass runs the model (train/eval mode is set on it)."""
+        return self.model
+
+    @property
+    def mixture_block_ids(self) -> tuple[str, ...]:
+        """The MoLE blocks this client holds (shared, router, held experts), in order."""
         ids: list[str] = []
         for block in self.adapter_blocks:
             ids.append(shared_block_id(block.block_id))
             ids.append(router_block_id(block.block_id))
             ids.extend(expert_block_id(block.block_id, e) for e in self.expert_ids)
-        return (*ids, HEAD_WEIGHT, HEAD_BIAS)
+        return tuple(ids)
+
+    @property
+    def block_ids(self) -> tuple[str, ...]:
+        """Every block id this client holds, in the fixed order."""
+        return self.mixture_block_ids
 
     def block_shapes(self) -> dict[str, tuple[int, int]]:
         """``rows × cols`` of every held MoLE block."""
@@ -341,18 +369,22 @@ class MoLEModel:
             shapes[block_id] = (int(rows), int(cols))
         return shapes
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters DP-SGD trains: per module shared B, P, the expert pool; the head."""
+    def mixture_parameters(self) -> list[nn.Parameter]:
+        """Per module: the shared ``B``, the router's ``P``, the held experts' ``B``."""
         parameters: list[nn.Parameter] = []
         for module in self.modules.values():
             parameters += [module.shared.lora_b, module.router.projection, module.experts.lora_b]
-        return [*parameters, self._head_weight, self._head_bias]
+        return parameters
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable head's parameters (none here)."""
+        return []
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters DP-SGD trains: the mixture's, then the head's."""
+        return [*self.mixture_parameters(), *self.head_parameters()]
 
     def _tensor(self, block_id: str) -> torch.Tensor:
-        if block_id == HEAD_WEIGHT:
-            return self._head_weight
-        if block_id == HEAD_BIAS:
-            return self._head_bias.view(-1, 1)
         block, _, part = block_id.rpartition(".")
         module = self.modules.get(block)
         if module is None:
@@ -396,14 +428,15 @@ class MoLEModel:
     # ------------------------------------------------------------------ export
 
     def save(self, path: str | Path) -> None:
-        """Write the personalized model (every held block, expert ids, adapter spec) as
-        one safetensors file; `MoLEModel.load` rebuilds it on the same base model.
+        """Write the personalized model (every held block, expert ids, adapter spec, task)
+        as one safetensors file; the class's `load` rebuilds it on the same base model.
 
         Only the trained blocks are written: the frozen ``A`` of every expert and the
         router's expert embeddings come back from the adapter spec's public seed.
         """
         metadata = {
             "format": "fedhft-mole/v1",
+            "task": self.TASK,
             "adapter": self.adapter.model_dump_json(),
             "expert_ids": json.dumps(list(self.expert_ids)),
             "top_k": str(self.top_k),
@@ -411,18 +444,27 @@ class MoLEModel:
         atomic_write(Path(path), bytes(save_arrays(self.get_state(), metadata=metadata)))
 
     @classmethod
-    def load(cls, path: str | Path, base: PreTrainedModel) -> MoLEModel:
+    def load(cls, path: str | Path, base: PreTrainedModel) -> Self:
         """The personalized model saved by `save`, installed into ``base`` (the
-        consortium's base model, e.g. from `build_base_model`).
+        consortium's base model, e.g. from `build_base_model`: a sequence classifier for
+        `MoLEModel`, an `AutoModelForCausalLM` for `CausalMoLEModel`).
 
         Raises:
-            AdapterError: the file is not a fedhft MoLE export, or its blocks do not fit
-                ``base``.
+            AdapterError: the file is not a fedhft MoLE export, was saved for the other
+                task, or its blocks do not fit ``base``.
         """
         data = Path(path).read_bytes()
         metadata = safetensors_metadata(data)
         if metadata.get("format") != "fedhft-mole/v1":
             raise AdapterError(f"{path} is not a fedhft MoLE export (format fedhft-mole/v1)")
+        # Files written before the task was recorded are classification models.
+        task = metadata.get("task", "classification")
+        if task != cls.TASK:
+            raise AdapterError(
+                f"{path} is a MoLE model for task {task!r}; `{cls.__name__}.load` reads "
+                f"task {cls.TASK!r} (use "
+                f"`{'CausalMoLEModel' if task == 'causal-lm' else 'MoLEModel'}.load`)"
+            )
         model = cls(
             base,
             AdapterSpec.model_validate_json(metadata["adapter"]),
@@ -437,21 +479,22 @@ class MoLEModel:
 
     # ------------------------------------------------------------------ use
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Classification logits for a tokenized batch.
-
-        The MoLE modules see ``attention_mask`` during this forward pass, so that the
-        balancing loss it leaves (`balance_loss`) counts each record's real tokens only.
-        """
+    @contextlib.contextmanager
+    def token_masks(self, attention_mask: torch.Tensor) -> Iterator[None]:
+        """Hand ``attention_mask`` to every MoLE module for a forward pass, so that the
+        balancing loss it leaves (`balance_loss`) counts each record's real tokens only."""
         for module in self.modules.values():
             module.token_mask = attention_mask
         try:
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            yield
         finally:
             for module in self.modules.values():
                 module.token_mask = None
-        logits: torch.Tensor = output.logits
-        return logits
+
+    def route(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """One forward pass through every MoLE module with ``attention_mask`` handed to
+        them (what routing statistics hook into); the output is not needed."""
+        raise NotImplementedError
 
     def balance_loss(self) -> torch.Tensor:
         """Per-example balancing loss of the last forward (over each example's real
@@ -460,3 +503,151 @@ class MoLEModel:
         if not losses:
             raise RuntimeError("balance_loss needs a forward pass first")
         return torch.stack(losses).mean(dim=0)
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """The base model alone (the zero-shot baseline) for the duration of the block:
+        every MoLE module returns its base layer's output only."""
+        for module in self.modules.values():
+            module.enabled = False
+        try:
+            yield
+        finally:
+            for module in self.modules.values():
+                module.enabled = True
+
+
+class MoLEModel(MoLEBase):
+    """A sequence-classification model whose LoRA targets are MoLE modules.
+
+    Trainable: the mixture (`MoLEBase`) and the head; its blocks ``head.weight`` and
+    ``head.bias`` follow the MoLE blocks.
+    """
+
+    TASK = "classification"
+
+    def __init__(
+        self,
+        base: PreTrainedModel,
+        adapter: AdapterSpec,
+        *,
+        expert_ids: Sequence[int],
+        top_k: int = 2,
+    ) -> None:
+        _, head = head_linear(base)
+        super().__init__(base, adapter, expert_ids=expert_ids, top_k=top_k)
+        head_weight, head_bias = head.weight, head.bias
+        if not isinstance(head_weight, nn.Parameter) or not isinstance(head_bias, nn.Parameter):
+            raise AdapterError(
+                f"FedAMoLE needs a classification head with a bias; the "
+                f"{base.config.model_type!r} head has none: use `method: fedhft`"
+            )
+        self._head_weight: nn.Parameter = head_weight
+        self._head_bias: nn.Parameter = head_bias
+        generator = torch.Generator().manual_seed(_seed_for(adapter.a_seed, "head"))
+        std = float(getattr(base.config, "initializer_range", 0.02))
+        with torch.no_grad():
+            values = torch.randn(head.weight.shape, generator=generator, dtype=torch.float64)
+            head.weight.copy_((values * std).to(head.weight.dtype))
+            head_bias.zero_()
+        head.weight.requires_grad_(True)
+        head_bias.requires_grad_(True)
+
+    @classmethod
+    def _layout(
+        cls, base: PreTrainedModel, adapter: AdapterSpec
+    ) -> tuple[AdapterSpec, tuple[Block, ...]]:
+        """The adapter's targets (`adapter_layout`), without the head blocks."""
+        return adapter, tuple(b for b in adapter_layout(base, adapter) if b.layer is not None)
+
+    @property
+    def block_ids(self) -> tuple[str, ...]:
+        """Every MoLE block id this client holds, then the head's, in the fixed order."""
+        return (*self.mixture_block_ids, HEAD_WEIGHT, HEAD_BIAS)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The classification head's weight and bias."""
+        return [self._head_weight, self._head_bias]
+
+    def _tensor(self, block_id: str) -> torch.Tensor:
+        if block_id == HEAD_WEIGHT:
+            return self._head_weight
+        if block_id == HEAD_BIAS:
+            return self._head_bias.view(-1, 1)
+        return super()._tensor(block_id)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Classification logits for a tokenized batch (padding counts in no loss term)."""
+        with self.token_masks(attention_mask):
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        logits: torch.Tensor = output.logits
+        return logits
+
+    def route(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """A forward pass of the classifier (`logits`)."""
+        self.logits(input_ids, attention_mask)
+
+
+class CausalMoLEModel(MoLEBase):
+    """A causal LM whose attention projections (the consortium's causal targets) are MoLE
+    modules; no head: the language-model head stays the base model's, frozen.
+
+    Offers what training and scoring need with `CausalAdapterModel`'s contracts:
+    `response_logits` (the output layer only at response positions, positions from the
+    attention mask), greedy `generate` of left-padded prompts and `adapters_disabled`.
+
+    Notes:
+        The MoLE modules see the attention mask during `response_logits`, so a record's
+        balancing loss averages over its own real tokens. A right-padded position is
+        never attended to by a real one and no logit is computed there, so, as for
+        `CausalAdapterModel`, a record's loss and its gradient depend on that record
+        alone, whatever its batch-mates.
+    """
+
+    TASK = "causal-lm"
+
+    @classmethod
+    def _layout(
+        cls, base: PreTrainedModel, adapter: AdapterSpec
+    ) -> tuple[AdapterSpec, tuple[Block, ...]]:
+        """The consortium's causal targets (`with_causal_targets`, `causal_layout`)."""
+        adapter = with_causal_targets(adapter)
+        return adapter, causal_layout(base, adapter)
+
+    def response_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at the positions that predict a response token, what they predict and
+        their record (`fedhft.model.CausalAdapterModel.response_logits`' contract)."""
+        with self.token_masks(attention_mask):
+            return response_logits(self.model, input_ids, attention_mask, labels)
+
+    def route(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """A forward pass of the decoder (no output layer)."""
+        decoder = self.model.get_decoder()  # type: ignore[no-untyped-call]
+        with self.token_masks(attention_mask):
+            decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask),
+                use_cache=False,
+            )
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int,
+        pad_token_id: int,
+    ) -> torch.Tensor:
+        """Greedy continuations of a LEFT-padded batch of prompts (`greedy_generate`)."""
+        return greedy_generate(
+            self.model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
