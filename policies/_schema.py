@@ -670,12 +670,6 @@ class ConsortiumConfig(_Frozen):
     def _causal_problems(self) -> list[str]:
         """What `model.task: causal-lm` does not support (yet)."""
         problems: list[str] = []
-        if self.method is Method.FEDAMOLE:
-            problems.append(
-                "method fedamole is not available for model.task: causal-lm yet (its "
-                "mixture of LoRA experts and router are built for the classification "
-                "model); use method fedhft, fedavg or local"
-            )
         if self.personalization.label_prior == "dp":
             problems.append(
                 "personalization.label_prior: dp does not apply to model.task: causal-lm "

@@ -34,13 +34,16 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from opacus.grad_sample.utils import prepare_module
 from opacus.validators import ModuleValidator
+from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
@@ -91,7 +94,39 @@ def collate_records(records: Sequence[EncodedInstruction], pad_token_id: int) ->
     return CausalBatch(input_ids, attention_mask, labels)
 
 
-def record_losses(model: CausalAdapterModel, batch: CausalBatch) -> torch.Tensor:
+class CausalLanguageModel(Protocol):
+    """What training and scoring need of a causal LM with adapters: `CausalAdapterModel`
+    (FedHFT's LoRA blocks) and `CausalMoLEModel` (FedAMoLE's mixture) both are one."""
+
+    @property
+    def network(self) -> nn.Module:
+        """The module whose forward pass runs the model (train/eval mode is set on it)."""
+        ...
+
+    def response_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at the response positions, their targets and their records."""
+        ...
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int,
+        pad_token_id: int,
+    ) -> torch.Tensor:
+        """Greedy continuations of a left-padded batch of prompts."""
+        ...
+
+    def adapters_disabled(self) -> AbstractContextManager[None]:
+        """The base model alone (zero-shot) for the duration of the block."""
+        ...
+
+
+def record_losses(model: CausalLanguageModel, batch: CausalBatch) -> torch.Tensor:
     """Each record's mean cross-entropy over its response tokens (one value per record)."""
     logits, targets, record = model.response_logits(
         batch.input_ids, batch.attention_mask, batch.labels

@@ -148,8 +148,9 @@ class FederatedClient:
 
     Args:
         model: the base model (a Hugging Face sequence classifier) or an already
-            wrapped `MaskedAdapterModel`; for a FedAMoLE consortium the base model
-            (its rounds are `fedhft.sdk.mole.FedAMoLERounds`).
+            wrapped `MaskedAdapterModel`; for a FedAMoLE consortium the base model, a
+            classifier or for ``model.task: causal-lm`` the causal LM (its rounds are
+            `fedhft.sdk.mole.FedAMoLERounds`).
         dataset: the organization's training data.
         policy: its policy (object or YAML path).
         consortium: the consortium configuration (object or YAML path).
@@ -262,6 +263,20 @@ class FederatedClient:
         self.rounds: RoundMethod
         if self.violations:
             self.rounds = RefusedRounds(self.context, self.violations)
+        elif consortium.method is Method.FEDAMOLE:
+            # FedAMoLE: `model` is the base model (a classifier or a causal LM).
+            if isinstance(model, MaskedAdapterModel | CausalAdapterModel):
+                raise ConsortiumMismatchError(
+                    "a FedAMoLE consortium needs the base model, not a MaskedAdapterModel or "
+                    "CausalAdapterModel"
+                )
+            self.rounds = FedAMoLERounds(
+                self.context,
+                model,
+                tokenizer=tokenizer,
+                seed=seed,
+                non_private_baseline=non_private_baseline,
+            )
         elif consortium.model.task == "causal-lm":
             if isinstance(model, MaskedAdapterModel):
                 raise ConsortiumMismatchError(
@@ -284,19 +299,6 @@ class FederatedClient:
                 non_private_baseline=non_private_baseline,
             )
             self.rounds = FedHFTRounds(self.context, causal_trainer)
-        elif consortium.method is Method.FEDAMOLE:
-            # FedAMoLE: `model` is the base classifier.
-            if isinstance(model, MaskedAdapterModel | CausalAdapterModel):
-                raise ConsortiumMismatchError(
-                    "a FedAMoLE consortium needs the base model, not a MaskedAdapterModel"
-                )
-            self.rounds = FedAMoLERounds(
-                self.context,
-                model,
-                tokenizer=tokenizer,
-                seed=seed,
-                non_private_baseline=non_private_baseline,
-            )
         else:
             if isinstance(model, CausalAdapterModel):
                 raise ConsortiumMismatchError(

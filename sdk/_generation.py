@@ -6,7 +6,9 @@ against the references with ROUGE-L F1 (the `rouge-score` package, FedAMoLE's me
 exact match after SQuAD-style normalization (`fedhft.sdk._instructions`), plus the mean
 cross-entropy over every response token. With ``zero_shot=True`` the same function
 scores the base model with the adapters disabled: the baseline every organization
-compares against.
+compares against. Every function takes any `CausalLanguageModel` (FedHFT's
+`CausalAdapterModel`, FedAMoLE's `CausalMoLEModel`), so both methods are scored by the
+same code.
 
 Notes:
     Left padding with position ids from the attention mask (Hugging Face's `generate`
@@ -23,9 +25,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from fedhft.model import CausalAdapterModel
-
-from ._causal import CausalTrainer, collate_records
+from ._causal import CausalLanguageModel, CausalTrainer, collate_records
 from ._instructions import (
     InstructionDataset,
     encode_instruction,
@@ -65,7 +65,7 @@ def left_pad(
 
 
 def generate_responses(
-    model: CausalAdapterModel,
+    model: CausalLanguageModel,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
     *,
@@ -99,7 +99,7 @@ def _special_tokens(tokenizer: Any) -> tuple[int, int]:
 
 @torch.no_grad()
 def response_token_loss(
-    model: CausalAdapterModel,
+    model: CausalLanguageModel,
     tokenizer: Any,
     dataset: InstructionDataset,
     *,
@@ -109,8 +109,8 @@ def response_token_loss(
     """Mean cross-entropy over every response token of `dataset` (token-weighted)."""
     _, pad = _special_tokens(tokenizer)
     total, tokens = 0.0, 0
-    was_training = model.peft_model.training
-    model.peft_model.eval()
+    was_training = model.network.training
+    model.network.eval()
     try:
         for start in range(0, len(dataset), batch_size):
             records = [
@@ -124,12 +124,12 @@ def response_token_loss(
             total += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
             tokens += int(targets.numel())
     finally:
-        model.peft_model.train(was_training)
+        model.network.train(was_training)
     return total / max(tokens, 1)
 
 
 def evaluate_generation(
-    model: CausalAdapterModel,
+    model: CausalLanguageModel,
     tokenizer: Any,
     dataset: InstructionDataset,
     *,
@@ -201,15 +201,33 @@ def generation_scores(
     """ROUGE-L F1, exact match and response loss of the trainer's current model on
     ``dataset``, and the same of the zero-shot base model as ``zero_shot_*``: what an
     organization reports of its personalized model, against the baseline."""
-    length = trainer.policy.training.max_seq_length
+    return model_generation_scores(
+        trainer.model,
+        trainer.tokenizer,
+        dataset,
+        max_seq_length=trainer.policy.training.max_seq_length,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def model_generation_scores(
+    model: CausalLanguageModel,
+    tokenizer: Any,
+    dataset: InstructionDataset,
+    *,
+    max_seq_length: int,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict[str, float]:
+    """`generation_scores` of any causal model (FedHFT's or FedAMoLE's): its ROUGE-L F1,
+    exact match and response loss, and the zero-shot base model's as ``zero_shot_*``."""
     scores: dict[str, float] = {}
     for prefix, zero_shot in (("", False), ("zero_shot_", True)):
         result = evaluate_generation(
-            trainer.model,
-            trainer.tokenizer,
+            model,
+            tokenizer,
             dataset,
             max_new_tokens=max_new_tokens,
-            max_seq_length=length,
+            max_seq_length=max_seq_length,
             zero_shot=zero_shot,
         )
         scores[f"{prefix}rouge_l"] = result.rouge_l

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from fedhft.aggregator import MoLECoordinator, RoundError, RoundSummary
 from fedhft.model import encode_release
 from fedhft.policies import ConsortiumConfig
-from fedhft.sdk import BudgetExhaustedError, TextDataset
+from fedhft.sdk import BudgetExhaustedError
 from fedhft.sdk.participants import MoLEParticipant
 
 from ._fedhft import OrganizationRun, RoundRecord, secure_sum
@@ -125,8 +125,8 @@ def run_fedamole_in_process(
     for org, run in organizations.items():
         entry: dict[str, Any] = {**run.figures(), "experts": list(assignment.get(org, ()))}
         if org in assignment:
-            # The consortium refuses FedAMoLE for `model.task: causal-lm`.
-            assert isinstance(run.test, TextDataset)
+            # Accuracy and macro-F1, or for a causal LM ROUGE-L, exact match, response
+            # loss and the zero-shot base model's.
             entry.update(
                 run.participant.evaluate(run.test, coordinator.release_for(org, total + 1))
             )

@@ -33,7 +33,7 @@ import numpy.typing as npt
 import torch
 
 from fedhft.accounting import MechanismRecord
-from fedhft.model import AdapterError, MoLEModel, expert_a
+from fedhft.model import AdapterError, MoLEBase, expert_a
 from fedhft.policies import NoiseSource
 
 from ..privacy._ledger import PrivacyLedger
@@ -47,7 +47,7 @@ AFFINITY_CLIP = 1.0
 
 
 def record_affinities(
-    model: MoLEModel,
+    model: MoLEBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
@@ -96,7 +96,7 @@ def record_affinities(
                 ids = input_ids[start : start + batch_size]
                 mask = attention_mask[start : start + batch_size]
                 captured.clear()
-                model.logits(ids, mask)
+                model.route(ids, mask)
                 weights = mask.to(torch.float64)
                 weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
                 per_module = []
@@ -148,7 +148,7 @@ class AffinityRelease:
 
 
 def release_affinity(
-    model: MoLEModel,
+    model: MoLEBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,

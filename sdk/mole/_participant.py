@@ -39,11 +39,10 @@ from fedhft.model import (
 )
 from fedhft.protocol.blocks import pack_block
 
-from .._data import TextDataset
 from .._round_files import RoundFiles
 from .._trainer import RoundStats
 from ..errors import SdkError
-from ._trainer import MoLETrainer
+from ._trainer import MoLEData, MoLETrainer
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -70,12 +69,12 @@ class MoLEParticipant:
 
     Args:
         trainer: the organization's `MoLETrainer` (model, policy, ledger, audit).
-        dataset: its training data.
+        dataset: its training data (instruction records for ``model.task: causal-lm``).
         state_dir: where the affinity release, the personal state and the staged output
             of an unfinished round are kept between rounds and restarts.
     """
 
-    def __init__(self, trainer: MoLETrainer, dataset: TextDataset, *, state_dir: str | Path):
+    def __init__(self, trainer: MoLETrainer, dataset: MoLEData, *, state_dir: str | Path):
         self.trainer = trainer
         self.dataset = dataset
         self.state_dir = Path(state_dir)
@@ -242,8 +241,9 @@ class MoLEParticipant:
         """The organization's model: global values of aggregated blocks, its own else."""
         return self.start_state(release)
 
-    def evaluate(self, dataset: TextDataset, release: MoLERelease) -> dict[str, float]:
-        """Accuracy and macro-F1 of the personalized model on ``dataset``."""
+    def evaluate(self, dataset: MoLEData, release: MoLERelease) -> dict[str, float]:
+        """The personalized model's scores on ``dataset`` (`MoLETrainer.evaluate`: accuracy
+        and macro-F1, or for a causal LM rouge_l, exact_match, loss and zero_shot_*)."""
         model = self.trainer.set_experts(release.experts)
         model.set_state(self.personalized_state(release))
         return self.trainer.evaluate(dataset)

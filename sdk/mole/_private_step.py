@@ -1,9 +1,16 @@
-"""One DP-SGD step of a FedAMoLE organization's `MoLEModel` (Opacus, secure noise)."""
+"""One DP-SGD step of a FedAMoLE organization's MoLE model (Opacus, secure noise).
+
+A record's loss is its task loss plus ``balance_weight`` times its own balancing loss
+(`fedhft.model.MoLEBase.balance_loss`, over its real tokens): for a classifier the
+cross-entropy of its label, for a causal LM (`CausalMoLEModel`) the mean cross-entropy
+over its response tokens (`fedhft.sdk._causal.record_losses`). The batch loss is the mean
+of the records' losses, so Opacus' per-sample gradient of each record is the gradient of
+that record's loss alone.
+"""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,18 +20,44 @@ from opacus.grad_sample.utils import prepare_module
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from fedhft.model import MoLEModel
+from fedhft.model import CausalMoLEModel, MoLEBase, MoLEModel
 
+from .._causal import CausalBatch, record_losses
 from ..privacy._dp import dp_optimizer, release_per_sample_state
 from ..privacy._noise import NoiseSampler
 
 FloatArray = npt.NDArray[np.float64]
 
 
-class MoLEPrivateStep:
-    """DP-SGD steps on a `MoLEModel` with Opacus per-sample gradients.
+def mole_record_losses(
+    model: MoLEBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    balance_weight: float,
+) -> torch.Tensor:
+    """Each record's loss: its task loss plus ``balance_weight`` × its balancing loss.
 
-    Loss per example: cross-entropy plus ``balance_weight`` times its balancing loss.
+    ``labels`` are class labels (``records``) for a `MoLEModel`, response-only token
+    labels (``records × tokens``, aligned with ``input_ids``) for a `CausalMoLEModel`.
+    """
+    task_losses: torch.Tensor
+    if isinstance(model, CausalMoLEModel):
+        task_losses = record_losses(model, CausalBatch(input_ids, attention_mask, labels))
+    elif isinstance(model, MoLEModel):
+        logits = model.logits(input_ids, attention_mask)
+        task_losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+    else:
+        raise TypeError(f"no task loss for {type(model).__name__}")
+    return task_losses + balance_weight * model.balance_loss()
+
+
+class MoLEPrivateStep:
+    """DP-SGD steps on a MoLE model with Opacus per-sample gradients.
+
+    Loss per example: `mole_record_losses` (task loss plus ``balance_weight`` times its
+    balancing loss).
     Flat clipping to ``max_grad_norm``, noise ``noise_multiplier · max_grad_norm`` from
     `noise_sampler`, division by the expected batch size — as `PrivateStep` does for
     frozen-A LoRA. Use as a context manager; the hooks are removed on exit.
@@ -32,7 +65,7 @@ class MoLEPrivateStep:
 
     def __init__(
         self,
-        model: MoLEModel,
+        model: MoLEBase,
         optimizer: torch.optim.Optimizer,
         *,
         noise_multiplier: float,
@@ -66,16 +99,15 @@ class MoLEPrivateStep:
             noise_sampler=noise_sampler,
             grad_sample_mode="hooks",
         )
-        self._criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.CrossEntropyLoss(
-            reduction="mean"
-        )
         self._closed = False
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean over examples of cross-entropy plus the weighted balancing loss."""
-        return (
-            self._criterion(logits, labels) + self.balance_weight * self.model.balance_loss().mean()
-        )
+    def loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over the batch's records of `mole_record_losses`."""
+        return mole_record_losses(
+            self.model, input_ids, attention_mask, labels, balance_weight=self.balance_weight
+        ).mean()
 
     def step(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
@@ -101,7 +133,7 @@ class MoLEPrivateStep:
             warnings.filterwarnings(
                 "ignore", message="Full backward hook is firing", category=UserWarning
             )
-            loss = self.loss(self.model.logits(input_ids, attention_mask), labels)
+            loss = self.loss(input_ids, attention_mask, labels)
             torch.autograd.backward(loss)
         self.optimizer.step()
         return float(loss.item())

@@ -34,7 +34,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedhft.accounting import compute_epsilon
 from fedhft.audit import EventType, round_joined_payload
-from fedhft.model import MoLEModel, MoLERelease, decode_clusters, upload_blocks
+from fedhft.model import (
+    CausalMoLEModel,
+    MoLEModel,
+    MoLERelease,
+    decode_clusters,
+    upload_blocks,
+)
 from fedhft.policies import SecureAggregationMode
 from fedhft.protocol import (
     SessionParams,
@@ -46,6 +52,7 @@ from fedhft.protocol.session_codec import decode_session, released_model_hash
 
 from .._client_sessions import ATTEMPT_OVER, MaskingRun, run_sessions
 from .._data import TextDataset
+from .._instructions import InstructionDataset
 from .._rounds import ClientContext, RoundMethod, RoundOutcome
 from ..errors import BudgetExhaustedError, DataError
 from ..privacy._ledger import PrivacyLedger
@@ -63,7 +70,8 @@ class FedAMoLERounds(RoundMethod):
 
     Args:
         context: the client's context (connection, policy, audit log, run state).
-        base_model: the base sequence classifier; never modified (each MoLE model is
+        base_model: the base model (a sequence classifier, or the causal LM for
+            ``model.task: causal-lm``); never modified (each MoLE model is
             installed into a copy).
     """
 
@@ -91,15 +99,17 @@ class FedAMoLERounds(RoundMethod):
             non_private_baseline=non_private_baseline,
             seed=seed,
         )
-        if not isinstance(context.dataset, TextDataset):
+        causal = context.consortium.model.task == "causal-lm"
+        if causal != isinstance(context.dataset, InstructionDataset):
             raise DataError(
-                "FedAMoLE trains a classifier on labelled texts; instruction records are "
-                "for `model.task: causal-lm` with method fedhft"
+                f"the consortium's `model.task` is {context.consortium.model.task!r}: "
+                f"FedAMoLE trains on {'instruction records' if causal else 'labelled texts'}, "
+                f"got {type(context.dataset).__name__}"
             )
         self._participant = MoLEParticipant(
             self.trainer, context.dataset, state_dir=context.state_dir
         )
-        pool = MoLEModel(
+        pool = (CausalMoLEModel if causal else MoLEModel)(
             copy.deepcopy(pristine),
             context.consortium.adapter,
             expert_ids=range(context.consortium.fedamole.num_experts),
@@ -350,7 +360,9 @@ class FedAMoLERounds(RoundMethod):
         context = self.context
         final_round = int(announcement.round)
         experts = self._participant.experts
-        if experts is None or not isinstance(context.test_dataset, TextDataset):
+        if experts is None or not isinstance(
+            context.test_dataset, TextDataset | InstructionDataset
+        ):
             return
         states = self._download(final_round, announcement.model_hash)
         release = self._release(final_round + 1, experts, states, announcement.mole)

@@ -9,12 +9,18 @@
    "refusal" audit event — and its spend is committed and audited ("privacy_spend")
    before the noisy statistic exists.
 2. **Architecture.** The server's assignment (public: it decides secure-sum supports)
-   names the experts this organization holds; `set_experts` builds the `MoLEModel`.
+   names the experts this organization holds; `set_experts` builds the `MoLEModel` (a
+   classification consortium) or the `CausalMoLEModel` (``model.task: causal-lm``).
 3. **Rounds.** Each round is admitted against the ledger before any step, trained with
    `MoLEPrivateStep` (Poisson batches, noise from the policy's source, σ from the policy
    or ``auto`` solved with the affinity release *reserved*, so the budget lasts the
    planned rounds *and* the release), and committed and audited before its output is
    read.
+
+For a causal LM the data are instruction records (`InstructionDataset`), encoded with
+response-only labels at the policy's ``max_seq_length``; a record's loss is its mean
+response-token cross-entropy plus its own balancing loss (`mole_record_losses`), and
+`evaluate` scores what the model writes (`fedhft.sdk._generation`).
 
 A non-private mode exists for baselines only (``non_private_baseline=True``): it warns
 with a `SecurityWarning`, spends nothing, and releases the affinity without noise.
@@ -39,22 +45,27 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedhft.accounting import MechanismRecord
-from fedhft.model import HEAD_BIAS, HEAD_WEIGHT, MoLEModel, build_base_model
+from fedhft.model import CausalMoLEModel, MoLEBase, MoLEModel, build_base_model
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy, TierSpec
 
+from .._causal import collate_records
 from .._data import TextDataset
+from .._generation import model_generation_scores
+from .._instructions import InstructionDataset, encode_instruction
 from .._trainer import RoundStats
-from ..errors import SdkError
+from ..errors import DataError, SdkError
 from ..privacy._accounted_trainer import AccountedTrainer, AuditSink, Encoded
 from ..privacy._dp import poisson_batch
 from ..privacy._ledger import PrivacyLedger
 from ..privacy._noise import noise_sampler
 from ..privacy._releases import gaussian_record
 from ._affinity import AFFINITY_CLIP, AffinityRelease, record_affinities, release_affinity
-from ._private_step import MoLEPrivateStep
+from ._private_step import MoLEPrivateStep, mole_record_losses
 
 FloatArray = npt.NDArray[np.float64]
-_HEAD_BLOCKS = (HEAD_WEIGHT, HEAD_BIAS)
+MoLEData = TextDataset | InstructionDataset
+"""An organization's records: labelled texts (classification) or instruction records
+(``model.task: causal-lm``)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,10 @@ class MoLETrainer(AccountedTrainer):
             raise SdkError(f"tier {policy.training.tier!r} needs min_experts and max_experts")
         self._base_factory = base_factory or (lambda: build_base_model(consortium.model))
         self.balance_weight = balance_weight
-        self.model: MoLEModel | None = None
+        self._model_class: type[MoLEBase] = (
+            CausalMoLEModel if consortium.model.task == "causal-lm" else MoLEModel
+        )
+        self.model: MoLEBase | None = None
 
     # ------------------------------------------------------------------ planning
 
@@ -158,7 +172,7 @@ class MoLETrainer(AccountedTrainer):
     # ------------------------------------------------------------------ affinity
 
     def release_affinity(
-        self, dataset: TextDataset, *, round: int = 1
+        self, dataset: MoLEData, *, round: int = 1
     ) -> AffinityRelease | BaselineAffinity:
         """Release this organization's per-expert affinity (once, before training).
 
@@ -171,7 +185,7 @@ class MoLETrainer(AccountedTrainer):
             DataError: the data set is empty or too small for the policy's δ.
         """
         encoded = self._encode(dataset)
-        probe = MoLEModel(self._base_factory(), self.consortium.adapter, expert_ids=[0])
+        probe = self._model_class(self._base_factory(), self.consortium.adapter, expert_ids=[0])
         if not self.private:
             sums = record_affinities(
                 probe, encoded.input_ids, encoded.attention_mask, num_experts=self.num_experts
@@ -194,7 +208,7 @@ class MoLETrainer(AccountedTrainer):
 
     # ------------------------------------------------------------------ architecture
 
-    def set_experts(self, expert_ids: Sequence[int]) -> MoLEModel:
+    def set_experts(self, expert_ids: Sequence[int]) -> MoLEBase:
         """Build the model holding ``expert_ids`` (the server's assignment).
 
         Raises:
@@ -214,7 +228,7 @@ class MoLETrainer(AccountedTrainer):
                 f"of 0..{self.num_experts - 1}"
             )
         if self.model is None or self.model.expert_ids != experts:
-            self.model = MoLEModel(
+            self.model = self._model_class(
                 self._base_factory(),
                 self.consortium.adapter,
                 expert_ids=experts,
@@ -222,7 +236,7 @@ class MoLETrainer(AccountedTrainer):
             )
         return self.model
 
-    def assigned_model(self) -> MoLEModel:
+    def assigned_model(self) -> MoLEBase:
         """The model holding the experts of the last `set_experts` call.
 
         Raises:
@@ -235,7 +249,7 @@ class MoLETrainer(AccountedTrainer):
     # ------------------------------------------------------------------ training
 
     def train_round(
-        self, dataset: TextDataset, start: Mapping[str, npt.ArrayLike], *, round: int
+        self, dataset: MoLEData, start: Mapping[str, npt.ArrayLike], *, round: int
     ) -> tuple[dict[str, FloatArray], RoundStats]:
         """Train one round from ``start`` (every held block's value); return the values
         of every held block after the round, and local statistics.
@@ -243,8 +257,9 @@ class MoLETrainer(AccountedTrainer):
         Raises:
             BudgetExhaustedError: the round would exceed the privacy budget (nothing was
                 trained or spent; a "refusal" event was audited).
-            DataError: the data set is empty, has more labels than the model, or is too
-                small for the policy's δ.
+            DataError: the data set is empty, has more labels than the model, a record
+                cannot fit ``max_seq_length``, the records are not the consortium task's,
+                or the data set is too small for the policy's δ.
             SdkError: ``start`` does not carry exactly the held blocks.
         """
         started = time.perf_counter()
@@ -287,18 +302,46 @@ class MoLETrainer(AccountedTrainer):
         )
         return model.get_state(), stats
 
-    def _optimizer(self, model: MoLEModel) -> torch.optim.Optimizer:
-        training = self.consortium.training
-        parameters = model.trainable_parameters()
-        head, adapters = parameters[-2:], parameters[:-2]
-        return torch.optim.Adam(
-            [
-                {"params": adapters, "lr": training.learning_rate},
-                {"params": head, "lr": training.head_learning_rate or training.learning_rate},
-            ]
-        )
+    def _encode(self, dataset: TextDataset | InstructionDataset) -> Encoded:
+        """The records as tensors: labelled texts as `AccountedTrainer` encodes them, or
+        instruction records with response-only token labels, padded on the right.
 
-    def _train_private(self, model: MoLEModel, encoded: Encoded, record: MechanismRecord) -> float:
+        Raises:
+            DataError: an empty data set, records of the other task, or a record whose
+                response cannot fit the policy's ``max_seq_length``.
+        """
+        causal = self.consortium.model.task == "causal-lm"
+        if causal != isinstance(dataset, InstructionDataset):
+            raise DataError(
+                f"the consortium's `model.task` is {self.consortium.model.task!r}: FedAMoLE "
+                f"trains on {'instruction records' if causal else 'labelled texts'}, got "
+                f"{type(dataset).__name__}"
+            )
+        if not isinstance(dataset, InstructionDataset):
+            return super()._encode(dataset)
+        if len(dataset) == 0:
+            raise DataError("cannot train or evaluate on an empty instruction data set")
+        length = self.policy.training.max_seq_length
+        records = [encode_instruction(self.tokenizer, example, length) for example in dataset]
+        pad = self.tokenizer.pad_token_id
+        batch = collate_records(records, int(self.tokenizer.eos_token_id if pad is None else pad))
+        return Encoded(batch.input_ids, batch.attention_mask, batch.labels)
+
+    def _optimizer(self, model: MoLEBase) -> torch.optim.Optimizer:
+        training = self.consortium.training
+        groups: list[dict[str, object]] = [
+            {"params": model.mixture_parameters(), "lr": training.learning_rate}
+        ]
+        if model.head_parameters():
+            groups.append(
+                {
+                    "params": model.head_parameters(),
+                    "lr": training.head_learning_rate or training.learning_rate,
+                }
+            )
+        return torch.optim.Adam(groups)
+
+    def _train_private(self, model: MoLEBase, encoded: Encoded, record: MechanismRecord) -> float:
         num_records = len(encoded)
         losses: list[float] = []
         with MoLEPrivateStep(
@@ -318,15 +361,16 @@ class MoLETrainer(AccountedTrainer):
         nn.Module.eval(model.model)
         return float(np.mean(losses)) if losses else float("nan")
 
-    def _train_non_private(self, model: MoLEModel, encoded: Encoded) -> float:
+    def _train_non_private(self, model: MoLEBase, encoded: Encoded) -> float:
         optimizer = self._optimizer(model)
         losses: list[float] = []
         model.model.train()
         for indices in self._shuffled_batches(encoded):
             ids, mask, labels = encoded.batch(indices)
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model.logits(ids, mask), labels)
-            loss = loss + self.balance_weight * model.balance_loss().mean()
+            loss = mole_record_losses(
+                model, ids, mask, labels, balance_weight=self.balance_weight
+            ).mean()
             torch.autograd.backward(loss)
             optimizer.step()
             losses.append(float(loss.item()))
@@ -335,7 +379,27 @@ class MoLETrainer(AccountedTrainer):
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, dataset: TextDataset) -> dict[str, float]:
-        """Accuracy and macro-F1 of the current (personalized) model on ``dataset``."""
+    def evaluate(self, dataset: MoLEData) -> dict[str, float]:
+        """Scores of the current (personalized) model on ``dataset``: accuracy and
+        macro-F1 for a classifier; for a causal LM ROUGE-L, exact match and response loss
+        of its greedy answers and of the zero-shot base model's (``zero_shot_*``), the keys
+        of `fedhft.sdk.generation_scores`."""
         model = self.assigned_model()
+        if isinstance(model, CausalMoLEModel):
+            if not isinstance(dataset, InstructionDataset):
+                raise DataError(
+                    f"a causal-lm consortium evaluates instruction records, got "
+                    f"{type(dataset).__name__}"
+                )
+            return model_generation_scores(
+                model,
+                self.tokenizer,
+                dataset,
+                max_seq_length=self.policy.training.max_seq_length,
+            )
+        if not isinstance(model, MoLEModel) or not isinstance(dataset, TextDataset):
+            raise DataError(
+                f"a classification consortium evaluates labelled texts, got "
+                f"{type(dataset).__name__}"
+            )
         return self._scores(model, model.model, dataset)

@@ -58,7 +58,9 @@ class Classifier(Protocol):
 
 @dataclass(frozen=True)
 class Encoded:
-    """A tokenized data set."""
+    """A tokenized data set: class labels (``records``), or for a causal LM its records
+    padded on the right with token labels (``records × tokens``, `IGNORE_INDEX` outside
+    the responses)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -89,7 +91,11 @@ class Encoded:
         ids = self.input_ids[indices]
         mask = self.attention_mask[indices]
         length = max(1, int(mask.sum(dim=1).max().item())) if len(indices) else 1
-        return ids[:, :length], mask[:, :length], self.labels[indices]
+        labels = self.labels[indices]
+        if labels.dim() == 2:
+            # Token labels (a causal LM's records, padded on the right): trimmed alike.
+            labels = labels[:, :length]
+        return ids[:, :length], mask[:, :length], labels
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:

@@ -81,10 +81,6 @@ def test_causal_lm_defaults_to_attention_targets_and_has_no_head(examples_dir: P
             "personalization.head: shared does not apply",
         ),
         (
-            lambda d: d.update(method="fedamole"),
-            "method fedamole is not available for model.task: causal-lm",
-        ),
-        (
             lambda d: next(iter(d["tiers"].values())).update(modules=["dense"]),
             "not among adapter.target_modules",
         ),
