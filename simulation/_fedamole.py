@@ -125,10 +125,11 @@ def run_fedamole_in_process(
     for org, run in organizations.items():
         entry: dict[str, Any] = {**run.figures(), "experts": list(assignment.get(org, ()))}
         if org in assignment:
-            # Accuracy and macro-F1, or for a causal LM ROUGE-L, exact match, response
-            # loss and the zero-shot base model's.
-            entry.update(
-                run.participant.evaluate(run.test, coordinator.release_for(org, total + 1))
-            )
+            # The personalized mixture is saved in the organization's state folder
+            # (`PERSONALIZED_FILE`), then scored: accuracy and macro-F1, or for a causal
+            # LM ROUGE-L, exact match, response loss and the zero-shot base model's.
+            final = coordinator.release_for(org, total + 1)
+            run.participant.personalize(final)
+            entry.update(run.participant.evaluate(run.test, final))
         metrics[org] = entry
     return MoLEFederationResult(records, metrics, coordinator, assignment, affinities)

@@ -8,12 +8,14 @@ benchmarks); an organization's engineer needs only `fedhft.sdk.MoLETrainer` (and
 
 from ._affinity import AffinityRelease as AffinityRelease
 from ._affinity import release_affinity as release_affinity
+from ._participant import PERSONALIZED_FILE as PERSONALIZED_FILE
 from ._participant import MoLEParticipant as MoLEParticipant
 from ._private_step import MoLEPrivateStep as MoLEPrivateStep
 from ._rounds import FedAMoLERounds as FedAMoLERounds
 from ._trainer import MoLETrainer as MoLETrainer
 
 __all__ = [
+    "PERSONALIZED_FILE",
     "AffinityRelease",
     "FedAMoLERounds",
     "MoLEParticipant",

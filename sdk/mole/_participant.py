@@ -49,6 +49,9 @@ FloatArray = npt.NDArray[np.float64]
 _STATE_FILE = "mole-state.safetensors"
 _PENDING_FILE = "mole-pending-upload.safetensors"
 _AFFINITY_FILE = "mole-affinity.safetensors"
+PERSONALIZED_FILE = "mole-personalized.safetensors"
+"""The organization's personalized mixture after the run, in its state folder, as
+`MoLEModel.save` / `CausalMoLEModel.save` write it (load it with the class's `load`)."""
 
 
 def _encode_blocks(blocks: Mapping[str, FloatArray], metadata: Mapping[str, str]) -> bytes:
@@ -240,6 +243,18 @@ class MoLEParticipant:
     def personalized_state(self, release: MoLERelease) -> dict[str, FloatArray]:
         """The organization's model: global values of aggregated blocks, its own else."""
         return self.start_state(release)
+
+    def personalize(self, release: MoLERelease) -> Path:
+        """Set the trainer's model to the personalized state under ``release`` (the run's
+        final one) and save it to ``<state_dir>/mole-personalized.safetensors``; its path.
+
+        The file is post-processing of DP outputs; it stays with the organization.
+        """
+        model = self.trainer.set_experts(release.experts)
+        model.set_state(self.personalized_state(release))
+        path = self.state_dir / PERSONALIZED_FILE
+        model.save(path)
+        return path
 
     def evaluate(self, dataset: MoLEData, release: MoLERelease) -> dict[str, float]:
         """The personalized model's scores on ``dataset`` (`MoLETrainer.evaluate`: accuracy

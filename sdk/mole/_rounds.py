@@ -360,13 +360,14 @@ class FedAMoLERounds(RoundMethod):
         context = self.context
         final_round = int(announcement.round)
         experts = self._participant.experts
-        if experts is None or not isinstance(
-            context.test_dataset, TextDataset | InstructionDataset
-        ):
+        if experts is None:
             return
         states = self._download(final_round, announcement.model_hash)
         release = self._release(final_round + 1, experts, states, announcement.mole)
-        context.scores = self._participant.evaluate(context.test_dataset, release)
+        # The organization keeps its personalized mixture (`PERSONALIZED_FILE`).
+        self._participant.personalize(release)
+        if isinstance(context.test_dataset, TextDataset | InstructionDataset):
+            context.scores = self._participant.evaluate(context.test_dataset, release)
         _LOG.info("%s: the run finished after round %d", context.organization, final_round)
 
 

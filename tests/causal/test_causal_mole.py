@@ -20,7 +20,7 @@ from fedhft.policies import AdapterSpec, ConsortiumConfig, OrganizationPolicy, P
 from fedhft.sdk._causal import CausalBatch
 from fedhft.sdk._generation import generate_responses, left_pad
 from fedhft.sdk._instructions import prompt_ids
-from fedhft.sdk.mole import MoLEParticipant, MoLEPrivateStep, MoLETrainer
+from fedhft.sdk.mole import PERSONALIZED_FILE, MoLEParticipant, MoLEPrivateStep, MoLETrainer
 from fedhft.sdk.mole._private_step import mole_record_losses
 from fedhft.sdk.privacy import SecureGaussian
 from fedhft.simulation import (
@@ -239,7 +239,8 @@ def test_secure_round_equals_the_clear_average_of_holders(
 ) -> None:
     """Four organizations, one in-process FedAMoLE round on a tiny Llama: every block's
     global value is the clear average of its holders' uploads (within the fixed-point
-    step), every held block is aggregated, and each organization reports ROUGE-L."""
+    step), every held block is aggregated, and each organization reports ROUGE-L; its
+    saved personalized mixture, loaded on a fresh base, writes what its own model writes."""
     tiny = tiny_causal_models["llama"]
     config = _consortium(tiny)
     runs: dict[str, OrganizationRun[MoLEParticipant]] = {}
@@ -274,6 +275,16 @@ def test_secure_round_equals_the_clear_average_of_holders(
         metrics = result.metrics[org]
         assert 0.0 <= metrics["rouge_l"] <= 1.0 and "zero_shot_rouge_l" in metrics
         assert metrics["epsilon"] is not None and metrics["epsilon"] > 0
+    own = runs[ORGS[0]].participant.trainer.assigned_model()
+    saved = CausalMoLEModel.load(
+        tmp_path / ORGS[0] / PERSONALIZED_FILE, AutoModelForCausalLM.from_pretrained(tiny.folder)
+    )
+    assert saved.get_state().keys() == own.get_state().keys()
+    assert all(np.array_equal(saved.get_state()[b], v) for b, v in own.get_state().items())
+    prompts = [prompt_ids(tiny.tokenizer, e.prompt) for e in federation()[0].test.examples[:4]]
+    assert generate_responses(saved, tiny.tokenizer, prompts, max_new_tokens=8) == (
+        generate_responses(own, tiny.tokenizer, prompts, max_new_tokens=8)
+    )
 
 
 def test_save_then_load_on_a_fresh_base_generates_the_same_tokens(
@@ -324,10 +335,11 @@ def test_zero_shot_is_the_plain_base_models_generation(tiny_causal: TinyCausal) 
 
 @pytest.mark.slow
 def test_simulate_in_process_runs_fedamole_on_a_causal_lm(
-    tiny_causal_models: dict[str, TinyCausal],
+    tiny_causal_models: dict[str, TinyCausal], tmp_path: Path
 ) -> None:
     """`simulate_in_process`, FedAMoLE on the tiny causal model, four organizations, two
-    rounds at ε = 8: every organization reports ROUGE-L and spent at most ε = 8."""
+    rounds at ε = 8: every organization reports ROUGE-L, spent at most ε = 8 and keeps
+    its personalized mixture in its folder."""
     tiny = tiny_causal_models["llama"]
     organizations = {
         org: SimulatedOrganization(
@@ -342,13 +354,16 @@ def test_simulate_in_process_runs_fedamole_on_a_causal_lm(
         _consortium(tiny),
         organizations,
         epsilon=8.0,
+        workdir=tmp_path,
         rounds=2,
         training=LocalTraining(batch_size=4, local_steps=2, max_seq_length=MAX_SEQ_LENGTH),
         base_model=tiny.base(),
         tokenizer=tiny.tokenizer,
     )
     assert set(result.organizations) == set(ORGS)
-    for metrics in result.organizations.values():
+    for org, metrics in result.organizations.items():
         assert 0.0 <= metrics["rouge_l"] <= 1.0
         assert 0.0 < metrics["epsilon"] <= 8.0
+        saved = CausalMoLEModel.load(tmp_path / org / PERSONALIZED_FILE, tiny.base())
+        assert list(saved.expert_ids) == metrics["experts"]
     assert len(result.rounds) == 2
