@@ -15,6 +15,7 @@ from tiny_causal import TinyCausal, causal_consortium, federation
 from transformers import AutoModelForCausalLM
 
 from fedhft.aggregator import MoLECoordinator
+from fedhft.errors import SecurityWarning
 from fedhft.model import AdapterError, CausalMoLEModel, MoLEModel, initial_mole_state
 from fedhft.policies import AdapterSpec, ConsortiumConfig, OrganizationPolicy, PolicyError
 from fedhft.sdk._causal import CausalBatch
@@ -232,6 +233,39 @@ def test_ledger_epsilon_equals_the_accountant_for_the_release_and_the_steps_take
         assert all(not np.array_equal(end[b], state[b]) for b in end)
         state = end
     assert [r.mechanism for r in trainer.ledger.records] == ["gaussian", "dp-sgd", "dp-sgd"]
+
+
+def test_the_non_private_baseline_spends_nothing_and_learns(
+    tiny_causal_models: dict[str, TinyCausal], tmp_path: Path
+) -> None:
+    """The non-private baseline (for benchmarks) warns, keeps no ledger, releases the
+    plain affinity, and its rounds lower the training loss and the test response loss
+    below the zero-shot base model's."""
+    tiny = tiny_causal_models["llama"]
+    config = _consortium(tiny)
+    with pytest.warns(SecurityWarning):
+        trainer = MoLETrainer(
+            _policy(ORGS[0], tmp_path),
+            config,
+            base_factory=tiny.base,
+            tokenizer=tiny.tokenizer,
+            non_private_baseline=True,
+            seed=0,
+        )
+    data = federation()[0]
+    assert trainer.release_affinity(data.train).affinity.sum() == pytest.approx(1.0)
+    model = trainer.set_experts((0, 1))
+    start = initial_mole_state(config)
+    state = {b: start[b] for b in model.block_ids}
+    losses = []
+    for round_number in (1, 2, 3):
+        state, stats = trainer.train_round(data.train, state, round=round_number)
+        assert stats.epsilon_spent is None
+        losses.append(stats.mean_loss)
+    assert losses == sorted(losses, reverse=True) and losses[0] > losses[-1]
+    scores = trainer.evaluate(data.test)
+    assert scores["loss"] < scores["zero_shot_loss"]
+    assert trainer.ledger is None and not (tmp_path / ORGS[0] / "ledger.json").exists()
 
 
 def test_secure_round_equals_the_clear_average_of_holders(
