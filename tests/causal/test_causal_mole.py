@@ -18,6 +18,7 @@ from fedhft.aggregator import MoLECoordinator
 from fedhft.errors import SecurityWarning
 from fedhft.model import AdapterError, CausalMoLEModel, MoLEModel, initial_mole_state
 from fedhft.policies import AdapterSpec, ConsortiumConfig, OrganizationPolicy, PolicyError
+from fedhft.sdk import DataError, TextDataset
 from fedhft.sdk._causal import CausalBatch
 from fedhft.sdk._generation import generate_responses, left_pad
 from fedhft.sdk._instructions import prompt_ids
@@ -266,6 +267,19 @@ def test_the_non_private_baseline_spends_nothing_and_learns(
     scores = trainer.evaluate(data.test)
     assert scores["loss"] < scores["zero_shot_loss"]
     assert trainer.ledger is None and not (tmp_path / ORGS[0] / "ledger.json").exists()
+
+
+def test_records_of_the_other_task_are_refused_before_any_spend(
+    tiny_causal_models: dict[str, TinyCausal], tmp_path: Path
+) -> None:
+    """Labelled texts for a causal-lm FedAMoLE consortium: a DataError naming the task,
+    raised before the affinity release spends anything."""
+    tiny = tiny_causal_models["llama"]
+    trainer = _trainer(tiny, _consortium(tiny), ORGS[0], tmp_path)
+    texts = TextDataset(texts=("a note", "a payment"), labels=(0, 1), label_names=("x", "y"))
+    with pytest.raises(DataError, match=r"'causal-lm'.*instruction records"):
+        trainer.release_affinity(texts)
+    assert trainer.ledger is not None and trainer.ledger.records == ()
 
 
 def test_secure_round_equals_the_clear_average_of_holders(
