@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 from torch import nn
 
 from fedhft.model import (
@@ -18,6 +20,7 @@ from fedhft.model import (
     frozen_a,
     install_mole,
     router_block_id,
+    safetensors_metadata,
     shared_block_id,
 )
 from fedhft.policies import AdapterSpec, ModelSpec
@@ -276,6 +279,15 @@ def test_an_exported_personalized_model_loads_with_identical_logits(tmp_path: Pa
     other.write_bytes(path.read_bytes().replace(b"fedhft-mole/v1", b"fedhft-xxxx/v1"))
     with pytest.raises(AdapterError, match="not a fedhft MoLE export"):
         MoLEModel.load(other, build_base_model(TINY))
+    # A file saved before the export recorded its task is a classification model.
+    assert safetensors_metadata(path.read_bytes())["task"] == "classification"
+    metadata = safetensors_metadata(path.read_bytes())
+    del metadata["task"]
+    older = tmp_path / "older.safetensors"
+    older.write_bytes(save_arrays(load_arrays(path.read_bytes()), metadata=metadata))
+    assert MoLEModel.load(older, build_base_model(TINY)).get_state().keys() == (
+        model.get_state().keys()
+    )
 
 
 @pytest.mark.parametrize(
