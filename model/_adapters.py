@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -181,18 +181,36 @@ def _adapters_disabled(peft_model: PeftModel) -> Iterator[None]:
 
 def tier_layers(tier: TierSpec, num_layers: int) -> tuple[int, ...]:
     """The layer indices a tier trains (negative indices count from the top)."""
-    if tier.layers == "all":
+    return resolve_layers(tier.layers, num_layers, what="tier layer")
+
+
+def resolve_layers(
+    layers: Literal["all"] | Sequence[int], num_layers: int, *, what: str
+) -> tuple[int, ...]:
+    """``all`` or layer indices (negative count from the top) as sorted indices into
+    ``0..num_layers-1``; ``what`` names the setting in the error."""
+    if layers == "all":
         return tuple(range(num_layers))
     resolved: list[int] = []
-    for index in tier.layers:
+    for index in layers:
         layer = index + num_layers if index < 0 else index
         if not 0 <= layer < num_layers:
             raise AdapterError(
-                f"tier layer {index} does not exist in a model of {num_layers} layers "
+                f"{what} {index} does not exist in a model of {num_layers} layers "
                 f"(allowed: {-num_layers}..{num_layers - 1})"
             )
         resolved.append(layer)
     return tuple(sorted(set(resolved)))
+
+
+def blocks_on_layers(
+    blocks: Sequence[Block], layers: Literal["all"] | Sequence[int], *, what: str
+) -> tuple[Block, ...]:
+    """The per-layer blocks of `blocks` on ``layers`` (indices into the layers the blocks
+    sit on, negative from the top), in their order."""
+    present = sorted({b.layer for b in blocks if b.layer is not None})
+    chosen = {present[i] for i in resolve_layers(layers, len(present), what=what)}
+    return tuple(b for b in blocks if b.layer in chosen)
 
 
 DEFAULT_CAUSAL_TARGETS: tuple[str, ...] = CAUSAL_TARGETS

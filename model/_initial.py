@@ -33,6 +33,7 @@ from ._adapters import (
     HEAD_BIAS,
     HEAD_WEIGHT,
     _seed_for,
+    blocks_on_layers,
     consortium_layout,
     frozen_a,
 )
@@ -84,12 +85,14 @@ def initial_mole_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
     Reads the base model's structure only (no weights are loaded).
     """
     skeleton = base_skeleton(consortium.model)
-    blocks = consortium_layout(consortium, skeleton)
+    blocks = blocks_on_layers(
+        consortium_layout(consortium, skeleton),
+        consortium.fedamole.layers,
+        what="fedamole.layers entry",
+    )
     adapter = consortium.adapter
     state: dict[str, FloatArray] = {}
     for block in blocks:
-        if block.layer is None:
-            continue
         linear = skeleton.get_submodule(block.path)
         if not isinstance(linear, nn.Linear):
             raise AdapterError(f"MoLE target {block.path!r} is not an nn.Linear")

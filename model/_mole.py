@@ -60,7 +60,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -79,6 +79,7 @@ from ._adapters import (
     Block,
     _seed_for,
     adapter_layout,
+    blocks_on_layers,
     causal_layout,
     frozen_a,
     with_causal_targets,
@@ -318,12 +319,16 @@ class MoLEBase:
         *,
         expert_ids: Sequence[int],
         top_k: int = 2,
+        layers: Literal["all"] | Sequence[int] = "all",
     ) -> None:
         adapter, adapter_blocks = self._layout(base, adapter)
         self.adapter = adapter
         self.expert_ids = tuple(sorted(expert_ids))
         self.top_k = top_k
-        self.adapter_blocks: tuple[Block, ...] = tuple(adapter_blocks)
+        self.layers: Literal["all"] | tuple[int, ...] = "all" if layers == "all" else tuple(layers)
+        self.adapter_blocks: tuple[Block, ...] = blocks_on_layers(
+            adapter_blocks, self.layers, what="fedamole.layers entry"
+        )
         for parameter in base.parameters():
             parameter.requires_grad_(False)
         self.model = base
@@ -441,6 +446,8 @@ class MoLEBase:
             "expert_ids": json.dumps(list(self.expert_ids)),
             "top_k": str(self.top_k),
         }
+        if self.layers != "all":
+            metadata["layers"] = json.dumps(list(self.layers))
         atomic_write(Path(path), bytes(save_arrays(self.get_state(), metadata=metadata)))
 
     @classmethod
@@ -470,6 +477,8 @@ class MoLEBase:
             AdapterSpec.model_validate_json(metadata["adapter"]),
             expert_ids=json.loads(metadata["expert_ids"]),
             top_k=int(metadata["top_k"]),
+            # Files written before `fedamole.layers` existed carry every layer.
+            layers=json.loads(metadata.get("layers", '"all"')),
         )
         state = load_arrays(data)
         if set(state) != set(model.block_ids):
@@ -533,9 +542,10 @@ class MoLEModel(MoLEBase):
         *,
         expert_ids: Sequence[int],
         top_k: int = 2,
+        layers: Literal["all"] | Sequence[int] = "all",
     ) -> None:
         _, head = head_linear(base)
-        super().__init__(base, adapter, expert_ids=expert_ids, top_k=top_k)
+        super().__init__(base, adapter, expert_ids=expert_ids, top_k=top_k, layers=layers)
         head_weight, head_bias = head.weight, head.bias
         if not isinstance(head_weight, nn.Parameter) or not isinstance(head_bias, nn.Parameter):
             raise AdapterError(

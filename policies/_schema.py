@@ -472,6 +472,21 @@ class FedAMoLESpec(_Frozen):
     top_k: int = Field(default=2, ge=1)
     holders_per_expert: int = Field(default=3, ge=1)
     affinity_noise_multiplier: float = Field(default=4.0, gt=0)
+    layers: Literal["all"] | list[int] = Field(
+        default="all",
+        description="The layers whose adapter targets carry the mixture (shared expert, "
+        "router, pool experts): `all` (FedAMoLE's design) or layer indices, negative "
+        "counting from the top (e.g. `[-2, -1]`, to bound a large decoder's cost).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_all_layers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave `layers` out of the dump when it is `all`, so that the canonical JSON,
+        and the configuration hash, of a file written before it existed stay the same."""
+        dumped: dict[str, Any] = handler(self)
+        if self.layers == "all":
+            dumped.pop("layers", None)
+        return dumped
 
 
 class PersonalizationSpec(_Frozen):

@@ -185,7 +185,12 @@ class MoLETrainer(AccountedTrainer):
             DataError: the data set is empty or too small for the policy's δ.
         """
         encoded = self._encode(dataset)
-        probe = self._model_class(self._base_factory(), self.consortium.adapter, expert_ids=[0])
+        probe = self._model_class(
+            self._base_factory(),
+            self.consortium.adapter,
+            expert_ids=[0],
+            layers=self.consortium.fedamole.layers,
+        )
         if not self.private:
             sums = record_affinities(
                 probe, encoded.input_ids, encoded.attention_mask, num_experts=self.num_experts
@@ -233,6 +238,7 @@ class MoLETrainer(AccountedTrainer):
                 self.consortium.adapter,
                 expert_ids=experts,
                 top_k=self.consortium.fedamole.top_k,
+                layers=self.consortium.fedamole.layers,
             )
         return self.model
 

@@ -415,3 +415,37 @@ def test_simulate_in_process_runs_fedamole_on_a_causal_lm(
         saved = CausalMoLEModel.load(tmp_path / org / PERSONALIZED_FILE, tiny.base())
         assert list(saved.expert_ids) == metrics["experts"]
     assert len(result.rounds) == 2
+
+
+def test_fedamole_layers_bound_where_the_mixture_sits_on_both_sides(
+    tiny_causal: TinyCausal, tmp_path: Path
+) -> None:
+    """`fedamole.layers: [-1]` puts MoLE modules on the top layer only: the organization's
+    model and the server's weightless initial state name the same blocks, the saved mixture
+    loads with the same layers, a file without the field hashes as before, and a layer the
+    model lacks is refused naming the setting."""
+    from fedhft.policies import consortium_hash
+
+    everywhere = _consortium(tiny_causal)
+    top = _consortium(tiny_causal, fedamole={**everywhere.fedamole.model_dump(), "layers": [-1]})
+    assert "layers" not in everywhere.fedamole.model_dump()
+    assert consortium_hash(everywhere) != consortium_hash(top)
+    model = CausalMoLEModel(
+        tiny_causal.base(), top.adapter, expert_ids=range(4), top_k=2, layers=[-1]
+    )
+    layers = {b.layer for b in model.adapter_blocks}
+    all_layers = {
+        b.layer
+        for b in CausalMoLEModel(tiny_causal.base(), top.adapter, expert_ids=[0]).adapter_blocks
+    }
+    assert layers == {max(all_layers)} and len(all_layers) > 1
+    assert set(initial_mole_state(top)) == set(model.block_ids)
+    assert set(initial_mole_state(everywhere)) > set(model.block_ids)
+    # Only the top layer's projections were replaced: the others are plain Linear layers.
+    assert len(model.modules) == len(model.adapter_blocks) == 2
+    path = tmp_path / "top.safetensors"
+    model.save(path)
+    loaded = CausalMoLEModel.load(path, AutoModelForCausalLM.from_pretrained(tiny_causal.folder))
+    assert loaded.layers == (-1,) and loaded.block_ids == model.block_ids
+    with pytest.raises(AdapterError, match=r"fedamole\.layers"):
+        CausalMoLEModel(tiny_causal.base(), top.adapter, expert_ids=[0], layers=[7])
