@@ -486,6 +486,41 @@ class MoLEBase:
         model.set_state(state)
         return model
 
+    def save_for_inference(self, path: str | Path) -> None:
+        """Write every tensor the mixture computes with, frozen ``A`` included, keyed by
+        the target module's path in the base model, so that a program without fedhft
+        (plain PyTorch, e.g. ``examples/bank_assistant/chat.py``) can rebuild it.
+
+        Per target module ``<path>``: ``<path>.shared.A`` (r × in) and ``.shared.B``
+        (out × r), ``<path>.router.P`` (r × in), ``<path>.experts.A`` (held × r × in) and
+        ``.experts.B`` (held × out × r). Metadata: ``format``
+        (``fedhft-mole-inference/v1``), ``scaling`` (alpha / r), ``top_k`` and
+        ``modules`` (the paths, JSON). A module's output is ``base(x) + s·B_s A_s x +
+        s·Σ_e g_e(x) B_e A_e x`` with ``g`` the router's softmax over the held experts of
+        ``⟨A_e x, P x⟩ / √r``, kept on its top-k and renormalized.
+        """
+        tensors: dict[str, npt.NDArray[np.float32]] = {}
+        paths: list[str] = []
+        for block in self.adapter_blocks:
+            module = self.modules[block.block_id]
+            paths.append(block.path)
+            parts = {
+                "shared.A": module.shared.lora_a,
+                "shared.B": module.shared.lora_b,
+                "router.P": module.router.projection,
+                "experts.A": module.experts.expert_as,
+                "experts.B": module.experts.lora_b,
+            }
+            for name, tensor in parts.items():
+                tensors[f"{block.path}.{name}"] = tensor.detach().to(torch.float32).numpy()
+        metadata = {
+            "format": "fedhft-mole-inference/v1",
+            "scaling": repr(self.adapter.alpha / self.adapter.rank),
+            "top_k": str(min(self.top_k, len(self.expert_ids))),
+            "modules": json.dumps(paths),
+        }
+        atomic_write(Path(path), bytes(save_arrays(tensors, metadata=metadata)))
+
     # ------------------------------------------------------------------ use
 
     @contextlib.contextmanager
