@@ -509,6 +509,26 @@ class LocalTrainingSpec(_Frozen):
     )
 
 
+DEFAULT_MAX_NEW_TOKENS = 16
+"""Tokens generated per answer when scoring a causal LM, unless the consortium says
+otherwise (the synthetic federation's answers, a triage level, a department, an amount
+or a yes/no, take a few)."""
+
+
+class EvaluationSpec(_Frozen):
+    """How every organization scores its personalized model (the same for all, so their
+    figures compare)."""
+
+    max_new_tokens: int = Field(
+        default=DEFAULT_MAX_NEW_TOKENS,
+        ge=1,
+        le=4096,
+        description="`model.task: causal-lm`: the most tokens greedy generation writes per "
+        "answer when scoring ROUGE-L and exact match (a longer answer is cut there). "
+        "Must leave room for a prompt in each organization's `training.max_seq_length`.",
+    )
+
+
 class SecureAggregationSpec(_Frozen):
     """Secure-aggregation mode and thresholds of the consortium (ARCHITECTURE.md §4)."""
 
@@ -618,6 +638,7 @@ class ConsortiumConfig(_Frozen):
     personalization: PersonalizationSpec = Field(default_factory=PersonalizationSpec)
     training: LocalTrainingSpec = Field(default_factory=LocalTrainingSpec)
     secure_aggregation: SecureAggregationSpec = Field(default_factory=SecureAggregationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     enrollment: list[Enrollment] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -729,6 +750,16 @@ class ConsortiumConfig(_Frozen):
                 self, "secure_aggregation", spec.model_copy(update={"clip": derived})
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_evaluation(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leave `evaluation` out of the dump when it is the default, so that the canonical
+        JSON, and the hash, of a consortium file written before it existed stay what they
+        were (round announcements and audit records carry that hash)."""
+        data = handler(self)
+        if isinstance(data, dict) and self.evaluation == EvaluationSpec():
+            data.pop("evaluation", None)
+        return data
 
     def takes_sketches(self, round_number: int) -> bool:
         """Whether ``round_number`` collects the organizations' sketches: the warm-up

@@ -187,20 +187,19 @@ def evaluate_generation(
     )
 
 
-DEFAULT_MAX_NEW_TOKENS = 16
-"""Tokens generated per answer when scoring an organization (the synthetic federation's
-answers, a triage level, a department, an amount or a yes/no, take a few)."""
-
-
 def generation_scores(
     trainer: CausalTrainer,
     dataset: InstructionDataset,
     *,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int | None = None,
 ) -> dict[str, float]:
     """ROUGE-L F1, exact match and response loss of the trainer's current model on
     ``dataset``, and the same of the zero-shot base model as ``zero_shot_*``: what an
-    organization reports of its personalized model, against the baseline."""
+    organization reports of its personalized model, against the baseline. Answers are at
+    most ``max_new_tokens`` long, by default the consortium's
+    ``evaluation.max_new_tokens``."""
+    if max_new_tokens is None:
+        max_new_tokens = trainer.consortium.evaluation.max_new_tokens
     length = trainer.policy.training.max_seq_length
     scores: dict[str, float] = {}
     for prefix, zero_shot in (("", False), ("zero_shot_", True)):
