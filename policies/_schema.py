@@ -455,8 +455,9 @@ class ClusteringSpec(_Frozen):
         description="What π compares. `update`: the organization's DP update with each "
         "cluster's last aggregate update (no extra release, but under strong DP the "
         "updates are mostly noise); `sketch`: once, in a warm-up round, each organization "
-        "releases the sum of its records' unit-norm sentence embeddings under the public "
-        "initial model through an accounted Gaussian mechanism; the server clusters the "
+        "releases the sum of its records' unit-norm embeddings under the public initial "
+        "model (a text's mean last hidden state; for `causal-lm`, the prompt's) through an "
+        "accounted Gaussian mechanism; the server clusters the "
         "releases (k-means) when the clusters split and publishes the centroids, and π "
         "compares the organization's own release with them.",
     )
@@ -706,12 +707,6 @@ class ConsortiumConfig(_Frozen):
             problems.append(
                 "personalization.head: shared does not apply to model.task: causal-lm (the "
                 "language-model head is the base model's, frozen); leave it out"
-            )
-        if self.clustering.signal == "sketch":
-            problems.append(
-                "clustering.signal: sketch is not available for model.task: causal-lm yet "
-                "(the sketch embeds sentences with the classification encoder); use "
-                "signal: update"
             )
         return problems
 

@@ -53,6 +53,7 @@ from ._instructions import (
     EncodedInstruction,
     InstructionDataset,
     encode_instruction,
+    prompt_ids,
 )
 from ._masked_rounds import MaskedRoundTrainer
 from ._mixture import PersonalState
@@ -61,6 +62,7 @@ from .errors import DataError, SdkError
 from .privacy import AuditSink, PrivacyLedger, noise_sampler, poisson_batch
 from .privacy._dp import FrozenRows, dp_optimizer, release_per_sample_state
 from .privacy._noise import NoiseSampler
+from .privacy._releases import unit_sketch
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -363,9 +365,27 @@ class CausalTrainer(MaskedRoundTrainer):
         """A causal LM releases no label prior (the consortium refuses one)."""
         return None
 
-    def sketch_record(self, round: int = 1) -> None:
-        """A causal LM releases no sketch (the consortium refuses clustering on them)."""
-        return None
+    def release_sketch(self, dataset: InstructionDataset, *, round: int = 1) -> FloatArray:
+        """The sum of this organization's prompt embeddings under the public initial model
+        (`CausalAdapterModel.prompt_embedding_sum`; each prompt cut from the left to
+        ``max_seq_length`` as in training), released through the Gaussian mechanism and
+        scaled to unit norm (exact in the non-private baseline). Release it once and keep
+        it.
+
+        Raises:
+            SdkError: the consortium does not cluster on sketches.
+            BudgetExhaustedError: the release does not fit the budget.
+            DataError: an empty data set.
+        """
+        record = self.sketch_record(round)
+        if record is None:
+            raise SdkError("the consortium does not cluster on sketches (clustering.signal)")
+        if len(dataset) == 0:
+            raise DataError("cannot release a sketch of an empty instruction data set")
+        length = self.policy.training.max_seq_length
+        prompts = [prompt_ids(self.tokenizer, example.prompt)[-length:] for example in dataset]
+        total = self.model.prompt_embedding_sum(prompts, pad_token_id=self._pad_token_id())
+        return unit_sketch(self._release(total, record, num_records=len(dataset)))
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
