@@ -53,7 +53,6 @@ from ._instructions import (
     EncodedInstruction,
     InstructionDataset,
     encode_instruction,
-    prompt_ids,
 )
 from ._masked_rounds import MaskedRoundTrainer
 from ._mixture import PersonalState
@@ -367,23 +366,21 @@ class CausalTrainer(MaskedRoundTrainer):
 
     def release_sketch(self, dataset: InstructionDataset, *, round: int = 1) -> FloatArray:
         """The sum of this organization's prompt embeddings under the public initial model
-        (`CausalAdapterModel.prompt_embedding_sum`; each prompt cut from the left to
-        ``max_seq_length`` as in training), released through the Gaussian mechanism and
-        scaled to unit norm (exact in the non-private baseline). Release it once and keep
-        it.
+        (`CausalAdapterModel.prompt_embedding_sum`; each prompt as training reads it, cut
+        from the left to fit ``max_seq_length`` with its response), released through the
+        Gaussian mechanism and scaled to unit norm (exact in the non-private baseline).
+        Release it once and keep it.
 
         Raises:
             SdkError: the consortium does not cluster on sketches.
             BudgetExhaustedError: the release does not fit the budget.
-            DataError: an empty data set.
+            DataError: an empty data set, or a record whose response cannot fit (refused
+                before anything is released, as training would refuse it).
         """
         record = self.sketch_record(round)
         if record is None:
             raise SdkError("the consortium does not cluster on sketches (clustering.signal)")
-        if len(dataset) == 0:
-            raise DataError("cannot release a sketch of an empty instruction data set")
-        length = self.policy.training.max_seq_length
-        prompts = [prompt_ids(self.tokenizer, example.prompt)[-length:] for example in dataset]
+        prompts = [r.input_ids[: r.prompt_length] for r in self.encode(dataset)]
         total = self.model.prompt_embedding_sum(prompts, pad_token_id=self._pad_token_id())
         return unit_sketch(self._release(total, record, num_records=len(dataset)))
 

@@ -147,7 +147,9 @@ def test_the_release_is_the_statistic_plus_noise_of_the_configured_sigma(
     trainer = _trainer(tiny, tmp_path)
     dataset = federation()[0].train
     released = trainer.release_sketch(dataset)
-    statistic = _sum(trainer.model, tiny, [prompt_ids(tiny.tokenizer, e.prompt) for e in dataset])
+    prompts = [list(r.input_ids[: r.prompt_length]) for r in trainer.encode(dataset)]
+    assert prompts == [prompt_ids(tiny.tokenizer, e.prompt) for e in dataset]  # None cut.
+    statistic = _sum(trainer.model, tiny, prompts)
     assert len(sampler.draws) == 1 and sources == [trainer.policy.privacy.noise_source]
     (noise,) = sampler.draws
     np.testing.assert_allclose(released, unit_sketch((statistic + noise).numpy()), atol=1e-12)
