@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedhft.model import ClusterAdapters
+from fedhft.model import HEAD_WEIGHT, ClusterAdapters
 from fedhft.model import decode_clusters as decode_clusters
 from fedhft.model import encode_clusters as encode_clusters
 from fedhft.policies import ConsortiumConfig, Method, consortium_hash
@@ -240,6 +240,9 @@ class RoundCoordinator:
             initialized from the consortium seed), ``rows × cols`` each.
         tier_blocks: tier name → the blocks that tier trains and uploads (public).
         clusters: the model to resume from, when the server restarts.
+        sketch_length: the length of a sketch (``clustering.signal: sketch``; the base
+            model's hidden width, `fedhft.model.sketch_dimension`); default: the input
+            width of the head in ``initial_state``, None without one.
 
     Attributes:
         sketches: organization → its released sketch (``clustering.signal: sketch``),
@@ -254,6 +257,7 @@ class RoundCoordinator:
         initial_state: Mapping[str, FloatArray],
         tier_blocks: Mapping[str, Sequence[str]],
         clusters: ClusterAdapters | None = None,
+        sketch_length: int | None = None,
     ) -> None:
         self.consortium = consortium
         self.run_id = run_id
@@ -264,6 +268,10 @@ class RoundCoordinator:
             clusters if clusters is not None else ClusterAdapters.initial(initial_state, 1)
         )
         self.sketches: dict[str, FloatArray] = {}
+        head = self.shapes.get(HEAD_WEIGHT)
+        self.sketch_length = (
+            sketch_length if sketch_length is not None else (head[1] if head is not None else None)
+        )
 
     # ------------------------------------------------------------------ planning
 

@@ -51,7 +51,7 @@ from cryptography import x509
 
 from fedhft.audit import AuditLog, EventType, round_aggregated_payload, sum_rejected_payload
 from fedhft.files import atomic_write
-from fedhft.model import initial_block_state, tier_mask
+from fedhft.model import initial_block_state, sketch_dimension, tier_mask
 from fedhft.policies import ConsortiumConfig, Method, SecureAggregationMode, consortium_hash
 from fedhft.protocol import (
     CKKSServerContext,
@@ -327,6 +327,9 @@ class AggregatorServer:
             initial_state=initial_block_state(self.consortium),
             tier_blocks=tiers,
             clusters=decode_clusters(stored[1]) if stored is not None else None,
+            sketch_length=sketch_dimension(self.consortium)
+            if self.consortium.clustering.signal == "sketch"
+            else None,
         )
         coordinator.sketches = {
             org: np.asarray(sketch, dtype=np.float64)

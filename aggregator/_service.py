@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives import serialization
 
 from fedhft.audit import EventType, key_event_payload, key_fingerprint
 from fedhft.audit.receipts import upload_accepted_from_wire
-from fedhft.model import HEAD_WEIGHT
 from fedhft.protocol import (
     PROTOCOL_VERSION,
     iter_model,
@@ -253,7 +252,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         attempt = self._open_attempt()
         coordinator = server.coordinator
         sketch_length = (
-            coordinator.shapes[HEAD_WEIGHT][1]
+            coordinator.sketch_length
             if isinstance(coordinator, RoundCoordinator)
             and server.consortium.takes_sketches(attempt.round)
             else None

@@ -40,6 +40,7 @@ from ._codec import encode_clusters as encode_clusters
 from ._codec import safetensors_metadata as safetensors_metadata
 from ._initial import initial_block_state as initial_block_state
 from ._initial import initial_mole_state as initial_mole_state
+from ._initial import sketch_dimension as sketch_dimension
 from ._mole import CausalMoLEModel as CausalMoLEModel
 from ._mole import MoLEBase as MoLEBase
 from ._mole import MoLELinear as MoLELinear
@@ -118,6 +119,7 @@ __all__ = [
     "safetensors_metadata",
     "set_block_state",
     "shared_block_id",
+    "sketch_dimension",
     "smollm2_gguf",
     "tier_blocks",
     "tier_mask",

@@ -179,6 +179,17 @@ def _adapters_disabled(peft_model: PeftModel) -> Iterator[None]:
             yield
 
 
+def unit_mean_embeddings(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's mean hidden state over its real tokens (``mask`` 1), scaled to unit L2
+    norm, in float64: one record's sketch embedding, which can move a sum of them by at
+    most 1 (the sketch's sensitivity)."""
+    weights = mask.to(torch.float64).unsqueeze(-1)
+    pooled = (states.to(torch.float64) * weights).sum(dim=1)
+    pooled = pooled / weights.sum(dim=1).clamp_min(1.0)
+    unit: torch.Tensor = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit
+
+
 def tier_layers(tier: TierSpec, num_layers: int) -> tuple[int, ...]:
     """The layer indices a tier trains (negative indices count from the top)."""
     return resolve_layers(tier.layers, num_layers, what="tier layer")
@@ -523,12 +534,9 @@ class MaskedAdapterModel:
             with torch.no_grad(), _adapters_disabled(self.peft_model):
                 for start in range(0, input_ids.shape[0], batch_size):
                     ids = input_ids[start : start + batch_size]
-                    mask = attention_mask[start : start + batch_size].to(torch.float64)
+                    mask = attention_mask[start : start + batch_size]
                     hidden = encoder(input_ids=ids, attention_mask=mask.to(ids.dtype))
-                    states = hidden.last_hidden_state.to(torch.float64)
-                    pooled = (states * mask.unsqueeze(-1)).sum(dim=1)
-                    pooled = pooled / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
-                    unit = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                    unit = unit_mean_embeddings(hidden.last_hidden_state, mask)
                     total += unit.sum(0).cpu()
         finally:
             self.peft_model.train(was_training)

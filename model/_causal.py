@@ -46,6 +46,7 @@ from ._adapters import (
     frozen_a,
     tier_blocks,
     tier_rows,
+    unit_mean_embeddings,
     with_causal_targets,
 )
 from .errors import AdapterError
@@ -278,6 +279,59 @@ class CausalAdapterModel:
         """Logits at the positions that predict a response token, and what they predict
         (`response_logits`)."""
         return response_logits(self.inner_model, input_ids, attention_mask, labels)
+
+    @property
+    def sketch_dimension(self) -> int:
+        """Length of a sketch: the width of the decoder's last hidden state."""
+        head = self.inner_model.get_output_embeddings()  # type: ignore[no-untyped-call]
+        if not isinstance(head, nn.Linear):
+            raise AdapterError("the causal LM exposes no linear output embeddings")
+        return int(head.in_features)
+
+    @torch.no_grad()
+    def prompt_embedding_sum(
+        self, prompts: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int = 32
+    ) -> torch.Tensor:
+        """Σ over the records of each one's prompt embedding scaled to unit L2 norm.
+
+        A prompt's embedding is the mean of the decoder's last hidden states over the
+        prompt's tokens with every adapter disabled (``B = 0``: the public initial
+        model), so it depends on the record alone, and one record moves the sum by at
+        most 1 in L2. The response is not read: the sketch describes what an
+        organization asks, not what it answers. Plaintext: it leaves the organization
+        only through the Gaussian mechanism.
+
+        Raises:
+            AdapterError: a prompt without tokens.
+        """
+        if any(len(prompt) == 0 for prompt in prompts):
+            raise AdapterError("a sketch needs every prompt to have at least one token")
+        decoder = self.inner_model.get_decoder()  # type: ignore[no-untyped-call]
+        if not isinstance(decoder, nn.Module):
+            raise AdapterError("the causal LM exposes no decoder")
+        total = torch.zeros(self.sketch_dimension, dtype=torch.float64)
+        was_training = self.peft_model.training
+        self.peft_model.eval()
+        try:
+            with self.adapters_disabled():
+                for start in range(0, len(prompts), batch_size):
+                    chunk = prompts[start : start + batch_size]
+                    length = max(len(prompt) for prompt in chunk)
+                    input_ids = torch.full((len(chunk), length), pad_token_id, dtype=torch.long)
+                    attention_mask = torch.zeros((len(chunk), length), dtype=torch.long)
+                    for row, prompt in enumerate(chunk):
+                        input_ids[row, : len(prompt)] = torch.tensor(list(prompt))
+                        attention_mask[row, : len(prompt)] = 1
+                    hidden = decoder(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        position_ids=position_ids(attention_mask),
+                        use_cache=False,
+                    ).last_hidden_state
+                    total += unit_mean_embeddings(hidden, attention_mask).sum(0).cpu()
+        finally:
+            self.peft_model.train(was_training)
+        return total
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:

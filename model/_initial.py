@@ -76,6 +76,23 @@ def initial_block_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
     return state
 
 
+def sketch_dimension(consortium: ConsortiumConfig) -> int:
+    """Length of an organization's sketch (``clustering.signal: sketch``): the width of
+    the base model's last hidden state, which the classification head reads, or a causal
+    LM's output embeddings.
+
+    Reads the base model's structure only (no weights are loaded).
+    """
+    skeleton = base_skeleton(consortium.model)
+    if consortium.model.task == "causal-lm":
+        # transformers leaves it untyped.
+        head = skeleton.get_output_embeddings()  # type: ignore[no-untyped-call]
+        if not isinstance(head, nn.Linear):
+            raise AdapterError("the causal LM exposes no linear output embeddings")
+        return int(head.in_features)
+    return int(head_linear(skeleton)[1].in_features)
+
+
 def initial_mole_state(consortium: ConsortiumConfig) -> dict[str, FloatArray]:
     """Every FedAMoLE block's starting value for the whole expert pool, in block order:
     per target module its shared ``B`` (zero), router ``P`` (from the public seed) and

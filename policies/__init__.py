@@ -14,6 +14,7 @@ from ._schema import Accountant as Accountant
 from ._schema import AdapterSpec as AdapterSpec
 from ._schema import ClusteringSpec as ClusteringSpec
 from ._schema import ConsortiumConfig as ConsortiumConfig
+from ._schema import EvaluationSpec as EvaluationSpec
 from ._schema import FedAMoLESpec as FedAMoLESpec
 from ._schema import Method as Method
 from ._schema import ModelSpec as ModelSpec
@@ -34,6 +35,7 @@ __all__ = [
     "AdapterSpec",
     "ClusteringSpec",
     "ConsortiumConfig",
+    "EvaluationSpec",
     "FedAMoLESpec",
     "IncompatiblePolicyError",
     "Method",

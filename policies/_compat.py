@@ -41,6 +41,13 @@ def compatibility_violations(policy: OrganizationPolicy, consortium: ConsortiumC
             f"{consortium.secure_aggregation.min_cohort}, policy requires at least "
             f"{policy.secure_aggregation.min_cohort}"
         )
+    new_tokens = consortium.evaluation.max_new_tokens
+    if consortium.model.task == "causal-lm" and new_tokens >= policy.training.max_seq_length:
+        violations.append(
+            f"training.max_seq_length: {policy.training.max_seq_length} leaves no room for a "
+            f"prompt next to the consortium's evaluation.max_new_tokens {new_tokens}; raise "
+            "max_seq_length above it"
+        )
     return violations
 
 

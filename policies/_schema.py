@@ -455,8 +455,9 @@ class ClusteringSpec(_Frozen):
         description="What π compares. `update`: the organization's DP update with each "
         "cluster's last aggregate update (no extra release, but under strong DP the "
         "updates are mostly noise); `sketch`: once, in a warm-up round, each organization "
-        "releases the sum of its records' unit-norm sentence embeddings under the public "
-        "initial model through an accounted Gaussian mechanism; the server clusters the "
+        "releases the sum of its records' unit-norm embeddings under the public initial "
+        "model (a text's mean last hidden state; for `causal-lm`, the prompt's) through an "
+        "accounted Gaussian mechanism; the server clusters the "
         "releases (k-means) when the clusters split and publishes the centroids, and π "
         "compares the organization's own release with them.",
     )
@@ -521,6 +522,26 @@ class LocalTrainingSpec(_Frozen):
         le=1_000_000,
         description="The most DP-SGD steps an organization takes in a round, for deriving "
         "`secure_aggregation.clip`; longer training is clipped to that bound.",
+    )
+
+
+DEFAULT_MAX_NEW_TOKENS = 16
+"""Tokens generated per answer when scoring a causal LM, unless the consortium says
+otherwise (the synthetic federation's answers, a triage level, a department, an amount
+or a yes/no, take a few)."""
+
+
+class EvaluationSpec(_Frozen):
+    """How every organization scores its personalized model (the same for all, so their
+    figures compare)."""
+
+    max_new_tokens: int = Field(
+        default=DEFAULT_MAX_NEW_TOKENS,
+        ge=1,
+        le=4096,
+        description="`model.task: causal-lm`: the most tokens greedy generation writes per "
+        "answer when scoring ROUGE-L and exact match (a longer answer is cut there). "
+        "Must leave room for a prompt in each organization's `training.max_seq_length`.",
     )
 
 
@@ -633,6 +654,7 @@ class ConsortiumConfig(_Frozen):
     personalization: PersonalizationSpec = Field(default_factory=PersonalizationSpec)
     training: LocalTrainingSpec = Field(default_factory=LocalTrainingSpec)
     secure_aggregation: SecureAggregationSpec = Field(default_factory=SecureAggregationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     enrollment: list[Enrollment] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -695,12 +717,6 @@ class ConsortiumConfig(_Frozen):
                 "personalization.head: shared does not apply to model.task: causal-lm (the "
                 "language-model head is the base model's, frozen); leave it out"
             )
-        if self.clustering.signal == "sketch":
-            problems.append(
-                "clustering.signal: sketch is not available for model.task: causal-lm yet "
-                "(the sketch embeds sentences with the classification encoder); use "
-                "signal: update"
-            )
         return problems
 
     @model_validator(mode="after")
@@ -738,6 +754,16 @@ class ConsortiumConfig(_Frozen):
                 self, "secure_aggregation", spec.model_copy(update={"clip": derived})
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_evaluation(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leave `evaluation` out of the dump when it is the default, so that the canonical
+        JSON, and the hash, of a consortium file written before it existed stay what they
+        were (round announcements and audit records carry that hash)."""
+        data = handler(self)
+        if isinstance(data, dict) and self.evaluation == EvaluationSpec():
+            data.pop("evaluation", None)
+        return data
 
     def takes_sketches(self, round_number: int) -> bool:
         """Whether ``round_number`` collects the organizations' sketches: the warm-up

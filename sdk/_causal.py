@@ -64,6 +64,7 @@ from .errors import DataError, SdkError
 from .privacy import AuditSink, PrivacyLedger, noise_sampler, poisson_batch
 from .privacy._dp import FrozenRows, dp_optimizer, release_per_sample_state
 from .privacy._noise import NoiseSampler
+from .privacy._releases import unit_sketch
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -398,9 +399,25 @@ class CausalTrainer(MaskedRoundTrainer):
         """A causal LM releases no label prior (the consortium refuses one)."""
         return None
 
-    def sketch_record(self, round: int = 1) -> None:
-        """A causal LM releases no sketch (the consortium refuses clustering on them)."""
-        return None
+    def release_sketch(self, dataset: InstructionDataset, *, round: int = 1) -> FloatArray:
+        """The sum of this organization's prompt embeddings under the public initial model
+        (`CausalAdapterModel.prompt_embedding_sum`; each prompt as training reads it, cut
+        from the left to fit ``max_seq_length`` with its response), released through the
+        Gaussian mechanism and scaled to unit norm (exact in the non-private baseline).
+        Release it once and keep it.
+
+        Raises:
+            SdkError: the consortium does not cluster on sketches.
+            BudgetExhaustedError: the release does not fit the budget.
+            DataError: an empty data set, or a record whose response cannot fit (refused
+                before anything is released, as training would refuse it).
+        """
+        record = self.sketch_record(round)
+        if record is None:
+            raise SdkError("the consortium does not cluster on sketches (clustering.signal)")
+        prompts = [r.input_ids[: r.prompt_length] for r in self.encode(dataset)]
+        total = self.model.prompt_embedding_sum(prompts, pad_token_id=self._pad_token_id())
+        return unit_sketch(self._release(total, record, num_records=len(dataset)))
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(

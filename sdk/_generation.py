@@ -187,20 +187,19 @@ def evaluate_generation(
     )
 
 
-DEFAULT_MAX_NEW_TOKENS = 16
-"""Tokens generated per answer when scoring an organization (the synthetic federation's
-answers, a triage level, a department, an amount or a yes/no, take a few)."""
-
-
 def generation_scores(
     trainer: CausalTrainer,
     dataset: InstructionDataset,
     *,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int | None = None,
 ) -> dict[str, float]:
     """ROUGE-L F1, exact match and response loss of the trainer's current model on
     ``dataset``, and the same of the zero-shot base model as ``zero_shot_*``: what an
-    organization reports of its personalized model, against the baseline."""
+    organization reports of its personalized model, against the baseline. Answers are at
+    most ``max_new_tokens`` long, by default the consortium's
+    ``evaluation.max_new_tokens``."""
+    if max_new_tokens is None:
+        max_new_tokens = trainer.consortium.evaluation.max_new_tokens
     return model_generation_scores(
         trainer.model,
         trainer.tokenizer,
@@ -216,7 +215,7 @@ def model_generation_scores(
     dataset: InstructionDataset,
     *,
     max_seq_length: int,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int,
 ) -> dict[str, float]:
     """`generation_scores` of any causal model (FedHFT's or FedAMoLE's): its ROUGE-L F1,
     exact match and response loss, and the zero-shot base model's as ``zero_shot_*``."""

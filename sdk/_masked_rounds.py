@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fedhft.accounting import MechanismRecord
 from fedhft.model import Block, ClusterAdapters, tier_blocks
 from fedhft.policies import Method, TierSpec
 
@@ -41,6 +42,7 @@ from ._mixture import (
 from ._update import MaskedUpdate
 from .errors import SdkError
 from .privacy._accounted_trainer import AccountedTrainer
+from .privacy._releases import gaussian_record
 
 
 class BlockModel(Protocol):
@@ -94,6 +96,29 @@ class MaskedRoundTrainer(AccountedTrainer):
     def keep_ratio(self) -> float:
         """Share of trained rows uploaded: the tier's, or all of them for FedAvg."""
         return 1.0 if self.consortium.method is Method.FEDAVG else self.tier.keep_ratio
+
+    def sketch_record(self, round: int = 1) -> MechanismRecord | None:
+        """The Gaussian record of the sketch release, if the consortium clusters on
+        sketches (`clustering.signal: sketch`)."""
+        clustering = self.consortium.clustering
+        if clustering.signal != "sketch":
+            return None
+        return self._sum_release_record(clustering.sketch_noise_multiplier, round)
+
+    def reserved_records(self) -> tuple[MechanismRecord, ...]:
+        """``auto`` σ leaves budget for the sketch release, if the consortium asks for
+        one, so that it and every planned round fit together."""
+        sketch = self.sketch_record()
+        return () if sketch is None else (sketch,)
+
+    def _sum_release_record(self, noise_multiplier: float, round: int) -> MechanismRecord:
+        """A one-shot Gaussian release of a sum to which each record adds at most 1 (L2)."""
+        return gaussian_record(
+            round_number=round,
+            noise_multiplier=noise_multiplier,
+            sensitivity=1.0,
+            noise_source=self.policy.privacy.noise_source,
+        )
 
     def _round_start(
         self,

@@ -182,7 +182,11 @@ class RoundParticipant:
         if isinstance(self.trainer, CausalTrainer):
             assert isinstance(self.dataset, InstructionDataset)  # Checked on construction.
             return self.trainer.train_masked_round(
-                self.dataset, start_from, round=round_number, personal=self.personal
+                self.dataset,
+                start_from,
+                round=round_number,
+                personal=self.personal,
+                sketch=self.sketch(round_number),
             )
         assert isinstance(self.dataset, TextDataset)  # Checked on construction.
         prior = self.label_prior(round_number)
@@ -222,8 +226,14 @@ class RoundParticipant:
             BudgetExhaustedError: the release would exceed the privacy budget.
         """
         trainer, dataset = self.trainer, self.dataset
-        if not isinstance(trainer, LocalTrainer) or trainer.sketch_record() is None:
+        if trainer.sketch_record() is None:
             return None
+        if isinstance(trainer, CausalTrainer):
+            assert isinstance(dataset, InstructionDataset)  # Checked on construction.
+            causal = trainer
+            return self.files.kept_release(
+                _SKETCH_RELEASE, lambda: causal.release_sketch(dataset, round=round_number)
+            )
         assert isinstance(dataset, TextDataset)  # Checked on construction.
         return self.files.kept_release(
             _SKETCH_RELEASE, lambda: trainer.release_sketch(dataset, round=round_number)

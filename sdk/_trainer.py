@@ -58,7 +58,7 @@ from .privacy._dp import (
 )
 from .privacy._ledger import PrivacyLedger
 from .privacy._noise import noise_sampler
-from .privacy._releases import gaussian_record, label_counts, log_label_prior, unit_sketch
+from .privacy._releases import label_counts, log_label_prior, unit_sketch
 
 
 @dataclass(frozen=True)
@@ -149,23 +149,6 @@ class LocalTrainer(MaskedRoundTrainer):
         if spec.label_prior != "dp":
             return None
         return self._sum_release_record(spec.label_prior_noise_multiplier, round)
-
-    def sketch_record(self, round: int = 1) -> MechanismRecord | None:
-        """The Gaussian record of the sketch release, if the consortium clusters on
-        sketches (`clustering.signal: sketch`)."""
-        clustering = self.consortium.clustering
-        if clustering.signal != "sketch":
-            return None
-        return self._sum_release_record(clustering.sketch_noise_multiplier, round)
-
-    def _sum_release_record(self, noise_multiplier: float, round: int) -> MechanismRecord:
-        """A one-shot Gaussian release of a sum to which each record adds at most 1 (L2)."""
-        return gaussian_record(
-            round_number=round,
-            noise_multiplier=noise_multiplier,
-            sensitivity=1.0,
-            noise_source=self.policy.privacy.noise_source,
-        )
 
     def reserved_records(self) -> tuple[MechanismRecord, ...]:
         """``auto`` σ leaves budget for the one-shot releases the consortium asks for, so

@@ -402,6 +402,7 @@ class MoLETrainer(AccountedTrainer):
                 self.tokenizer,
                 dataset,
                 max_seq_length=self.policy.training.max_seq_length,
+                max_new_tokens=self.consortium.evaluation.max_new_tokens,
             )
         if not isinstance(model, MoLEModel) or not isinstance(dataset, TextDataset):
             raise DataError(

@@ -15,9 +15,11 @@ Three statistics are released this way, each at most once per organization:
   the cluster averages learns what the label mix does not decide, and each organization
   adds its own mix back (the Bayes-optimal correction for a pure label shift, Saerens et
   al. 2002);
-- the **sketch**: the sum over the organization's records of each record's sentence
-  embedding under the public initial model, scaled to unit L2 norm (``C = 1``). FedHFT
-  clusters organizations on these (`clustering.signal: sketch`).
+- the **sketch**: the sum over the organization's records of each record's embedding
+  under the public initial model (the mean of its last hidden states: over the text's
+  tokens for classification, over the prompt's tokens for a causal LM), each scaled to
+  unit L2 norm (``C = 1``). FedHFT clusters organizations on these
+  (`clustering.signal: sketch`).
 
 Notes:
     The spend is committed to the ledger *before* the noise is drawn, so a crash can

@@ -1,5 +1,5 @@
-"""FedHFT rounds of a causal LM in process: four tiny-Llama organizations, masking secure
-sums, a server that derives the causal block state with no weights."""
+"""FedHFT rounds of a causal LM in process: four organizations on tiny Llama and on tiny
+Qwen2, masking secure sums, a server that derives the causal block state with no weights."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def _policy(org: str, state: Path) -> OrganizationPolicy:
 
 
 def test_causal_fedhft_rounds_move_by_the_clear_average_and_account_exactly(
-    tiny_causal_models: dict[str, TinyCausal], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_causal: TinyCausal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two rounds: after each, the cluster adapter equals its start plus the clear per-row
     average of the organizations' clipped masked updates (within the fixed-point step),
     and every ledger's ε equals an independent RDP accountant's for the rounds' records."""
-    tiny = tiny_causal_models["llama"]
+    tiny = tiny_causal
     config = _consortium(tiny)
     runs: dict[str, OrganizationRun[RoundParticipant]] = {}
     for org, data in zip(ORGS, federation(), strict=True):

@@ -73,10 +73,6 @@ def test_causal_lm_defaults_to_attention_targets_and_has_no_head(examples_dir: P
             "label_prior: dp does not apply to model.task: causal-lm",
         ),
         (
-            lambda d: d["clustering"].update(signal="sketch", clusters=2, warmup_rounds=1),
-            "clustering.signal: sketch is not available for model.task: causal-lm",
-        ),
-        (
             lambda d: d["personalization"].update(head="shared"),
             "personalization.head: shared does not apply",
         ),
