@@ -99,7 +99,14 @@ def train(
     model = CausalMoLEModel.load(state / PERSONALIZED_FILE, build_base_model(config.model))
     model.save_for_inference(export / "mixture.safetensors")
     (export / "inference.json").write_text(
-        json.dumps({"max_new_tokens": 16, "max_length": org_policy.training.max_seq_length}) + "\n"
+        json.dumps(
+            {
+                # The answer length the consortium scores with (`evaluation.max_new_tokens`).
+                "max_new_tokens": config.evaluation.max_new_tokens,
+                "max_length": org_policy.training.max_seq_length,
+            }
+        )
+        + "\n"
     )
     return Trained(report=report, model=model, export=export)
 
