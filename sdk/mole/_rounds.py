@@ -113,6 +113,7 @@ class FedAMoLERounds(RoundMethod):
             copy.deepcopy(pristine),
             context.consortium.adapter,
             expert_ids=range(context.consortium.fedamole.num_experts),
+            layers=context.consortium.fedamole.layers,
         )
         self.pool_shapes = pool.block_shapes()
         del pool

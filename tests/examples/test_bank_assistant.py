@@ -64,6 +64,9 @@ def _consortium(path: Path, workdir: Path) -> ConsortiumConfig:
         from fedhft.simulation._instruct import causal_model_spec
 
         data["model"], _ = causal_model_spec("tiny", workdir, seed=0)
+        # The tiny model has two layers: the top one only, so that a side which ignored
+        # `fedamole.layers` would disagree with the other.
+        data["fedamole"]["layers"] = [-1]
         data["rounds"] = 2
         data["training"]["learning_rate"] = 0.02
         data["secure_aggregation"]["stage_timeout_s"] = 20.0
@@ -159,9 +162,10 @@ def test_bank_tunes_with_fedamole_and_chats_without_fedhft(tmp_path: Path) -> No
     assert "zero_shot_rouge_l" in report.generation
     assert report.epsilon_spent is not None and report.epsilon_spent <= report.epsilon_budget
     model: CausalMoLEModel = trained.model
-    # The bank holds two or three of the pool's three experts, on the top two layers only.
+    # The bank holds two or three of the pool's three experts, on `fedamole.layers` only.
     assert 2 <= len(model.expert_ids) <= 3
-    assert len({b.layer for b in model.adapter_blocks}) == 2
+    layers = config.fedamole.layers
+    assert layers != "all" and len({b.layer for b in model.adapter_blocks}) == len(layers)
     identity = load_credentials(tmp_path / "pki" / BANK).identity_key.public_key()
     verify_log(
         state / BANK / "audit.jsonl", public_key=identity, policy=policies[BANK]
