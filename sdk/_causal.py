@@ -7,7 +7,9 @@ loss is the mean of the records' losses. `CausalPrivateStep` runs one DP-SGD ste
 ``B`` blocks only: each record's gradient is clipped to ``max_grad_norm``, the clipped
 gradients are summed, Gaussian noise of standard deviation ``noise_multiplier ·
 max_grad_norm`` from the policy's sampler is added and the sum is divided by the
-expected batch size, as `fedhft.sdk.privacy.PrivateStep` does for classification.
+expected batch size, as `fedhft.sdk.privacy.PrivateStep` does for classification (both
+are `RecordLossStep`s; only the per-record loss differs, so the grad-sample mode, ghost
+clipping included, is chosen the same way).
 
 `CausalTrainer` runs accounted rounds of these steps on an organization's instruction
 records: the same ledger admission, durable commit and audit events as `LocalTrainer`

@@ -1,12 +1,15 @@
-"""Opacus DP-SGD on the trainable blocks of a `MaskedAdapterModel`.
+"""Opacus DP-SGD on the trainable blocks of an adapter model, given per-record losses.
 
-Implements one DP-SGD step (Abadi et al. 2016) with Opacus 1.6: per-sample gradients of
-the trainable parameters only (``B`` of the tier's blocks and the head), flat clipping
+Implements one DP-SGD step (Abadi et al. 2016) with Opacus 1.6 in `RecordLossStep`:
+per-sample gradients (or, with ghost clipping, per-sample gradient norms) of the
+trainable parameters only (``B`` of the tier's blocks and the head), flat clipping
 of each example's gradient to ``max_grad_norm``, Gaussian noise of standard deviation
 ``noise_multiplier · max_grad_norm`` drawn from the sampler the policy chose, and
 division by the *expected* batch size. Batches come from Poisson sampling: each record
 is in a batch independently with probability ``q`` (the sampling the RDP/PRV/GDP
-accountants assume).
+accountants assume). The task only supplies each record's loss: `PrivateStep` the
+cross-entropy of a classification label, `fedhft.sdk._causal.CausalPrivateStep` the mean
+response-token cross-entropy of a causal LM.
 
 The pieces are the ones `opacus.PrivacyEngine.make_private` assembles (module
 validation, grad-sample hooks, the optimizer class for the grad-sample mode, the
