@@ -68,6 +68,10 @@ GRAD_SAMPLE_MODES: tuple[GradSampleMode, ...] = ("hooks", "functorch", "ghost")
 # 1.86-1.95, MiniLM 0.99-1.09 / 1.04-1.17 / 1.48-1.56).
 # Per-sample gradients of a rank-r B are small, so hooks pay one ordinary backward pass,
 # while ghost clipping pays two and functorch re-runs each layer under vmap.
+# Ghost clipping does not save memory either: on a sequence its norm of a linear layer
+# builds batch x T x T Gram matrices, more than a rank-r B's batch x out x r per-sample
+# gradients once T² > out·r (`python benchmarks/causal_memory.py`: more peak memory than
+# hooks at 128 to 1024 tokens on the tiny model and on SmolLM2-135M).
 DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 
 IndexArray = npt.NDArray[np.int64]
