@@ -7,7 +7,9 @@ loss is the mean of the records' losses. `CausalPrivateStep` runs one DP-SGD ste
 ``B`` blocks only: each record's gradient is clipped to ``max_grad_norm``, the clipped
 gradients are summed, Gaussian noise of standard deviation ``noise_multiplier ·
 max_grad_norm`` from the policy's sampler is added and the sum is divided by the
-expected batch size, as `fedhft.sdk.privacy.PrivateStep` does for classification.
+expected batch size, as `fedhft.sdk.privacy.PrivateStep` does for classification (both
+are `RecordLossStep`s; only the per-record loss differs, so the grad-sample mode, ghost
+clipping included, is chosen the same way).
 
 `CausalTrainer` runs accounted rounds of these steps on an organization's instruction
 records: the same ledger admission, durable commit and audit events as `LocalTrainer`
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -41,8 +42,6 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
-from opacus.grad_sample.utils import prepare_module
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
@@ -62,7 +61,13 @@ from ._mixture import PersonalState
 from ._update import MaskedUpdate
 from .errors import DataError, SdkError
 from .privacy import AuditSink, PrivacyLedger, noise_sampler, poisson_batch
-from .privacy._dp import FrozenRows, dp_optimizer, release_per_sample_state
+from .privacy._dp import (
+    DEFAULT_GRAD_SAMPLE_MODE,
+    FrozenRows,
+    GradSampleMode,
+    RecordLossStep,
+    check_grad_sample_mode,
+)
 from .privacy._noise import NoiseSampler
 from .privacy._releases import unit_sketch
 
@@ -140,13 +145,15 @@ def record_losses(model: CausalLanguageModel, batch: CausalBatch) -> torch.Tenso
     return totals / counts.clamp_min(1.0)
 
 
-class CausalPrivateStep:
-    """DP-SGD steps on a `CausalAdapterModel` whose tier is already applied.
+class CausalPrivateStep(RecordLossStep):
+    """DP-SGD steps on a `CausalAdapterModel` whose tier is already applied; a record's
+    loss is its mean response-token cross-entropy (`record_losses`).
 
     Use as a context manager (or call `close`): Opacus hooks are attached to the model's
     trainable ``B`` blocks and removed on exit, so the model can train again next round.
-    A tier's row slice is honoured as `PrivateStep` does: per-sample gradients of frozen
-    rows are zeroed before clipping and the noise on them after noising.
+    Everything but the loss is `RecordLossStep`'s, as for `PrivateStep`: the grad-sample
+    mode (ghost clipping included), a tier's row slice (per-sample gradients of frozen
+    rows zeroed before clipping, the noise on them after noising) and the empty batch.
     """
 
     def __init__(
@@ -158,75 +165,24 @@ class CausalPrivateStep:
         max_grad_norm: float,
         expected_batch_size: float,
         noise_sampler: NoiseSampler,
+        grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
     ) -> None:
-        if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
-            raise ValueError(
-                "noise_multiplier must be >= 0, max_grad_norm and expected_batch_size > 0"
-            )
-        if not model.trainable:
-            raise ValueError("the model's tier trains no block; apply a tier first")
         self.model = model
-        self._frozen_rows = FrozenRows(
-            (model.parameter(b), mask) for b, mask in model.row_masks.items()
-        )
-        module = model.peft_model
-        module.train()
-        ModuleValidator.validate(module, strict=True)
-        self._hooks = prepare_module(
-            module, "hooks", wrap_model=False, batch_first=True, loss_reduction="mean"
-        )
-        self.optimizer = dp_optimizer(
-            self._hooks,
+        super().__init__(
+            model.peft_model,
+            model.trainable_parameters(),
+            FrozenRows((model.parameter(b), mask) for b, mask in model.row_masks.items()),
             optimizer,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             expected_batch_size=expected_batch_size,
             noise_sampler=noise_sampler,
-            grad_sample_mode="hooks",
+            grad_sample_mode=grad_sample_mode,
         )
-        if self._frozen_rows:
-            self.optimizer.attach_step_hook(self._frozen_rows.zero_noise)
-        self._closed = False
 
     def step(self, batch: CausalBatch) -> float:
         """One DP-SGD step on one Poisson batch (possibly empty); returns its mean loss."""
-        if self._closed:
-            raise RuntimeError("this CausalPrivateStep is closed")
-        self.model.peft_model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        if len(batch) == 0:
-            for parameter in self.model.trainable_parameters():
-                # The sum of no clipped gradients is zero; the step still gets its noise.
-                setattr(  # noqa: B010 (Opacus reads per-sample gradients from it)
-                    parameter, "grad_sample", torch.zeros((0, *parameter.shape))
-                )
-            self.optimizer.step()
-            return float("nan")
-        with warnings.catch_warnings():
-            # Full backward hooks sit on modules whose inputs need no gradient (the
-            # frozen-A LoRA path); per-sample gradients of B only need the output
-            # gradients the hook still receives.
-            warnings.filterwarnings(
-                "ignore", message="Full backward hook is firing", category=UserWarning
-            )
-            loss = record_losses(self.model, batch).mean()
-            torch.autograd.backward(loss)
-        self._frozen_rows.zero_per_sample_gradients()
-        self.optimizer.step()
-        return float(loss.item())
-
-    def close(self) -> None:
-        """Remove the Opacus hooks and per-sample state from the model."""
-        if self._closed:
-            return
-        release_per_sample_state(self._hooks, self.model.peft_model.parameters())
-        self._closed = True
-
-    def __enter__(self) -> CausalPrivateStep:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self.step_on(lambda: record_losses(self.model, batch), len(batch))
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -260,9 +216,14 @@ class CausalTrainer(MaskedRoundTrainer):
         consortium: the consortium configuration (adapters, tiers, learning rate).
         tokenizer: the base model's own tokenizer (it has no default here).
         ledger, audit, non_private_baseline, seed: as for `AccountedTrainer`.
+        grad_sample_mode: how Opacus clips per record, as for `LocalTrainer`: ``hooks``
+            (per-sample gradients, the default), ``functorch`` or ``ghost`` (norms only,
+            two backward passes; not with a tier's row slice). benchmarks/causal_memory.py
+            measures what each costs.
 
     Raises:
         SdkError: the model's adapter spec is not the consortium's.
+        AdapterError: ghost clipping with a tier's row slice, or an unknown mode.
     """
 
     def __init__(
@@ -275,6 +236,7 @@ class CausalTrainer(MaskedRoundTrainer):
         ledger: PrivacyLedger | None = None,
         audit: AuditSink | None = None,
         non_private_baseline: bool = False,
+        grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
         seed: int | None = None,
     ) -> None:
         super().__init__(
@@ -294,6 +256,10 @@ class CausalTrainer(MaskedRoundTrainer):
         self.model: CausalAdapterModel = model
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = model.apply_tier(self.tier)
+        # Refused here, before any round is admitted against the ledger.
+        self.grad_sample_mode = check_grad_sample_mode(
+            grad_sample_mode, row_slice=not all(m.all() for m in model.row_masks.values())
+        )
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
             raise DataError("the tokenizer has neither a padding nor an end token to pad with")
 
@@ -441,6 +407,7 @@ class CausalTrainer(MaskedRoundTrainer):
             max_grad_norm=float(record.max_grad_norm or self.policy.privacy.max_grad_norm),
             expected_batch_size=record.sample_rate * num_records,
             noise_sampler=noise_sampler(record.noise_source),
+            grad_sample_mode=self.grad_sample_mode,
         ) as private:
             for _ in range(record.steps):
                 indices = poisson_batch(num_records, record.sample_rate)

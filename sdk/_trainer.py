@@ -53,6 +53,7 @@ from .privacy._dp import (
     DEFAULT_GRAD_SAMPLE_MODE,
     GradSampleMode,
     PrivateStep,
+    check_grad_sample_mode,
     forward_precision,
     poisson_batch,
 )
@@ -93,12 +94,14 @@ class LocalTrainer(MaskedRoundTrainer):
         tokenizer: defaults to the consortium model's own tokenizer.
         non_private_baseline: train WITHOUT differential privacy, for baselines only.
         grad_sample_mode: how Opacus computes per-sample gradients (hooks is fastest
-            with PEFT LoRA; see benchmarks/dp_step.py).
+            with PEFT LoRA; see benchmarks/dp_step.py). Ghost clipping is refused here
+            with a tier's row slice or bf16 autocast.
         seed: seeds the shuffling of the non-private baseline.
 
     Raises:
         IncompatiblePolicyError: the policy forbids this consortium.
         LedgerError: the ledger belongs to another organization or setting.
+        AdapterError: a grad-sample mode this tier or precision cannot use.
     """
 
     def __init__(
@@ -138,7 +141,12 @@ class LocalTrainer(MaskedRoundTrainer):
         self.model.peft_model.to(self.device)
         self.tier: TierSpec = consortium.tiers[policy.training.tier]
         self.trained_blocks = self.model.apply_tier(self.tier)
-        self.grad_sample_mode = grad_sample_mode
+        # Refused here, before any round is admitted against the ledger.
+        self.grad_sample_mode = check_grad_sample_mode(
+            grad_sample_mode,
+            row_slice=not all(m.all() for m in self.model.row_masks.values()),
+            autocast=self.autocast,
+        )
 
     # ------------------------------------------------------------------ releases
 

@@ -1,12 +1,15 @@
-"""Opacus DP-SGD on the trainable blocks of a `MaskedAdapterModel`.
+"""Opacus DP-SGD on the trainable blocks of an adapter model, given per-record losses.
 
-Implements one DP-SGD step (Abadi et al. 2016) with Opacus 1.6: per-sample gradients of
-the trainable parameters only (``B`` of the tier's blocks and the head), flat clipping
+Implements one DP-SGD step (Abadi et al. 2016) with Opacus 1.6 in `RecordLossStep`:
+per-sample gradients (or, with ghost clipping, per-sample gradient norms) of the
+trainable parameters only (``B`` of the tier's blocks and the head), flat clipping
 of each example's gradient to ``max_grad_norm``, Gaussian noise of standard deviation
 ``noise_multiplier · max_grad_norm`` drawn from the sampler the policy chose, and
 division by the *expected* batch size. Batches come from Poisson sampling: each record
 is in a batch independently with probability ``q`` (the sampling the RDP/PRV/GDP
-accountants assume).
+accountants assume). The task only supplies each record's loss: `PrivateStep` the
+cross-entropy of a classification label, `fedhft.sdk._causal.CausalPrivateStep` the mean
+response-token cross-entropy of a causal LM.
 
 The pieces are the ones `opacus.PrivacyEngine.make_private` assembles (module
 validation, grad-sample hooks, the optimizer class for the grad-sample mode, the
@@ -41,15 +44,15 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer, get_optimizer_class
-from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -65,6 +68,10 @@ GRAD_SAMPLE_MODES: tuple[GradSampleMode, ...] = ("hooks", "functorch", "ghost")
 # 1.86-1.95, MiniLM 0.99-1.09 / 1.04-1.17 / 1.48-1.56).
 # Per-sample gradients of a rank-r B are small, so hooks pay one ordinary backward pass,
 # while ghost clipping pays two and functorch re-runs each layer under vmap.
+# Ghost clipping does not save memory either: on a sequence its norm of a linear layer
+# builds batch x T x T Gram matrices, more than a rank-r B's batch x out x r per-sample
+# gradients once T² > out·r (`python benchmarks/causal_memory.py`: more peak memory than
+# hooks at 128 to 1024 tokens on the tiny model and on SmolLM2-135M).
 DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 
 IndexArray = npt.NDArray[np.int64]
@@ -219,16 +226,60 @@ class FrozenRows:
                 parameter.grad[~mask] = 0.0
 
 
-class PrivateStep:
-    """DP-SGD steps on a `MaskedAdapterModel` whose tier is already applied.
+def check_grad_sample_mode(
+    grad_sample_mode: str, *, row_slice: bool, autocast: torch.dtype | None = None
+) -> GradSampleMode:
+    """``grad_sample_mode`` if a DP step can use it with this tier and precision.
 
-    Use as a context manager (or call `close`): it attaches Opacus hooks to the model
-    and removes them on exit, so the same model can train again next round.
+    A trainer calls this when it is built, so that a combination no step can run is
+    refused before any round is admitted against the ledger.
+
+    Raises:
+        AdapterError: an unknown mode, or ghost clipping with a tier's row slice or with
+            bf16 autocast.
+    """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise AdapterError(
+            f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"
+        )
+    if row_slice and grad_sample_mode == "ghost":
+        raise AdapterError(
+            "ghost clipping cannot honour a tier's row slice (row_fraction < 1); "
+            "use grad_sample_mode 'hooks'"
+        )
+    if autocast is not None and grad_sample_mode == "ghost":
+        raise AdapterError(
+            "ghost clipping computes its norms inside the backward pass, in the "
+            "autocast dtype; use grad_sample_mode 'hooks' with precision bf16"
+        )
+    return grad_sample_mode
+
+
+class RecordLossStep:
+    """DP-SGD steps on some trainable parameters of a module, given per-record losses.
+
+    The part of a DP step that does not depend on the task: Opacus' hooks for the chosen
+    grad-sample mode, the DP optimizer with the policy's noise, the tier's frozen rows and
+    the empty Poisson batch. `PrivateStep` (classification) and the causal LM's step
+    subclass it and supply the loss: a function returning one loss per record of the
+    batch, whose mean is the batch loss.
+
+    With ``hooks`` or ``functorch``, one backward pass of the mean gives Opacus each
+    record's gradient, which the optimizer clips. With ``ghost``, the vector of
+    per-record losses is what ghost clipping needs (Opacus' `DPTensorFastGradientClipping`):
+    a first backward pass computes each record's gradient norm without materialising
+    the gradient, a second one the gradient of ``Σ_i c_i · loss_i`` with each record's
+    clipping factor ``c_i``, which is the sum of the clipped gradients.
+
+    Use as a context manager (or call `close`): the hooks are removed on exit, so the
+    same model can train again next round.
     """
 
     def __init__(
         self,
-        model: MaskedAdapterModel,
+        module: nn.Module,
+        parameters: Sequence[nn.Parameter],
+        frozen_rows: FrozenRows,
         optimizer: torch.optim.Optimizer,
         *,
         noise_multiplier: float,
@@ -238,32 +289,20 @@ class PrivateStep:
         grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
         autocast: torch.dtype | None = None,
     ) -> None:
-        if grad_sample_mode not in GRAD_SAMPLE_MODES:
-            raise AdapterError(
-                f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"
-            )
+        self.mode = check_grad_sample_mode(
+            grad_sample_mode, row_slice=bool(frozen_rows), autocast=autocast
+        )
         if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
             raise ValueError(
                 "noise_multiplier must be >= 0, max_grad_norm and expected_batch_size > 0"
             )
-        self.model = model
-        self.mode = grad_sample_mode
-        self._frozen_rows = FrozenRows(
-            (model.parameter(b), mask) for b, mask in model.row_masks.items()
-        )
-        if self._frozen_rows and grad_sample_mode == "ghost":
-            raise AdapterError(
-                "ghost clipping cannot honour a tier's row slice (row_fraction < 1); "
-                "use grad_sample_mode 'hooks'"
-            )
-        if autocast is not None and grad_sample_mode == "ghost":
-            raise AdapterError(
-                "ghost clipping computes its norms inside the backward pass, in the "
-                "autocast dtype; use grad_sample_mode 'hooks' with precision bf16"
-            )
+        if not parameters:
+            raise ValueError("the model's tier trains no block; apply a tier first")
+        self._module = module
+        self._parameters = list(parameters)
+        self._frozen_rows = frozen_rows
         self._autocast = autocast
-        self._device = next(iter(model.trainable_parameters())).device
-        module = model.peft_model
+        self._device = self._parameters[0].device
         module.train()
         # Opacus' own compatibility check (BatchNorm and the like) before any hook.
         ModuleValidator.validate(module, strict=True)
@@ -289,23 +328,17 @@ class PrivateStep:
         )
         if self._frozen_rows:
             self.optimizer.attach_step_hook(self._frozen_rows.zero_noise)
-        criterion = nn.CrossEntropyLoss(reduction="mean")
-        self._criterion: Callable[[torch.Tensor, torch.Tensor], Any] = (
-            DPLossFastGradientClipping(self._hooks, self.optimizer, criterion, "mean")
-            if grad_sample_mode == "ghost"
-            else criterion
-        )
         self._closed = False
 
-    def step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-    ) -> float:
-        """One DP-SGD step on one Poisson batch (possibly empty); returns its mean loss."""
+    def step_on(self, record_losses: Callable[[], torch.Tensor], batch_size: int) -> float:
+        """One DP-SGD step on one Poisson batch of ``batch_size`` records (possibly none);
+        ``record_losses`` runs the forward pass and returns one loss per record. Returns
+        the batch's mean loss (NaN for an empty batch)."""
         if self._closed:
-            raise RuntimeError("this PrivateStep is closed")
-        self.model.peft_model.train()
+            raise RuntimeError(f"this {type(self).__name__} is closed")
+        self._module.train()
         self.optimizer.zero_grad(set_to_none=True)
-        if labels.numel() == 0:
+        if batch_size == 0:
             self._empty_batch()
             self.optimizer.step()
             return float("nan")
@@ -317,20 +350,26 @@ class PrivateStep:
                 "ignore", message="Full backward hook is firing", category=UserWarning
             )
             with forward_precision(self._device, self._autocast):
-                logits = self.model.logits(input_ids, attention_mask)
-                loss = self._criterion(logits.float(), labels)
-            loss.backward()
-        value = float(loss.item())
+                losses = record_losses().float()
+            if losses.shape != (batch_size,):
+                raise ValueError(
+                    f"expected one loss per record ({batch_size}), got shape {tuple(losses.shape)}"
+                )
+            if self.mode == "ghost":
+                ghost = DPTensorFastGradientClipping(self._hooks, self.optimizer, losses, "mean")
+                ghost.backward()
+            else:
+                torch.autograd.backward(losses.mean())
         if self.mode != "ghost":
-            per_sample_gradients_to_fp32(self.model.trainable_parameters())
+            per_sample_gradients_to_fp32(self._parameters)
             self._frozen_rows.zero_per_sample_gradients()
         self.optimizer.step()
-        return value
+        return float(losses.detach().mean().item())
 
     def _empty_batch(self) -> None:
         # An empty Poisson batch still costs a step and still gets its noise: the sum of
         # no clipped gradients is zero.
-        for parameter in self.model.trainable_parameters():
+        for parameter in self._parameters:
             if self.mode == "ghost":
                 parameter.grad = torch.zeros_like(parameter)
             else:
@@ -347,11 +386,57 @@ class PrivateStep:
         """Remove the Opacus hooks and per-sample state from the model."""
         if self._closed:
             return
-        release_per_sample_state(self._hooks, self.model.peft_model.parameters())
+        release_per_sample_state(self._hooks, self._module.parameters())
         self._closed = True
 
-    def __enter__(self) -> PrivateStep:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PrivateStep(RecordLossStep):
+    """DP-SGD steps on a `MaskedAdapterModel` whose tier is already applied; a record's
+    loss is the cross-entropy of its label.
+
+    Use as a context manager (or call `close`): it attaches Opacus hooks to the model
+    and removes them on exit, so the same model can train again next round.
+    """
+
+    def __init__(
+        self,
+        model: MaskedAdapterModel,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        noise_sampler: NoiseSampler,
+        grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
+        autocast: torch.dtype | None = None,
+    ) -> None:
+        self.model = model
+        super().__init__(
+            model.peft_model,
+            model.trainable_parameters(),
+            FrozenRows((model.parameter(b), mask) for b, mask in model.row_masks.items()),
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            noise_sampler=noise_sampler,
+            grad_sample_mode=grad_sample_mode,
+            autocast=autocast,
+        )
+
+    def step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> float:
+        """One DP-SGD step on one Poisson batch (possibly empty); returns its mean loss."""
+
+        def record_losses() -> torch.Tensor:
+            logits = self.model.logits(input_ids, attention_mask)
+            return nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+
+        return self.step_on(record_losses, int(labels.numel()))

@@ -4,11 +4,12 @@ depend on batch-mates or padding, and one step equal to clip → sum → noise �
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from causal_helpers import RecordingNoise, batch_of, encoded, examples
 from tiny_causal import TinyCausal
 
-from fedhft.model import CausalAdapterModel
+from fedhft.model import AdapterError, CausalAdapterModel
 from fedhft.policies import TierSpec
 from fedhft.sdk._causal import CausalBatch, CausalPrivateStep, record_losses
 from fedhft.sdk._instructions import IGNORE_INDEX
@@ -170,3 +171,90 @@ def test_empty_poisson_batch_still_gets_its_noise(tiny_causal: TinyCausal) -> No
         -draw.double().numpy() / 2.0,
         rtol=1e-6,
     )
+
+
+def _clipped_sum(
+    model: CausalAdapterModel, batch: CausalBatch, mode: str, clip: float
+) -> list[torch.Tensor]:
+    """Σ of the batch's clipped per-record gradients, read off one noiseless DP step (SGD,
+    lr 1, expected batch size 1); the model's B is restored afterwards."""
+    before = model.get_block_state()
+    parameters = model.trainable_parameters()
+    start = [p.detach().clone() for p in parameters]
+    with CausalPrivateStep(
+        model,
+        torch.optim.SGD(parameters, lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1.0,
+        noise_sampler=SecureGaussian(),
+        grad_sample_mode=mode,  # type: ignore[arg-type]
+    ) as step:
+        assert step.mode == mode
+        step.step(batch)
+    moved = [s - p.detach() for s, p in zip(start, parameters, strict=True)]
+    model.set_block_state(before)
+    return moved
+
+
+def test_ghost_clipping_gives_the_clipped_sum_that_hooks_give(tiny_causal: TinyCausal) -> None:
+    """Noiseless, on the same batch, a ghost-clipping step moves B by exactly the sum of the
+    records' alone-gradients each clipped to C, the same as a hooks step (clipping binds for
+    some records and not for others)."""
+    model = tiny_causal.adapted()
+    _randomize_b(model, 5)
+    records = encoded(tiny_causal, examples(6))
+    batch = batch_of(tiny_causal, records)
+    alone = [_alone_gradient(model, batch, row) for row in range(len(records))]
+    norms = torch.stack([torch.sqrt(sum((g.double() ** 2).sum() for g in gs)) for gs in alone])
+    clip = float(norms.median())
+    assert (norms > clip * 1.01).any() and (norms < clip * 0.99).any()
+    expected = [
+        sum(gs[k] * min(1.0, clip / (float(n) + 1e-6)) for gs, n in zip(alone, norms, strict=True))
+        for k in range(len(alone[0]))
+    ]
+    ghost = _clipped_sum(model, batch, "ghost", clip)
+    hooks = _clipped_sum(model, batch, "hooks", clip)
+    for got_ghost, got_hooks, want in zip(ghost, hooks, expected, strict=True):
+        torch.testing.assert_close(got_ghost, want, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(got_ghost, got_hooks, rtol=1e-4, atol=1e-7)
+
+
+def test_ghost_clipping_contribution_is_independent_of_batch_mates(
+    tiny_causal: TinyCausal,
+) -> None:
+    """Under ghost clipping a record adds the same clipped gradient to the noiseless sum
+    (the sum with it minus the sum without it) among short mates and beside a much longer
+    one, and that contribution is its alone-gradient clipped to C."""
+    model = tiny_causal.adapted()
+    _randomize_b(model, 6)
+    pool = encoded(tiny_causal, examples(12))
+    pool.sort(key=lambda r: len(r.input_ids))
+    record = pool[5]
+    alone = _alone_gradient(model, batch_of(tiny_causal, [record]), 0)
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in alone)))
+    clip = norm / 2  # The record's own gradient is clipped.
+    want = [g * clip / (norm + 1e-6) for g in alone]
+    for mates in ([pool[0], pool[1]], [pool[-1], pool[7], pool[3]]):
+        with_record = _clipped_sum(model, batch_of(tiny_causal, [*mates, record]), "ghost", clip)
+        without = _clipped_sum(model, batch_of(tiny_causal, mates), "ghost", clip)
+        for a, b, w in zip(with_record, without, want, strict=True):
+            torch.testing.assert_close(a - b, w, rtol=1e-3, atol=1e-6)
+
+
+def test_ghost_clipping_refuses_a_row_slice(tiny_causal: TinyCausal) -> None:
+    """Ghost clipping cannot zero frozen rows before clipping: a row-sliced tier is refused
+    with an error that names the fix, and no Opacus hook is left on the model."""
+    model = tiny_causal.adapted()
+    model.apply_tier(TierSpec(layers=[-1], row_fraction=0.5))
+    with pytest.raises(AdapterError, match=r"row slice.*grad_sample_mode 'hooks'"):
+        CausalPrivateStep(
+            model,
+            torch.optim.SGD(model.trainable_parameters(), lr=1.0),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=2.0,
+            noise_sampler=SecureGaussian(),
+            grad_sample_mode="ghost",
+        )
+    assert not any(module._forward_hooks for module in model.peft_model.modules())

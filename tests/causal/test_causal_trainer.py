@@ -10,10 +10,11 @@ import pytest
 from opacus.accountants import RDPAccountant
 from tiny_causal import TinyCausal, federation
 
-from fedhft.model import CausalAdapterModel
+from fedhft.model import AdapterError, CausalAdapterModel
 from fedhft.policies import AdapterSpec, ConsortiumConfig, OrganizationPolicy
 from fedhft.sdk import BudgetExhaustedError
 from fedhft.sdk._causal import CausalPrivateStep, CausalTrainer
+from fedhft.sdk.privacy import GradSampleMode
 
 ORG = "org-a"
 ADAPTER = {"target_modules": ["q_proj", "v_proj"], "rank": 4, "alpha": 8, "a_seed": 11}
@@ -65,10 +66,22 @@ def _policy(tmp_path: Path, epsilon: float) -> OrganizationPolicy:
     )
 
 
-def _trainer(tiny: TinyCausal, tmp_path: Path, *, epsilon: float, audit: _Audit) -> CausalTrainer:
+def _trainer(
+    tiny: TinyCausal,
+    tmp_path: Path,
+    *,
+    epsilon: float,
+    audit: _Audit,
+    grad_sample_mode: GradSampleMode = "hooks",
+) -> CausalTrainer:
     model = CausalAdapterModel(tiny.base(), AdapterSpec.model_validate(ADAPTER))
     return CausalTrainer(
-        model, _policy(tmp_path, epsilon), _consortium(), tokenizer=tiny.tokenizer, audit=audit
+        model,
+        _policy(tmp_path, epsilon),
+        _consortium(),
+        tokenizer=tiny.tokenizer,
+        audit=audit,
+        grad_sample_mode=grad_sample_mode,
     )
 
 
@@ -124,3 +137,57 @@ def test_a_round_over_budget_is_refused_before_any_step(
     assert trainer.ledger is not None and trainer.ledger.records == ()
     after = trainer.model.get_block_state()
     assert all(np.array_equal(after[b], before[b]) for b in before)
+
+
+def test_ghost_clipping_rounds_are_accounted_as_hooks_rounds(
+    tiny_causal: TinyCausal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round with ghost clipping runs its steps in ghost mode, trains the tier's B and
+    commits the same mechanism record and the same ε as a hooks round (the accountant's)."""
+    modes: list[str] = []
+    original = CausalPrivateStep.step
+
+    def recording(self: CausalPrivateStep, batch: Any) -> float:
+        modes.append(self.mode)
+        return original(self, batch)
+
+    monkeypatch.setattr(CausalPrivateStep, "step", recording)
+    dataset = federation()[0].train
+    committed = {}
+    for mode in ("hooks", "ghost"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        trainer = _trainer(tiny_causal, folder, epsilon=50.0, audit=_Audit(), grad_sample_mode=mode)
+        delta, stats = trainer.train_round(dataset, round=1)
+        assert modes[-3:] == [mode] * 3
+        assert all(np.abs(d).max() > 0 for d in delta.values())
+        assert trainer.ledger is not None
+        committed[mode] = (trainer.ledger.records, stats.epsilon_spent)
+    assert committed["ghost"] == committed["hooks"]
+    (record,) = committed["ghost"][0]
+    accountant = RDPAccountant()
+    accountant.history = [(record.noise_multiplier, record.sample_rate, record.steps)]
+    assert committed["ghost"][1] == pytest.approx(accountant.get_epsilon(delta=1e-3), rel=1e-9)
+
+
+def test_ghost_clipping_with_a_row_slice_is_refused_before_any_round(
+    tiny_causal: TinyCausal, tmp_path: Path
+) -> None:
+    """A trainer asked for ghost clipping on a row-sliced tier refuses when it is built,
+    naming the fix, so no round can be admitted and charged for steps that cannot run."""
+    consortium = _consortium().model_copy(
+        update={
+            "tiers": {
+                "standard": _consortium().tiers["standard"].model_copy(update={"row_fraction": 0.5})
+            }
+        }
+    )
+    model = CausalAdapterModel(tiny_causal.base(), AdapterSpec.model_validate(ADAPTER))
+    with pytest.raises(AdapterError, match=r"row slice.*grad_sample_mode 'hooks'"):
+        CausalTrainer(
+            model,
+            _policy(tmp_path, 50.0),
+            consortium,
+            tokenizer=tiny_causal.tokenizer,
+            grad_sample_mode="ghost",
+        )

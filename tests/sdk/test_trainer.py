@@ -214,6 +214,21 @@ def test_ghost_clipping_refuses_a_row_slice() -> None:
         )
 
 
+def test_ghost_clipping_with_a_row_slice_is_refused_before_any_round(tmp_path: Path) -> None:
+    """A trainer asked for ghost clipping on a row-sliced tier refuses when it is built, so
+    no round is admitted (and charged in full as an interrupted round) for steps that
+    cannot run."""
+    consortium = tiny_consortium()
+    policy = tiny_policy(tmp_path, tier="sliced")
+    with pytest.raises(AdapterError, match=r"row slice.*grad_sample_mode 'hooks'"):
+        LocalTrainer(
+            MaskedAdapterModel.from_consortium(consortium),
+            policy,
+            consortium,
+            grad_sample_mode="ghost",
+        )
+
+
 def test_poisson_batches_have_the_expected_size() -> None:
     """Each record is in a batch with probability q: mean size q·n, sizes vary."""
     sizes = [len(poisson_batch(1000, 0.05)) for _ in range(200)]
