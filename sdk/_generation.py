@@ -197,22 +197,55 @@ def generation_scores(
     dataset: InstructionDataset,
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    zero_shot: bool = True,
 ) -> dict[str, float]:
     """ROUGE-L F1, exact match and response loss of the trainer's current model on
-    ``dataset``, and the same of the zero-shot base model as ``zero_shot_*``: what an
-    organization reports of its personalized model, against the baseline."""
+    ``dataset``, and (unless ``zero_shot=False``) the same of the zero-shot base model as
+    ``zero_shot_*``: what an organization reports of its personalized model, against the
+    baseline. The baseline does not depend on training: a caller comparing several
+    methods on the same data scores it once with `zero_shot_scores` instead."""
     length = trainer.policy.training.max_seq_length
-    scores: dict[str, float] = {}
-    for prefix, zero_shot in (("", False), ("zero_shot_", True)):
-        result = evaluate_generation(
+    result = evaluate_generation(
+        trainer.model,
+        trainer.tokenizer,
+        dataset,
+        max_new_tokens=max_new_tokens,
+        max_seq_length=length,
+    )
+    scores = _scores(result)
+    if zero_shot:
+        baseline = zero_shot_scores(
             trainer.model,
             trainer.tokenizer,
             dataset,
             max_new_tokens=max_new_tokens,
             max_seq_length=length,
-            zero_shot=zero_shot,
         )
-        scores[f"{prefix}rouge_l"] = result.rouge_l
-        scores[f"{prefix}exact_match"] = result.exact_match
-        scores[f"{prefix}loss"] = result.loss
+        scores.update({f"zero_shot_{name}": value for name, value in baseline.items()})
     return scores
+
+
+def zero_shot_scores(
+    model: CausalAdapterModel,
+    tokenizer: Any,
+    dataset: InstructionDataset,
+    *,
+    max_seq_length: int,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict[str, float]:
+    """``rouge_l``, ``exact_match`` and ``loss`` of the base model under ``model`` (its
+    adapters disabled) on ``dataset``."""
+    return _scores(
+        evaluate_generation(
+            model,
+            tokenizer,
+            dataset,
+            max_new_tokens=max_new_tokens,
+            max_seq_length=max_seq_length,
+            zero_shot=True,
+        )
+    )
+
+
+def _scores(result: GenerationScores) -> dict[str, float]:
+    return {"rouge_l": result.rouge_l, "exact_match": result.exact_match, "loss": result.loss}
