@@ -34,13 +34,15 @@ of the worst organization, bytes up per round per organization, wall and CPU sec
 
 Scale of the full instruct run (`INSTRUCT_FULL`), chosen to fit 40 minutes on two cores:
 one SmolLM2 federation (fedhft-k1, 6 organizations × 3 rounds × 4 DP-SGD steps of batch
-8, 12 test records each) takes 108-122 s of CPU on its one thread (measured four times;
-311-744 s wall on the shared 2-core machine, where a worker got a third of a core or
-less); the full grid is 33 cells (3 seeds × (zero-shot + 5 methods × 2 privacy
-settings)), about 3,800 CPU-seconds on two worker processes: ~32 minutes on two free
-cores. Learning rate (Adam, non-private fedhft-k1, seed 0, mean ROUGE-L / exact match):
-0.01 → 10.2 / 8.3, 0.03 → 10.6 / 8.3, 0.1 → 32.2 / 30.6 (the answer format is learned:
-short answers, not paragraphs), so 0.1. LoRA (rank 8) sits on q/v of
+8, 12 test records each) takes 104-122 s of CPU on its one thread (seven runs; 106 s
+wall on a free core, up to 744 s on the shared 2-core machine busy with other work); the
+zero-shot base 36 s. The full grid is 33 cells (3 seeds × (zero-shot + 5 methods × 2
+privacy settings)), about 3,600 CPU-seconds on two worker processes: ~30 minutes on two
+free cores. Learning rate (Adam; fedhft-k1, seed 0; mean ROUGE-L / exact match in %):
+non-private 0.01 → 10.2 / 8.3, 0.03 → 10.6 / 8.3, 0.1 → 32.2 / 30.6, 0.3 → 38.2 / 37.5;
+at ε = 8 0.03 → 3.0 / 0.0, 0.1 → 7.3 / 5.6, 0.3 → 13.8 / 12.5 (zero-shot base 2.9 /
+0.0: it writes paragraphs). 0.3 learns the short-answer format in 12 local steps, so
+0.3. LoRA (rank 8) sits on q/v of
 the top two of SmolLM2's 30 layers only: the backward pass stops there, and the frozen
 forward pass through the other 28 dominates a step; logits are computed on response
 positions only. Prompts with SmolLM2's chat template take 48-66 tokens and answers at most
@@ -474,7 +476,7 @@ INSTRUCT_QUICK = InstructSettings(
     local_steps=4,
     batch_size=8,
     max_seq_length=96,
-    learning_rate=0.1,
+    learning_rate=0.3,
     top_layers=2,
     alpha=1.0,
 )
@@ -488,7 +490,7 @@ INSTRUCT_FULL = InstructSettings(
     local_steps=4,
     batch_size=8,
     max_seq_length=96,
-    learning_rate=0.1,
+    learning_rate=0.3,
     top_layers=2,
     alpha=1.0,
 )
