@@ -41,6 +41,7 @@ from ._data import load_from_disk as load_from_disk
 from ._data import load_jsonl as load_jsonl
 from ._data import synthetic_federation as synthetic_federation
 from ._generation import generation_scores as generation_scores
+from ._generation import zero_shot_scores as zero_shot_scores
 from ._instructions import InstructionDataset as InstructionDataset
 from ._instructions import InstructionOrganization as InstructionOrganization
 from ._instructions import load_instructions as load_instructions
@@ -105,4 +106,5 @@ __all__ = [
     "render_prompt",
     "synthetic_federation",
     "synthetic_instruction_federation",
+    "zero_shot_scores",
 ]

@@ -192,12 +192,14 @@ def generation_scores(
     dataset: InstructionDataset,
     *,
     max_new_tokens: int | None = None,
+    zero_shot: bool = True,
 ) -> dict[str, float]:
     """ROUGE-L F1, exact match and response loss of the trainer's current model on
-    ``dataset``, and the same of the zero-shot base model as ``zero_shot_*``: what an
-    organization reports of its personalized model, against the baseline. Answers are at
-    most ``max_new_tokens`` long, by default the consortium's
-    ``evaluation.max_new_tokens``."""
+    ``dataset``, and (unless ``zero_shot=False``) the same of the zero-shot base model as
+    ``zero_shot_*``: what an organization reports of its personalized model, against the
+    baseline. Answers are at most ``max_new_tokens`` long, by default the consortium's
+    ``evaluation.max_new_tokens``. The baseline does not depend on training: a caller
+    comparing several methods on the same data scores it once with `zero_shot_scores`."""
     if max_new_tokens is None:
         max_new_tokens = trainer.consortium.evaluation.max_new_tokens
     return model_generation_scores(
@@ -206,6 +208,7 @@ def generation_scores(
         dataset,
         max_seq_length=trainer.policy.training.max_seq_length,
         max_new_tokens=max_new_tokens,
+        zero_shot=zero_shot,
     )
 
 
@@ -216,20 +219,51 @@ def model_generation_scores(
     *,
     max_seq_length: int,
     max_new_tokens: int,
+    zero_shot: bool = True,
 ) -> dict[str, float]:
     """`generation_scores` of any causal model (FedHFT's or FedAMoLE's): its ROUGE-L F1,
     exact match and response loss, and the zero-shot base model's as ``zero_shot_*``."""
-    scores: dict[str, float] = {}
-    for prefix, zero_shot in (("", False), ("zero_shot_", True)):
-        result = evaluate_generation(
+    result = evaluate_generation(
+        model,
+        tokenizer,
+        dataset,
+        max_new_tokens=max_new_tokens,
+        max_seq_length=max_seq_length,
+    )
+    scores = _scores(result)
+    if zero_shot:
+        baseline = zero_shot_scores(
             model,
             tokenizer,
             dataset,
             max_new_tokens=max_new_tokens,
             max_seq_length=max_seq_length,
-            zero_shot=zero_shot,
         )
-        scores[f"{prefix}rouge_l"] = result.rouge_l
-        scores[f"{prefix}exact_match"] = result.exact_match
-        scores[f"{prefix}loss"] = result.loss
+        scores.update({f"zero_shot_{name}": value for name, value in baseline.items()})
     return scores
+
+
+def zero_shot_scores(
+    model: CausalLanguageModel,
+    tokenizer: Any,
+    dataset: InstructionDataset,
+    *,
+    max_seq_length: int,
+    max_new_tokens: int,
+) -> dict[str, float]:
+    """``rouge_l``, ``exact_match`` and ``loss`` of the base model under ``model`` (its
+    adapters disabled) on ``dataset``."""
+    return _scores(
+        evaluate_generation(
+            model,
+            tokenizer,
+            dataset,
+            max_new_tokens=max_new_tokens,
+            max_seq_length=max_seq_length,
+            zero_shot=True,
+        )
+    )
+
+
+def _scores(result: GenerationScores) -> dict[str, float]:
+    return {"rouge_l": result.rouge_l, "exact_match": result.exact_match, "loss": result.loss}

@@ -298,16 +298,21 @@ class RoundParticipant:
         return mixture_start(clusters, pi, self.personal)
 
     def evaluate(
-        self, dataset: TextDataset | InstructionDataset, clusters: ClusterAdapters
+        self,
+        dataset: TextDataset | InstructionDataset,
+        clusters: ClusterAdapters,
+        *,
+        zero_shot: bool = True,
     ) -> dict[str, float]:
         """Accuracy and macro-F1 of the personalized model on ``dataset`` (with its label
         prior, once released); for a causal LM, ROUGE-L F1, exact match and response loss
-        of its greedy answers, and the zero-shot base model's as ``zero_shot_*``."""
+        of its greedy answers, and (unless ``zero_shot=False``) the zero-shot base
+        model's as ``zero_shot_*``."""
         self.trainer.model.set_block_state(self.personalized_state(clusters))
         if isinstance(self.trainer, CausalTrainer):
             if not isinstance(dataset, InstructionDataset):
                 raise SdkError("a causal LM is evaluated on instruction records")
-            return generation_scores(self.trainer, dataset)
+            return generation_scores(self.trainer, dataset, zero_shot=zero_shot)
         if not isinstance(dataset, TextDataset):
             raise SdkError("a classifier is evaluated on labelled texts")
         prior = self.files.release(_LABEL_PRIOR_RELEASE)

@@ -21,6 +21,7 @@ from ._fedhft import OrganizationRun as OrganizationRun
 from ._fedhft import RoundRecord as RoundRecord
 from ._fedhft import run_federation_in_process as run_federation_in_process
 from ._fedhft import secure_sum as secure_sum
+from ._instruct import causal_model_spec as causal_model_spec
 from ._provision import LABELS as LABELS
 from ._provision import TIER_CYCLE as TIER_CYCLE
 from ._provision import SimulatedConsortium as SimulatedConsortium
@@ -42,6 +43,7 @@ from ._ray import require_ray as require_ray
 from ._research import LocalTraining as LocalTraining
 from ._research import SimulatedOrganization as SimulatedOrganization
 from ._research import SimulationResult as SimulationResult
+from ._research import score_zero_shot as score_zero_shot
 from ._research import simulate_in_process as simulate_in_process
 from ._server_progress import server_attempts as server_attempts
 from .errors import RayUnavailableError as RayUnavailableError
@@ -65,6 +67,7 @@ __all__ = [
     "SimulatedOrganization",
     "SimulationError",
     "SimulationResult",
+    "causal_model_spec",
     "consortium_document",
     "dropped_in",
     "majority_accuracy",
@@ -76,6 +79,7 @@ __all__ = [
     "rounds_note",
     "run_fedamole_in_process",
     "run_federation_in_process",
+    "score_zero_shot",
     "secagg_neighbours",
     "secure_sum",
     "server_attempts",

@@ -47,6 +47,7 @@ def run_fedamole_in_process(
     rounds: int | None = None,
     drop: Callable[[int], Mapping[str, Sequence[str]]] | None = None,
     on_round: Callable[[int, RoundRecord], None] | None = None,
+    zero_shot: bool = True,
 ) -> MoLEFederationResult:
     """Run ``rounds`` FedAMoLE rounds (default: the consortium's); evaluate everyone.
 
@@ -56,6 +57,8 @@ def run_fedamole_in_process(
     Args:
         drop: ``round → {stage: organizations that go silent}`` inside secure aggregation.
         on_round: called after each round (progress reporting).
+        zero_shot: for a causal LM, also score the zero-shot base model (``zero_shot_*``);
+            ``False`` when the caller scores it once for several methods.
 
     Raises:
         RoundError: fewer organizations than the minimum cohort released an affinity.
@@ -130,6 +133,6 @@ def run_fedamole_in_process(
             # LM ROUGE-L, exact match, response loss and the zero-shot base model's.
             final = coordinator.release_for(org, total + 1)
             run.participant.personalize(final)
-            entry.update(run.participant.evaluate(run.test, final))
+            entry.update(run.participant.evaluate(run.test, final, zero_shot=zero_shot))
         metrics[org] = entry
     return MoLEFederationResult(records, metrics, coordinator, assignment, affinities)

@@ -110,6 +110,7 @@ def run_federation_in_process(
     rounds: int | None = None,
     drop: Callable[[int, int], Mapping[str, Sequence[str]]] | None = None,
     on_round: Callable[[int, RoundRecord], None] | None = None,
+    zero_shot: bool = True,
 ) -> FederationResult:
     """Run ``rounds`` rounds (default: the consortium's) and evaluate every organization.
 
@@ -117,6 +118,8 @@ def run_federation_in_process(
         drop: ``(round, cluster) → {stage: organizations that go silent}``, to simulate
             dropouts inside secure aggregation.
         on_round: called after each round (progress reporting).
+        zero_shot: for a causal LM, also score the zero-shot base model (``zero_shot_*``);
+            ``False`` when the caller scores it once for several methods.
     """
     records: list[RoundRecord] = []
     total = rounds if rounds is not None else consortium.rounds
@@ -184,7 +187,7 @@ def run_federation_in_process(
     for org, run in organizations.items():
         personal = run.participant.personal
         metrics[org] = {
-            **run.participant.evaluate(run.test, final),
+            **run.participant.evaluate(run.test, final, zero_shot=zero_shot),
             **run.figures(),
             "membership": [] if personal is None else [float(p) for p in personal.membership],
         }

@@ -5,9 +5,14 @@ tier, and assembles everything `run_federation_in_process` and `run_fedamole_in_
 need: each organization's policy (the given ε, δ, clipping norm, ``noise_multiplier:
 auto``), its privacy ledger and signed audit log in a folder of its own, one copy of the
 base model per organization, the real trainer (DP-SGD with Opacus) and participant, and
-the server's real coordinator. Every secure sum is the real masking-mode protocol, as in
-those two functions; only the network and the certificates are missing (each
-organization signs its audit log with a key made for the run).
+the server's real coordinator. For a ``causal-lm`` consortium the organizations' data are
+instruction records, each trains a `CausalAdapterModel` with a `CausalTrainer`, the
+server starts from the weightless `initial_block_state`, and the metrics are ROUGE-L,
+exact match and response loss of what each organization's model writes (see
+`score_zero_shot` for the base model's, scored once for several methods). Every secure
+sum is the real masking-mode protocol, as in those two functions; only the network and
+the certificates are missing (each organization signs its audit log with a key made for
+the run).
 """
 
 from __future__ import annotations
@@ -31,10 +36,26 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedhft.aggregator import MoLECoordinator, RoundCoordinator
 from fedhft.audit import AuditLog, EventType, policy_loaded_payload
 from fedhft.errors import SecurityWarning
-from fedhft.model import MaskedAdapterModel, build_base_model, initial_mole_state, tier_mask
+from fedhft.model import (
+    CausalAdapterModel,
+    MaskedAdapterModel,
+    build_base_model,
+    initial_block_state,
+    initial_mole_state,
+    tier_mask,
+)
 from fedhft.policies import ConsortiumConfig, Method, OrganizationPolicy
-from fedhft.sdk import LocalTrainer, MoLETrainer, TextDataset, load_tokenizer
+from fedhft.sdk import (
+    CausalTrainer,
+    InstructionDataset,
+    LocalTrainer,
+    MoLETrainer,
+    TextDataset,
+    load_tokenizer,
+    zero_shot_scores,
+)
 from fedhft.sdk.participants import MoLEParticipant, RoundParticipant
+from fedhft.sdk.privacy import AccountedTrainer
 
 from ._fedamole import run_fedamole_in_process
 from ._fedhft import OrganizationRun, RoundRecord, run_federation_in_process
@@ -46,10 +67,11 @@ DELTA = 1e-5
 
 @dataclass(frozen=True)
 class SimulatedOrganization:
-    """One organization of a simulation: its own data, already split, and its tier."""
+    """One organization of a simulation: its own data, already split, and its tier
+    (labelled texts, or instruction records for a ``causal-lm`` consortium)."""
 
-    train: TextDataset
-    test: TextDataset
+    train: TextDataset | InstructionDataset
+    test: TextDataset | InstructionDataset
     tier: str
     domain: str = ""
     """A label carried into the metrics (e.g. the site's group); not used in training."""
@@ -69,10 +91,11 @@ class SimulationResult:
     """What a simulated federation reached and what it cost.
 
     ``organizations`` maps each organization to its metrics on its own test set
-    (``accuracy``, ``macro_f1``), its ``epsilon`` spent (None for the non-private
-    baseline) of its ``epsilon_budget``, its ``bytes_up``/``bytes_down``,
-    ``rounds_joined`` and ``refused_rounds``. ``rounds`` holds each round's coordinator
-    summary (None for `local`) and seconds.
+    (``accuracy``, ``macro_f1``; for a causal LM ``rouge_l``, ``exact_match``, ``loss``
+    and, unless skipped, the zero-shot base model's as ``zero_shot_*``), its ``epsilon``
+    spent (None for the non-private baseline) of its ``epsilon_budget``, its
+    ``bytes_up``/``bytes_down``, ``rounds_joined`` and ``refused_rounds``. ``rounds``
+    holds each round's coordinator summary (None for `local`) and seconds.
     """
 
     method: Method
@@ -90,20 +113,29 @@ class SimulationResult:
         # An organization FedAMoLE could not assign experts to has no metrics.
         return [float(m[metric]) for m in self.organizations.values() if metric in m]
 
+    def mean(self, metric: str) -> float:
+        """``metric`` (e.g. ``accuracy``, ``rouge_l``, ``exact_match``) averaged over the
+        organizations, each on its own test set."""
+        return statistics.fmean(self._evaluated(metric))
+
+    def worst(self, metric: str) -> float:
+        """The lowest organization's ``metric``."""
+        return min(self._evaluated(metric))
+
     @property
     def mean_accuracy(self) -> float:
         """Accuracy averaged over the organizations (each on its own test set)."""
-        return statistics.fmean(self._evaluated("accuracy"))
+        return self.mean("accuracy")
 
     @property
     def worst_accuracy(self) -> float:
         """The lowest organization's accuracy."""
-        return min(self._evaluated("accuracy"))
+        return self.worst("accuracy")
 
     @property
     def mean_macro_f1(self) -> float:
         """Macro-F1 averaged over the organizations."""
-        return statistics.fmean(self._evaluated("macro_f1"))
+        return self.mean("macro_f1")
 
     @property
     def epsilon_spent(self) -> float | None:
@@ -126,6 +158,7 @@ def simulate_in_process(
     base_model: PreTrainedModel | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     on_round: Callable[[int, RoundRecord], None] | None = None,
+    zero_shot: bool = True,
 ) -> SimulationResult:
     """Run the consortium's method (FedHFT, FedAvg, local or FedAMoLE) on ``organizations``.
 
@@ -143,18 +176,26 @@ def simulate_in_process(
             default: a temporary folder removed afterwards.
         base_model: the base model every organization copies (default: built from
             ``consortium.model``); it is never trained itself.
-        tokenizer: default: the local MiniLM tokenizer.
+        tokenizer: default: the consortium model's own for a causal LM, the local MiniLM
+            tokenizer for a classifier.
         on_round: called after each round (progress reporting).
+        zero_shot: for a causal LM, also score the zero-shot base model per organization
+            (``zero_shot_*``); ``False`` when the caller scores it once for several
+            methods (`score_zero_shot`).
 
     Raises:
-        SimulationError: an organization is not enrolled, has an unknown tier, or
-            ``workdir`` already holds an organization's folder.
+        SimulationError: an organization is not enrolled, has an unknown tier or data
+            of the wrong kind for the task, or ``workdir`` already holds an
+            organization's folder.
         RoundError: FedAMoLE found fewer organizations than the minimum cohort.
     """
     _check(consortium, organizations)
     total = rounds if rounds is not None else consortium.rounds
     base = base_model if base_model is not None else build_base_model(consortium.model)
-    tokens = tokenizer if tokenizer is not None else load_tokenizer()
+    causal = consortium.model.task == "causal-lm"
+    tokens = (
+        tokenizer if tokenizer is not None else load_tokenizer(consortium.model if causal else None)
+    )
     torch.manual_seed(seed)
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -211,36 +252,54 @@ def simulate_in_process(
                     consortium, run_id=run_id, initial_state=initial_mole_state(consortium)
                 )
                 mole = run_fedamole_in_process(
-                    consortium, mole_coordinator, mole_runs, rounds=total, on_round=on_round
+                    consortium,
+                    mole_coordinator,
+                    mole_runs,
+                    rounds=total,
+                    on_round=on_round,
+                    zero_shot=zero_shot,
                 )
                 metrics, records = mole.metrics, mole.rounds
             else:
                 runs: dict[str, OrganizationRun[RoundParticipant]] = {}
                 for i, (org, spec) in enumerate(organizations.items()):
-                    trainer = LocalTrainer(
-                        MaskedAdapterModel(copy.deepcopy(base), consortium.adapter),
-                        policies[org],
-                        consortium,
-                        **trainer_options(i, org),
-                    )
+                    trainer: AccountedTrainer
+                    if causal:
+                        trainer = CausalTrainer(
+                            CausalAdapterModel(copy.deepcopy(base), consortium.adapter),
+                            policies[org],
+                            consortium,
+                            **trainer_options(i, org),
+                        )
+                    else:
+                        trainer = LocalTrainer(
+                            MaskedAdapterModel(copy.deepcopy(base), consortium.adapter),
+                            policies[org],
+                            consortium,
+                            **trainer_options(i, org),
+                        )
                     round_participant = RoundParticipant(
                         trainer, spec.train, state_dir=folder / org
                     )
                     runs[org] = OrganizationRun(
                         round_participant, spec.tier, spec.test, spec.domain, identities[org]
                     )
-                server_model = MaskedAdapterModel(copy.deepcopy(base), consortium.adapter)
                 coordinator = RoundCoordinator(
                     consortium,
                     run_id=run_id,
-                    initial_state=server_model.get_block_state(),
+                    initial_state=_initial_state(consortium, base),
                     tier_blocks={
                         t: tier_mask(consortium, t, tiny_config={"seed": 0})
                         for t in consortium.tiers
                     },
                 )
                 federation = run_federation_in_process(
-                    consortium, coordinator, runs, rounds=total, on_round=on_round
+                    consortium,
+                    coordinator,
+                    runs,
+                    rounds=total,
+                    on_round=on_round,
+                    zero_shot=zero_shot,
                 )
                 metrics, records = federation.metrics, federation.rounds
     return SimulationResult(
@@ -254,6 +313,57 @@ def simulate_in_process(
     )
 
 
+def score_zero_shot(
+    consortium: ConsortiumConfig,
+    organizations: Mapping[str, SimulatedOrganization],
+    *,
+    max_seq_length: int,
+    base_model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The zero-shot base model's ``rouge_l``, ``exact_match`` and ``loss`` on each
+    organization's test records (with its ``tier`` and ``domain``): the baseline of a
+    ``causal-lm`` consortium, the same for every method, so scored once.
+
+    Raises:
+        SimulationError: the consortium is not ``causal-lm``, or an organization's data
+            are not instruction records.
+    """
+    if consortium.model.task != "causal-lm":
+        raise SimulationError(
+            "score_zero_shot scores what a causal LM writes; the consortium's "
+            f"`model.task` is {consortium.model.task!r}, not 'causal-lm'"
+        )
+    _check(consortium, organizations)
+    base = base_model if base_model is not None else build_base_model(consortium.model)
+    tokens = tokenizer if tokenizer is not None else load_tokenizer(consortium.model)
+    # Zero B blocks: the adapters add nothing, and they are disabled while scoring.
+    model = CausalAdapterModel(copy.deepcopy(base), consortium.adapter)
+    scores: dict[str, dict[str, Any]] = {}
+    for org, spec in organizations.items():
+        assert isinstance(spec.test, InstructionDataset)  # _check
+        scores[org] = {
+            **zero_shot_scores(
+                model,
+                tokens,
+                spec.test,
+                max_seq_length=max_seq_length,
+                max_new_tokens=consortium.evaluation.max_new_tokens,
+            ),
+            "tier": spec.tier,
+            "domain": spec.domain,
+        }
+    return scores
+
+
+def _initial_state(consortium: ConsortiumConfig, base: PreTrainedModel) -> dict[str, Any]:
+    """The server's starting blocks: the weightless layout's for a causal LM, the base
+    model's (with its seeded head) for a classifier."""
+    if consortium.model.task == "causal-lm":
+        return initial_block_state(consortium)
+    return MaskedAdapterModel(copy.deepcopy(base), consortium.adapter).get_block_state()
+
+
 def _check(
     consortium: ConsortiumConfig, organizations: Mapping[str, SimulatedOrganization]
 ) -> None:
@@ -264,11 +374,19 @@ def _check(
             f"organizations {strangers} are not in the consortium's `enrollment` "
             f"({sorted(enrolled)}); enroll them or leave them out"
         )
+    causal = consortium.model.task == "causal-lm"
+    wanted = InstructionDataset if causal else TextDataset
+    kind = "instruction records (InstructionDataset)" if causal else "labelled texts (TextDataset)"
     for org, spec in organizations.items():
         if spec.tier not in consortium.tiers:
             raise SimulationError(
                 f"{org}: tier {spec.tier!r} is not one of the consortium's `tiers` "
                 f"({sorted(consortium.tiers)})"
+            )
+        if not (isinstance(spec.train, wanted) and isinstance(spec.test, wanted)):
+            raise SimulationError(
+                f"{org}: a {consortium.model.task} consortium trains on "
+                f"{kind}; give its train and test data as such"
             )
 
 

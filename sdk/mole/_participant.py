@@ -256,9 +256,12 @@ class MoLEParticipant:
         model.save(path)
         return path
 
-    def evaluate(self, dataset: MoLEData, release: MoLERelease) -> dict[str, float]:
+    def evaluate(
+        self, dataset: MoLEData, release: MoLERelease, *, zero_shot: bool = True
+    ) -> dict[str, float]:
         """The personalized model's scores on ``dataset`` (`MoLETrainer.evaluate`: accuracy
-        and macro-F1, or for a causal LM rouge_l, exact_match, loss and zero_shot_*)."""
+        and macro-F1, or for a causal LM rouge_l, exact_match, loss and, unless
+        ``zero_shot=False``, zero_shot_*)."""
         model = self.trainer.set_experts(release.experts)
         model.set_state(self.personalized_state(release))
-        return self.trainer.evaluate(dataset)
+        return self.trainer.evaluate(dataset, zero_shot=zero_shot)

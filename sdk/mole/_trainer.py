@@ -385,11 +385,11 @@ class MoLETrainer(AccountedTrainer):
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, dataset: MoLEData) -> dict[str, float]:
+    def evaluate(self, dataset: MoLEData, *, zero_shot: bool = True) -> dict[str, float]:
         """Scores of the current (personalized) model on ``dataset``: accuracy and
         macro-F1 for a classifier; for a causal LM ROUGE-L, exact match and response loss
-        of its greedy answers and of the zero-shot base model's (``zero_shot_*``), the keys
-        of `fedhft.sdk.generation_scores`."""
+        of its greedy answers and (unless ``zero_shot=False``) of the zero-shot base
+        model's (``zero_shot_*``), the keys of `fedhft.sdk.generation_scores`."""
         model = self.assigned_model()
         if isinstance(model, CausalMoLEModel):
             if not isinstance(dataset, InstructionDataset):
@@ -403,6 +403,7 @@ class MoLETrainer(AccountedTrainer):
                 dataset,
                 max_seq_length=self.policy.training.max_seq_length,
                 max_new_tokens=self.consortium.evaluation.max_new_tokens,
+                zero_shot=zero_shot,
             )
         if not isinstance(model, MoLEModel) or not isinstance(dataset, TextDataset):
             raise DataError(
