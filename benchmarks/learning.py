@@ -27,10 +27,11 @@ same prompt wording expecting different answers in the two groups; per-organizat
 of texts and questions), each federation through `simulate_in_process` with a
 `CausalTrainer` per organization. Methods: the zero-shot base (scored once per seed, no
 training), local-only, FedAvg-LoRA (dense), FedHFT K=1, FedHFT K=2 (clusters on the
-updates: ``clustering.signal: update``), FedAMoLE (a "not available" row while the
-consortium refuses it for a causal LM); non-private and ε = 8 (δ = 1e-5); 3 seeds. Per
-method: ROUGE-L F1 and exact match, mean ± std over seeds of the organizations' mean and
-of the worst organization, bytes up per round per organization, wall and CPU seconds.
+updates: ``clustering.signal: update``), FedAMoLE (a pool of 4 experts on the same top
+layers, ``fedamole.layers``, each tier holding 1-3 of them); non-private and ε = 8
+(δ = 1e-5); 3 seeds. Per method: ROUGE-L F1 and exact match, mean ± std over seeds of the
+organizations' mean and of the worst organization, bytes up per round per organization,
+wall and CPU seconds.
 
 Scale of the full instruct run (`INSTRUCT_FULL`), chosen to fit 40 minutes on two cores:
 one SmolLM2 federation (fedhft-k1, 6 organizations × 3 rounds × 4 DP-SGD steps of batch
@@ -46,11 +47,11 @@ at ε = 8 0.03 → 3.0 / 0.0, 0.1 → 7.3 / 5.6, 0.3 → 13.8 / 12.5 (zero-shot 
 the top two of SmolLM2's 30 layers only: the backward pass stops there, and the frozen
 forward pass through the other 28 dominates a step; logits are computed on response
 positions only. Prompts with SmolLM2's chat template take 48-66 tokens and answers at most
-5, so ``max_seq_length`` 96 loses nothing; answers are generated greedily up to the SDK's
-16 new tokens (a trained model stops at the end token after a few; the zero-shot base
-writes all 16, but it is scored once per seed). ``--quick`` is the same grid on the tiny
-random Llama (it learns next to nothing: a sanity check that every method runs, not a
-result).
+5, so ``max_seq_length`` 96 loses nothing; answers are generated greedily up to 8 new
+tokens (``evaluation.max_new_tokens``; a trained model stops at the end token after a
+few, the zero-shot base writes all 8, but it is scored once per seed). ``--quick`` is the
+same grid on the tiny random Llama (it learns next to nothing: a sanity check that every
+method runs, not a result).
 """
 
 from __future__ import annotations
@@ -540,7 +541,11 @@ def instruct_consortium(
             },
             "training": {"learning_rate": settings.learning_rate},
             "secure_aggregation": {"threshold_fraction": 0.6, "max_dropout_fraction": 0.4},
-            "fedamole": {"num_experts": 4, "holders_per_expert": 3},
+            # The mixture on the same top layers FedHFT's tiers train: FedAMoLE on all 30
+            # layers costs about 4x a step (benchmarks/mole_causal_step.py).
+            "fedamole": {"num_experts": 4, "holders_per_expert": 3, "layers": top},
+            # Answers take at most 5 tokens; the zero-shot base writes all of them.
+            "evaluation": {"max_new_tokens": 8},
             "enrollment": [{"organization": f"org-{i}"} for i in range(settings.organizations)],
         }
     )
