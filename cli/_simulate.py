@@ -144,7 +144,7 @@ def simulate(
         typer.Option(
             "--task",
             help="classify: labelled texts and a classification head; instruct: "
-            "instruction tuning of a causal LM (FedHFT, process engine), scored by "
+            "instruction tuning of a causal LM (FedHFT or FedAMoLE, process engine), scored by "
             "ROUGE-L and exact match against the zero-shot base model.",
         ),
     ] = Task.CLASSIFY,
@@ -192,10 +192,12 @@ def simulate(
     # Wide enough for the summary tables when the output goes to a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 140)
     _check_engine_options(console, engine, clients, method, secure, address, workers)
-    if task is Task.INSTRUCT and (engine is not Engine.PROCESS or method is not Method.FEDHFT):
+    if task is Task.INSTRUCT and (
+        engine is not Engine.PROCESS or method not in (Method.FEDHFT, Method.FEDAMOLE)
+    ):
         console.print(
-            "[red]--task instruct runs FedHFT on the process engine[/]; leave out --engine "
-            "and --method (FedAMoLE and the Ray engine do not fine-tune causal LMs yet)"
+            "[red]--task instruct runs FedHFT or FedAMoLE on the process engine[/]; leave "
+            "out --engine (the Ray engine does not fine-tune causal LMs yet)"
         )
         raise typer.Exit(code=2)
     if model_name is None:

@@ -186,7 +186,12 @@ def consortium_document(
         model = SimulatedModel.parse(model)
     if model.spec.get("task") == "causal-lm":
         return _instruct_consortium(
-            organizations=organizations, rounds=rounds, secure=secure, model=model, seed=seed
+            organizations=organizations,
+            rounds=rounds,
+            method=method,
+            secure=secure,
+            model=model,
+            seed=seed,
         )
     fedhft = method is Method.FEDHFT
     fedamole: dict[str, Any] = {}
@@ -260,13 +265,36 @@ def _instruct_consortium(
     *,
     organizations: list[str],
     rounds: int,
+    method: Method,
     secure: SecureAggregationMode,
     model: SimulatedModel,
     seed: int,
 ) -> dict[str, Any]:
-    """FedHFT instruction tuning of a causal LM: LoRA on the attention projections, one
-    cluster (causal sketches need σ ≈ 3 to split this federation's domains at 300 records
-    each, not the default 10: see benchmarks/causal_sketch.py)."""
+    """Instruction tuning of a causal LM: LoRA on the attention projections.
+
+    FedHFT: one cluster (causal sketches need σ ≈ 3 to split this federation's domains at
+    300 records each, not the default 10: see benchmarks/causal_sketch.py). FedAMoLE: a
+    pool of one expert per organization, three holders each, the mixture on the top two
+    layers (on every layer of SmolLM2 a step costs about 4x). Learning rates (Adam) from
+    the instruct learning benchmark: 0.3 for FedHFT's LoRA, 0.1 for FedAMoLE's mixture.
+    """
+    if method is Method.FEDAMOLE:
+        experts = {"edge": (1, 3), "standard": (2, 4), "full": (3, 5)}
+        tiers: dict[str, Any] = {
+            tier: {"min_experts": low, "max_experts": high} for tier, (low, high) in experts.items()
+        }
+        extra: dict[str, Any] = {
+            "fedamole": {
+                "num_experts": len(organizations),
+                "holders_per_expert": 3,
+                "layers": list(range(-min(2, model.num_layers), 0)),
+            }
+        }
+        learning_rate = 0.1
+    else:
+        tiers = instruct_tiers(model.num_layers)
+        extra = {"clustering": {"clusters": 1, "warmup_rounds": 0, "membership": "soft"}}
+        learning_rate = 0.3
     return {
         "kind": "consortium",
         "consortium": CONSORTIUM,
@@ -277,11 +305,11 @@ def _instruct_consortium(
             "alpha": 16,
             "a_seed": 1000 + seed,
         },
-        "tiers": instruct_tiers(model.num_layers),
-        "method": Method.FEDHFT.value,
+        "tiers": tiers,
+        "method": method.value,
         "rounds": rounds,
-        "clustering": {"clusters": 1, "warmup_rounds": 0, "membership": "soft"},
-        "training": {"learning_rate": 0.01},
+        **extra,
+        "training": {"learning_rate": learning_rate},
         "secure_aggregation": _secure_aggregation(secure, len(organizations)),
         "enrollment": [{"organization": org} for org in organizations],
     }
@@ -348,13 +376,14 @@ def provision(
     """Write the CA, the consortium, one folder per organization and the server's folder.
 
     ``task: instruct`` writes the instruction federation for ``model`` (a causal LM:
-    `tiny`, `smollm2`, a folder or a `.gguf` file; FedHFT only).
+    `tiny`, `smollm2`, a folder or a `.gguf` file; FedHFT or FedAMoLE).
     """
     if task == "instruct":
         return _provision_instruct(
             root,
             clients=clients,
             rounds=rounds,
+            method=method,
             secure=secure,
             model=model if isinstance(model, str) else model.label,
             epsilon=epsilon,
@@ -443,6 +472,7 @@ def _provision_instruct(
     *,
     clients: int,
     rounds: int,
+    method: Method,
     secure: SecureAggregationMode,
     model: str,
     epsilon: float,
@@ -460,7 +490,7 @@ def _provision_instruct(
     consortium = consortium_document(
         organizations=orgs,
         rounds=rounds,
-        method=Method.FEDHFT,
+        method=method,
         secure=secure,
         model=simulated,
         seed=seed,
