@@ -103,7 +103,7 @@ def _base(model: str) -> Any:
 def _stepper(mode: str, model: Any, batch: Any) -> Any:
     import torch
 
-    from fedhft.sdk._causal import CausalPrivateStep, record_losses
+    from fedhft.sdk import CausalPrivateStep, record_losses
     from fedhft.sdk.privacy import SecureGaussian
 
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
@@ -136,8 +136,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     from fedhft.model import CausalAdapterModel
     from fedhft.policies import AdapterSpec, TierSpec
-    from fedhft.sdk._causal import CausalBatch
-    from fedhft.sdk._instructions import IGNORE_INDEX
+    from fedhft.sdk import IGNORE_INDEX, CausalBatch
 
     torch.set_num_threads(spec["threads"])
     adapter = AdapterSpec(target_modules=list(TARGETS), rank=RANK, alpha=16.0, a_seed=1)

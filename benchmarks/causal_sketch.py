@@ -50,8 +50,8 @@ from opacus.accountants import RDPAccountant
 from fedhft.aggregator._sketches import sketch_centroids
 from fedhft.model import CausalAdapterModel, build_base_model, load_tokenizer
 from fedhft.policies import AdapterSpec, ModelSpec
-from fedhft.sdk._instructions import encode_instruction
-from fedhft.sdk.privacy._releases import unit_sketch
+from fedhft.sdk import encode_instruction
+from fedhft.sdk.privacy import unit_sketch
 from fedhft.simulation._instruct import (
     INSTRUCT_MAX_SEQ_LENGTH,
     causal_model_spec,

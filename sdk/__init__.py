@@ -29,8 +29,12 @@ from fedhft.model import build_base_model as build_base_model
 from fedhft.model import export_peft as export_peft
 from fedhft.model import load_tokenizer as load_tokenizer
 
+from ._causal import CausalBatch as CausalBatch
+from ._causal import CausalPrivateStep as CausalPrivateStep
 from ._causal import CausalRoundStats as CausalRoundStats
 from ._causal import CausalTrainer as CausalTrainer
+from ._causal import collate_records as collate_records
+from ._causal import record_losses as record_losses
 from ._client import ClientReport as ClientReport
 from ._client import FederatedClient as FederatedClient
 from ._data import OrganizationData as OrganizationData
@@ -42,8 +46,10 @@ from ._data import load_jsonl as load_jsonl
 from ._data import synthetic_federation as synthetic_federation
 from ._generation import generation_scores as generation_scores
 from ._generation import zero_shot_scores as zero_shot_scores
+from ._instructions import IGNORE_INDEX as IGNORE_INDEX
 from ._instructions import InstructionDataset as InstructionDataset
 from ._instructions import InstructionOrganization as InstructionOrganization
+from ._instructions import encode_instruction as encode_instruction
 from ._instructions import load_instructions as load_instructions
 from ._instructions import render_prompt as render_prompt
 from ._instructions import synthetic_instruction_federation as synthetic_instruction_federation
@@ -65,8 +71,11 @@ from .mole._trainer import MoLETrainer as MoLETrainer
 from .privacy._ledger import PrivacyLedger as PrivacyLedger
 
 __all__ = [
+    "IGNORE_INDEX",
     "AdapterError",
     "BudgetExhaustedError",
+    "CausalBatch",
+    "CausalPrivateStep",
     "CausalRoundStats",
     "CausalTrainer",
     "ClientReport",
@@ -95,6 +104,8 @@ __all__ = [
     "TextDataset",
     "UpdateError",
     "build_base_model",
+    "collate_records",
+    "encode_instruction",
     "export_peft",
     "generation_scores",
     "load_csv",
@@ -103,6 +114,7 @@ __all__ = [
     "load_instructions",
     "load_jsonl",
     "load_tokenizer",
+    "record_losses",
     "render_prompt",
     "synthetic_federation",
     "synthetic_instruction_federation",

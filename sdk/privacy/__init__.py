@@ -21,6 +21,7 @@ from ._noise import NoiseSampler as NoiseSampler
 from ._noise import SecureGaussian as SecureGaussian
 from ._noise import noise_sampler as noise_sampler
 from ._noise import use_noise_sampler as use_noise_sampler
+from ._releases import unit_sketch as unit_sketch
 
 __all__ = [
     "AccountedTrainer",
@@ -37,5 +38,6 @@ __all__ = [
     "open_organization_ledger",
     "poisson_batch",
     "training_device",
+    "unit_sketch",
     "use_noise_sampler",
 ]
