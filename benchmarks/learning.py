@@ -864,6 +864,10 @@ def main_instruct(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             learning_rate=args.learning_rate,
             fedamole_learning_rate=args.learning_rate,
         )
+    if args.records:
+        settings = replace(settings, samples_per_org=args.records)
+    if args.batch_size:
+        settings = replace(settings, batch_size=args.batch_size)
     seeds = list(range(args.seeds if args.seeds else (1 if args.quick else 3)))
     methods = args.methods or list(INSTRUCT_METHODS)
     epsilons = [None if e == "none" else float(e) for e in args.epsilons or ["none", "8"]]
@@ -983,6 +987,14 @@ def main() -> None:
         nargs="+",
         help="'none' = non-private (default: none 8 2; --task instruct: none 8)",
     )
+    parser.add_argument(
+        "--records",
+        type=int,
+        help="--task instruct: records per organization, a quarter held out (default 64)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help="--task instruct: expected DP-SGD batch (default 8)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--jobs", type=int, default=2, help="federations run in parallel")
     parser.add_argument(
@@ -1000,7 +1012,13 @@ def main() -> None:
         torch.set_num_threads(1)
         main_instruct(args, parser)
         return
-    if args.model or args.learning_rate or (args.methods and "zero-shot" in args.methods):
+    if (
+        args.model
+        or args.learning_rate
+        or args.records
+        or args.batch_size
+        or (args.methods and "zero-shot" in args.methods)
+    ):
         parser.error("--model, --learning-rate and zero-shot are for --task instruct")
 
     # One thread: with several processes on two cores, OpenMP spin-waits make a
