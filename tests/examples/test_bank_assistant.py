@@ -157,6 +157,7 @@ def test_bank_tunes_with_fedamole_and_chats_without_fedhft(tmp_path: Path) -> No
     assert not [t.name for t in threads if t.is_alive()]
 
     report = trained.report
+    print(json.dumps(report.as_json()))  # The figures the example's README quotes (`-s`).
     assert report.rounds_joined == tuple(range(1, config.rounds + 1))
     assert report.generation is not None and 0.0 <= report.generation["rouge_l"] <= 1.0
     assert "zero_shot_rouge_l" in report.generation
