@@ -13,10 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +110,43 @@ def wait_for_port_file(path: Path, process: subprocess.Popen[bytes], log: Path) 
             pytest.fail(f"the server exited {process.returncode}:\n{log.read_text()}")
         time.sleep(0.2)
     pytest.fail(f"the server wrote no port to {path}:\n{log.read_text()}")
+
+
+@contextmanager
+def server_with_peers(
+    config: Any, pki: Path, state_dir: Path, peers: Mapping[str, Callable[[str], Any]]
+) -> Iterator[Any]:
+    """A real aggregation server on 127.0.0.1 (mutual TLS, SQLite state under
+    ``state_dir``) and one thread per peer organization running ``peers[org](address)``,
+    a `FederatedClient` for it; the caller takes part as the remaining member inside the
+    block. On exit the peers are joined, the server stopped (also when the block failed),
+    and any peer's error or a peer still running fails the test."""
+    from fedhft.aggregator import AggregatorServer, ServerOptions
+
+    server = AggregatorServer(
+        config,
+        credentials=pki / "server",
+        state_dir=state_dir,
+        options=ServerOptions(join_timeout_s=60, retry_pause_s=0.2, poll_interval_ms=50),
+        new_run=True,
+    ).start()
+    errors: dict[str, BaseException] = {}
+
+    def peer(org: str) -> None:
+        try:
+            with peers[org](server.address) as client:
+                client.run()
+        except BaseException as error:  # Collected for the assertion below.
+            errors[org] = error
+
+    threads = [threading.Thread(target=peer, args=(org,), name=org) for org in peers]
+    try:
+        for thread in threads:
+            thread.start()
+        yield server
+        for thread in threads:
+            thread.join(600)
+    finally:
+        server.stop(grace=0.5)
+    assert not errors, errors
+    assert not [t.name for t in threads if t.is_alive()]

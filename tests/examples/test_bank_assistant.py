@@ -18,16 +18,16 @@ import json
 import os
 import subprocess
 import sys
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from example_helpers import server_with_peers
 from test_hospital_triage import NO_FEDHFT
 
-from fedhft.aggregator import AggregatorServer, ServerOptions
 from fedhft.audit import verify_log
 from fedhft.model import CausalMoLEModel
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
@@ -103,41 +103,27 @@ def test_bank_tunes_with_fedamole_and_chats_without_fedhft(tmp_path: Path) -> No
         policies[org] = _policy(org, state, tmp_path / f"{org}.yaml", config.rounds)
         data[org] = make_data.write_site(tmp_path / "data" / org, site=site, samples=samples)
 
-    server = AggregatorServer(
-        config,
-        credentials=tmp_path / "pki" / "server",
-        state_dir=tmp_path / "server-state",
-        options=ServerOptions(join_timeout_s=60, retry_pause_s=0.2, poll_interval_ms=50),
-        new_run=True,
-    ).start()
-    errors: dict[str, BaseException] = {}
     bases = {org: build_base_model(config.model) for org in PEERS}
     tokenizer = load_tokenizer(config.model)
 
-    def peer(org: str) -> None:
-        try:
-            with FederatedClient(
-                bases[org],
-                load_instructions(data[org][0]),
-                policies[org],
-                config,
-                credentials=tmp_path / "pki" / org,
-                server=server.address,
-                server_name="localhost",
-                state_dir=state / org / "client",
-                tokenizer=tokenizer,
-                wait_ms=2000,
-                # Give up soon once the server is gone (the test failed elsewhere).
-                retry=RetryPolicy(attempts=5, initial_backoff_s=0.2, max_backoff_s=1.0),
-            ) as client:
-                client.run()
-        except BaseException as error:  # Collected for the assertion below.
-            errors[org] = error
+    def peer(org: str) -> Callable[[str], FederatedClient]:
+        return lambda address: FederatedClient(
+            bases[org],
+            load_instructions(data[org][0]),
+            policies[org],
+            config,
+            credentials=tmp_path / "pki" / org,
+            server=address,
+            server_name="localhost",
+            state_dir=state / org / "client",
+            tokenizer=tokenizer,
+            wait_ms=2000,
+            # Give up soon once the server is gone (the test failed elsewhere).
+            retry=RetryPolicy(attempts=5, initial_backoff_s=0.2, max_backoff_s=1.0),
+        )
 
-    threads = [threading.Thread(target=peer, args=(org,), name=org) for org in PEERS]
-    try:
-        for thread in threads:
-            thread.start()
+    peers = {org: peer(org) for org in PEERS}
+    with server_with_peers(config, tmp_path / "pki", tmp_path / "server-state", peers) as server:
         trained = train.train(
             policy=tmp_path / f"{BANK}.yaml",
             consortium=tmp_path / "consortium.yaml",
@@ -149,12 +135,6 @@ def test_bank_tunes_with_fedamole_and_chats_without_fedhft(tmp_path: Path) -> No
             test_jsonl=data[BANK][1],
             export=tmp_path / "export",
         )
-        for thread in threads:
-            thread.join(600)
-    finally:
-        server.stop(grace=0.5)
-    assert not errors, errors
-    assert not [t.name for t in threads if t.is_alive()]
 
     report = trained.report
     print(json.dumps(report.as_json()))  # The figures the example's README quotes (`-s`).

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from example_helpers import server_with_peers
 
-from fedhft.aggregator import AggregatorServer, ServerOptions
 from fedhft.audit import verify_log
 from fedhft.policies import ConsortiumConfig, OrganizationPolicy
 from fedhft.protocol import init_ca, issue_organization, issue_server, load_credentials
@@ -121,42 +121,27 @@ def test_hospital_trains_with_fedhft_and_serves_without_it(tmp_path: Path, pooli
         policies[org] = _policy(org, state, tmp_path / f"{org}.yaml")
         data[org] = make_data.write_site(tmp_path / "data" / org, site=site, samples=samples)
 
-    server = AggregatorServer(
-        config,
-        credentials=tmp_path / "pki" / "server",
-        state_dir=tmp_path / "server-state",
-        options=ServerOptions(join_timeout_s=60, retry_pause_s=0.2, poll_interval_ms=50),
-        new_run=True,
-    ).start()
-    errors: dict[str, BaseException] = {}
-
     # Built here, not in the threads: `build_base_model` seeds torch's global generator,
     # so concurrent builds of the tiny model interleave draws and differ.
     models = {org: MaskedAdapterModel.from_consortium(config) for org in PEERS}
 
-    def peer(org: str) -> None:
-        try:
-            with FederatedClient(
-                models[org],
-                train.read_notes(data[org][0]),
-                policies[org],
-                config,
-                credentials=tmp_path / "pki" / org,
-                server=server.address,
-                server_name="localhost",
-                state_dir=state / org / "client",
-                wait_ms=2000,
-                # Give up soon once the server is gone (the test failed elsewhere).
-                retry=RetryPolicy(attempts=5, initial_backoff_s=0.2, max_backoff_s=1.0),
-            ) as client:
-                client.run()
-        except BaseException as error:  # Collected for the assertion below.
-            errors[org] = error
+    def peer(org: str) -> Callable[[str], FederatedClient]:
+        return lambda address: FederatedClient(
+            models[org],
+            train.read_notes(data[org][0]),
+            policies[org],
+            config,
+            credentials=tmp_path / "pki" / org,
+            server=address,
+            server_name="localhost",
+            state_dir=state / org / "client",
+            wait_ms=2000,
+            # Give up soon once the server is gone (the test failed elsewhere).
+            retry=RetryPolicy(attempts=5, initial_backoff_s=0.2, max_backoff_s=1.0),
+        )
 
-    threads = [threading.Thread(target=peer, args=(org,), name=org) for org in PEERS]
-    try:
-        for thread in threads:
-            thread.start()
+    peers = {org: peer(org) for org in PEERS}
+    with server_with_peers(config, tmp_path / "pki", tmp_path / "server-state", peers) as server:
         trained = train.train(
             policy=tmp_path / f"{HOSPITAL}.yaml",
             consortium=tmp_path / "consortium.yaml",
@@ -168,12 +153,6 @@ def test_hospital_trains_with_fedhft_and_serves_without_it(tmp_path: Path, pooli
             test_csv=data[HOSPITAL][1],
             export=tmp_path / "export",
         )
-        for thread in threads:
-            thread.join(300)
-    finally:
-        server.stop(grace=0.5)
-    assert not errors, errors
-    assert not [t.name for t in threads if t.is_alive()]
 
     report = trained.report
     assert report.rounds_joined == tuple(range(1, config.rounds + 1))
