@@ -275,8 +275,10 @@ def _instruct_consortium(
     FedHFT: one cluster (causal sketches need σ ≈ 3 to split this federation's domains at
     300 records each, not the default 10: see benchmarks/causal_sketch.py). FedAMoLE: a
     pool of one expert per organization, three holders each, the mixture on the top two
-    layers (on every layer of SmolLM2 a step costs about 4x). Learning rates (Adam) from
-    the instruct learning benchmark: 0.3 for FedHFT's LoRA, 0.1 for FedAMoLE's mixture.
+    layers (on every layer of SmolLM2 a step costs about 4x). Learning rates (Adam): 0.01
+    for FedHFT, whose full tier trains every layer (0.3, the learning benchmark's rate for
+    LoRA on the top two layers, drove the full-tier organizations' ROUGE-L to 0 here); 0.1
+    for FedAMoLE's mixture on the top two layers, the benchmark's.
     """
     if method is Method.FEDAMOLE:
         experts = {"edge": (1, 3), "standard": (2, 4), "full": (3, 5)}
@@ -294,7 +296,7 @@ def _instruct_consortium(
     else:
         tiers = instruct_tiers(model.num_layers)
         extra = {"clustering": {"clusters": 1, "warmup_rounds": 0, "membership": "soft"}}
-        learning_rate = 0.3
+        learning_rate = 0.01
     return {
         "kind": "consortium",
         "consortium": CONSORTIUM,
