@@ -486,21 +486,7 @@ INSTRUCT_QUICK = InstructSettings(
     top_layers=2,
     alpha=1.0,
 )
-INSTRUCT_FULL = InstructSettings(
-    model="smollm2",
-    organizations=6,
-    samples_per_org=64,
-    test_records=12,
-    rounds=3,
-    warmup_rounds=1,
-    local_steps=4,
-    batch_size=8,
-    max_seq_length=96,
-    learning_rate=0.3,
-    fedamole_learning_rate=0.1,
-    top_layers=2,
-    alpha=1.0,
-)
+INSTRUCT_FULL = replace(INSTRUCT_QUICK, model="smollm2", samples_per_org=64)
 
 INSTRUCT_TIERS = ("full", "full", "standard", "full", "edge", "standard")
 """Organization i's tier in ``--task instruct`` (domains alternate): every block a tier
